@@ -1,0 +1,114 @@
+"""One error model for both wire dialects.
+
+Every failure the agent reports is an :class:`AgentError` value: a kind, a message a human can act
+on, and optional data.  The kind fixes both its JSON-RPC code and its qemu-ga class, so the same
+error reads naturally to a JSON-RPC client and to libvirt, which only knows qemu-ga's two classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+
+class ErrorKind(Enum):
+    """What went wrong, with its JSON-RPC code and its qemu-ga class."""
+
+    PARSE_ERROR = (-32700, "GenericError")
+    INVALID_REQUEST = (-32600, "GenericError")
+    COMMAND_NOT_FOUND = (-32601, "CommandNotFound")
+    INVALID_PARAMS = (-32602, "GenericError")
+    INTERNAL_ERROR = (-32603, "GenericError")
+    # Application codes (-32000 .. -32099 is the range JSON-RPC reserves for servers).
+    COMMAND_FAILED = (-32000, "GenericError")
+    COMMAND_DISABLED = (-32001, "CommandNotFound")
+    BUSY = (-32002, "GenericError")
+    FREEZE_LOST = (-32003, "GenericError")
+    TIMEOUT = (-32004, "GenericError")
+
+    @property
+    def code(self) -> int:
+        return self.value[0]
+
+    @property
+    def qga_class(self) -> str:
+        return self.value[1]
+
+
+_KIND_BY_CODE = {kind.code: kind for kind in ErrorKind}
+
+
+@dataclass(frozen=True)
+class AgentError(Exception):
+    """An error as a value; also raisable so command handlers can bail out from deep inside."""
+
+    kind: ErrorKind
+    message: str
+    data: Any = None
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_jsonrpc(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.kind.code, "message": self.message}
+        if self.data is not None:
+            error["data"] = self.data
+        return error
+
+    def to_qga(self) -> dict[str, Any]:
+        return {"class": self.kind.qga_class, "desc": self.message}
+
+    @classmethod
+    def from_jsonrpc(cls, error: Any) -> AgentError:
+        """Rebuild an error from a JSON-RPC reply (host side); unknown codes become COMMAND_FAILED."""
+        if not isinstance(error, dict):
+            return cls(ErrorKind.INVALID_REQUEST, f"malformed error object: {error!r}")
+        code = error.get("code")
+        kind = _KIND_BY_CODE.get(code, ErrorKind.COMMAND_FAILED) if isinstance(code, int) else (
+            ErrorKind.COMMAND_FAILED
+        )
+        return cls(kind, str(error.get("message", "")), error.get("data"))
+
+    @classmethod
+    def from_qga(cls, error: Any) -> AgentError:
+        """Rebuild an error from a qemu-ga reply; the class is all qemu-ga tells, so map it back."""
+        if not isinstance(error, dict):
+            return cls(ErrorKind.INVALID_REQUEST, f"malformed error object: {error!r}")
+        qga_class = error.get("class")
+        kind = (
+            ErrorKind.COMMAND_NOT_FOUND if qga_class == "CommandNotFound" else ErrorKind.COMMAND_FAILED
+        )
+        return cls(kind, str(error.get("desc", "")), {"class": qga_class})
+
+    @property
+    def qga_class(self) -> str:
+        """The class as the peer said it, when it came from qemu-ga; else the kind's class."""
+        if isinstance(self.data, dict) and isinstance(self.data.get("class"), str):
+            return self.data["class"]
+        return self.kind.qga_class
+
+
+def parse_error(reason: str) -> AgentError:
+    return AgentError(ErrorKind.PARSE_ERROR, f"Parse error: {reason}")
+
+
+def invalid_request(reason: str) -> AgentError:
+    return AgentError(ErrorKind.INVALID_REQUEST, reason)
+
+
+def command_not_found(name: str) -> AgentError:
+    # qemu-ga's exact wording, which libvirt matches on.
+    return AgentError(ErrorKind.COMMAND_NOT_FOUND, f"The command {name} has not been found")
+
+
+def command_disabled(name: str, why: str) -> AgentError:
+    return AgentError(ErrorKind.COMMAND_DISABLED, f"Command {name} has been disabled: {why}")
+
+
+def invalid_params(reason: str) -> AgentError:
+    return AgentError(ErrorKind.INVALID_PARAMS, reason)
+
+
+def command_failed(reason: str) -> AgentError:
+    return AgentError(ErrorKind.COMMAND_FAILED, reason)
