@@ -1,0 +1,43 @@
+"""The pid file, locked for the agent's lifetime so a second instance refuses to start."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+
+
+class PidFileError(Exception):
+    """Another agent holds the pid file, or it cannot be written."""
+
+
+class PidFile:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise PidFileError(f"cannot open pid file {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise PidFileError(
+                f"another agent (pid {other}) holds {self.path}; stop it or use another -f/-t"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        os.close(self._fd)
+        self._fd = None

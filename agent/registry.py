@@ -1,0 +1,115 @@
+"""The command registry: the single source for dispatch, ``guest-info``, ``--help`` and docs.
+
+A command is declared once as a :class:`Command` value next to its handler; each commands module
+exports a tuple of them and :func:`build_registry` joins those tuples.  Parameter checking lives
+here (not in the handlers, not in jsonrpcserver's schema validation, which costs ~45 us a
+request) and uses qemu's QAPI wording, so libvirt sees the texts it knows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.errors import invalid_params
+
+JSON_TYPE_NAMES: Mapping[type, str] = {
+    int: "integer",
+    float: "number",
+    str: "string",
+    bool: "boolean",
+    list: "array",
+    dict: "object",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    name: str
+    type: type
+    required: bool = True
+    doc: str = ""
+
+    def accepts(self, value: Any) -> bool:
+        if self.type is float:
+            return isinstance(value, int | float) and not isinstance(value, bool)
+        if self.type is int:
+            return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, self.type)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command.  The handler is called as ``handler(agent, **params)``."""
+
+    name: str
+    handler: Callable[..., Any]
+    doc: str
+    params: tuple[Param, ...] = ()
+    success_response: bool = True   # False: no reply on success (guest-shutdown)
+    allowed_while_frozen: bool = False
+    delimited: bool = False         # reply is prefixed with 0xFF (guest-sync-delimited)
+    blocking: bool = False          # runs on a worker thread, off the connection loop
+    _by_name: Mapping[str, Param] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {p.name: p for p in self.params})
+
+    def check_params(self, params: dict[str, Any] | list[Any]) -> dict[str, Any]:
+        """Validated keyword arguments, or an INVALID_PARAMS error in qemu's words."""
+        if isinstance(params, list):
+            if len(params) > len(self.params):
+                raise invalid_params(f"{self.name} takes at most {len(self.params)} parameters")
+            params = {p.name: value for p, value in zip(self.params, params, strict=False)}
+        for name, value in params.items():
+            spec = self._by_name.get(name)
+            if spec is None:
+                raise invalid_params(f"Parameter '{name}' is unexpected")
+            if not spec.accepts(value):
+                raise invalid_params(
+                    f"Invalid parameter type for '{name}', expected: {JSON_TYPE_NAMES[spec.type]}"
+                )
+        for spec in self.params:
+            if spec.required and spec.name not in params:
+                raise invalid_params(f"Parameter '{spec.name}' is missing")
+        return params
+
+    def usage(self) -> str:
+        """One line for ``--help`` style listings."""
+        args = " ".join(
+            f"{p.name}:{JSON_TYPE_NAMES[p.type]}" if p.required else f"[{p.name}:{JSON_TYPE_NAMES[p.type]}]"
+            for p in self.params
+        )
+        return f"{self.name} {args}".rstrip()
+
+
+class Registry:
+    """Immutable after construction; iteration is in name order, as listings want."""
+
+    def __init__(self, commands: Iterable[Command]) -> None:
+        by_name: dict[str, Command] = {}
+        for command in commands:
+            if command.name in by_name:
+                raise ValueError(f"command {command.name} registered twice")
+            by_name[command.name] = command
+        self._by_name = dict(sorted(by_name.items()))
+
+    def get(self, name: str) -> Command | None:
+        return self._by_name.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __iter__(self) -> Iterator[Command]:
+        return iter(self._by_name.values())
+
+    def names(self) -> list[str]:
+        return list(self._by_name)
+
+
+def build_registry() -> Registry:
+    """Every command the agent knows, from every commands module."""
+    from agent.commands import COMMAND_MODULES
+
+    return Registry(command for module in COMMAND_MODULES for command in module.COMMANDS)

@@ -1,0 +1,171 @@
+"""Serving connections: one asyncio protocol per client, replies written in a safe order.
+
+Guarantees, each because a host depends on it:
+- every connection has its own decoder, so a client that dies mid-message harms no other;
+- a client that stops reading gets its reading paused once its unsent replies pass the
+  transport's high-water mark, so it cannot make the agent buffer without bound;
+- on a qemu-ga-dialect connection replies leave in request order (qemu-ga hosts match by
+  order); JSON-RPC replies leave as they complete (hosts match by id);
+- commands marked ``blocking`` run on a worker thread so pings keep being answered meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+from agent.dispatch import Dispatcher, answer_now, needs_worker
+from agent.state import AgentState
+from protocol.dialects import Batch, Dialect, Incoming
+from protocol.server import ServerConnection
+
+MAX_PENDING_REPLIES = 256  # per connection, before we stop reading its requests
+LISTEN_BACKLOG = 64
+
+
+class ChannelError(Exception):
+    """The channel cannot be opened; the message names it and says why."""
+
+
+def _ordered(item: Incoming) -> bool:
+    return not isinstance(item, Batch) and item.dialect is Dialect.QGA
+
+
+class AgentConnection(asyncio.Protocol):
+    def __init__(self, dispatcher: Dispatcher, executor: ThreadPoolExecutor) -> None:
+        self._dispatcher = dispatcher
+        self._executor = executor
+        self._protocol = ServerConnection(dispatcher.agent.config.max_message_size)
+        self._transport: asyncio.Transport | None = None
+        self._pending: deque[asyncio.Future[bytes | None]] = deque()
+        self._write_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._pending.clear()
+
+    def data_received(self, data: bytes) -> None:
+        for item in self._protocol.receive_data(data):
+            try:
+                self._handle(item)
+            except Exception:  # our bug: log it, keep serving this and every other client
+                self._dispatcher.agent.log.exception("internal error answering %r", item)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._update_reading()
+
+    def _handle(self, item: Incoming) -> None:
+        if needs_worker(self._dispatcher, item):
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(self._executor, answer_now, self._dispatcher, item)
+            if _ordered(item):
+                self._queue(future)
+            else:
+                future.add_done_callback(self._write_done)
+            return
+        reply = answer_now(self._dispatcher, item)
+        if self._pending and _ordered(item):
+            done: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+            done.set_result(reply)
+            self._queue(done)
+        else:
+            self._write(reply)
+
+    def _queue(self, future: asyncio.Future[bytes | None]) -> None:
+        self._pending.append(future)
+        future.add_done_callback(self._flush)
+        self._update_reading()
+
+    def _flush(self, _: object = None) -> None:
+        while self._pending and self._pending[0].done():
+            self._write(_result(self._pending.popleft()))
+        self._update_reading()
+
+    def _write_done(self, future: asyncio.Future[bytes | None]) -> None:
+        self._write(_result(future))
+
+    def _write(self, reply: bytes | None) -> None:
+        if reply is not None and self._transport is not None:
+            self._transport.write(reply)
+
+    def _update_reading(self) -> None:
+        if self._transport is None:
+            return
+        if self._write_paused or len(self._pending) >= MAX_PENDING_REPLIES:
+            self._transport.pause_reading()
+        elif self._transport.is_reading() is False:
+            self._transport.resume_reading()
+
+
+def _result(future: asyncio.Future[bytes | None]) -> bytes | None:
+    # answer_now never raises for a request's own failure; anything here is our bug, and the
+    # host still deserves to hear nothing rather than a connection torn down.
+    if future.cancelled() or future.exception() is not None:
+        return None
+    return future.result()
+
+
+def bind_unix_socket(path: str) -> socket.socket:
+    """A listening socket at ``path``, mode 0600 from the start (never world-connectable)."""
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # a stale socket left by an agent that died
+        else:
+            raise ChannelError(f"{path} is in use by a running agent; stop it or choose another -p")
+        finally:
+            probe.close()
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise ChannelError(f"cannot listen on {path}: directory {directory} does not exist")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        hint = " (path longer than 107 bytes?)" if exc.errno == errno.EINVAL else ""
+        raise ChannelError(f"cannot listen on {path}: {exc.strerror}{hint}") from None
+    finally:
+        os.umask(old_umask)
+    sock.listen(LISTEN_BACKLOG)
+    return sock
+
+
+async def serve(agent: AgentState, stop: asyncio.Event) -> None:
+    """Serve the configured channel until ``stop`` is set."""
+    if agent.config.method != "unix-listen":
+        raise ChannelError(
+            f"method {agent.config.method} is not supported yet; use -m unix-listen -p PATH"
+        )
+    path = agent.config.channel_path
+    sock = bind_unix_socket(path)
+    dispatcher = Dispatcher(agent)
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="pyqga-worker") as executor:
+        server = await loop.create_unix_server(
+            lambda: AgentConnection(dispatcher, executor), sock=sock
+        )
+        agent.log.info("listening on %s (unix-listen)", path)
+        try:
+            await stop.wait()
+        finally:
+            server.close()
+            with contextlib.suppress(OSError):
+                os.unlink(path)

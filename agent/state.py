@@ -1,0 +1,56 @@
+"""The agent's one state object: configuration, the command registry, and what is allowed now.
+
+Everything mutable in the daemon lives here, so that what a command may see or change is
+explicit and tests can build an agent without a process around it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from agent.config import VERSION, Config, ConfigError
+from agent.registry import Registry, build_registry
+
+BLOCKED_REASON = "the command is not allowed"
+FROZEN_REASON = "the filesystems are frozen"
+
+
+@dataclass
+class AgentState:
+    config: Config
+    registry: Registry = field(default_factory=build_registry)
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("pyqga.agent"))
+    version: str = VERSION
+    frozen: bool = False
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    blocked: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.blocked = blocked_commands(self.registry, self.config)
+
+    def disabled_reason(self, name: str) -> str | None:
+        """Why ``name`` may not run now, or None.  Checked on every request."""
+        if name in self.blocked:
+            return BLOCKED_REASON
+        if self.frozen:
+            command = self.registry.get(name)
+            if command is not None and not command.allowed_while_frozen:
+                return FROZEN_REASON
+        return None
+
+
+def blocked_commands(registry: Registry, config: Config) -> frozenset[str]:
+    """The commands -b/-a disable; a name we do not know is a typo worth stopping for."""
+    known = set(registry.names())
+    for option, names in (("--block-rpcs", config.block_rpcs), ("--allow-rpcs", config.allow_rpcs)):
+        unknown = sorted(set(names) - known)
+        if unknown:
+            raise ConfigError(
+                f"{option}: unknown command(s) {', '.join(unknown)}; '{option}=help' lists them"
+            )
+    blocked = set(config.block_rpcs)
+    if config.allow_rpcs:
+        blocked |= known - set(config.allow_rpcs)
+    return frozenset(blocked)

@@ -1,0 +1,172 @@
+"""The two wire dialects: JSON-RPC 2.0 (native) and qemu-ga's ``{"execute": ...}``.
+
+Each decoded message is classified on its own, so one connection may mix them; replies are
+encoded in the dialect of the request they answer.  Both dialects end up as the same
+:class:`Request`, which is all the dispatcher ever sees.
+
+Classification rules (untrusted input, so every shape is checked here once):
+- an array is a JSON-RPC batch (an empty one is a single invalid-request error);
+- an object with a ``jsonrpc`` member, or with ``method`` but no ``execute``, is JSON-RPC;
+- any other object is qemu-ga's dialect, with qemu's own error texts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from protocol.errors import AgentError, invalid_request
+
+RESYNC_BYTE = b"\xff"
+QGA_KEYS = frozenset(("execute", "arguments", "id"))
+JSONRPC_KEYS = frozenset(("jsonrpc", "method", "params", "id"))
+
+
+class Dialect(Enum):
+    JSONRPC = "jsonrpc"
+    QGA = "qga"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A well-formed request.  ``params`` is a dict, or a list for JSON-RPC by-position calls."""
+
+    dialect: Dialect
+    method: str
+    params: dict[str, Any] | list[Any]
+    id: Any = None
+    has_id: bool = False
+
+    @property
+    def wants_reply(self) -> bool:
+        # A JSON-RPC request without id is a notification; qemu-ga always replies.
+        return self.has_id or self.dialect is Dialect.QGA
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A message that cannot be dispatched; it is answered with ``error`` (never silently)."""
+
+    dialect: Dialect
+    error: AgentError
+    id: Any = None
+    has_id: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A JSON-RPC batch: every element is answered on its own, in one array."""
+
+    items: tuple[Request | Invalid, ...]
+
+
+Incoming = Request | Invalid | Batch
+
+
+def classify(value: Any) -> Incoming:
+    """Turn one decoded JSON value into a request, a batch, or an error to send back."""
+    if isinstance(value, list):
+        if not value:
+            return Invalid(Dialect.JSONRPC, invalid_request("Invalid request: empty batch"))
+        return Batch(tuple(_classify_jsonrpc(item) for item in value))
+    if isinstance(value, dict):
+        if "jsonrpc" in value or ("method" in value and "execute" not in value):
+            return _classify_jsonrpc(value)
+        return _classify_qga(value)
+    return Invalid(Dialect.QGA, invalid_request("QMP input must be a JSON object"))
+
+
+def _classify_qga(obj: dict[str, Any]) -> Request | Invalid:
+    has_id = "id" in obj
+    request_id = obj.get("id")
+
+    def fail(text: str) -> Invalid:
+        return Invalid(Dialect.QGA, invalid_request(text), request_id, has_id)
+
+    for key, member in obj.items():
+        if key not in QGA_KEYS:
+            return fail(f"QMP input member '{key}' is unexpected")
+        if key == "execute" and not isinstance(member, str):
+            return fail("QMP input member 'execute' must be a string")
+        if key == "arguments" and not isinstance(member, dict):
+            return fail("QMP input member 'arguments' must be an object")
+    if "execute" not in obj:
+        return fail("QMP input lacks member 'execute'")
+    return Request(Dialect.QGA, obj["execute"], obj.get("arguments", {}), request_id, has_id)
+
+
+def _classify_jsonrpc(item: Any) -> Request | Invalid:
+    if not isinstance(item, dict):
+        return Invalid(Dialect.JSONRPC, invalid_request("Invalid request: not an object"))
+    has_id = "id" in item
+    request_id = item.get("id")
+    if request_id is not None and (
+        isinstance(request_id, bool) or not isinstance(request_id, str | int | float)
+    ):
+        # Not echoed: an id of the wrong type is exactly what a client could not match.
+        return Invalid(
+            Dialect.JSONRPC,
+            invalid_request("Invalid request: 'id' must be a string, a number or null"),
+            None,
+            True,
+        )
+
+    def fail(text: str) -> Invalid:
+        return Invalid(Dialect.JSONRPC, invalid_request(f"Invalid request: {text}"), request_id, True)
+
+    extra = sorted(set(item) - JSONRPC_KEYS)
+    if extra:
+        return fail(f"unexpected member '{extra[0]}'")
+    if item.get("jsonrpc") != "2.0":
+        return fail("'jsonrpc' must be exactly \"2.0\"")
+    method = item.get("method")
+    if not isinstance(method, str):
+        return fail("'method' must be a string")
+    params = item.get("params", {})
+    if not isinstance(params, dict | list):
+        return fail("'params' must be an object or an array")
+    return Request(Dialect.JSONRPC, method, params, request_id, has_id)
+
+
+# --- replies -------------------------------------------------------------------------------
+
+
+def reply_object(
+    dialect: Dialect, request_id: Any, has_id: bool, result: Any = None,
+    error: AgentError | None = None,
+) -> dict[str, Any]:
+    """The reply as a JSON-ready object in ``dialect``."""
+    if dialect is Dialect.QGA:
+        body: dict[str, Any] = (
+            {"error": error.to_qga()} if error is not None else {"return": result}
+        )
+        if has_id:
+            body["id"] = request_id
+        return body
+    if error is not None:
+        return {"jsonrpc": "2.0", "error": error.to_jsonrpc(), "id": request_id}
+    return {"jsonrpc": "2.0", "result": result, "id": request_id}
+
+
+def encode(reply: Any, *, delimited: bool = False) -> bytes:
+    """One reply (or a batch of them) as one line; ``delimited`` prefixes the 0xFF sync byte."""
+    line = json.dumps(reply).encode() + b"\n"
+    return RESYNC_BYTE + line if delimited else line
+
+
+def encode_request(
+    dialect: Dialect, method: str, params: dict[str, Any] | None, request_id: Any
+) -> bytes:
+    """A request line as a host sends it (the host client and tests share this)."""
+    if dialect is Dialect.QGA:
+        message: dict[str, Any] = {"execute": method}
+        if params:
+            message["arguments"] = params
+        message["id"] = request_id
+    else:
+        message = {"jsonrpc": "2.0", "method": method, "id": request_id}
+        if params:
+            message["params"] = params
+    return json.dumps(message).encode() + b"\n"
