@@ -1,0 +1,5 @@
+import sys
+
+from host_client.cli import main
+
+sys.exit(main())

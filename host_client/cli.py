@@ -1,0 +1,146 @@
+"""``pyqga``: drive a guest agent (pyqga or qemu-ga) from the host.
+
+Output is for humans by default and JSON with ``--json``.  Exit codes: 0 success, 1 the agent
+answered with an error, 2 bad usage, 3 the agent could not be reached or did not answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from host_client.client import DEFAULT_TIMEOUT, AgentClient
+from host_client.errors import AgentCallError, AgentClientError
+
+EXIT_OK, EXIT_AGENT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyqga",
+        description="Talk to a guest agent (pyqga or QEMU's qemu-ga) from the host.",
+        epilog=(
+            "Examples:\n"
+            "  pyqga --socket /run/vm1/qga.sock ping\n"
+            "  pyqga --socket /run/vm1/qga.sock --dialect qga info\n"
+            "  pyqga --socket S call guest-sync '{\"id\": 42}'\n"
+            "Exit status: 0 ok, 1 the agent returned an error, 2 usage, 3 agent unreachable or silent."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_connection_options(parser, argparse.SUPPRESS)
+    parser.set_defaults(dialect="jsonrpc", timeout=DEFAULT_TIMEOUT, json=False)
+    common = argparse.ArgumentParser(add_help=False)
+    add_connection_options(common, argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("ping", parents=[common], help="check that the agent answers, and how fast")
+    commands.add_parser("info", parents=[common], help="agent version and its commands")
+    commands.add_parser("sync", parents=[common], help="resynchronise the channel (guest-sync-delimited)")
+    call = commands.add_parser("call", parents=[common], help="run any command: call METHOD [JSON-ARGUMENTS]")
+    call.add_argument("method", help="command name, e.g. guest-get-osinfo")
+    call.add_argument("arguments", nargs="?", default=None,
+                      help="arguments as a JSON object, e.g. '{\"id\": 1}'")
+    return parser
+
+
+def add_connection_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """Options accepted before and after the command word (``pyqga ping --json`` works too)."""
+    parser.add_argument("--socket", "-s", metavar="ADDRESS", default=default,
+                        help="the agent's channel: a unix socket path (or unix:PATH)")
+    parser.add_argument("--dialect", choices=("jsonrpc", "qga"), default=default,
+                        help="wire dialect; 'qga' also talks to QEMU's qemu-ga (default jsonrpc)")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS", default=default,
+                        help=f"give up on a reply after this long (default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--json", action="store_true", default=default,
+                        help="print the raw result as JSON")
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def run_ping(client: AgentClient, as_json: bool) -> None:
+    start = time.perf_counter()
+    client.ping()
+    elapsed = time.perf_counter() - start
+    if as_json:
+        _print_json({"ok": True, "seconds": round(elapsed, 6)})
+    else:
+        print(f"{client.address}: agent answered in {elapsed * 1000:.2f} ms")
+
+
+def run_info(client: AgentClient, as_json: bool) -> None:
+    info = client.info()
+    if as_json:
+        _print_json(info)
+        return
+    commands = info.get("supported_commands", [])
+    enabled = sum(1 for c in commands if c.get("enabled"))
+    print(f"agent version {info.get('version')}: {len(commands)} commands, {enabled} enabled")
+    width = max((len(c.get("name", "")) for c in commands), default=0)
+    for command in commands:
+        state = "enabled" if command.get("enabled") else "disabled"
+        reply = "" if command.get("success-response", True) else "  (no reply on success)"
+        print(f"  {command.get('name', '?'):<{width}}  {state}{reply}")
+
+
+def run_sync(client: AgentClient, as_json: bool) -> None:
+    start = time.perf_counter()
+    sync_id = client.sync()
+    elapsed = time.perf_counter() - start
+    if as_json:
+        _print_json({"id": sync_id, "seconds": round(elapsed, 6)})
+    else:
+        print(f"{client.address}: in sync (id {sync_id}, {elapsed * 1000:.2f} ms)")
+
+
+def run_call(client: AgentClient, method: str, arguments: dict[str, Any] | None, as_json: bool) -> None:
+    result = client.call(method, arguments)
+    if as_json or not isinstance(result, str | int | float):
+        _print_json(result)
+    else:
+        print(result)
+
+
+def parse_arguments(parser: argparse.ArgumentParser, text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        parser.error(f"arguments are not valid JSON ({exc.msg} at column {exc.colno}): {text}")
+    if not isinstance(value, dict):
+        parser.error(f"arguments must be a JSON object such as '{{\"id\": 1}}', not {text}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "socket", None) is None:
+        parser.error("--socket ADDRESS is required (the agent's unix socket)")
+    arguments = parse_arguments(parser, args.arguments) if args.command == "call" else None
+    try:
+        with AgentClient(args.socket, dialect=args.dialect, timeout=args.timeout) as client:
+            if args.command == "ping":
+                run_ping(client, args.json)
+            elif args.command == "info":
+                run_info(client, args.json)
+            elif args.command == "sync":
+                run_sync(client, args.json)
+            else:
+                run_call(client, args.method, arguments, args.json)
+    except AgentCallError as exc:
+        print(f"pyqga: error: {exc}", file=sys.stderr)
+        return EXIT_AGENT_ERROR
+    except AgentClientError as exc:
+        print(f"pyqga: error: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""``AgentClient``: a synchronous client for pyqga and qemu-ga, in either dialect.
+
+The wire logic (ids, matching, resync) is :class:`protocol.client.ClientConnection`; this class
+adds the I/O and the deadlines.  It resyncs on connect and after any timeout, because a
+virtio-serial channel outlives host connections and may hold a stale reply or half a message.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from host_client.errors import AgentCallError, AgentConnectionError, AgentTimeout
+from host_client.transport import Transport, open_transport
+from protocol.client import ClientConnection, Reply
+from protocol.dialects import Dialect
+
+DEFAULT_TIMEOUT = 10.0
+
+
+class AgentClient:
+    """Use as a context manager, or call :meth:`close`.
+
+    ``dialect`` is ``"jsonrpc"`` (pyqga's native one) or ``"qga"`` (works with pyqga and qemu-ga).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        dialect: str | Dialect = Dialect.JSONRPC,
+        timeout: float = DEFAULT_TIMEOUT,
+        resync: bool = True,
+        transport: Transport | None = None,
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._conn = ClientConnection(Dialect(dialect))
+        self._transport = transport or open_transport(address, timeout)
+        self.address = self._transport.address
+        self._needs_resync = resync
+
+    # --- context manager -----------------------------------------------------------------
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._transport.close()
+
+    @property
+    def dialect(self) -> Dialect:
+        return self._conn.dialect
+
+    # --- calls -----------------------------------------------------------------------------
+
+    def call(self, method: str, params: Mapping[str, Any] | None = None, *,
+             timeout: float | None = None, **kwargs: Any) -> Any:
+        """Run ``method`` in the guest and return its result; raise on error or timeout.
+
+        Parameters go in ``params`` or as keyword arguments (``call("guest-sync", id=5)``);
+        use ``params`` for names that are not Python identifiers (``"input-data"``).
+        """
+        arguments = {**(params or {}), **kwargs}
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        if self._needs_resync:
+            self._resync(deadline, method, limit)
+        request_id, data = self._conn.send_request(method, arguments or None)
+        reply = self._exchange(data, request_id, deadline, method, limit)
+        if reply.error is not None:
+            raise AgentCallError(reply.error, method=method, address=self.address)
+        return reply.result
+
+    def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None:
+        """Send without waiting for a reply (``guest-shutdown`` answers nothing on success)."""
+        deadline = time.monotonic() + self.timeout
+        if self._needs_resync:
+            self._resync(deadline, method, self.timeout)
+        _, data = self._conn.send_request(method, dict(params) if params else None)
+        self._guarded(method, self.timeout, lambda: self._transport.send(data, deadline))
+
+    def ping(self) -> None:
+        self.call("guest-ping")
+
+    def info(self) -> dict[str, Any]:
+        return self.call("guest-info")
+
+    def sync(self, timeout: float | None = None) -> int:
+        """Resynchronise the channel now; returns the random id that came back."""
+        limit = self.timeout if timeout is None else timeout
+        return self._resync(time.monotonic() + limit, "guest-sync-delimited", limit)
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _resync(self, deadline: float, method: str, limit: float) -> int:
+        sync_id = random.getrandbits(62) + 1
+        data = self._conn.start_resync(sync_id)
+        self._needs_resync = True
+
+        def run() -> None:
+            self._transport.send(data, deadline)
+            while self._conn.resyncing:
+                for reply in self._conn.receive_data(self._transport.recv(deadline)):
+                    if reply.error is not None:  # the agent refused the sync itself
+                        raise AgentCallError(reply.error, method="guest-sync-delimited",
+                                             address=self.address)
+
+        self._guarded(method, limit, run, doing="while resyncing")
+        self._needs_resync = False
+        return sync_id
+
+    def _exchange(self, data: bytes, request_id: int, deadline: float, method: str, limit: float) -> Reply:
+        def run() -> Reply:
+            self._transport.send(data, deadline)
+            while True:
+                for reply in self._conn.receive_data(self._transport.recv(deadline)):
+                    # An error without an id answers a request the agent could not even read.
+                    if reply.id == request_id or (reply.id is None and reply.error is not None):
+                        return reply
+
+        return self._guarded(method, limit, run)
+
+    def _guarded(self, method: str, limit: float, action: Any, doing: str = "") -> Any:
+        try:
+            return action()
+        except AgentTimeout:
+            self._needs_resync = True
+            suffix = f" ({doing})" if doing else ""
+            raise AgentTimeout(
+                f"{method} on {self.address}: no reply within {limit:g} s{suffix}",
+                method=method, address=self.address,
+            ) from None
+        except AgentConnectionError as exc:
+            self._needs_resync = True
+            raise AgentConnectionError(f"{method}: {exc}", method=method, address=self.address) from None
+
+

@@ -1,0 +1,39 @@
+"""What the host client raises: every error names the method and the agent's address."""
+
+from __future__ import annotations
+
+from protocol.errors import AgentError
+
+
+class AgentClientError(Exception):
+    """Base class; ``str()`` is one line a human can act on."""
+
+    def __init__(self, message: str, *, method: str | None = None, address: str | None = None) -> None:
+        super().__init__(message)
+        self.method = method
+        self.address = address
+
+
+class AgentConnectionError(AgentClientError):
+    """The channel could not be opened, or it closed under us."""
+
+
+class AgentTimeout(AgentClientError):
+    """No reply in time; the client resyncs before its next call."""
+
+
+class AgentCallError(AgentClientError):
+    """The agent answered with an error; ``error`` has its class/code and message."""
+
+    def __init__(self, error: AgentError, *, method: str, address: str) -> None:
+        super().__init__(f"{method} on {address}: {error.qga_class}: {error.message}",
+                         method=method, address=address)
+        self.error = error
+
+    @property
+    def error_class(self) -> str:
+        return self.error.qga_class
+
+    @property
+    def code(self) -> int:
+        return self.error.kind.code
