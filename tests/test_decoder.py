@@ -1,0 +1,396 @@
+"""Tests for the sans-IO stream decoder: framing, recovery, limits, and chunking independence."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol import decoder as decoder_module
+from protocol.decoder import DecodeFailure, Event, Message, Resynced, StreamDecoder
+from protocol.errors import ErrorKind
+
+
+def feed_all(decoder: StreamDecoder, chunks: Iterable[bytes]) -> list[Event]:
+    events: list[Event] = []
+    for chunk in chunks:
+        events.extend(decoder.feed(chunk))
+    return events
+
+
+def decode(data: bytes, **kwargs: Any) -> list[Event]:
+    return StreamDecoder(**kwargs).feed(data)
+
+
+def values(events: list[Event]) -> list[Any]:
+    return [event.value for event in events if isinstance(event, Message)]
+
+
+def failures(events: list[Event]) -> list[str]:
+    return [event.error.message for event in events if isinstance(event, DecodeFailure)]
+
+
+def split(data: bytes, cuts: Iterable[int]) -> list[bytes]:
+    bounds = [0, *sorted(set(cuts)), len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def assert_failure(event: Event, text: str) -> None:
+    assert isinstance(event, DecodeFailure), event
+    assert event.error.kind is ErrorKind.PARSE_ERROR
+    assert text in event.error.message
+
+
+# A stream exercising every path: strings with brackets and escapes, garbage, bad JSON, bad UTF-8,
+# a resync inside a partial message, a batch, and no newlines.
+MIXED = (
+    b'{"execute":"guest-ping"}'
+    b'  {"a": "}{][\\"", "b": ["\\\\", {"c": "\\u00e9"}]}\n'
+    b"garbage 12 } ]"
+    b'[{"jsonrpc":"2.0","method":"m","id":1}]'
+    b'{"a" 1}'
+    b'{"s": "\xc3\x28"}'
+    b'{"partial": [1, 2, "x\xff'
+    b'{"after": "resync"}\r\n'
+    b'{"\xc3\xa9": "\xe2\x82\xac"}'
+)
+
+
+class TestFraming:
+    def test_single_message(self) -> None:
+        assert decode(b'{"execute": "guest-ping"}') == [
+            Message({"execute": "guest-ping"}, 25)
+        ]
+
+    def test_several_messages_in_one_chunk_without_newlines(self) -> None:
+        events = decode(b'{"a":1}{"b":2}[3]\n\n {"c":{}}\t')
+        assert events == [
+            Message({"a": 1}, 7),
+            Message({"b": 2}, 7),
+            Message([3], 3),
+            Message({"c": {}}, 8),
+        ]
+
+    def test_message_split_over_feeds_is_buffered(self) -> None:
+        decoder = StreamDecoder()
+        assert decoder.feed(b'  {"a": [1, ') == []
+        assert decoder.buffered == len(b'{"a": [1, ')
+        assert decoder.feed(b"2]}") == [Message({"a": [1, 2]}, 13)]
+        assert decoder.buffered == 0
+
+    def test_strings_containing_brackets_and_escaped_quotes(self) -> None:
+        data = b'{"a": "}}]]{{[[", "b": "say \\"}\\" now", "c": "\\\\", "d": "\\\\\\""}'
+        assert decode(data) == [Message(json.loads(data), len(data))]
+
+    def test_every_split_point_gives_the_same_events(self) -> None:
+        whole = decode(MIXED)
+        assert len(values(whole)) == 5
+        for cut in range(len(MIXED) + 1):
+            assert feed_all(StreamDecoder(), split(MIXED, [cut])) == whole, cut
+
+    def test_byte_by_byte_gives_the_same_events(self) -> None:
+        whole = decode(MIXED)
+        one_byte = [MIXED[i : i + 1] for i in range(len(MIXED))]
+        assert feed_all(StreamDecoder(), one_byte) == whole
+
+    def test_empty_feed(self) -> None:
+        decoder = StreamDecoder()
+        assert decoder.feed(b"") == []
+        assert decoder.feed(b'{"a"') == []
+        assert decoder.feed(b"") == []
+        assert decoder.buffered == 4
+
+    def test_reset_forgets_partial_input(self) -> None:
+        decoder = StreamDecoder()
+        decoder.feed(b'{"a": "unterminated {')
+        decoder.reset()
+        assert decoder.buffered == 0
+        assert decoder.feed(b'{"b": 2}') == [Message({"b": 2}, 8)]
+
+    def test_bytearray_and_memoryview_input(self) -> None:
+        decoder = StreamDecoder()
+        assert decoder.feed(bytearray(b'{"a":')) == []
+        assert decoder.feed(memoryview(b"1}")) == [Message({"a": 1}, 7)]  # type: ignore[arg-type]
+
+
+class TestRecovery:
+    def test_garbage_between_messages_gives_one_failure(self) -> None:
+        events = decode(b'{"a":1} this is not json, 12 "x" true } ] {"b":2}')
+        assert len(events) == 3
+        assert events[0] == Message({"a": 1}, 7)
+        assert_failure(events[1], "unexpected 't'")
+        assert events[2] == Message({"b": 2}, 7)
+
+    def test_garbage_split_over_chunks_is_still_one_failure(self) -> None:
+        chunks = [b"gar", b"bage ", b"  ", b"more}", b'{"ok":true}']
+        events = feed_all(StreamDecoder(), chunks)
+        assert len(failures(events)) == 1
+        assert values(events) == [{"ok": True}]
+
+    @pytest.mark.parametrize(
+        "garbage", [b"}", b"]", b"42", b'"str"', b"null", b"\xc3\xa9", b"\x00"]
+    )
+    def test_top_level_non_containers_are_garbage(self, garbage: bytes) -> None:
+        events = decode(garbage + b' [1]')
+        assert len(events) == 2
+        assert_failure(events[0], "a message must be a JSON object or array")
+        assert events[1] == Message([1], 3)
+
+    def test_garbage_then_resync_then_message(self) -> None:
+        events = decode(b'garbage\xff{"execute":"guest-ping"}')
+        assert len(events) == 3
+        assert_failure(events[0], "unexpected 'g'")
+        assert events[1] == Resynced(0)
+        assert events[2] == Message({"execute": "guest-ping"}, 24)
+
+    def test_resync_drops_partial_message_silently(self) -> None:
+        decoder = StreamDecoder()
+        assert decoder.feed(b'{"a": [1, 2') == []
+        assert decoder.feed(b'\xff{"b": 2}') == [Resynced(11), Message({"b": 2}, 8)]
+
+    def test_resync_inside_a_string_and_after_a_backslash(self) -> None:
+        assert decode(b'{"a": "x { \xff{"b": 2}') == [Resynced(11), Message({"b": 2}, 8)]
+        assert decode(b'{"a": "x\\\xff{"b": 2}') == [Resynced(9), Message({"b": 2}, 8)]
+        decoder = StreamDecoder()
+        assert decoder.feed(b'{"a": "x\\') == []
+        assert decoder.feed(b'\xff{"b": 2}') == [Resynced(9), Message({"b": 2}, 8)]
+
+    def test_resync_between_messages(self) -> None:
+        assert decode(b'\xff\xff{"a":1}\xff') == [
+            Resynced(0),
+            Resynced(0),
+            Message({"a": 1}, 7),
+            Resynced(0),
+        ]
+
+    def test_invalid_json_reports_where(self) -> None:
+        events = decode(b'{"a": 1 "b": 2}{"c":3}')
+        assert len(events) == 2
+        assert_failure(events[0], "Expecting ',' delimiter: line 1 column 9")
+        assert events[1] == Message({"c": 3}, 7)
+
+    def test_invalid_utf8_gives_one_failure_and_next_message_decodes(self) -> None:
+        events = decode(b'{"a": "\xc3\x28"}\n{"a": "\xed\xa0\x80"}\n{"b": "\xc3\xa9"}')
+        assert len(events) == 3
+        assert_failure(events[0], "invalid UTF-8")
+        assert_failure(events[1], "invalid UTF-8")  # an encoded surrogate
+        assert events[2] == Message({"b": "é"}, 11)
+
+    def test_non_standard_constants_are_rejected(self) -> None:
+        events = decode(b'{"a": NaN}{"b": -Infinity}[1]')
+        assert failures(events)[0].endswith("invalid JSON constant NaN")
+        assert len(failures(events)) == 2
+        assert values(events) == [[1]]
+
+    def test_mismatched_brackets_fail_and_recover(self) -> None:
+        events = decode(b'{"a": 1]{"b": 2}')
+        assert len(events) == 2
+        assert_failure(events[0], "Parse error")
+        assert events[1] == Message({"b": 2}, 8)
+
+
+class TestLimits:
+    def test_message_exactly_at_the_limit_is_fine(self) -> None:
+        data = b'{"a": "' + b"x" * 10 + b'"}'
+        assert decode(data, max_message_size=len(data)) == [Message(json.loads(data), len(data))]
+        events = decode(data, max_message_size=len(data) - 1)
+        assert len(events) == 1
+        assert_failure(events[0], f"message larger than {len(data) - 1} bytes")
+
+    def test_oversized_message_gives_one_failure_then_next_decodes(self) -> None:
+        big = b'{"a": "' + b"{" * 5000 + b'", "b": [' + b"[1]," * 5000 + b"0]}"
+        data = big + b'\n{"next": 1}'
+        for chunks in ([data], [data[i : i + 7] for i in range(0, len(data), 7)]):
+            decoder = StreamDecoder(max_message_size=1000)
+            events = feed_all(decoder, chunks)
+            assert len(events) == 2
+            assert_failure(events[0], "message larger than 1000 bytes")
+            assert events[1] == Message({"next": 1}, 11)
+
+    def test_ten_megabyte_message_in_4k_chunks_stays_bounded(self) -> None:
+        limit = 1 << 20
+        big = b'{"data": ["' + b"a}\\\"" * (10 << 18) + b'", {"x": [' + b"[]," * 100 + b"1]}]}"
+        assert len(big) > 10_000_000
+        decoder = StreamDecoder()
+        events: list[Event] = []
+        for i in range(0, len(big), 4096):
+            events.extend(decoder.feed(big[i : i + 4096]))
+            assert decoder.buffered <= limit
+        events.extend(decoder.feed(b'{"execute": "guest-ping"}'))
+        assert len(events) == 2
+        assert_failure(events[0], f"message larger than {limit} bytes")
+        assert events[1] == Message({"execute": "guest-ping"}, 25)
+        assert decoder.buffered == 0
+
+    def test_resync_ends_skipping_an_oversized_message(self) -> None:
+        decoder = StreamDecoder(max_message_size=16)
+        events = decoder.feed(b'{"a": "' + b"x" * 100)
+        assert len(events) == 1
+        assert decoder.buffered == 0
+        assert decoder.feed(b'\xff{"b": 2}') == [Resynced(0), Message({"b": 2}, 8)]
+
+    def test_too_deep_nesting_gives_one_failure(self) -> None:
+        ok = b"[" * 8 + b"]" * 8
+        assert decode(ok, max_depth=8) == [Message(json.loads(ok), 16)]
+        deep = b'{"a": ' + b"[{}," * 9 + b"1" + b"]" * 9 + b"}"
+        events = decode(deep + b"[1]", max_depth=8)
+        assert len(events) == 2
+        assert_failure(events[0], "nesting deeper than 8")
+        assert events[1] == Message([1], 3)
+
+    def test_very_deep_nesting_never_raises(self) -> None:
+        depth = 200_000
+        data = b"[" * depth + b"]" * depth + b'{"a": 1}'
+        decoder = StreamDecoder(max_message_size=1 << 22)
+        events = feed_all(decoder, [data[i : i + 1000] for i in range(0, len(data), 1000)])
+        assert len(events) == 2
+        assert_failure(events[0], "nesting deeper than 1024")
+        assert events[1] == Message({"a": 1}, 8)
+
+    def test_depth_within_limit_but_beyond_python_recursion_never_raises(self) -> None:
+        # json.loads recurses; with the default recursion limit (1000) it gives up below 1024.
+        data = b"[" * 1024 + b"]" * 1024
+        (event,) = decode(data)
+        if isinstance(event, Message):
+            assert event.size == 2048
+        else:
+            assert_failure(event, "nesting too deep")
+
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            {"max_message_size": 0},
+            {"max_message_size": -1},
+            {"max_message_size": (64 << 20) + 1},
+            {"max_depth": 0},
+        ],
+    )
+    def test_bad_limits_are_rejected(self, kwargs: dict[str, int]) -> None:
+        with pytest.raises(ValueError):
+            StreamDecoder(**kwargs)
+
+    def test_largest_allowed_limit(self) -> None:
+        StreamDecoder(max_message_size=64 << 20)
+
+
+class _CountingPattern:
+    """Wraps a compiled regex and adds up how many bytes its searches ran over."""
+
+    def __init__(self, pattern: re.Pattern[bytes]) -> None:
+        self.pattern = pattern
+        self.scanned = 0
+
+    def search(self, string: bytes, pos: int = 0) -> re.Match[bytes] | None:
+        m = self.pattern.search(string, pos)
+        self.scanned += (m.end() if m else len(string)) - pos
+        return m
+
+    def match(self, string: bytes, pos: int = 0) -> re.Match[bytes] | None:
+        m = self.pattern.match(string, pos)
+        self.scanned += (m.end() if m else 0) - pos
+        return m
+
+
+class TestLinearTime:
+    """Small chunks must never make the decoder rescan what it has already seen."""
+
+    @pytest.mark.parametrize(
+        "message",
+        [
+            b'{"blob": "' + b"abc\\\"{" * 34_000 + b'"}',  # one long string
+            b'{"items": [' + b'{"k": "v"}, ' * 17_000 + b"{}]}",  # many small pieces
+        ],
+        ids=["long-string", "many-items"],
+    )
+    def test_200k_message_in_64_byte_chunks_scans_each_byte_once(
+        self, message: bytes, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        assert len(message) > 200_000
+        counters = {}
+        for name in ("_STRUCTURE", "_STRING_BODY", "_WHITESPACE", "_GARBAGE_END"):
+            counters[name] = _CountingPattern(getattr(decoder_module, name))
+            monkeypatch.setattr(decoder_module, name, counters[name])
+        decoder = StreamDecoder()
+        chunks = [message[i : i + 64] for i in range(0, len(message), 64)]
+        assert feed_all(decoder, chunks) == [Message(json.loads(message), len(message))]
+        assert sum(c.scanned for c in counters.values()) <= len(message)
+
+
+# Strategies: random JSON documents, and byte soup rich in the bytes the scanner cares about.
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(), children, max_size=4),
+    max_leaves=20,
+)
+json_messages = st.dictionaries(st.text(), json_values, max_size=5) | st.lists(
+    json_values, max_size=5
+)
+whitespace = st.sampled_from([b"", b" ", b"\n", b"\r\n", b"\t", b"  \n "])
+byte_soup = st.lists(
+    st.sampled_from(
+        [b"{", b"}", b"[", b"]", b'"', b"\\", b"\xff", b" ", b"\n", b"a", b"1", b":", b",",
+         b"\xc3", b"\xa9", b'{"a":', b'"x"', b"null"]
+    )
+    | st.binary(max_size=4),
+    max_size=80,
+).map(b"".join)
+
+
+@st.composite
+def chunkings(draw: st.DrawFn, data: bytes) -> list[bytes]:
+    cuts = draw(st.lists(st.integers(0, len(data)), max_size=20))
+    return split(data, cuts)
+
+
+@given(st.lists(st.tuples(json_messages, whitespace, st.booleans()), max_size=8), st.data())
+@settings(max_examples=300, deadline=None)
+def test_any_chunking_of_a_valid_stream_gives_the_messages(
+    messages: list[tuple[Any, bytes, bool]], data: st.DataObject
+) -> None:
+    stream = b""
+    expected = []
+    for value, gap, ascii_only in messages:
+        encoded = json.dumps(value, ensure_ascii=ascii_only).encode()
+        stream += encoded + gap
+        expected.append(Message(value, len(encoded)))
+    chunks = data.draw(chunkings(stream))
+    assert feed_all(StreamDecoder(), chunks) == expected
+
+
+@given(byte_soup, st.data())
+@settings(max_examples=500, deadline=None)
+def test_arbitrary_bytes_never_raise_stay_bounded_and_ignore_chunking(
+    soup: bytes, data: st.DataObject
+) -> None:
+    limit = 24
+    whole = StreamDecoder(max_message_size=limit, max_depth=3).feed(soup)
+    decoder = StreamDecoder(max_message_size=limit, max_depth=3)
+    events: list[Event] = []
+    for chunk in data.draw(chunkings(soup)):
+        events.extend(decoder.feed(chunk))
+        assert decoder.buffered <= limit
+    assert events == whole
+    assert all(isinstance(e, Message | DecodeFailure | Resynced) for e in events)
+
+
+@given(st.binary(max_size=2000), st.integers(1, 64))
+@settings(max_examples=200, deadline=None)
+def test_random_binary_in_fixed_chunks(blob: bytes, size: int) -> None:
+    decoder = StreamDecoder(max_message_size=100)
+    for i in range(0, len(blob), size):
+        decoder.feed(blob[i : i + size])
+        assert decoder.buffered <= 100
