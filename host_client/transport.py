@@ -53,6 +53,8 @@ class SocketTransport:
                 data = self.sock.recv(RECV_SIZE)
             except BlockingIOError:
                 continue
+            except ConnectionResetError:
+                data = b""
             except OSError as exc:
                 raise AgentConnectionError(f"{self.address}: receive failed: {exc.strerror}") from None
             if not data:

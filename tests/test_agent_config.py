@@ -1,0 +1,103 @@
+"""qemu-ga's command line and config file, and the registry's listings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent import config as cfg
+from agent.registry import build_registry
+from agent.state import AgentState
+from tests.support.agent_process import REPO_ROOT
+
+
+def parse(*argv: str) -> cfg.Config:
+    return cfg.from_args(cfg.build_parser().parse_args(["-c", os.devnull, *argv]))
+
+
+def run_agent(*argv: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    return subprocess.run([sys.executable, "-B", "-m", "agent", *argv], capture_output=True, text=True,
+                          env=env, timeout=30)
+
+
+def test_defaults_match_qemu_ga() -> None:
+    config = parse()
+    assert config.method == "virtio-serial"
+    assert config.channel_path == "/dev/virtio-ports/org.qemu.guest_agent.0"
+    assert config.statedir == "/run/pyqga"
+    assert config.fsfreeze_hook is None
+
+
+def test_command_line_overrides_config_file(tmp_path: Path) -> None:
+    conf = tmp_path / "pyqga.conf"
+    conf.write_text("[general]\nmethod=unix-listen\npath=/tmp/a.sock\nverbose=true\n"
+                    "block-rpcs=guest-get-time;guest-ping;\nfsfreeze-hook=/x/hook\n")
+    config = cfg.from_args(cfg.build_parser().parse_args(["-c", str(conf), "-p", "/tmp/b.sock"]))
+    assert (config.method, config.path, config.verbose) == ("unix-listen", "/tmp/b.sock", True)
+    assert config.block_rpcs == ("guest-get-time", "guest-ping")
+    assert config.fsfreeze_hook == "/x/hook"
+
+
+def test_dump_conf_loads_back_to_the_same_config(tmp_path: Path) -> None:
+    original = parse("-m", "unix-listen", "-p", "/tmp/x.sock", "-b", "guest-get-time,guest-get-osinfo",
+                     "-F", "--freeze-include", "/data*", "-v")
+    dumped = tmp_path / "dumped.conf"
+    dumped.write_text(cfg.dump(original))
+    reloaded = cfg.from_args(cfg.build_parser().parse_args(["-c", str(dumped)]))
+    assert reloaded == original
+    assert "block-rpcs=guest-get-time;guest-get-osinfo;" in dumped.read_text()
+    assert f"fsfreeze-hook={cfg.DEFAULT_HOOK}" in dumped.read_text()
+
+
+def test_bad_config_values_are_clear_errors(tmp_path: Path) -> None:
+    conf = tmp_path / "bad.conf"
+    conf.write_text("[general]\nverbose=maybe\n")
+    with pytest.raises(cfg.ConfigError, match=r"'verbose'.*not a boolean"):
+        cfg.load_file(str(conf))
+    conf.write_text("[general]\nno-such-key=1\n")
+    with pytest.raises(cfg.ConfigError, match="unknown key 'no-such-key'"):
+        cfg.load_file(str(conf))
+    with pytest.raises(cfg.ConfigError, match="cannot read config file"):
+        cfg.load_file(str(tmp_path / "missing.conf"))
+
+
+def test_unknown_blocked_command_is_refused() -> None:
+    with pytest.raises(cfg.ConfigError, match=r"unknown command.*guest-pong"):
+        AgentState(parse("-b", "guest-pong"))
+
+
+def test_cli_help_dump_and_rpc_listing() -> None:
+    listing = run_agent("-b", "help")
+    assert listing.returncode == 0
+    names = [line.split()[0] for line in listing.stdout.splitlines()]
+    assert names == build_registry().names()
+    dumped = run_agent("-c", os.devnull, "-D", "-m", "unix-listen", "-p", "/tmp/q.sock")
+    assert dumped.returncode == 0 and dumped.stdout.startswith("[general]\n")
+    assert "path=/tmp/q.sock" in dumped.stdout
+    helped = run_agent("--help")
+    assert helped.returncode == 0 and "--fsfreeze-hook" in helped.stdout and "(qemu-ga)" in helped.stdout
+    version = run_agent("-V")
+    assert version.returncode == 0 and version.stdout.startswith("pyqga-agent ")
+    bad = run_agent("-c", os.devnull, "-b", "nope-cmd", "-m", "unix-listen", "-p", "/tmp/z.sock")
+    assert bad.returncode == 2 and "unknown command" in bad.stderr
+
+
+def test_unsupported_method_fails_with_a_clear_message(tmp_path: Path) -> None:
+    result = run_agent("-c", os.devnull, "-m", "isa-serial", "-t", str(tmp_path))
+    assert result.returncode == 1 and "not supported yet" in result.stderr
+
+
+def test_registry_params_are_checked_in_qemu_words() -> None:
+    sync = build_registry().get("guest-sync")
+    assert sync is not None
+    assert sync.check_params({"id": 3}) == {"id": 3}
+    assert sync.check_params([4]) == {"id": 4}
+    for params, text in (({}, "Parameter 'id' is missing"), ({"id": True}, "expected: integer"),
+                         ({"id": 1, "x": 2}, "Parameter 'x' is unexpected")):
+        with pytest.raises(Exception, match=text):
+            sync.check_params(params)
