@@ -1,0 +1,87 @@
+"""Suite-wide fixtures.
+
+The thaw guard: freeze tests only touch loop filesystems they made, but a bug (a freeze-all
+whose filter is wrong) would freeze ``/`` or the checkout, and then every writer blocks,
+pytest included. The guard is a separate process (it must run when this one is stuck in
+uninterruptible sleep, and must not need the GIL) that holds fds on those filesystems and
+issues FITHAW every 0.2 s; FITHAW on a filesystem that is not frozen is a harmless EINVAL.
+It exits when its parent goes away, and logs only to tmpfs or stderr, never to a file that
+might be frozen.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Runs with `python -I -c`: self-contained, stdlib only.
+_GUARD_SOURCE = r"""
+import errno, fcntl, os, sys, time
+FITHAW = 0xC0045878
+parent = os.getppid()
+fds = {}
+for path in sys.argv[1:]:
+    try:
+        fds[path] = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        sys.stderr.write(f"pyqga test thaw guard: cannot open {path}: {e.strerror}\n")
+try:
+    log = os.open("/dev/shm/pyqga-test-thaw-guard.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+except OSError:
+    log = 2
+sys.stdout.write("ready\n")
+sys.stdout.flush()
+while os.getppid() == parent:
+    for path, fd in fds.items():
+        try:
+            fcntl.ioctl(fd, FITHAW, 0)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                os.write(log, f"{time.time():.3f} FITHAW {path}: {e.strerror}\n".encode())
+            continue
+        message = f"{time.time():.3f} pyqga test thaw guard: thawed {path}, a test froze it\n"
+        os.write(log, message.encode())
+        if log != 2:
+            os.write(2, message.encode())
+    time.sleep(0.2)
+"""
+
+
+def guarded_paths() -> list[str]:
+    """``/`` and the folder holding the checkout (where the suite and its tools write)."""
+    repo_parent = Path(__file__).resolve().parents[2]
+    return list(dict.fromkeys(["/", str(repo_parent)]))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def rootfs_thaw_guard() -> Iterator[subprocess.Popen[str] | None]:
+    """Keep the machine's own filesystems thawed for the whole session (root only: FITHAW
+    needs CAP_SYS_ADMIN, and without root no test can freeze anything anyway)."""
+    if os.geteuid() != 0:
+        yield None
+        return
+    guard = subprocess.Popen(
+        [sys.executable, "-I", "-c", _GUARD_SOURCE, *guarded_paths()],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert guard.stdout is not None
+        if guard.stdout.readline().strip() != "ready":
+            raise RuntimeError("the thaw guard did not start")
+        yield guard
+    finally:
+        guard.terminate()
+        try:
+            guard.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            guard.kill()
+            guard.wait()
+        if guard.stdout is not None:
+            guard.stdout.close()

@@ -1,0 +1,243 @@
+"""Real, disposable filesystems for freeze tests: loop-mounted ext4 images under a tmp dir.
+
+Freezing a filesystem the machine needs blocks every writer on it, the test runner included, so
+freeze tests only ever touch filesystems made here. :class:`LoopMounts` undoes everything it did
+even when a test fails half-way: it thaws (FITHAW until EINVAL) before unmounting, unmounts
+children before parents, detaches the loop devices, and checks nothing is left mounted.
+
+A watchdog thaws everything if the context lives longer than ``watchdog`` seconds, so a freeze
+that deadlocks (say, a loop image's host frozen before the image) fails the test instead of
+hanging the suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import os
+import re
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from tests.support.requirements import require_root, require_tool
+
+FITHAW = 0xC0045878
+FIFREEZE = 0xC0045877
+MAX_THAWS = 64
+
+
+def thaw_fully(path: str | os.PathLike[str]) -> int:
+    """FITHAW until the kernel says "not frozen"; return how many thaws succeeded.
+
+    ``thaw_fully(p) == 0`` is also the test's probe for "p was not frozen". Never raises:
+    cleanup code must keep going.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    thawed = 0
+    try:
+        for _ in range(MAX_THAWS):
+            try:
+                fcntl.ioctl(fd, FITHAW, 0)
+            except OSError:
+                break
+            thawed += 1
+    finally:
+        os.close(fd)
+    return thawed
+
+
+def freeze_directly(path: str | os.PathLike[str]) -> None:
+    """FIFREEZE without the engine, to set up "someone else froze it" situations."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, FIFREEZE, 0)
+    finally:
+        os.close(fd)
+
+
+def require_loop_support() -> None:
+    """Skip (or fail in CI) unless we can make loop-mounted ext4 filesystems."""
+    require_root()
+    for tool in ("losetup", "mkfs.ext4", "mount", "umount"):
+        require_tool(tool)
+
+
+def _run(*argv: str) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout
+
+
+@dataclass(frozen=True)
+class LoopFs:
+    """One loop-mounted ext4 image."""
+
+    image: Path
+    device: str
+    mountpoint: Path
+
+    def __str__(self) -> str:
+        return str(self.mountpoint)
+
+
+class LoopMounts:
+    """Make loop filesystems, bind mounts and tmpfs mounts; undo all of it on exit.
+
+    Use as a context manager. Mount points may contain spaces, and an image may live on another
+    loop filesystem made here (``add("inner", image=outer.mountpoint / "inner.img", ...)``).
+    """
+
+    def __init__(self, base: Path, watchdog: float | None = 60.0) -> None:
+        self.base = Path(base)
+        self.filesystems: list[LoopFs] = []
+        self._mounted: list[Path] = []  # every mount made here, in mount order
+        self._devices: dict[Path, str] = {}  # loop device of each loop mount (or attached image)
+        self._images: list[Path] = []
+        self._closed = threading.Event()
+        self.watchdog_fired = False
+        self._watchdog = None
+        if watchdog is not None:
+            self._watchdog = threading.Thread(
+                target=self._watch, args=(watchdog,), name="loopfs-watchdog", daemon=True
+            )
+            self._watchdog.start()
+
+    # -- building ----------------------------------------------------------------------------
+
+    def add(
+        self,
+        name: str,
+        *,
+        image: Path | None = None,
+        mountpoint: Path | None = None,
+        size_mb: int = 16,
+    ) -> LoopFs:
+        """Create an ext4 image (sparse file + mkfs.ext4), attach it, mount it."""
+        image = Path(image) if image is not None else self.base / "images" / f"{name}.img"
+        mountpoint = Path(mountpoint) if mountpoint is not None else self.base / name
+        image.parent.mkdir(parents=True, exist_ok=True)
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        with open(image, "wb") as f:
+            f.truncate(size_mb * 1024 * 1024)
+        self._images.append(image)
+        _run("mkfs.ext4", "-q", "-F", str(image))
+        # The same as `mount -o loop`, but we learn the device, so we can detach it ourselves
+        # even when the mount fails.
+        device = _run("losetup", "--find", "--show", str(image)).strip()
+        self._devices[mountpoint] = device
+        _run("mount", "-t", "ext4", device, str(mountpoint))
+        self._mounted.append(mountpoint)
+        fs = LoopFs(image=image, device=device, mountpoint=mountpoint)
+        self.filesystems.append(fs)
+        return fs
+
+    def bind(self, source: Path, target: Path) -> Path:
+        """Bind-mount ``source`` on ``target`` (a second mount of the same device)."""
+        Path(target).mkdir(parents=True, exist_ok=True)
+        _run("mount", "--bind", str(source), str(target))
+        self._mounted.append(Path(target))
+        return Path(target)
+
+    def tmpfs(self, target: Path, size: str = "1m") -> Path:
+        """Mount a small tmpfs on ``target`` (a filesystem FIFREEZE does not support)."""
+        Path(target).mkdir(parents=True, exist_ok=True)
+        _run("mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target))
+        self._mounted.append(Path(target))
+        return Path(target)
+
+    def glob(self) -> str:
+        """An include glob matching every mount point under the base directory, and nothing else."""
+        return glob.escape(str(self.base)) + "/*"
+
+    # -- undoing -----------------------------------------------------------------------------
+
+    def thaw_all(self) -> int:
+        """Thaw every mount made here, hosts first; return how many were frozen."""
+        return sum(1 for path in list(self._mounted) if thaw_fully(path))
+
+    def close(self) -> None:
+        """Thaw, unmount (children first), detach; raise at the end if anything went wrong."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        problems: list[str] = []
+        self.thaw_all()
+        # Children first; a loop device is detached right after its unmount, because its image
+        # may live on the filesystem unmounted next (which stays busy while it is attached).
+        for path in reversed(self._mounted):
+            if not self._umount(path):
+                problems.append(f"could not unmount {path}")
+            device = self._devices.pop(path, None)
+            if device is not None:
+                self._detach(device, problems)
+        self._mounted.clear()
+        for device in self._devices.values():  # attached but never mounted
+            self._detach(device, problems)
+        self._devices.clear()
+        for image in reversed(self._images):
+            with contextlib.suppress(OSError):  # on an inner filesystem that is gone by now
+                image.unlink()
+        leftovers = self._mounts_under_base()
+        if leftovers:
+            problems.append(f"still mounted: {leftovers}")
+        if self.watchdog_fired:
+            problems.append("the watchdog had to thaw: a freeze stalled (deadlock?)")
+        if problems:
+            raise AssertionError("loopfs cleanup: " + "; ".join(problems))
+
+    @staticmethod
+    def _detach(device: str, problems: list[str]) -> None:
+        try:
+            _run("losetup", "-d", device)
+        except RuntimeError as e:
+            if "No such device" not in str(e):
+                problems.append(str(e))
+
+    def _umount(self, path: Path) -> bool:
+        for _ in range(20):
+            proc = subprocess.run(["umount", str(path)], capture_output=True, stdin=subprocess.DEVNULL)
+            if proc.returncode == 0 or not os.path.ismount(path):
+                return True
+            time.sleep(0.1)  # a writer that was just released may still hold a file open
+        # Last resort: detach it from the tree so the next test starts clean.
+        return subprocess.run(["umount", "-l", str(path)], capture_output=True).returncode == 0
+
+    def _mounts_under_base(self) -> list[str]:
+        prefix = str(self.base) + "/"
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            points = [line.split(" ")[4] for line in f]
+        decoded = [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), p) for p in points]
+        return [p for p in decoded if p.startswith(prefix)]
+
+    def _watch(self, limit: float) -> None:
+        if self._closed.wait(limit):
+            return
+        self.watchdog_fired = True
+        while not self._closed.is_set():  # keep thawing: the stuck code may freeze again
+            self.thaw_all()
+            self._closed.wait(0.5)
+
+    def __enter__(self) -> LoopMounts:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.close()
+        except AssertionError:
+            if exc is None:
+                raise  # the test passed but left a mess: fail it
+            # the test already failed: its error is the one worth reading
