@@ -7,8 +7,11 @@ engine is built with an include glob limited to that dir. The one seam used is
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -17,11 +20,15 @@ from pathlib import Path
 
 import pytest
 
+from agent.fsfreeze import statefile
 from agent.fsfreeze.engine import FreezeEngine
+from agent.fsfreeze.fsinfo import fsinfo_for, fstrim, get_fsinfo
+from agent.fsfreeze.hooks import OUTPUT_LIMIT, run_hook
 from agent.fsfreeze.ioctls import FsIoctl
-from agent.fsfreeze.mounts import Mount
+from agent.fsfreeze.mounts import Mount, read_mountinfo
 from protocol.errors import AgentError, ErrorKind
 from tests.support.loopfs import LoopMounts, freeze_directly, require_loop_support, thaw_fully
+from tests.support.requirements import require_tool
 
 # -- fixtures and helpers ----------------------------------------------------------------------
 
@@ -191,8 +198,9 @@ def test_tmpfs_in_list_is_skipped_not_counted(loops: LoopMounts) -> None:
 
 
 def test_already_frozen_is_skipped_then_counted_by_thaw(loops: LoopMounts) -> None:
+    fsfreeze = require_tool("fsfreeze")
     a, b = make(loops, "a", "b")
-    subprocess.run(["fsfreeze", "-f", a], check=True)  # another tool froze it
+    subprocess.run([fsfreeze, "-f", a], check=True)  # another tool froze it
     engine = engine_for(loops)
     outcome = engine.freeze_list([a, b])
     assert outcome.count == 1
@@ -292,3 +300,269 @@ def test_flush_syncs_each_filesystem(loops: LoopMounts) -> None:
     failing = engine.flush([*engine.candidates(), gone])
     assert list(failing) == [gone.mountpoint]
     assert failing[gone.mountpoint].errno == errno.ENOENT
+
+
+# -- hooks -----------------------------------------------------------------------------------------
+
+SAMPLE_HOOK = Path(__file__).resolve().parents[1] / "agent" / "fsfreeze" / "sample-fsfreeze-hook"
+
+
+def script(path: Path, body: str, mode: int = 0o755) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(mode)
+    return path
+
+
+def test_hook_success_and_failure(tmp_path: Path) -> None:
+    ok = script(tmp_path / "ok hook", 'echo "action=$1"; read x; echo "stdin gave ${x:-nothing}"\n')
+    result = run_hook(str(ok), "freeze", timeout=10)
+    assert result.ran and result.ok and result.returncode == 0 and not result.timed_out
+    assert result.output == "action=freeze\nstdin gave nothing\n"  # stdin is /dev/null
+    bad = script(tmp_path / "bad", 'echo "cannot $1" >&2; exit 3\n')
+    result = run_hook(str(bad), "thaw", timeout=10)
+    assert result.ran and not result.ok and result.returncode == 3
+    assert result.output == "cannot thaw\n"  # stderr is captured too
+
+
+def test_hook_missing_or_not_executable(tmp_path: Path) -> None:
+    missing = run_hook(str(tmp_path / "nope"), "freeze", timeout=1)
+    assert not missing.ran and missing.ok and missing.error is None
+    plain = script(tmp_path / "plain", "exit 0\n", mode=0o644)
+    result = run_hook(str(plain), "freeze", timeout=1)
+    assert not result.ran and not result.ok and "not executable" in (result.error or "")
+    result = run_hook(str(tmp_path), "freeze", timeout=1)
+    assert not result.ran and "not a regular file" in (result.error or "")
+
+
+def test_hook_timeout_kills_the_whole_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child pid"
+    hook = script(tmp_path / "slow", f'sleep 60 &\necho $! > "{pidfile}"\necho started\nsleep 60\n')
+    t0 = time.monotonic()
+    result = run_hook(str(hook), "freeze", timeout=0.5)
+    assert time.monotonic() - t0 < 5
+    assert result.ran and result.timed_out and not result.ok
+    assert result.returncode == -9
+    assert result.output == "started\n"
+    child = int(pidfile.read_text())
+    for _ in range(50):  # the background sleep was in the group: killed too (gone or a zombie)
+        try:
+            if process_state(child) == "Z":
+                break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the hook's background child {child} survived the timeout")
+
+
+def test_hook_does_not_wait_for_children_left_behind(tmp_path: Path) -> None:
+    hook = script(tmp_path / "forker", "(sleep 3; echo late) &\necho main\n")
+    t0 = time.monotonic()
+    result = run_hook(str(hook), "thaw", timeout=10)
+    try:
+        assert time.monotonic() - t0 < 2
+        assert result.ok and result.output == "main\n"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(result_pgid(hook), signal.SIGKILL)
+
+
+def result_pgid(hook: Path) -> int:
+    """The left-behind child's group: find it by its parent's script name in /proc."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(hook).encode() in cmdline:
+            return os.getpgid(int(pid))
+    raise ProcessLookupError
+
+
+def test_hook_output_is_bounded(tmp_path: Path) -> None:
+    hook = script(tmp_path / "chatty", "head -c 300000 /dev/zero | tr '\\0' a\necho END\n")
+    result = run_hook(str(hook), "freeze", timeout=10)
+    assert result.ok
+    assert len(result.output) == OUTPUT_LIMIT
+    assert result.output.endswith("aaaaEND\n")  # the tail is kept
+
+
+@pytest.fixture
+def sample_hook(tmp_path: Path) -> tuple[Path, Path]:
+    """The shipped sample hook in a dir with a space, its .d scripts recording their calls."""
+    root = tmp_path / "hook dir"
+    root.mkdir()
+    hook = root / "fsfreeze-hook"
+    shutil.copy(SAMPLE_HOOK, hook)
+    hook.chmod(0o755)
+    record = tmp_path / "calls record"
+    body = f'echo "${{0##*/}} $1" >> "{record}"\n'
+    for name in ("20-second", "10-first", "30-third", "B-upper", "a-lower"):
+        script(root / "fsfreeze-hook.d" / name, body)
+    for name in ("40-skip~", "50-skip.bak", "51-skip.orig", "52-x.rpmnew", "53-x.rpmsave",
+                 "60-skip.dpkg-old"):
+        script(root / "fsfreeze-hook.d" / name, body)
+    script(root / "fsfreeze-hook.d" / "70-not-executable", body, mode=0o644)
+    (root / "fsfreeze-hook.d" / "80-a-directory").mkdir()
+    return hook, record
+
+
+ORDER = ["10-first", "20-second", "30-third", "B-upper", "a-lower"]  # byte order: B < a
+
+
+def test_sample_hook_order(sample_hook: tuple[Path, Path]) -> None:
+    hook, record = sample_hook
+    assert run_hook(str(hook), "freeze", timeout=10).ok
+    assert run_hook(str(hook), "thaw", timeout=10).ok
+    calls = record.read_text().splitlines()
+    assert calls == [f"{n} freeze" for n in ORDER] + [f"{n} thaw" for n in reversed(ORDER)]
+
+
+def test_sample_hook_failed_freeze_undoes_and_fails(sample_hook: tuple[Path, Path]) -> None:
+    hook, record = sample_hook
+    script(hook.parent / "fsfreeze-hook.d" / "20-second",
+           f'echo "${{0##*/}} $1" >> "{record}"\n[ "$1" = freeze ] && exit 7\nexit 0\n')
+    result = run_hook(str(hook), "freeze", timeout=10)
+    assert result.ran and result.returncode == 1
+    assert "20-second freeze failed with status 7" in result.output
+    assert record.read_text().splitlines() == [
+        "10-first freeze", "20-second freeze", "20-second thaw", "10-first thaw",
+    ]
+
+
+def test_sample_hook_thaw_runs_all_and_reports(sample_hook: tuple[Path, Path]) -> None:
+    hook, record = sample_hook
+    script(hook.parent / "fsfreeze-hook.d" / "20-second",
+           f'echo "${{0##*/}} $1" >> "{record}"\n[ "$1" = thaw ] && exit 5\nexit 0\n')
+    result = run_hook(str(hook), "thaw", timeout=10)
+    assert result.returncode == 1 and "20-second thaw failed with status 5" in result.output
+    assert record.read_text().splitlines() == [f"{n} thaw" for n in reversed(ORDER)]
+
+
+def test_sample_hook_without_directory_or_action(tmp_path: Path) -> None:
+    hook = tmp_path / "fsfreeze-hook"
+    shutil.copy(SAMPLE_HOOK, hook)
+    assert run_hook(str(hook), "freeze", timeout=10).ok  # no fsfreeze-hook.d: nothing to do
+    usage = subprocess.run([str(hook)], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+# -- fsinfo and fstrim -------------------------------------------------------------------------------
+
+
+def test_fsinfo_lists_a_loop_mount(loops: LoopMounts) -> None:
+    fs = loops.add("info fs", size_mb=16)
+    (fs.mountpoint / "payload").write_bytes(os.urandom(2 * 1024 * 1024))
+    os.sync()
+    infos = {i["mountpoint"]: i for i in get_fsinfo()}
+    info = infos[str(fs.mountpoint)]
+    assert info["name"] == Path(fs.device).name  # "loopN", the kernel's name
+    assert info["type"] == "ext4"
+    assert 2 * 1024 * 1024 <= info["used-bytes"] < info["total-bytes"] <= 16 * 1024 * 1024
+    assert info["disk"] == []  # a loop device has no bus address
+
+
+def test_fstrim_reports_each_path(loops: LoopMounts) -> None:
+    a, b = make(loops, "a", "b")
+    (Path(a) / "junk").write_bytes(os.urandom(4 * 1024 * 1024))
+    os.sync()
+    (Path(a) / "junk").unlink()
+    tmp = loops.tmpfs(loops.base / "tmp fs")
+    everything = {m.mountpoint: m for m in read_mountinfo()}
+    gone = Mount(mountpoint=str(loops.base / "gone"), fstype="ext4", source="x", major=7, minor=99)
+    mounts = [everything[a], everything[b], everything[str(tmp)], gone]
+    result = fstrim(None, mounts)
+    by_path = {p["path"]: p for p in result["paths"]}
+    assert [p["path"] for p in result["paths"]] == [gone.mountpoint, str(tmp), b, a]
+    for path in (a, b):
+        assert set(by_path[path]) == {"path", "trimmed", "minimum"}, by_path[path]
+        assert by_path[path]["trimmed"] >= 0 and by_path[path]["minimum"] >= 0
+    assert by_path[a]["trimmed"] >= 4 * 1024 * 1024  # the freed blocks at least
+    assert by_path[str(tmp)] == {"path": str(tmp), "error": "trim not supported"}
+    assert by_path[gone.mountpoint] == {"path": gone.mountpoint,
+                                        "error": "failed to open: No such file or directory"}
+    big = fstrim(1024 * 1024, [everything[b]])["paths"][0]
+    assert big["minimum"] >= 1024 * 1024
+    with pytest.raises(AgentError) as err:
+        fstrim(-1, [])
+    assert err.value.kind is ErrorKind.INVALID_PARAMS
+
+
+def test_fsinfo_disk_addresses_from_sysfs_paths(tmp_path: Path) -> None:
+    """A made-up sysfs tree: virtio-scsi disk partition under device-mapper, and NVMe."""
+    sysfs = tmp_path / "sys"
+    pci = sysfs / "devices" / "pci0000:00"
+    scsi_disk = pci / "0000:00:05.0" / "virtio2" / "host0" / "target0:0:1" / "0:0:1:3" / "block" / "sdb"
+    (scsi_disk / "sdb1").mkdir(parents=True)
+    (scsi_disk / "sdb1" / "partition").write_text("1\n")
+    (scsi_disk / "uevent").write_text("MAJOR=8\nMINOR=16\nDEVNAME=sdb\nDEVTYPE=disk\n")
+    (pci / "0000:00:05.0" / "driver").symlink_to("../../../bus/pci/drivers/virtio-pci")
+    nvme_disk = pci / "0000:00:1c.0" / "0000:01:00.0" / "nvme" / "nvme0" / "nvme0n1"
+    nvme_disk.mkdir(parents=True)
+    (nvme_disk.parent / "serial").write_text("NVME-SERIAL  \n")
+    (nvme_disk / "device").symlink_to("../../nvme0")  # as in real sysfs: namespace -> controller
+    (pci / "0000:00:1c.0" / "driver").symlink_to("../../../bus/pci/drivers/pcieport")
+    (pci / "0000:00:1c.0" / "0000:01:00.0" / "driver").symlink_to("../../../../bus/pci/drivers/nvme")
+    dm = sysfs / "devices" / "virtual" / "block" / "dm-0"
+    (dm / "slaves").mkdir(parents=True)
+    (dm / "slaves" / "sdb1").symlink_to(scsi_disk / "sdb1")
+    loop = sysfs / "devices" / "virtual" / "block" / "loop3"
+    (loop / "slaves").mkdir(parents=True)
+    links = sysfs / "dev" / "block"
+    links.mkdir(parents=True)
+    (links / "253:0").symlink_to(dm)
+    (links / "259:0").symlink_to(nvme_disk)
+    (links / "7:3").symlink_to(loop)
+
+    def info(major: int, minor: int) -> dict[str, object]:
+        mount = Mount(mountpoint=str(tmp_path), fstype="ext4", source="x", major=major, minor=minor)
+        return fsinfo_for(mount, sysfs=str(sysfs))
+
+    dm_info = info(253, 0)
+    assert dm_info["name"] == "dm-0"
+    assert dm_info["disk"] == [{
+        "bus-type": "scsi", "bus": 0, "target": 1, "unit": 3, "dev": "/dev/sdb",
+        "pci-controller": {"domain": 0, "bus": 0, "slot": 5, "function": 0},
+    }]
+    assert dm_info["used-bytes"] <= dm_info["total-bytes"]  # statvfs of the tmp dir
+    assert info(259, 0)["disk"] == [{
+        "bus-type": "nvme", "bus": 0, "target": 0, "unit": 0, "dev": "/dev/nvme0n1",
+        "serial": "NVME-SERIAL",
+        "pci-controller": {"domain": 0, "bus": 1, "slot": 0, "function": 0},
+    }]
+    assert info(7, 3) == {**info(7, 3), "name": "loop3", "disk": []}
+    assert info(7, 99)["name"] == "7:99"  # sysfs does not know it: still listed
+
+
+# -- state file ---------------------------------------------------------------------------------------
+
+
+def test_statefile_roundtrip(tmp_path: Path) -> None:
+    statedir = tmp_path / "state dir"
+    assert statefile.read(statedir) is None
+    path = statefile.mark_frozen(statedir, {"epoch": 1, "mountpoints": ["/a b"]})
+    assert path == statedir / "pyqga.state.frozen"
+    first = statefile.read(statedir)
+    assert first is not None and first["epoch"] == 1 and first["mountpoints"] == ["/a b"]
+    assert abs(first["time"] - time.time()) < 60
+    statefile.mark_frozen(statedir, {"epoch": 2, "mountpoints": [], "time": 5})
+    assert statefile.read(statedir) == {"epoch": 2, "mountpoints": [], "time": 5}
+    assert os.listdir(statedir) == ["pyqga.state.frozen"]  # no temporary files left
+    assert statefile.clear(statedir) is True
+    assert statefile.clear(statedir) is False
+    assert statefile.read(statedir) is None
+
+
+def test_statefile_unreadable_still_means_frozen(tmp_path: Path) -> None:
+    (tmp_path / "pyqga.state.frozen").write_text("{half")
+    state = statefile.read(tmp_path)
+    assert state is not None and "unreadable" in state
+    (tmp_path / "pyqga.state.frozen").write_text("[1]")
+    assert statefile.read(tmp_path) == {"unreadable": "not a JSON object"}
+
+
+def test_statefile_rejects_unserialisable_info(tmp_path: Path) -> None:
+    with pytest.raises(TypeError):
+        statefile.mark_frozen(tmp_path / "s", {"epoch": object()})
+    assert statefile.read(tmp_path / "s") is None

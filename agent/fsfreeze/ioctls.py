@@ -91,17 +91,13 @@ class FsIoctl:
             os.close(fd)
 
 
-def fitrim(path: str, minimum: int = 0) -> tuple[int, int]:
-    """Discard the unused blocks of the filesystem at ``path``.
+def fitrim(fd: int, minimum: int = 0) -> tuple[int, int]:
+    """Discard the unused blocks of the filesystem ``fd`` (from :func:`open_mountpoint`) is on.
 
     Returns ``(trimmed_bytes, minimum_used)``: the kernel writes back how much it trimmed into
     ``len`` and may raise ``minlen`` to the device's discard granularity.
     """
-    fd = open_mountpoint(path)
-    try:
-        buf = bytearray(_FSTRIM_RANGE.pack(0, _U64_MAX, minimum))
-        fcntl.ioctl(fd, FITRIM, buf, True)
-    finally:
-        os.close(fd)
+    buf = bytearray(_FSTRIM_RANGE.pack(0, _U64_MAX, minimum))
+    fcntl.ioctl(fd, FITRIM, buf, True)
     _start, length, minlen = _FSTRIM_RANGE.unpack(buf)
     return length, minlen
