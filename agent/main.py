@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import sys
 
 from agent import config as config_module
-from agent.config import Config, ConfigError
+from agent.config import ConfigError
+from agent.logs import LogControl
 from agent.pidfile import PidFile, PidFileError
 from agent.registry import Registry, build_registry
 from agent.server import ChannelError, serve
@@ -22,20 +22,6 @@ sys.dont_write_bytecode = True
 def list_commands(registry: Registry) -> str:
     width = max(len(command.name) for command in registry)
     return "\n".join(f"{command.name:<{width}}  {command.doc}" for command in registry) + "\n"
-
-
-def setup_logging(config: Config) -> logging.Logger:
-    log = logging.getLogger("pyqga")
-    log.setLevel(logging.DEBUG if config.verbose else logging.INFO)
-    handler: logging.Handler
-    if config.logfile:
-        handler = logging.FileHandler(config.logfile, encoding="utf-8")
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s pyqga-agent[%(process)d] %(levelname)s %(message)s"))
-    log.handlers[:] = [handler]
-    log.propagate = False
-    return logging.getLogger("pyqga.agent")
 
 
 def daemonize() -> None:
@@ -71,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dump_conf:
             sys.stdout.write(config_module.dump(config))
             return 0
-        agent = AgentState(config, log=setup_logging(config))
+        logs = LogControl(config.logfile, config.verbose)
+        agent = AgentState(config, log=logs.log, logs=logs)
     except ConfigError as exc:
         parser.exit(2, f"pyqga-agent: {exc}\n")
     os.makedirs(config.statedir, exist_ok=True)

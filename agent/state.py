@@ -7,10 +7,11 @@ explicit and tests can build an agent without a process around it.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 
 from agent.config import VERSION, Config, ConfigError
+from agent.freezer import Freezer
+from agent.logs import LogControl
 from agent.registry import Registry, build_registry
 
 BLOCKED_REASON = "the command is not allowed"
@@ -22,13 +23,18 @@ class AgentState:
     config: Config
     registry: Registry = field(default_factory=build_registry)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("pyqga.agent"))
+    logs: LogControl | None = None
     version: str = VERSION
-    frozen: bool = False
-    lock: threading.RLock = field(default_factory=threading.RLock)
     blocked: frozenset[str] = field(init=False)
+    freezer: Freezer = field(init=False)
 
     def __post_init__(self) -> None:
         self.blocked = blocked_commands(self.registry, self.config)
+        self.freezer = Freezer(self.config, self.log, self.logs)
+
+    @property
+    def frozen(self) -> bool:
+        return self.freezer.frozen
 
     def disabled_reason(self, name: str) -> str | None:
         """Why ``name`` may not run now, or None.  Checked on every request."""

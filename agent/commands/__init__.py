@@ -1,5 +1,5 @@
 """Command modules; each exports ``COMMANDS``, a tuple of :class:`agent.registry.Command`."""
 
-from agent.commands import core
+from agent.commands import core, fsfreeze
 
-COMMAND_MODULES = (core,)
+COMMAND_MODULES = (core, fsfreeze)

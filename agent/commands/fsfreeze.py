@@ -1,0 +1,43 @@
+"""Filesystem freeze and thaw commands, with qemu-ga's names, shapes and gating."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agent.registry import Command, Param
+
+if TYPE_CHECKING:
+    from agent.state import AgentState
+
+
+def guest_fsfreeze_status(agent: AgentState) -> str:
+    return agent.freezer.status
+
+
+def guest_fsfreeze_freeze(agent: AgentState) -> int:
+    return agent.freezer.freeze()
+
+
+def guest_fsfreeze_freeze_list(agent: AgentState, mountpoints: list[str] | None = None) -> int:
+    return agent.freezer.freeze(mountpoints)
+
+
+def guest_fsfreeze_thaw(agent: AgentState) -> int:
+    return agent.freezer.thaw()
+
+
+COMMANDS = (
+    Command("guest-fsfreeze-status", guest_fsfreeze_status,
+            "\"frozen\" or \"thawed\": the agent's own freeze state (not the kernel's).",
+            allowed_while_frozen=True),
+    Command("guest-fsfreeze-freeze", guest_fsfreeze_freeze,
+            "Freeze every freezable filesystem (limited by --freeze-include/--freeze-exclude); "
+            "returns how many were frozen.", blocking=True),
+    Command("guest-fsfreeze-freeze-list", guest_fsfreeze_freeze_list,
+            "Freeze exactly these mount points (all if omitted); a path that is not a mount point "
+            "is an error and nothing is frozen.",
+            (Param("mountpoints", list, required=False, doc="mount points to freeze"),), blocking=True),
+    Command("guest-fsfreeze-thaw", guest_fsfreeze_thaw,
+            "Thaw every frozen filesystem, also ones frozen by other tools; returns how many thawed.",
+            allowed_while_frozen=True, blocking=True),
+)

@@ -1,0 +1,193 @@
+"""Freeze and thaw through the agent process, on real loop-mounted filesystems.
+
+Every agent here runs with ``--freeze-include`` limited to the test's own mounts, so even a
+freeze-all can only reach filesystems the test made.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from host_client import AgentCallError, AgentClient
+from tests.support.agent_process import PyqgaAgent
+from tests.support.loopfs import LoopMounts, freeze_directly, require_loop_support, thaw_fully
+
+FROZEN_ALLOWED = {"guest-ping", "guest-info", "guest-sync", "guest-sync-delimited",
+                  "guest-fsfreeze-status", "guest-fsfreeze-thaw"}
+
+
+@pytest.fixture
+def loops(tmp_path: Path) -> Iterator[LoopMounts]:
+    require_loop_support()
+    with LoopMounts(tmp_path / "mnt") as mounts:
+        yield mounts
+
+
+def start_agent(tmp_path: Path, loops: LoopMounts, *extra: str) -> PyqgaAgent:
+    agent = PyqgaAgent(tmp_path / "agent", ["--freeze-include", loops.glob(), *extra])
+    agent.start()
+    return agent
+
+
+def start_writer(path: Path) -> subprocess.Popen[bytes]:
+    """A process that appends and fsyncs one line: it blocks while its filesystem is frozen."""
+    code = ("import os, sys\nwith open(sys.argv[1], 'a') as f:\n"
+            "    f.write('line\\n'); f.flush(); os.fsync(f.fileno())\n")
+    return subprocess.Popen([sys.executable, "-B", "-c", code, str(path)])
+
+
+def test_freeze_list_blocks_writers_gates_commands_and_thaw_releases(
+    tmp_path: Path, loops: LoopMounts
+) -> None:
+    a, b = loops.add("a"), loops.add("b")
+    agent = start_agent(tmp_path, loops)
+    try:
+        with AgentClient(str(agent.socket_path), dialect="qga", timeout=30) as client:
+            assert client.call("guest-fsfreeze-status") == "thawed"
+            assert client.call("guest-fsfreeze-freeze-list", mountpoints=[str(a), str(b)]) == 2
+            writer = start_writer(a.mountpoint / "log.txt")
+            time.sleep(0.5)
+            assert writer.poll() is None, "a writer finished on a frozen filesystem"
+            assert client.call("guest-fsfreeze-status") == "frozen"
+            client.ping()
+            assert isinstance(client.call("guest-sync", id=4), int)
+            with pytest.raises(AgentCallError) as caught:
+                client.call("guest-get-time")
+            assert caught.value.error_class == "CommandNotFound"
+            assert "has been disabled: the filesystems are frozen" in str(caught.value)
+            enabled = {c["name"] for c in client.info()["supported_commands"] if c["enabled"]}
+            assert enabled == FROZEN_ALLOWED
+            assert client.call("guest-fsfreeze-thaw") == 2
+            assert writer.wait(20) == 0
+            assert client.call("guest-fsfreeze-status") == "thawed"
+            assert client.call("guest-fsfreeze-thaw") == 0
+    finally:
+        agent.stop()
+    assert (a.mountpoint / "log.txt").read_text() == "line\n"
+
+
+def test_freeze_all_is_limited_by_include_filter(tmp_path: Path, loops: LoopMounts) -> None:
+    for name in ("x", "y", "z"):
+        loops.add(name)
+    agent = start_agent(tmp_path, loops)
+    try:
+        with AgentClient(str(agent.socket_path), timeout=30) as client:
+            assert client.call("guest-fsfreeze-freeze") == 3
+            assert all(os.path.exists(f"{fs.mountpoint}") for fs in loops.filesystems)
+            assert client.call("guest-fsfreeze-thaw") == 3
+    finally:
+        agent.stop()
+    assert loops.thaw_all() == 0
+
+
+def test_freeze_list_rejects_non_mount_point_and_freezes_nothing(tmp_path: Path, loops: LoopMounts) -> None:
+    a = loops.add("a")
+    agent = start_agent(tmp_path, loops)
+    try:
+        with AgentClient(str(agent.socket_path), dialect="qga", timeout=30) as client:
+            with pytest.raises(AgentCallError) as caught:
+                client.call("guest-fsfreeze-freeze-list", mountpoints=[str(a), str(tmp_path)])
+            assert caught.value.error_class == "GenericError"
+            assert str(tmp_path) in str(caught.value) and "not a mount point" in str(caught.value)
+            assert client.call("guest-fsfreeze-status") == "thawed"
+    finally:
+        agent.stop()
+    assert thaw_fully(a.mountpoint) == 0
+
+
+def test_externally_frozen_fs_is_skipped_then_counted_by_thaw(tmp_path: Path, loops: LoopMounts) -> None:
+    a, b = loops.add("a"), loops.add("b")
+    freeze_directly(a.mountpoint)  # as `fsfreeze -f` would
+    agent = start_agent(tmp_path, loops)
+    try:
+        with AgentClient(str(agent.socket_path), timeout=30) as client:
+            assert client.call("guest-fsfreeze-freeze-list", mountpoints=[str(a), str(b)]) == 1
+            assert client.call("guest-fsfreeze-thaw") == 2
+    finally:
+        agent.stop()
+
+
+def test_restart_while_frozen_starts_frozen_and_thaw_works(tmp_path: Path, loops: LoopMounts) -> None:
+    a = loops.add("a")
+    first = start_agent(tmp_path, loops)
+    with AgentClient(str(first.socket_path), timeout=30) as client:
+        assert client.call("guest-fsfreeze-freeze-list", mountpoints=[str(a)]) == 1
+    first.stop(signal.SIGKILL)
+    assert (first.statedir / "pyqga.state.frozen").exists() or any(first.statedir.iterdir())
+    second = start_agent(tmp_path, loops)
+    try:
+        with AgentClient(str(second.socket_path), dialect="qga", timeout=30) as client:
+            assert client.call("guest-fsfreeze-status") == "frozen"
+            with pytest.raises(AgentCallError, match="disabled"):
+                client.call("guest-fsfreeze-freeze")
+            assert client.call("guest-fsfreeze-thaw") == 1
+            assert client.call("guest-fsfreeze-status") == "thawed"
+    finally:
+        second.stop()
+    assert not list(second.statedir.glob("*frozen*"))
+
+
+def test_log_file_on_frozen_filesystem_does_not_hang_the_agent(tmp_path: Path, loops: LoopMounts) -> None:
+    a = loops.add("a")
+    logfile = a.mountpoint / "agent.log"
+    agent = start_agent(tmp_path, loops, "-l", str(logfile), "-v")
+    try:
+        with AgentClient(str(agent.socket_path), timeout=10) as client:
+            assert client.call("guest-fsfreeze-freeze-list", mountpoints=[str(a)]) == 1
+            for n in range(20):
+                client.ping()
+                assert client.call("guest-fsfreeze-status") == "frozen"
+                with pytest.raises(AgentCallError):
+                    client.call("guest-get-osinfo")  # refused: also logged, also held
+                assert client.call("guest-sync", id=n) == n
+            assert client.call("guest-fsfreeze-thaw") == 1
+            client.ping()
+    finally:
+        assert agent.stop() == 0
+    text = logfile.read_text()
+    assert "froze 1 filesystem(s)" in text and "thawed 1 filesystem(s)" in text
+
+
+def write_hook(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def test_hooks_run_around_freeze_and_failures_abort(tmp_path: Path, loops: LoopMounts) -> None:
+    a = loops.add("a")
+    record = tmp_path / "hook.log"
+    hook = write_hook(tmp_path / "hook", f'echo "$1" >> {record}\n[ -e {tmp_path}/fail ] && exit 3\n'
+                      f'[ -e {tmp_path}/hang ] && sleep 30\nexit 0\n')
+    agent = start_agent(tmp_path, loops, "-F" + str(hook), "--fsfreeze-hook-timeout", "1")
+    try:
+        with AgentClient(str(agent.socket_path), timeout=30) as client:
+            assert client.call("guest-fsfreeze-freeze-list", mountpoints=[str(a)]) == 1
+            assert client.call("guest-fsfreeze-thaw") == 1
+            assert record.read_text().split() == ["freeze", "thaw"]
+
+            (tmp_path / "fail").touch()
+            with pytest.raises(AgentCallError, match=r"hook.*freeze failed: exit status 3"):
+                client.call("guest-fsfreeze-freeze-list", mountpoints=[str(a)])
+            assert client.call("guest-fsfreeze-status") == "thawed"
+            assert thaw_fully(a.mountpoint) == 0
+            (tmp_path / "fail").unlink()
+
+            (tmp_path / "hang").touch()
+            start = time.monotonic()
+            with pytest.raises(AgentCallError, match="timeout"):
+                client.call("guest-fsfreeze-freeze-list", mountpoints=[str(a)])
+            assert time.monotonic() - start < 15
+            (tmp_path / "hang").unlink()
+            # We differ from qemu-ga: the thaw hook runs whenever the freeze hook ran.
+            assert record.read_text().split()[2:] == ["freeze", "thaw", "freeze", "thaw"]
+    finally:
+        agent.stop()
