@@ -191,3 +191,36 @@ def test_hooks_run_around_freeze_and_failures_abort(tmp_path: Path, loops: LoopM
             assert record.read_text().split()[2:] == ["freeze", "thaw", "freeze", "thaw"]
     finally:
         agent.stop()
+
+
+def test_no_module_is_imported_while_frozen(tmp_path: Path, loops: LoopMounts) -> None:
+    """A lazy import while frozen could read or compile code on a frozen filesystem and hang.
+
+    ``python -v`` reports every import on stderr; nothing may appear between the first freeze
+    and the end of the thaw, whatever the allowed commands do meanwhile.
+    """
+    a = loops.add("a")
+    hook = write_hook(tmp_path / "hook", "exit 0\n")
+    agent = PyqgaAgent(tmp_path / "agent", ["--freeze-include", loops.glob(), "-F" + str(hook)],
+                       python_args=["-v"])
+    agent.start()
+    try:
+        with AgentClient(str(agent.socket_path), dialect="qga", timeout=30) as client:
+            client.ping()  # the first request warms every path a request takes
+            before = agent.log_path.stat().st_size
+            assert client.call("guest-fsfreeze-freeze-list", mountpoints=[str(a)]) == 1
+            for method in sorted(FROZEN_ALLOWED - {"guest-fsfreeze-thaw", "guest-sync",
+                                                   "guest-sync-delimited"}):
+                client.call(method)
+            client.call("guest-sync", id=1)
+            client.sync()
+            with pytest.raises(AgentCallError):
+                client.call("guest-get-osinfo")
+            assert client.call("guest-fsfreeze-thaw") == 1
+    finally:
+        agent.stop()
+    with open(agent.log_path, "rb") as log:
+        log.seek(before)
+        during = log.read().decode(errors="replace").splitlines()
+    imports = [line for line in during if line.startswith(("import ", "# code object from", "# trying"))]
+    assert not imports, imports[:10]

@@ -111,19 +111,22 @@ class ListeningProcess:
         self.stop()
 
 
-def agent_command(workdir: Path, extra_args: Sequence[str] = ()) -> list[str]:
+def agent_command(workdir: Path, extra_args: Sequence[str] = (),
+                  python_args: Sequence[str] = ()) -> list[str]:
     """``pyqga-agent`` on a unix socket with every file it writes inside ``workdir``."""
     return [
-        sys.executable, "-B", "-m", "agent", "-m", "unix-listen", "-p", str(workdir / "agent.sock"),
+        sys.executable, "-B", *python_args, "-m", "agent",
+        "-m", "unix-listen", "-p", str(workdir / "agent.sock"),
         "-t", str(workdir / "state"), "-c", os.devnull, *extra_args,
     ]
 
 
 class PyqgaAgent(ListeningProcess):
-    def __init__(self, workdir: Path, extra_args: Sequence[str] = ()) -> None:
+    def __init__(self, workdir: Path, extra_args: Sequence[str] = (),
+                 python_args: Sequence[str] = ()) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-        super().__init__(agent_command(workdir, extra_args), workdir / "agent.sock",
+        super().__init__(agent_command(workdir, extra_args, python_args), workdir / "agent.sock",
                          workdir / "agent.log", env)
         self.statedir = workdir / "state"
 
