@@ -173,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--fsfreeze-hook-timeout", type=float, metavar="SECONDS",
         help="kill a hook that runs longer and fail the freeze (default 60)")
     add("--freeze-include", action="append", metavar="GLOB",
-        help="freeze-all only freezes mount points matching one of these globs (repeatable)")
+        help="freeze, thaw and fstrim only touch mount points matching one of these globs (repeatable)")
     add("--freeze-exclude", action="append", metavar="GLOB",
-        help="freeze-all never freezes mount points matching these globs (repeatable)")
+        help="freeze, thaw and fstrim never touch mount points matching these globs (repeatable)")
     add("--max-message-size", type=int, metavar="BYTES",
         help="largest request accepted, up to 64 MiB (default 1 MiB)")
     add("-c", "--config", help=f"config file (qemu-ga; default {DEFAULT_CONFIG} if it exists)")

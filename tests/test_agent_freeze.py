@@ -224,3 +224,20 @@ def test_no_module_is_imported_while_frozen(tmp_path: Path, loops: LoopMounts) -
         during = log.read().decode(errors="replace").splitlines()
     imports = [line for line in during if line.startswith(("import ", "# code object from", "# trying"))]
     assert not imports, imports[:10]
+
+
+def test_fsinfo_and_fstrim_through_the_agent(tmp_path: Path, loops: LoopMounts) -> None:
+    a = loops.add("a", size_mb=32)
+    (a.mountpoint / "data").write_bytes(os.urandom(1 << 20))
+    agent = start_agent(tmp_path, loops)
+    try:
+        with AgentClient(str(agent.socket_path), dialect="qga", timeout=30) as client:
+            info = {fs["mountpoint"]: fs for fs in client.call("guest-get-fsinfo")}
+            trimmed = client.call("guest-fstrim", minimum=0)
+    finally:
+        agent.stop()
+    mine = info[str(a.mountpoint)]
+    assert mine["type"] == "ext4" and mine["name"].startswith("loop")
+    assert 0 < mine["used-bytes"] < mine["total-bytes"] <= 32 << 20
+    assert [p["path"] for p in trimmed["paths"]] == [str(a.mountpoint)]
+    assert "trimmed" in trimmed["paths"][0] or "error" in trimmed["paths"][0]

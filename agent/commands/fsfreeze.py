@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from agent.fsfreeze.fsinfo import fstrim, get_fsinfo
 from agent.registry import Command, Param
 
 if TYPE_CHECKING:
@@ -26,6 +27,15 @@ def guest_fsfreeze_thaw(agent: AgentState) -> int:
     return agent.freezer.thaw()
 
 
+def guest_get_fsinfo(agent: AgentState) -> list[dict[str, Any]]:
+    return get_fsinfo()
+
+
+def guest_fstrim(agent: AgentState, minimum: int | None = None) -> dict[str, Any]:
+    # The freeze filters apply: they name the filesystems this agent may touch.
+    return fstrim(minimum, agent.freezer.engine.candidates())
+
+
 COMMANDS = (
     Command("guest-fsfreeze-status", guest_fsfreeze_status,
             "\"frozen\" or \"thawed\": the agent's own freeze state (not the kernel's).",
@@ -40,4 +50,11 @@ COMMANDS = (
     Command("guest-fsfreeze-thaw", guest_fsfreeze_thaw,
             "Thaw every frozen filesystem, also ones frozen by other tools; returns how many thawed.",
             allowed_while_frozen=True, blocking=True),
+    Command("guest-get-fsinfo", guest_get_fsinfo,
+            "Mounted filesystems: device name, mount point, type, used and total bytes, disks.",
+            blocking=True),
+    Command("guest-fstrim", guest_fstrim,
+            "Discard unused blocks on every freezable filesystem (within the freeze filters).",
+            (Param("minimum", int, required=False, doc="minimum extent length in bytes"),),
+            blocking=True),
 )
