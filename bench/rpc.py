@@ -68,8 +68,9 @@ repository root, `python bench/rpc.py` (`--seconds S --rounds N` per round trip 
   loop for both agents (send one request, read one line), so the client's own cost is the same on
   both sides (it is part of every round trip, so the ratio is closer to 1 than the agents' own
   ratio). Agents alternate in rounds of a few seconds; the median round counts, and the median
-  of per-round ratios (less sensitive to other load on the machine) is given below the table. The `AgentClient` row is pyqga through the host library (jsonrpc
-  dialect), i.e. what a Python host actually gets.
+  of per-round ratios (less sensitive to other load on the machine) is given below the table.
+  The `AgentClient` row is pyqga through the host library (jsonrpc dialect), i.e. what a Python
+  host actually gets.
 - **Memory**: VmRSS of a freshly started agent after 10,000 `guest-ping` requests
   (MB = 10^6 bytes).
 - **Start to first reply**: from `Popen` to the first `guest-ping` reply of a tight
