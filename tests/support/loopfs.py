@@ -1,4 +1,4 @@
-"""Real, disposable filesystems for freeze tests: loop-mounted ext4 images under a tmp dir.
+"""Real, disposable filesystems for freeze tests: loop-mounted images (ext4, xfs, btrfs) under a tmp dir.
 
 Freezing a filesystem the machine needs blocks every writer on it, the test runner included, so
 freeze tests only ever touch filesystems made here. :class:`LoopMounts` undoes everything it did
@@ -18,8 +18,10 @@ import glob
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +31,15 @@ from tests.support.requirements import require_root, require_tool
 FITHAW = 0xC0045878
 FIFREEZE = 0xC0045877
 MAX_THAWS = 64
+
+# mkfs command and smallest image each filesystem type accepts (xfsprogs 6.1 refuses < 300 MB,
+# btrfs-progs 6.2 < 114 MB with its default profiles). Images are sparse: size is nearly free.
+MKFS = {
+    "ext4": ("mkfs.ext4", "-q", "-F"),
+    "xfs": ("mkfs.xfs", "-q", "-f"),
+    "btrfs": ("mkfs.btrfs", "-q", "-f"),
+}
+MIN_SIZE_MB = {"ext4": 16, "xfs": 300, "btrfs": 114}
 
 
 def thaw_fully(path: str | os.PathLike[str]) -> int:
@@ -63,6 +74,36 @@ def freeze_directly(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+# First program in a new mount namespace (see LoopMounts.isolated); `python -I -c`, stdlib only.
+# argv: KEEP... -- COMMAND...; detaches (MNT_DETACH, this namespace only) every mount a freeze
+# could reach except `/`, the mounts under/holding a KEEP path, then execs COMMAND.
+_ISOLATE_SOURCE = r"""
+import ctypes, os, re, sys
+args = sys.argv[1:]
+cut = args.index("--")
+keep, command = [k.rstrip("/") or "/" for k in args[:cut]], args[cut + 1:]
+def within(path, top):
+    return top == "/" or path == top or path.startswith(top + "/")
+def unescape(field):
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), os.fsencode(field)))
+doomed = []
+with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+    for line in f:
+        fields = line.split(" ")
+        fstype = fields[fields.index("-", 6) + 1]
+        if fields[2].startswith("0:") and fstype != "btrfs":
+            continue  # no block device: FIFREEZE/FITHAW do not apply
+        point = unescape(fields[4])
+        if point == "/" or any(within(point, k) or within(k, point) for k in keep):
+            continue
+        doomed.append(point)
+libc = ctypes.CDLL(None, use_errno=True)
+for point in reversed(doomed):  # children first; a failure means it went with its parent
+    libc.umount2(os.fsencode(point), 2)
+os.execvp(command[0], command)
+"""
+
+
 def require_loop_support() -> None:
     """Skip (or fail in CI) unless we can make loop-mounted ext4 filesystems."""
     require_root()
@@ -79,11 +120,12 @@ def _run(*argv: str) -> str:
 
 @dataclass(frozen=True)
 class LoopFs:
-    """One loop-mounted ext4 image."""
+    """One loop-mounted image."""
 
     image: Path
     device: str
     mountpoint: Path
+    fstype: str = "ext4"
 
     def __str__(self) -> str:
         return str(self.mountpoint)
@@ -119,9 +161,19 @@ class LoopMounts:
         *,
         image: Path | None = None,
         mountpoint: Path | None = None,
-        size_mb: int = 16,
+        size_mb: int | None = None,
+        fstype: str = "ext4",
     ) -> LoopFs:
-        """Create an ext4 image (sparse file + mkfs.ext4), attach it, mount it."""
+        """Create an image (sparse file + mkfs), attach it, mount it.
+
+        ``fstype``: ``ext4`` (default), ``xfs`` or ``btrfs``; ``size_mb`` defaults to the type's
+        minimum (:data:`MIN_SIZE_MB`). Callers check the mkfs tool first (``require_tool``).
+        """
+        if fstype not in MKFS:
+            raise ValueError(f"unsupported fstype {fstype!r}, expected one of {sorted(MKFS)}")
+        size_mb = MIN_SIZE_MB[fstype] if size_mb is None else size_mb
+        if size_mb < MIN_SIZE_MB[fstype]:
+            raise ValueError(f"{fstype} needs an image of at least {MIN_SIZE_MB[fstype]} MB, not {size_mb}")
         image = Path(image) if image is not None else self.base / "images" / f"{name}.img"
         mountpoint = Path(mountpoint) if mountpoint is not None else self.base / name
         image.parent.mkdir(parents=True, exist_ok=True)
@@ -129,14 +181,14 @@ class LoopMounts:
         with open(image, "wb") as f:
             f.truncate(size_mb * 1024 * 1024)
         self._images.append(image)
-        _run("mkfs.ext4", "-q", "-F", str(image))
+        _run(*MKFS[fstype], str(image))
         # The same as `mount -o loop`, but we learn the device, so we can detach it ourselves
         # even when the mount fails.
         device = _run("losetup", "--find", "--show", str(image)).strip()
         self._devices[mountpoint] = device
-        _run("mount", "-t", "ext4", device, str(mountpoint))
+        _run("mount", "-t", fstype, device, str(mountpoint))
         self._mounted.append(mountpoint)
-        fs = LoopFs(image=image, device=device, mountpoint=mountpoint)
+        fs = LoopFs(image=image, device=device, mountpoint=mountpoint, fstype=fstype)
         self.filesystems.append(fs)
         return fs
 
@@ -157,6 +209,21 @@ class LoopMounts:
     def glob(self) -> str:
         """An include glob matching every mount point under the base directory, and nothing else."""
         return glob.escape(str(self.base)) + "/*"
+
+    def isolated(self, argv: Sequence[str], keep: Iterable[str | os.PathLike[str]] = ()) -> list[str]:
+        """``argv`` wrapped to run in a private mount namespace in which, of the filesystems a
+        freeze can reach (block devices, btrfs), only ``/``, the mounts made here and the mounts
+        holding a ``keep`` path (the program, its sockets and state) are mounted.
+
+        For agents that take no include filter (qemu-ga): their thaw FITHAWs every mount they
+        see, so on the shared machine they would thaw, and count, what a concurrent test froze.
+        Detaching happens inside the namespace only (propagation private); a freeze there acts
+        on the same superblock as outside. Mounts are copied when the namespace starts: make
+        them before starting the program. Needs ``unshare`` (util-linux).
+        """
+        paths = [str(self.base), *(os.fspath(k) for k in keep)]
+        return ["unshare", "--mount", "--propagation", "private", "--",
+                sys.executable, "-I", "-c", _ISOLATE_SOURCE, *paths, "--", *argv]
 
     # -- undoing -----------------------------------------------------------------------------
 
