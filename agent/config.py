@@ -47,6 +47,8 @@ class Config:
     freeze_include: tuple[str, ...] = ()
     freeze_exclude: tuple[str, ...] = ()
     max_message_size: int = 1 << 20
+    freeze_timeout: float = 600.0
+    on_agent_death: str = "thaw"
     config_file: str | None = field(default=None, compare=False)
 
     @property
@@ -76,6 +78,8 @@ _INI_KEYS: dict[str, tuple[str, str]] = {
     "freeze-include": ("freeze_include", "list"),
     "freeze-exclude": ("freeze_exclude", "list"),
     "max-message-size": ("max_message_size", "int"),
+    "freeze-timeout": ("freeze_timeout", "float"),
+    "on-agent-death": ("on_agent_death", "str"),
 }
 
 
@@ -176,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="freeze, thaw and fstrim only touch mount points matching one of these globs (repeatable)")
     add("--freeze-exclude", action="append", metavar="GLOB",
         help="freeze, thaw and fstrim never touch mount points matching these globs (repeatable)")
+    add("--freeze-timeout", type=float, metavar="SECONDS",
+        help="auto-thaw a freeze after this long unless the request names its own timeout; "
+             "0 means never (default 600)")
+    add("--on-agent-death", choices=("thaw", "stay"),
+        help="if the agent dies while frozen, a guard process thaws (default), or the filesystems "
+             "stay frozen as with qemu-ga")
     add("--max-message-size", type=int, metavar="BYTES",
         help="largest request accepted, up to 64 MiB (default 1 MiB)")
     add("-c", "--config", help=f"config file (qemu-ga; default {DEFAULT_CONFIG} if it exists)")
@@ -190,7 +200,8 @@ def from_args(args: argparse.Namespace) -> Config:
     if config_file:
         values.update(load_file(config_file))
     for name in ("method", "path", "logfile", "pidfile", "statedir", "verbose", "daemonize",
-                 "retry_path", "fsfreeze_hook", "fsfreeze_hook_timeout", "max_message_size"):
+                 "retry_path", "fsfreeze_hook", "fsfreeze_hook_timeout", "max_message_size",
+                 "freeze_timeout", "on_agent_death"):
         value = getattr(args, name)
         if value is not None:
             values[name] = value
@@ -214,6 +225,10 @@ def check(config: Config) -> Config:
         raise ConfigError("max-message-size must be between 1 and 67108864 bytes")
     if config.fsfreeze_hook_timeout <= 0:
         raise ConfigError("fsfreeze-hook-timeout must be positive")
+    if config.freeze_timeout < 0:
+        raise ConfigError("freeze-timeout must be 0 (never) or a positive number of seconds")
+    if config.on_agent_death not in ("thaw", "stay"):
+        raise ConfigError(f"on-agent-death must be 'thaw' or 'stay', not {config.on_agent_death!r}")
     return config
 
 

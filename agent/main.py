@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         pidfile.acquire()
         agent.log.info("pyqga-agent %s starting (pid %d)", agent.version, os.getpid())
         asyncio.run(run(agent))
+        agent.freezer.shutdown()
     except (PidFileError, ChannelError) as exc:
         agent.log.error("%s", exc)
         return 1

@@ -1,6 +1,13 @@
 """Host side of pyqga: the AgentClient library and the pyqga CLI."""
 
-from host_client.client import AgentClient
-from host_client.errors import AgentCallError, AgentClientError, AgentConnectionError, AgentTimeout
+from host_client.client import AgentClient, Freeze
+from host_client.errors import (
+    AgentCallError,
+    AgentClientError,
+    AgentConnectionError,
+    AgentTimeout,
+    FreezeLost,
+)
 
-__all__ = ["AgentCallError", "AgentClient", "AgentClientError", "AgentConnectionError", "AgentTimeout"]
+__all__ = ["AgentCallError", "AgentClient", "AgentClientError", "AgentConnectionError", "AgentTimeout",
+           "Freeze", "FreezeLost"]

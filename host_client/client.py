@@ -9,15 +9,29 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from host_client.errors import AgentCallError, AgentConnectionError, AgentTimeout
+from host_client.errors import AgentCallError, AgentConnectionError, AgentTimeout, FreezeLost
 from host_client.transport import Transport, open_transport
 from protocol.client import ClientConnection, Reply
 from protocol.dialects import Dialect
+from protocol.errors import ErrorKind
 
 DEFAULT_TIMEOUT = 10.0
+# A freeze flushes dirty data first: allow it much longer than an ordinary call.
+FREEZE_CALL_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """What :meth:`AgentClient.frozen` froze: the count, and the epoch the thaw will check."""
+
+    count: int
+    epoch: int | None
+    info: dict[str, Any]
 
 
 class AgentClient:
@@ -64,7 +78,8 @@ class AgentClient:
         """Run ``method`` in the guest and return its result; raise on error or timeout.
 
         Parameters go in ``params`` or as keyword arguments (``call("guest-sync", id=5)``);
-        use ``params`` for names that are not Python identifiers (``"input-data"``).
+        use ``params`` for names that are not Python identifiers (``"input-data"``) and for a
+        command parameter called ``timeout``: the keyword ``timeout`` is this call's own limit.
         """
         arguments = {**(params or {}), **kwargs}
         limit = self.timeout if timeout is None else timeout
@@ -95,6 +110,35 @@ class AgentClient:
         """Resynchronise the channel now; returns the random id that came back."""
         limit = self.timeout if timeout is None else timeout
         return self._resync(time.monotonic() + limit, "guest-sync-delimited", limit)
+
+    @contextmanager
+    def frozen(self, mountpoints: Sequence[str] | None = None, timeout: float | None = None,
+               call_timeout: float = FREEZE_CALL_TIMEOUT) -> Iterator[Freeze]:
+        """Freeze (all, or ``mountpoints``), run the body, thaw; raise :class:`FreezeLost` if the
+        freeze did not hold until the thaw.  ``timeout``: the agent thaws by itself after this
+        many seconds even if this host dies (pyqga only; qemu-ga has no auto-thaw)."""
+        params: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        if mountpoints is None:
+            count = self.call("guest-fsfreeze-freeze", params, timeout=call_timeout)
+        else:
+            params["mountpoints"] = list(mountpoints)
+            count = self.call("guest-fsfreeze-freeze-list", params, timeout=call_timeout)
+        info = self.call("guest-fsfreeze-info") if count else {}
+        epoch = info.get("epoch") if info.get("status") == "frozen" else None
+        try:
+            yield Freeze(count, epoch, info)
+        finally:
+            self.thaw(epoch, call_timeout)
+
+    def thaw(self, epoch: int | None = None, call_timeout: float = FREEZE_CALL_TIMEOUT) -> int:
+        """Thaw; with ``epoch``, raise :class:`FreezeLost` if that freeze had not held."""
+        try:
+            return self.call("guest-fsfreeze-thaw", {} if epoch is None else {"epoch": epoch},
+                             timeout=call_timeout)
+        except AgentCallError as exc:
+            if exc.error.kind is ErrorKind.FREEZE_LOST:
+                raise FreezeLost(exc.error, method="guest-fsfreeze-thaw", address=self.address) from None
+            raise
 
     # --- internals -------------------------------------------------------------------------
 

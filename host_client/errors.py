@@ -37,3 +37,9 @@ class AgentCallError(AgentClientError):
     @property
     def code(self) -> int:
         return self.error.kind.code
+
+
+class FreezeLost(AgentCallError):
+    """A freeze did not hold until the thaw (auto-thaw, agent death, someone else thawed):
+    whatever was copied while "frozen" may be inconsistent.  ``error.data["last-thaw"]`` says
+    how and when it ended."""

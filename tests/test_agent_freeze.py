@@ -20,8 +20,9 @@ from host_client import AgentCallError, AgentClient
 from tests.support.agent_process import PyqgaAgent
 from tests.support.loopfs import LoopMounts, freeze_directly, require_loop_support, thaw_fully
 
+# qemu-ga's six, plus our read-only freeze query.
 FROZEN_ALLOWED = {"guest-ping", "guest-info", "guest-sync", "guest-sync-delimited",
-                  "guest-fsfreeze-status", "guest-fsfreeze-thaw"}
+                  "guest-fsfreeze-status", "guest-fsfreeze-thaw", "guest-fsfreeze-info"}
 
 
 @pytest.fixture
@@ -116,13 +117,14 @@ def test_externally_frozen_fs_is_skipped_then_counted_by_thaw(tmp_path: Path, lo
 
 
 def test_restart_while_frozen_starts_frozen_and_thaw_works(tmp_path: Path, loops: LoopMounts) -> None:
+    """qemu-ga's rule, kept with --on-agent-death stay (by default a guard thaws instead)."""
     a = loops.add("a")
-    first = start_agent(tmp_path, loops)
+    first = start_agent(tmp_path, loops, "--on-agent-death", "stay")
     with AgentClient(str(first.socket_path), timeout=30) as client:
         assert client.call("guest-fsfreeze-freeze-list", mountpoints=[str(a)]) == 1
     first.stop(signal.SIGKILL)
-    assert (first.statedir / "pyqga.state.frozen").exists() or any(first.statedir.iterdir())
-    second = start_agent(tmp_path, loops)
+    assert (first.statedir / "pyqga.state.frozen").exists()
+    second = start_agent(tmp_path, loops, "--on-agent-death", "stay")
     try:
         with AgentClient(str(second.socket_path), dialect="qga", timeout=30) as client:
             assert client.call("guest-fsfreeze-status") == "frozen"

@@ -15,16 +15,25 @@ def guest_fsfreeze_status(agent: AgentState) -> str:
     return agent.freezer.status
 
 
-def guest_fsfreeze_freeze(agent: AgentState) -> int:
-    return agent.freezer.freeze()
+def guest_fsfreeze_info(agent: AgentState) -> dict[str, Any]:
+    return agent.freezer.info()
 
 
-def guest_fsfreeze_freeze_list(agent: AgentState, mountpoints: list[str] | None = None) -> int:
-    return agent.freezer.freeze(mountpoints)
+def guest_fsfreeze_freeze(agent: AgentState, timeout: float | None = None) -> int:
+    return agent.freezer.freeze(None, timeout)
 
 
-def guest_fsfreeze_thaw(agent: AgentState) -> int:
-    return agent.freezer.thaw()
+def guest_fsfreeze_freeze_list(agent: AgentState, mountpoints: list[str] | None = None,
+                               timeout: float | None = None) -> int:
+    return agent.freezer.freeze(mountpoints, timeout)
+
+
+def guest_fsfreeze_thaw(agent: AgentState, epoch: int | None = None) -> int:
+    return agent.freezer.thaw(epoch)
+
+
+TIMEOUT = Param("timeout", float, required=False,
+                doc="seconds until the agent thaws by itself; 0 never (default --freeze-timeout)")
 
 
 def guest_get_fsinfo(agent: AgentState) -> list[dict[str, Any]]:
@@ -40,15 +49,22 @@ COMMANDS = (
     Command("guest-fsfreeze-status", guest_fsfreeze_status,
             "\"frozen\" or \"thawed\": the agent's own freeze state (not the kernel's).",
             allowed_while_frozen=True),
+    Command("guest-fsfreeze-info", guest_fsfreeze_info,
+            "The freeze in force: epoch, frozen filesystems, frozen-at, deadline, and how the "
+            "last freeze ended (request, timeout, signal, agent-death, external).",
+            allowed_while_frozen=True),
     Command("guest-fsfreeze-freeze", guest_fsfreeze_freeze,
             "Freeze every freezable filesystem (limited by --freeze-include/--freeze-exclude); "
-            "returns how many were frozen.", blocking=True),
+            "returns how many were frozen.", (TIMEOUT,), blocking=True),
     Command("guest-fsfreeze-freeze-list", guest_fsfreeze_freeze_list,
             "Freeze exactly these mount points (all if omitted); a path that is not a mount point "
             "is an error and nothing is frozen.",
-            (Param("mountpoints", list, required=False, doc="mount points to freeze"),), blocking=True),
+            (Param("mountpoints", list, required=False, doc="mount points to freeze"), TIMEOUT),
+            blocking=True),
     Command("guest-fsfreeze-thaw", guest_fsfreeze_thaw,
-            "Thaw every frozen filesystem, also ones frozen by other tools; returns how many thawed.",
+            "Thaw every frozen filesystem, also ones frozen by other tools; returns how many thawed. "
+            "With epoch: an error if that freeze did not hold until now (the thaw still happens).",
+            (Param("epoch", int, required=False, doc="the epoch guest-fsfreeze-info reported"),),
             allowed_while_frozen=True, blocking=True),
     Command("guest-get-fsinfo", guest_get_fsinfo,
             "Mounted filesystems: device name, mount point, type, used and total bytes, disks.",

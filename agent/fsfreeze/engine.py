@@ -53,6 +53,29 @@ class FreezeOutcome:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ThawReport:
+    """What a thaw did: ``thawed`` mount points (they were frozen) and per-path ``errors``."""
+
+    thawed: tuple[str, ...]
+    errors: tuple[dict[str, str], ...] = ()
+
+    @property
+    def count(self) -> int:
+        return len(self.thawed)
+
+    def checked(self) -> int:
+        """The count, or one ``command_failed`` naming every failure, whose ``data`` is
+        ``{"thawed": count, "errors": [{"path", "error"}]}``: a partial thaw is never success."""
+        if self.errors:
+            details = "; ".join(f"{e['path']}: {e['error']}" for e in self.errors)
+            raise dataclasses.replace(
+                command_failed(f"thawed {self.count} filesystem(s), but failed to thaw {details}"),
+                data={"thawed": self.count, "errors": list(self.errors)},
+            )
+        return self.count
+
+
 def _errno_name(number: int | None) -> str:
     # errno.errorcode[95] is "ENOTSUP" on Linux; the freeze literature says EOPNOTSUPP (same value).
     if number == errno.EOPNOTSUPP:
@@ -242,7 +265,11 @@ class FreezeEngine:
     # -- thaw --------------------------------------------------------------------------------
 
     def thaw(self, also: Iterable[str] = ()) -> int:
-        """Thaw every selected freezable filesystem, whoever froze it; return how many thawed.
+        """:meth:`thaw_report`, raising if any filesystem failed to thaw; returns the count."""
+        return self.thaw_report(also).checked()
+
+    def thaw_report(self, also: Iterable[str] = ()) -> ThawReport:
+        """Thaw every selected freezable filesystem, whoever froze it; report what happened.
 
         The mount list is read afresh. Each filesystem gets FITHAW until the kernel says EINVAL
         ("not frozen"), and counts once if at least one FITHAW succeeded. Mount order (parents
@@ -251,11 +278,9 @@ class FreezeEngine:
         ``also``: extra mount points to thaw regardless of the rules, e.g. those a previous
         agent recorded in the state file. Mount points that are no longer mounted are ignored.
 
-        Errors other than EINVAL do not stop the loop: every other filesystem is still thawed,
-        then one ``command_failed`` is raised whose message gives the count and each failure,
-        and whose ``data`` is ``{"thawed": count, "errors": [{"path", "error"}]}``. Raising
-        (rather than returning the errors) means a caller cannot mistake a partial thaw for
-        success; the command layer still knows the count from ``data``.
+        Errors other than EINVAL do not stop the loop: every other filesystem is still thawed.
+        The report lists which mount points were thawed (a FITHAW succeeded: they were frozen)
+        so the caller can tell whether a freeze it made held until now.
         """
         all_mounts = self.mounts()
         targets = self.candidates()
@@ -271,22 +296,17 @@ class FreezeEngine:
                 seen.add(key)
                 targets.append(extra)
 
-        count = 0
+        thawed: list[str] = []
         errors: list[dict[str, str]] = []
         for mount in targets:
-            thawed, error = self._thaw_one(mount.mountpoint)
-            count += thawed
+            did_thaw, error = self._thaw_one(mount.mountpoint)
+            if did_thaw:
+                thawed.append(mount.mountpoint)
             if error is None:
                 self._frozen_outside.discard(mount.mountpoint)
             else:
                 errors.append({"path": mount.mountpoint, "error": error})
-        if errors:
-            details = "; ".join(f"{e['path']}: {e['error']}" for e in errors)
-            raise dataclasses.replace(
-                command_failed(f"thawed {count} filesystem(s), but failed to thaw {details}"),
-                data={"thawed": count, "errors": errors},
-            )
-        return count
+        return ThawReport(tuple(thawed), tuple(errors))
 
     def _thaw_one(self, path: str) -> tuple[int, str | None]:
         """FITHAW until EINVAL: (1 if anything thawed else 0, error text or None)."""

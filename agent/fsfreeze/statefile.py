@@ -22,6 +22,7 @@ from typing import Any
 
 DEFAULT_STATEDIR = "/run/pyqga"
 FROZEN_FILE = "pyqga.state.frozen"
+HISTORY_FILE = "pyqga.state.history"
 
 
 def path_in(statedir: str | os.PathLike[str]) -> Path:
@@ -35,12 +36,15 @@ def mark_frozen(statedir: str | os.PathLike[str], info: Mapping[str, Any]) -> Pa
     Written to a temporary file, fsynced, renamed over the marker and the directory fsynced,
     so a reader sees the old marker, the new one, or none, never half of one.
     """
-    record = {"time": time.time(), **info}
+    return _write_json(Path(statedir), FROZEN_FILE, {"time": time.time(), **info})
+
+
+def _write_json(directory: Path, name: str, record: Mapping[str, Any]) -> Path:
+    """Write ``record`` to ``directory/name`` atomically (temp file, fsync, rename)."""
     data = json.dumps(record, sort_keys=True).encode() + b"\n"  # not serialisable: fail early
-    directory = Path(statedir)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    target = path_in(directory)
-    fd, tmp = tempfile.mkstemp(prefix=f".{FROZEN_FILE}.", dir=directory)
+    target = directory / name
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -63,6 +67,35 @@ def clear(statedir: str | os.PathLike[str]) -> bool:
         return False
     _fsync_dir(Path(statedir))
     return True
+
+
+def read_history(statedir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``{"last_epoch": N, "last_thaw": {...}}`` as far as known; ``{}`` when there is none.
+
+    Epochs must keep increasing across agent restarts, or a host holding a stale epoch could
+    match a new freeze; and the next agent must be able to say how the last freeze ended.
+    """
+    try:
+        value = json.loads((Path(statedir) / HISTORY_FILE).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def write_history(statedir: str | os.PathLike[str], history: Mapping[str, Any]) -> None:
+    _write_json(Path(statedir), HISTORY_FILE, history)
+
+
+def record_thaw(
+    statedir: str | os.PathLike[str], epoch: int, reason: str, detail: str = ""
+) -> dict[str, Any]:
+    """Remember how freeze ``epoch`` ended (the guard uses this when the agent died)."""
+    history = read_history(statedir)
+    last_thaw = {"epoch": epoch, "reason": reason, "at": time.time(), "detail": detail}
+    history["last_thaw"] = last_thaw
+    history["last_epoch"] = max(int(history.get("last_epoch", 0)), epoch)
+    write_history(statedir, history)
+    return last_thaw
 
 
 def read(statedir: str | os.PathLike[str]) -> dict[str, Any] | None:
