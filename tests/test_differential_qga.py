@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,19 @@ def sentinel() -> tuple[bytes, bytes]:
     return request, b'{"return": %d}' % sync_id
 
 
+def connect(peer: Peer) -> socket.socket:
+    """A fresh connection. qemu-ga has a tiny listen backlog and accepts the next client only
+    after it has seen the previous one close, so a quick reconnect can get EAGAIN: retry."""
+    deadline = time.monotonic() + READ_TIMEOUT
+    while True:
+        try:
+            return peer.connect()
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
 def exchange(peer: Peer, data: bytes) -> list[bytes]:
     """Send `data` on a fresh connection; return every reply line (without `\\n`) it caused.
 
@@ -92,7 +106,7 @@ def exchange(peer: Peer, data: bytes) -> list[bytes]:
     """
     request, answer = sentinel()
     received = b""
-    with peer.connect() as sock:
+    with connect(peer) as sock:
         sock.settimeout(READ_TIMEOUT)
         sock.sendall(data)
         sock.sendall(request)
@@ -308,7 +322,7 @@ def test_parser_reset_on_reconnect(tmp_path: Path, peers: tuple[Peer, Peer]) -> 
         qga = Peer("qemu-ga (fresh)", fresh.connect)
         results = []
         for peer in (qga, ours):
-            with peer.connect() as sock:
+            with connect(peer) as sock:
                 sock.sendall(partial)
             results.append(parse(exchange(peer, ping)))
     qga_lines, our_lines = results
