@@ -8,11 +8,12 @@ import signal
 import sys
 
 from agent import config as config_module
+from agent.channels import ChannelError
 from agent.config import ConfigError
 from agent.logs import LogControl
 from agent.pidfile import PidFile, PidFileError
 from agent.registry import Registry, build_registry
-from agent.server import ChannelError, serve
+from agent.server import serve
 from agent.state import AgentState
 
 # The agent must never write to a filesystem that may be frozen: no bytecode caches.

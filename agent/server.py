@@ -12,24 +12,16 @@ Guarantees, each because a host depends on it:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import os
-import socket
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
+from agent.channels import ListenerChannel, open_channel
 from agent.dispatch import Dispatcher, answer_now, needs_worker
 from agent.state import AgentState
 from protocol.dialects import Batch, Dialect, Incoming
 from protocol.server import ServerConnection
 
 MAX_PENDING_REPLIES = 256  # per connection, before we stop reading its requests
-LISTEN_BACKLOG = 64
-
-
-class ChannelError(Exception):
-    """The channel cannot be opened; the message names it and says why."""
 
 
 def _ordered(item: Incoming) -> bool:
@@ -119,53 +111,11 @@ def _result(future: asyncio.Future[bytes | None]) -> bytes | None:
     return future.result()
 
 
-def bind_unix_socket(path: str) -> socket.socket:
-    """A listening socket at ``path``, mode 0600 from the start (never world-connectable)."""
-    if os.path.exists(path):
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)  # a stale socket left by an agent that died
-        else:
-            raise ChannelError(f"{path} is in use by a running agent; stop it or choose another -p")
-        finally:
-            probe.close()
-    directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory):
-        raise ChannelError(f"cannot listen on {path}: directory {directory} does not exist")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
-    try:
-        sock.bind(path)
-    except OSError as exc:
-        sock.close()
-        hint = " (path longer than 107 bytes?)" if exc.errno == errno.EINVAL else ""
-        raise ChannelError(f"cannot listen on {path}: {exc.strerror}{hint}") from None
-    finally:
-        os.umask(old_umask)
-    sock.listen(LISTEN_BACKLOG)
-    return sock
-
-
 async def serve(agent: AgentState, stop: asyncio.Event) -> None:
     """Serve the configured channel until ``stop`` is set."""
-    if agent.config.method != "unix-listen":
-        raise ChannelError(
-            f"method {agent.config.method} is not supported yet; use -m unix-listen -p PATH"
-        )
-    path = agent.config.channel_path
-    sock = bind_unix_socket(path)
+    channel = open_channel(agent.config, agent.log)
     dispatcher = Dispatcher(agent)
-    loop = asyncio.get_running_loop()
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="pyqga-worker") as executor:
-        server = await loop.create_unix_server(
-            lambda: AgentConnection(dispatcher, executor), sock=sock
-        )
-        agent.log.info("listening on %s (unix-listen)", path)
-        try:
-            await stop.wait()
-        finally:
-            server.close()
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        if isinstance(channel, ListenerChannel):
+            agent.log.info("listening on %s", channel.description)
+        await channel.serve(lambda: AgentConnection(dispatcher, executor), stop)

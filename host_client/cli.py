@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 def add_connection_options(parser: argparse.ArgumentParser, default: Any) -> None:
     """Options accepted before and after the command word (``pyqga ping --json`` works too)."""
     parser.add_argument("--socket", "-s", metavar="ADDRESS", default=default,
-                        help="the agent's channel: a unix socket path (or unix:PATH)")
+                        help="the agent's channel: a unix socket path, unix:PATH, vsock:CID:PORT, "
+                             "tcp:HOST:PORT, serial:DEVICE[?baud=N] or a pyserial URL")
     parser.add_argument("--dialect", choices=("jsonrpc", "qga"), default=default,
                         help="wire dialect; 'qga' also talks to QEMU's qemu-ga (default jsonrpc)")
     parser.add_argument("--timeout", type=float, metavar="SECONDS", default=default,

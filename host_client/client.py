@@ -21,6 +21,7 @@ from protocol.dialects import Dialect
 from protocol.errors import ErrorKind
 
 DEFAULT_TIMEOUT = 10.0
+RESYNC_RETRY = 1.0  # seconds before a resync request is sent again
 # A freeze flushes dirty data first: allow it much longer than an ordinary call.
 FREEZE_CALL_TIMEOUT = 300.0
 
@@ -143,19 +144,27 @@ class AgentClient:
     # --- internals -------------------------------------------------------------------------
 
     def _resync(self, deadline: float, method: str, limit: float) -> int:
-        sync_id = random.getrandbits(62) + 1
-        data = self._conn.start_resync(sync_id)
+        """Resync, re-sending the request every RESYNC_RETRY seconds: a serial line drops what
+        was sent before the agent opened it, and a stale reply must never be taken for ours."""
         self._needs_resync = True
 
-        def run() -> None:
-            self._transport.send(data, deadline)
-            while self._conn.resyncing:
-                for reply in self._conn.receive_data(self._transport.recv(deadline)):
-                    if reply.error is not None:  # the agent refused the sync itself
-                        raise AgentCallError(reply.error, method="guest-sync-delimited",
-                                             address=self.address)
+        def run() -> int:
+            while True:
+                sync_id = random.getrandbits(62) + 1
+                self._transport.send(self._conn.start_resync(sync_id), deadline)
+                attempt_deadline = min(deadline, time.monotonic() + RESYNC_RETRY)
+                try:
+                    while self._conn.resyncing:
+                        for reply in self._conn.receive_data(self._transport.recv(attempt_deadline)):
+                            if reply.error is not None:  # the agent refused the sync itself
+                                raise AgentCallError(reply.error, method="guest-sync-delimited",
+                                                     address=self.address)
+                    return sync_id
+                except AgentTimeout:
+                    if time.monotonic() >= deadline:
+                        raise
 
-        self._guarded(method, limit, run, doing="while resyncing")
+        sync_id = self._guarded(method, limit, run, doing="while resyncing")
         self._needs_resync = False
         return sync_id
 

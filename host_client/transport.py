@@ -1,7 +1,8 @@
 """Byte channels to an agent.  Each has ``send``, ``recv`` with a deadline, and ``close``.
 
-Addresses: ``unix:PATH`` or a bare path (a QEMU chardev socket or the agent's own socket).
-Other schemes (vsock, tcp, serial) come with the channels work and are refused clearly here.
+Addresses: ``unix:PATH`` or a bare path (a QEMU chardev socket or the agent's own socket),
+``vsock:CID:PORT``, ``tcp:HOST:PORT``, ``serial:DEVICE[?baud=N]`` (a host pty from QEMU's
+``-serial pty``, or a real line) and any pyserial URL (``socket://``, ``rfc2217://``).
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 import select
 import socket
 import time
-from typing import Protocol
+import urllib.parse
+from typing import Any, Protocol
+
+import serial
 
 from host_client.errors import AgentConnectionError, AgentTimeout
 
@@ -72,25 +76,97 @@ class SocketTransport:
         self.sock.close()
 
 
+class SerialTransport:
+    """A serial line (a host pty from ``-serial pty``, a real line) or any pyserial URL
+    (``socket://``, ``rfc2217://``).  No connection to speak of: resync is what makes it safe."""
+
+    def __init__(self, port: serial.SerialBase, address: str) -> None:
+        self.port = port
+        self.address = address
+
+    def send(self, data: bytes, deadline: float) -> None:
+        self.port.write_timeout = max(0.0, deadline - time.monotonic())
+        try:
+            self.port.write(data)
+            self.port.flush()
+        except serial.SerialTimeoutException:
+            raise AgentTimeout(f"{self.address}: timed out sending") from None
+        except (serial.SerialException, OSError) as exc:
+            raise AgentConnectionError(f"{self.address}: send failed: {exc}") from None
+
+    def recv(self, deadline: float) -> bytes:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AgentTimeout(f"{self.address}: timed out waiting for a reply")
+            self.port.timeout = min(remaining, 0.5)
+            try:
+                data = self.port.read(max(1, self.port.in_waiting))
+            except (serial.SerialException, OSError) as exc:
+                raise AgentConnectionError(f"{self.address}: receive failed: {exc}") from None
+            if data:
+                return bytes(data) + bytes(self.port.read(self.port.in_waiting))
+
+    def close(self) -> None:
+        self.port.close()
+
+
 def parse_address(address: str) -> tuple[str, str]:
-    """(scheme, rest); a bare path means unix."""
+    """(scheme, rest): ``unix:PATH`` or a bare path, ``vsock:CID:PORT``, ``tcp:HOST:PORT``,
+    ``serial:DEVICE[?baud=N]``, or a pyserial URL such as ``socket://host:port``."""
+    if "://" in address:
+        return "url", address
     scheme, sep, rest = address.partition(":")
     if sep and scheme in ("unix", "vsock", "tcp", "serial"):
         return scheme, rest
-    if "://" in address:
-        return "url", address
     return "unix", address
 
 
-def open_transport(address: str, timeout: float) -> Transport:
-    scheme, rest = parse_address(address)
-    if scheme != "unix":
-        raise AgentConnectionError(f"{address}: {scheme} addresses are not supported yet; use unix:PATH")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+def _connect(family: int, target: Any, address: str, timeout: float) -> Transport:
+    sock = socket.socket(family, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        sock.connect(rest)
+        sock.connect(target)
     except OSError as exc:
         sock.close()
-        raise AgentConnectionError(f"cannot connect to unix:{rest}: {exc.strerror or exc}") from None
-    return SocketTransport(sock, f"unix:{rest}")
+        raise AgentConnectionError(f"cannot connect to {address}: {exc.strerror or exc}") from None
+    return SocketTransport(sock, address)
+
+
+def _host_port(rest: str, address: str) -> tuple[str, int]:
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        raise AgentConnectionError(f"{address}: expected HOST:PORT after the scheme")
+    return host.strip("[]"), int(port)
+
+
+def _open_serial(scheme: str, rest: str, address: str) -> Transport:
+    try:
+        if scheme == "url":
+            port = serial.serial_for_url(rest, do_not_open=False, timeout=0.5)
+        else:
+            device, _, query = rest.partition("?")
+            options = urllib.parse.parse_qs(query)
+            baud = int(options.get("baud", ["38400"])[0])
+            port = serial.Serial(device, baud, bytesize=8, parity="N", stopbits=1, timeout=0.5)
+    except (serial.SerialException, ValueError, OSError) as exc:
+        raise AgentConnectionError(f"cannot open {address}: {exc}") from None
+    return SerialTransport(port, address)
+
+
+def open_transport(address: str, timeout: float) -> Transport:
+    """Open a channel to an agent by address; errors name the address and the reason."""
+    scheme, rest = parse_address(address)
+    if scheme == "unix":
+        return _connect(socket.AF_UNIX, rest, f"unix:{rest}", timeout)
+    if scheme == "tcp":
+        host, port = _host_port(rest, address)
+        return _connect(socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port), address, timeout)
+    if scheme == "vsock":
+        cid, port = _host_port(rest, address)
+        if not cid.isdigit():
+            raise AgentConnectionError(f"{address}: expected vsock:CID:PORT with a numeric CID")
+        if not hasattr(socket, "AF_VSOCK"):
+            raise AgentConnectionError(f"{address}: this Python has no AF_VSOCK support")
+        return _connect(socket.AF_VSOCK, (int(cid), port), address, timeout)
+    return _open_serial(scheme, rest, address)

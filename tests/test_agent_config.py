@@ -87,9 +87,16 @@ def test_cli_help_dump_and_rpc_listing() -> None:
     assert bad.returncode == 2 and "unknown command" in bad.stderr
 
 
-def test_unsupported_method_fails_with_a_clear_message(tmp_path: Path) -> None:
-    result = run_agent("-c", os.devnull, "-m", "isa-serial", "-t", str(tmp_path))
-    assert result.returncode == 1 and "not supported yet" in result.stderr
+def test_missing_channel_device_fails_with_a_clear_message(tmp_path: Path) -> None:
+    device = tmp_path / "no-such-port"
+    result = run_agent("-c", os.devnull, "-m", "virtio-serial", "-p", str(device), "-t", str(tmp_path))
+    assert result.returncode == 1
+    assert f"cannot open virtio-serial channel {device}" in result.stderr and "-r waits" in result.stderr
+
+
+def test_vsock_address_is_checked(tmp_path: Path) -> None:
+    result = run_agent("-c", os.devnull, "-m", "vsock-listen", "-p", "nonsense", "-t", str(tmp_path))
+    assert result.returncode == 1 and "CID:PORT" in result.stderr
 
 
 def test_registry_params_are_checked_in_qemu_words() -> None:

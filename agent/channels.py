@@ -1,0 +1,343 @@
+"""The channels the agent serves: listening sockets, and character devices with no connections.
+
+- ``unix-listen`` and ``vsock-listen`` (and a socket handed over by systemd, ``LISTEN_FDS``):
+  many clients, each its own connection and decoder.
+- ``virtio-serial``: a character device that is not a TTY.  While no host is connected, reads
+  return EOF and poll reports HUP continuously; we end the session, sleep ~100 ms instead of
+  spinning, keep the device open, and start a fresh session (fresh decoder) when the host is
+  back: a host that reconnects must not inherit half a message from its predecessor.
+- ``isa-serial``: a real TTY, put in raw 8N1 by pyserial; one endless session, so hosts resync
+  with 0xFF as they always do on a serial line.
+
+A session on a device is driven by :class:`DeviceTransport`, a small asyncio transport over a
+non-blocking fd, so the same :class:`~agent.server.AgentConnection` serves every channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import serial
+
+from agent.config import Config
+
+HUP_BACKOFF = 0.1          # seconds between sessions while no host is connected
+RETRY_INTERVAL = 1.0       # seconds between attempts to open a missing device (-r)
+READ_SIZE = 65536
+WRITE_HIGH_WATER = 1 << 20
+WRITE_LOW_WATER = 256 << 10
+SERIAL_BAUDRATE = 38400    # qemu-ga's default for isa-serial
+VMADDR_CID_ANY = 0xFFFFFFFF
+SD_LISTEN_FDS_START = 3
+LISTEN_BACKLOG = 64
+
+ProtocolFactory = Callable[[], asyncio.Protocol]
+
+
+class ChannelError(Exception):
+    """The channel cannot be opened; the message names it and says why."""
+
+
+class DeviceTransport(asyncio.Transport):
+    """One host session over a non-blocking character device fd; ends at EOF or an error."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, protocol: asyncio.Protocol,
+                 on_end: Callable[[Exception | None], None]) -> None:
+        super().__init__()
+        self._loop, self._fd, self._protocol, self._on_end = loop, fd, protocol, on_end
+        self._buffer = bytearray()
+        self._reading = True
+        self._closing = False
+        self._protocol_paused = False
+        protocol.connection_made(self)
+        loop.add_reader(fd, self._read_ready)
+
+    def _read_ready(self) -> None:
+        try:
+            data = os.read(self._fd, READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._end(exc)
+            return
+        if not data:
+            self._end(None)  # virtio-serial: the host is not connected (any more)
+            return
+        self._protocol.data_received(data)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or not data:
+            return
+        if not self._buffer:
+            try:
+                written = os.write(self._fd, data)
+            except (BlockingIOError, InterruptedError):
+                written = 0
+            except OSError as exc:
+                self._end(exc)
+                return
+            data = memoryview(data)[written:]
+            if not data:
+                return
+            self._loop.add_writer(self._fd, self._write_ready)
+        self._buffer += data
+        if len(self._buffer) > WRITE_HIGH_WATER and not self._protocol_paused:
+            self._protocol_paused = True
+            self._protocol.pause_writing()
+
+    def _write_ready(self) -> None:
+        try:
+            written = os.write(self._fd, self._buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._end(exc)
+            return
+        del self._buffer[:written]
+        if not self._buffer:
+            self._loop.remove_writer(self._fd)
+        if self._protocol_paused and len(self._buffer) <= WRITE_LOW_WATER:
+            self._protocol_paused = False
+            self._protocol.resume_writing()
+
+    def pause_reading(self) -> None:
+        if self._reading and not self._closing:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+
+    def resume_reading(self) -> None:
+        if not self._reading and not self._closing:
+            self._loop.add_reader(self._fd, self._read_ready)
+            self._reading = True
+
+    def is_reading(self) -> bool:
+        return self._reading and not self._closing
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._buffer)
+
+    def close(self) -> None:
+        self._end(None)
+
+    def abort(self) -> None:
+        self._end(None)
+
+    def _end(self, exc: Exception | None) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._fd)
+        self._loop.remove_writer(self._fd)
+        self._buffer.clear()
+        self._protocol.connection_lost(exc)
+        self._on_end(exc)
+
+
+class DeviceChannel:
+    """virtio-serial or isa-serial: sessions over one device fd, reopened only on errors."""
+
+    def __init__(self, config: Config, log: Any) -> None:
+        self.method = config.method
+        self.path = config.channel_path
+        self.retry = config.retry_path
+        self.log = log
+        self._serial: serial.Serial | None = None
+
+    def open(self) -> int:
+        try:
+            if self.method == "isa-serial":
+                self._serial = serial.Serial(self.path, SERIAL_BAUDRATE, bytesize=8, parity="N",
+                                             stopbits=1, timeout=0)
+                return self._serial.fileno()
+            return os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        except (OSError, serial.SerialException) as exc:
+            hint = ""
+            if self.method == "virtio-serial":
+                hint = " (does the VM have a virtio-serial port with that name? -r waits for it)"
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ChannelError(f"cannot open {self.method} channel {self.path}: {reason}{hint}") from None
+
+    def close(self, fd: int) -> None:
+        if self._serial is not None:
+            self._serial.close()
+            self._serial = None
+        else:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    async def _open_waiting(self, stop: asyncio.Event) -> int | None:
+        warned = False
+        while not stop.is_set():
+            try:
+                return self.open()
+            except ChannelError as exc:
+                if not self.retry:
+                    raise
+                if not warned:
+                    self.log.warning("%s; retrying every %g s", exc, RETRY_INTERVAL)
+                    warned = True
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), RETRY_INTERVAL)
+        return None
+
+    async def serve(self, factory: ProtocolFactory, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                fd = await self._open_waiting(stop)
+                if fd is None:
+                    return
+                self.log.info("serving %s on %s", self.method, self.path)
+                try:
+                    error = await self._sessions(loop, fd, factory, stopping)
+                finally:
+                    self.close(fd)
+                if error is None:
+                    return
+                if not self.retry:
+                    raise ChannelError(f"{self.method} channel {self.path} failed: {error}")
+                self.log.warning("%s channel %s failed (%s); reopening", self.method, self.path, error)
+        finally:
+            stopping.cancel()
+
+    async def _sessions(self, loop: asyncio.AbstractEventLoop, fd: int, factory: ProtocolFactory,
+                        stopping: asyncio.Future[Any]) -> Exception | None:
+        """Run sessions until stop (None) or a device error (returned, to reopen)."""
+        while not stopping.done():
+            ended: asyncio.Future[Exception | None] = loop.create_future()
+
+            def on_end(exc: Exception | None, ended: asyncio.Future[Exception | None] = ended) -> None:
+                if not ended.done():
+                    ended.set_result(exc)
+
+            transport = DeviceTransport(loop, fd, factory(), on_end)
+            await asyncio.wait({ended, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            transport.close()
+            error = ended.result() if ended.done() else None
+            if error is not None and not _is_hangup(error):
+                return error
+            if not stopping.done():
+                await asyncio.wait({stopping}, timeout=HUP_BACKOFF)  # host absent: don't spin
+        return None
+
+
+def _is_hangup(exc: Exception) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EIO)
+
+
+class ListenerChannel:
+    """unix-listen, vsock-listen or a systemd-activated socket: one connection per client."""
+
+    def __init__(self, sock: socket.socket, description: str, cleanup: Callable[[], None]) -> None:
+        self.sock = sock
+        self.description = description
+        self.cleanup = cleanup
+
+    async def serve(self, factory: ProtocolFactory, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(factory, sock=self.sock)
+        try:
+            await stop.wait()
+        finally:
+            server.close()
+            self.cleanup()
+
+
+def bind_unix_socket(path: str) -> socket.socket:
+    """A listening socket at ``path``, mode 0600 from the start (never world-connectable)."""
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # a stale socket left by an agent that died
+        else:
+            raise ChannelError(f"{path} is in use by a running agent; stop it or choose another -p")
+        finally:
+            probe.close()
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise ChannelError(f"cannot listen on {path}: directory {directory} does not exist")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        hint = " (path longer than 107 bytes?)" if exc.errno == errno.EINVAL else ""
+        raise ChannelError(f"cannot listen on {path}: {exc.strerror}{hint}") from None
+    finally:
+        os.umask(old_umask)
+    sock.listen(LISTEN_BACKLOG)
+    return sock
+
+
+def parse_vsock_address(text: str) -> tuple[int, int]:
+    """``CID:PORT``; CID -1 means any (VMADDR_CID_ANY)."""
+    cid_text, sep, port_text = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        cid, port = int(cid_text), int(port_text)
+    except ValueError:
+        raise ChannelError(f"vsock address must be CID:PORT (CID -1 for any), not {text!r}") from None
+    return (VMADDR_CID_ANY if cid == -1 else cid), port
+
+
+def bind_vsock(text: str) -> socket.socket:
+    cid, port = parse_vsock_address(text)
+    if not hasattr(socket, "AF_VSOCK"):
+        raise ChannelError("this Python has no AF_VSOCK support")
+    try:
+        sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ChannelError(
+            f"cannot create a vsock socket: {exc.strerror} (is the vsock module loaded?)"
+        ) from None
+    try:
+        sock.bind((cid, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        raise ChannelError(f"cannot listen on vsock {text}: {exc.strerror}") from None
+    return sock
+
+
+def activated_socket() -> socket.socket | None:
+    """The socket systemd passed us (``LISTEN_FDS``), if it is meant for this process."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or int(os.environ.get("LISTEN_FDS", "0")) < 1:
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)  # not for our children
+    os.set_inheritable(SD_LISTEN_FDS_START, False)
+    return socket.socket(fileno=SD_LISTEN_FDS_START)
+
+
+def open_channel(config: Config, log: Any) -> DeviceChannel | ListenerChannel:
+    """The channel ``config`` names, opened where opening can fail early (listeners)."""
+    activated = activated_socket()
+    if activated is not None:
+        return ListenerChannel(activated, "a socket from systemd", lambda: None)
+    if config.method == "unix-listen":
+        path = config.channel_path
+        sock = bind_unix_socket(path)
+
+        def remove_socket() -> None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+        return ListenerChannel(sock, f"unix-listen {path}", remove_socket)
+    if config.method == "vsock-listen":
+        return ListenerChannel(bind_vsock(config.channel_path), f"vsock-listen {config.channel_path}",
+                               lambda: None)
+    return DeviceChannel(config, log)
