@@ -38,6 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.report import write_section  # noqa: E402
 from host_client import AgentClient  # noqa: E402
 from tests.support.agent_process import PyqgaAgent, agent_command  # noqa: E402
 from tests.support.qemu_ga import QemuGa, QemuGaUnavailable, ensure_qemu_ga  # noqa: E402
@@ -48,8 +49,7 @@ MEMORY_REQUESTS = 10_000
 START_TRIALS = 5
 START_TIMEOUT = 15.0
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
-SECTION_START = "<!-- bench/rpc.py: results start (generated, do not edit) -->"
-SECTION_END = "<!-- bench/rpc.py: results end -->"
+SECTION = "bench/rpc.py"  # name of our section of BENCHMARKS.md (bench/report.py)
 
 # Targets from the issue.
 RATE_RATIO_MIN = 0.5
@@ -334,18 +334,6 @@ def build_report(rates: dict[str, Rates], rss: dict[str, int], start: dict[str, 
     return "\n\n".join([machine, "\n".join(lines), *details]) + "\n"
 
 
-def write_section(report: str) -> None:
-    section = f"{SECTION_START}\n## Results: `bench/rpc.py`\n\n{report}{SECTION_END}\n"
-    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else INTRO
-    if SECTION_START in text and SECTION_END in text:
-        head, _, rest = text.partition(SECTION_START)
-        _, _, tail = rest.partition(SECTION_END)
-        text = head + section.rstrip("\n") + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    BENCHMARKS_MD.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one round (default 3)")
@@ -376,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report)
     if not args.no_write:
-        write_section(report)
+        write_section(SECTION, f"## Results: `bench/rpc.py`\n\n{report}", path=BENCHMARKS_MD, intro=INTRO)
         print(f"wrote {BENCHMARKS_MD.relative_to(REPO_ROOT)}")
     return 0
 

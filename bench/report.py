@@ -1,0 +1,51 @@
+"""Named, generated sections of BENCHMARKS.md, shared by the bench scripts.
+
+Each script owns the text between ``<!-- BEGIN name -->`` and ``<!-- END name -->`` and rewrites
+only that; everything else in the file (other scripts' sections, hand-written notes) is kept.
+
+    write_section("bench/freeze.py", markdown)
+"""
+
+from __future__ import annotations
+
+import fcntl
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
+DEFAULT_INTRO = (
+    "# Benchmarks\n\npyqga measured against the real qemu-ga on the same machine in the same run.\n"
+)
+
+
+def markers(name: str) -> tuple[str, str]:
+    """The comment lines that delimit section ``name``."""
+    return f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+
+
+def replace_section(text: str, name: str, markdown: str) -> str:
+    """``text`` with section ``name`` replaced by ``markdown`` (appended at the end if absent)."""
+    begin, end = markers(name)
+    section = f"{begin}\n{markdown.strip(chr(10))}\n{end}"
+    start = text.find(begin)
+    stop = text.find(end, start + len(begin)) if start >= 0 else -1
+    if start >= 0 and stop >= 0:
+        return text[:start] + section + text[stop + len(end):]
+    return text.rstrip("\n") + "\n\n" + section + "\n"
+
+
+def write_section(name: str, markdown: str, *, path: Path = BENCHMARKS_MD,
+                  intro: str = DEFAULT_INTRO) -> None:
+    """Replace (or append) section ``name`` of ``path``; a missing file starts with ``intro``.
+
+    Read-modify-write under an exclusive lock on the file, so two bench scripts finishing at
+    the same time cannot drop each other's section.
+    """
+    with open(path, "a+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        text = f.read() or intro
+        new = replace_section(text, name, markdown)
+        f.seek(0)
+        f.truncate()
+        f.write(new)
