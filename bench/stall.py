@@ -1,0 +1,845 @@
+"""How long applications stall during a freeze: pyqga against the real qemu-ga.
+
+    sudo python bench/stall.py [--rounds 5] [--size-mb 200] [--no-write]
+
+Run as root from the repository root. Four loop-mounted ext4 images are made (four times
+``--size-mb``, see IMAGE_FACTOR; on tmpfs and fully allocated when there is room, so the flush
+measures the agents and not the shared disk). A probe process per filesystem appends a small
+record every 1 ms (plain ``write``, no fsync: a write on a frozen filesystem blocks until the
+thaw) and times every write with ``time.monotonic``. Right before each freeze every probe writes
+``--size-mb`` of fresh data to its filesystem without syncing it (the kernel's dirty limits are
+checked first, and raised for the run only if they would flush that data early; ``Dirty`` in
+/proc/meminfo is recorded before each freeze). Then one agent gets
+``guest-fsfreeze-freeze-list`` of the four mount points and, as soon as it answers,
+``guest-fsfreeze-thaw``. Per freeze: the freeze latency (request to reply) and the worst stall,
+the longest probe write overlapping the window from the freeze request to the thaw reply. The
+agents alternate within each round (order swapped every round), ``--rounds`` freezes each. Not
+counted: a first freeze without data and WARMUP freezes with data per agent before the rounds
+(fresh images are slower at first). After them, IDLE_FREEZES freezes without data, each after
+1 s idle, show the floor: what a freeze-list of four clean filesystems costs anyway.
+
+A second set of freezes measures ``guest-ping`` while a freeze is in progress: a second
+connection sends a ping every 5 ms from the freeze request on, and the freeze connection itself
+sends a ping right behind the freeze request. qemu-ga serves one client at a time, so its second
+connection is not served until the first one closes: that is reported as measured.
+
+Both agents are driven by the same raw-socket client (qga dialect, one JSON request per line,
+replies matched by ``id``). Safety: only ``guest-fsfreeze-freeze-list`` naming this run's own
+loop mounts is ever sent, never a freeze-all; pyqga runs with ``--freeze-include`` limited to
+them, qemu-ga in a private mount namespace in which only ``/`` and those mounts are freezable
+(its thaw FITHAWs every mount it sees). The main process never writes to those filesystems.
+Everything made here is thawed, stopped, unmounted and removed on exit, also on Ctrl-C or
+SIGTERM. Results go to the "stall" section of BENCHMARKS.md unless ``--no-write``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import errno
+import json
+import os
+import platform
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT_ONLY = ("bench/stall.py must run as root: it makes loop devices, mounts them and freezes them "
+             "(try: sudo python bench/stall.py)")
+if __name__ == "__main__" and os.geteuid() != 0:
+    sys.exit(ROOT_ONLY)  # before importing the test helpers, which need more than a plain user has
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from bench.report import BENCHMARKS_MD, write_section  # noqa: E402
+from tests.support.agent_process import PyqgaAgent  # noqa: E402
+from tests.support.loopfs import LoopMounts, thaw_fully  # noqa: E402
+from tests.support.qemu_ga import QemuGa, QemuGaUnavailable, cache_dir, ensure_qemu_ga  # noqa: E402
+
+FILESYSTEMS = 4
+WARMUP = 2  # freezes with data per agent before the counted rounds
+IDLE_FREEZES = 3  # freezes without data per agent, each after 1 s idle: the floor
+PROBE_PERIOD = 0.001  # one record per millisecond
+PING_PERIOD = 0.005
+CALL_TIMEOUT = 30.0  # a freeze that takes longer is a failure; cleanup thaws
+# ext4 starts writing delayed-allocation data back on its own once free space falls below about
+# twice the dirty data (ext4_nonda_switch): measured here, a 400 MB image kept only 17 of 200 MB
+# dirty, a 700 MB or larger one all of it. So images are 4x the data.
+IMAGE_FACTOR = 4
+STALL_RATIO_TARGET = 0.4  # pyqga's median worst stall <= 0.4 x qemu-ga's
+SECTION = "stall"  # our section of BENCHMARKS.md (bench/report.py)
+AGENTS = ("qemu-ga", "pyqga")
+DIRTY_SYSCTLS = ("dirty_background_bytes", "dirty_background_ratio", "dirty_bytes", "dirty_ratio",
+                 "dirty_expire_centisecs", "dirty_writeback_centisecs")
+
+# The probe, run as `python -I -c PROBE_SOURCE DIRECTORY` (stdlib only). Every 1 ms it appends a
+# record to DIRECTORY/probe.log and times the write; writes slower than 0.5 ms are kept as
+# (start, duration). Commands on stdin, one per line, each answered with one line on stdout:
+# `fill BYTES` (replace DIRECTORY/dirty.bin with BYTES of new data, no sync), `mark` (forget the
+# slow writes so far), `dump` (JSON: writes since the mark and the slow ones), `quit` (or EOF).
+PROBE_SOURCE = r"""
+import json, os, select, sys, time
+directory = sys.argv[1]
+probe = os.open(os.path.join(directory, "probe.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+data_path = os.path.join(directory, "dirty.bin")
+chunk = memoryview(os.urandom(1 << 20))
+clock, write = time.monotonic, os.write
+slow, count, pending = [], 0, b""
+
+def fill(size):
+    start = clock()
+    try:
+        os.unlink(data_path)
+    except FileNotFoundError:
+        pass
+    fd = os.open(data_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    left = size
+    while left > 0:
+        left -= write(fd, chunk[:min(left, len(chunk))])
+    os.close(fd)  # no fsync: the data stays dirty in the page cache
+    return clock() - start
+
+def answer(text):
+    os.write(1, text.encode() + b"\n")
+
+def commands():
+    global pending, slow, count
+    data = os.read(0, 4096)
+    if not data:
+        sys.exit(0)
+    pending += data
+    while b"\n" in pending:
+        line, _, pending = pending.partition(b"\n")
+        word, _, arg = line.decode().partition(" ")
+        if word == "fill":
+            answer("filled %.6f" % fill(int(arg)))
+        elif word == "mark":
+            slow, count = [], 0
+            answer("marked")
+        elif word == "dump":
+            answer(json.dumps({"count": count, "slow": slow}))
+        elif word == "quit":
+            sys.exit(0)
+        else:
+            answer("error unknown command " + word)
+    return True
+
+answer("ready")
+due = clock()
+while True:
+    start = clock()
+    write(probe, b"%.6f\n" % start)
+    took = clock() - start
+    count += 1
+    if took > 0.0005:
+        slow.append((start, took))
+    due += %(period)r
+    now = clock()
+    if due < now - %(period)r:
+        due = now  # fell behind (blocked): no burst of catch-up writes
+    while True:
+        wait = due - clock()
+        ready, _, _ = select.select([0], [], [], max(wait, 0.0))
+        if ready and commands():
+            due = clock()
+            continue
+        if wait <= 0 or not ready:
+            break
+""".replace("%(period)r", repr(PROBE_PERIOD))
+
+
+# --- small helpers ------------------------------------------------------------------------------
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def meminfo_kib(*keys: str) -> dict[str, int]:
+    values = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in keys:
+            values[name] = int(rest.split()[0])
+    return values
+
+
+def connect(path: Path, timeout: float = 10.0) -> socket.socket:
+    """Connect, retrying EAGAIN (qemu-ga's listen queue is full while it serves another client)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+            return sock
+        except BlockingIOError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.002)
+        except BaseException:
+            sock.close()
+            raise
+
+
+class AgentReplyError(RuntimeError):
+    pass
+
+
+class QgaClient:
+    """The raw-socket client both agents get: qga dialect, one request per line, replies by id."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+        self.next_id = 0
+        self.replies: dict[int, tuple[float, dict[str, Any]]] = {}
+
+    @classmethod
+    def open(cls, path: Path, timeout: float = CALL_TIMEOUT) -> QgaClient:
+        return cls(connect(path, timeout))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, command: str, arguments: dict[str, Any] | None = None) -> tuple[int, float]:
+        """Send one request; return its id and the time just before it went out."""
+        self.next_id += 1
+        message: dict[str, Any] = {"execute": command, "id": self.next_id}
+        if arguments is not None:
+            message["arguments"] = arguments
+        data = json.dumps(message).encode() + b"\n"
+        sent_at = time.monotonic()
+        self.sock.sendall(data)
+        return self.next_id, sent_at
+
+    def wait(self, request_id: int) -> tuple[float, Any]:
+        """(arrival time, return value) of the reply to ``request_id``; errors raise."""
+        while request_id not in self.replies:
+            while b"\n" not in self.buffer:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("the agent closed the connection")
+                self.buffer += chunk
+            arrived = time.monotonic()
+            while b"\n" in self.buffer:
+                line, _, self.buffer = self.buffer.partition(b"\n")
+                line = line.lstrip(b"\xff").strip()
+                if line:
+                    reply = json.loads(line)
+                    self.replies[reply.get("id")] = (arrived, reply)
+        arrived, reply = self.replies.pop(request_id)
+        if "error" in reply:
+            raise AgentReplyError(f"{reply['error'].get('class')}: {reply['error'].get('desc')}")
+        return arrived, reply.get("return")
+
+    def call(self, command: str, arguments: dict[str, Any] | None = None) -> tuple[Any, float, float]:
+        """(return value, sent at, reply arrived at)."""
+        request_id, sent_at = self.send(command, arguments)
+        arrived, value = self.wait(request_id)
+        return value, sent_at, arrived
+
+
+# --- probes -------------------------------------------------------------------------------------
+
+
+class Probe:
+    """One probe process writing to one filesystem (see PROBE_SOURCE)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.process = subprocess.Popen(
+            [sys.executable, "-I", "-c", PROBE_SOURCE, str(directory)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, start_new_session=True,
+        )
+        self.pending = b""
+        self.expect("ready", 15.0)
+
+    def send(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        self.process.stdin.flush()
+
+    def readline(self, timeout: float) -> str:
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError(f"probe on {self.directory} did not answer within {timeout:g} s")
+            data = os.read(fd, 1 << 20)
+            if not data:
+                raise RuntimeError(f"probe on {self.directory} exited ({self.process.poll()})")
+            self.pending += data
+        line, _, self.pending = self.pending.partition(b"\n")
+        return line.decode()
+
+    def expect(self, word: str, timeout: float) -> str:
+        line = self.readline(timeout)
+        if not line.startswith(word):
+            raise RuntimeError(f"probe on {self.directory}: expected {word!r}, got {line!r}")
+        return line
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.send("quit")
+        try:
+            self.process.wait(3.0)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # a write blocked on a frozen fs finishes only after the thaw
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(10.0)
+
+
+def fill_all(probes: Sequence[Probe], size: int) -> float:
+    """Every probe writes ``size`` bytes of new data, in parallel; returns the slowest fill."""
+    for probe in probes:
+        probe.send(f"fill {size}")
+    return max(float(probe.expect("filled", 120.0).split()[1]) for probe in probes)
+
+
+def mark_all(probes: Sequence[Probe]) -> None:
+    for probe in probes:
+        probe.send("mark")
+    for probe in probes:
+        probe.expect("marked", 10.0)
+
+
+def longest_writes(probes: Sequence[Probe], start: float, end: float) -> tuple[list[float], int]:
+    """Per probe, the longest write overlapping [start, end]; and how many writes were made."""
+    for probe in probes:
+        probe.send("dump")
+    longest, writes = [], 0
+    for probe in probes:
+        report = json.loads(probe.readline(30.0))
+        writes += report["count"]
+        overlapping = [took for began, took in report["slow"] if began <= end and began + took >= start]
+        longest.append(max(overlapping, default=0.0))
+    return longest, writes
+
+
+# --- dirty limits -------------------------------------------------------------------------------
+
+
+class DirtyLimits:
+    """Reads vm.dirty_*; raises the background/foreground limits for the run only if the dirty
+    data of one freeze would otherwise start being written back before the freeze."""
+
+    def __init__(self, needed_bytes: int) -> None:
+        self.original = {name: int(self._path(name).read_text()) for name in DIRTY_SYSCTLS}
+        self.needed = needed_bytes
+        self.changed: dict[str, int] = {}
+        self.applied: dict[str, int] = {}  # what apply() set, kept for the report after restore()
+
+    @staticmethod
+    def _path(name: str) -> Path:
+        return Path("/proc/sys/vm") / name
+
+    def background_threshold(self) -> int:
+        """Roughly where background writeback starts (the kernel counts dirtyable memory,
+        close to MemAvailable)."""
+        if self.original["dirty_background_bytes"]:
+            return self.original["dirty_background_bytes"]
+        available = meminfo_kib("MemAvailable")["MemAvailable"] * 1024
+        return available * self.original["dirty_background_ratio"] // 100
+
+    def apply(self) -> None:
+        # Twice the data, for margin: other work on the machine dirties pages too.
+        if self.background_threshold() >= 2 * self.needed:
+            return
+        self.changed = {"dirty_bytes": 8 * self.needed, "dirty_background_bytes": 4 * self.needed}
+        self.applied = dict(self.changed)
+        for name, value in self.changed.items():
+            self._path(name).write_text(str(value))
+
+    def restore(self) -> None:
+        if not self.changed:
+            return
+        for by_bytes, by_ratio in (("dirty_bytes", "dirty_ratio"),
+                                   ("dirty_background_bytes", "dirty_background_ratio")):
+            name = by_bytes if self.original[by_bytes] else by_ratio  # writing one zeroes the other
+            self._path(name).write_text(str(self.original[name]))
+        self.changed = {}
+
+    def describe(self) -> str:
+        now = ", ".join(f"{name} {value}" for name, value in self.original.items())
+        threshold = self.background_threshold()
+        if self.applied:
+            return (f"vm.{now}; background writeback would start near {threshold / 1e6:,.0f} MB, "
+                    f"below twice the {self.needed / 1e6:,.0f} MB of one freeze, so this run set "
+                    + ", ".join(f"{k} {v}" for k, v in self.applied.items())
+                    + " for its duration and restored the values after.")
+        return (f"vm.{now}: background writeback starts near {threshold / 1e6:,.0f} MB of dirty "
+                f"data, over twice the {self.needed / 1e6:,.0f} MB of one freeze, and the data is "
+                "< 2 s old when frozen (expiry 30 s), so nothing was changed.")
+
+
+# --- agents -------------------------------------------------------------------------------------
+
+
+class IsolatedQemuGa(QemuGa):
+    """qemu-ga in a mount namespace where, besides ``/``, only this run's mounts are freezable."""
+
+    def __init__(self, workdir: Path, loops: LoopMounts) -> None:
+        super().__init__(workdir)
+        self.loops = loops
+
+    def command(self) -> list[str]:
+        inner = super().command()
+        return self.loops.isolated(inner, keep=[self.workdir, inner[0], cache_dir()])
+
+
+@dataclass
+class FreezeResult:
+    latency: float  # freeze request sent -> reply
+    window: float  # freeze request sent -> thaw reply
+    stalls: list[float]  # longest write per filesystem, in mount order
+    dirty_kib: int  # /proc/meminfo Dirty right before the freeze
+    fill: float
+    writes: int
+
+    @property
+    def worst(self) -> float:
+        return max(self.stalls)
+
+
+@dataclass
+class PingResult:
+    latency: float  # of the freeze
+    pings: list[tuple[float, float | None]] = field(default_factory=list)  # (sent - t0, latency)
+    connect_attempted: float = 0.0  # second connection, relative to the freeze request
+    connected: float | None = None
+    first_reply: float | None = None  # second connection, relative to the freeze request
+    same_connection: float | None = None  # ping right behind the freeze request: its latency
+    same_before_freeze_reply: bool = False
+    closed: float = 0.0  # the freeze connection closed (after the thaw), relative to the request
+
+
+class Bench:
+    def __init__(self, loops: LoopMounts, probes: Sequence[Probe], sockets: dict[str, Path],
+                 size: int) -> None:
+        self.loops = loops
+        self.probes = probes
+        self.sockets = sockets
+        self.size = size
+        self.mountpoints = [str(fs.mountpoint) for fs in loops.filesystems]
+        self.pids: dict[str, int] = {}
+        base = str(loops.base) + "/"
+        assert len(self.mountpoints) == FILESYSTEMS and all(p.startswith(base) for p in self.mountpoints)
+
+    def prepare(self, dirty: bool = True) -> tuple[float, int]:
+        fill = fill_all(self.probes, self.size) if dirty else 0.0
+        mark_all(self.probes)
+        return fill, meminfo_kib("Dirty")["Dirty"]
+
+    def freeze_list(self, client: QgaClient) -> tuple[int, float]:
+        """Send the freeze-list of this run's own mounts (the only freeze this bench sends)."""
+        return client.send("guest-fsfreeze-freeze-list", {"mountpoints": list(self.mountpoints)})
+
+    def check_thawed(self, agent: str) -> None:
+        left = [p for p in self.mountpoints if thaw_fully(p)]
+        if left:
+            raise RuntimeError(f"{agent} left {left} frozen after its thaw")
+
+    def freeze_once(self, agent: str, dirty: bool = True, pause: float = 0.0) -> FreezeResult:
+        """One measured freeze and thaw; ``pause``: seconds to wait after writing the data."""
+        fill, dirty_kib = self.prepare(dirty)
+        time.sleep(pause)
+        client = QgaClient.open(self.sockets[agent])
+        try:
+            request, start = self.freeze_list(client)
+            frozen_at, count = client.wait(request)
+            _, _, thawed_at = client.call("guest-fsfreeze-thaw")
+        finally:
+            client.close()
+        if count != FILESYSTEMS:
+            raise RuntimeError(f"{agent} froze {count} filesystems, expected {FILESYSTEMS}")
+        self.check_thawed(agent)
+        stalls, writes = longest_writes(self.probes, start, thawed_at)
+        return FreezeResult(frozen_at - start, thawed_at - start, stalls, dirty_kib, fill, writes)
+
+    def freeze_with_pings(self, agent: str) -> PingResult:
+        self.prepare()
+        go, stop = threading.Event(), threading.Event()
+        state: dict[str, Any] = {"pings": []}
+        pinger = threading.Thread(target=self._pinger, args=(self.sockets[agent], go, stop, state),
+                                  name="pinger", daemon=True)
+        client = QgaClient.open(self.sockets[agent])
+        try:
+            pinger.start()
+            time.sleep(0.02)  # let the pinger connect first where the agent allows it
+            go.set()
+            freeze_id, start = self.freeze_list(client)
+            ping_id, ping_sent = client.send("guest-ping")
+            state["t0"] = start
+            frozen_at, count = client.wait(freeze_id)
+            stop.set()
+            ping_arrived, _ = client.wait(ping_id)
+            client.call("guest-fsfreeze-thaw")
+        finally:
+            stop.set()
+            client.close()  # qemu-ga serves the second connection only from here on
+            closed_at = time.monotonic()
+            pinger.join(CALL_TIMEOUT)
+        if count != FILESYSTEMS:
+            raise RuntimeError(f"{agent} froze {count} filesystems, expected {FILESYSTEMS}")
+        self.check_thawed(agent)
+        if "error" in state:
+            raise RuntimeError(f"pinger on {agent}: {state['error']}")
+        result = PingResult(latency=frozen_at - start,
+                            same_connection=ping_arrived - ping_sent,
+                            same_before_freeze_reply=ping_arrived < frozen_at, closed=closed_at - start)
+        result.pings = [(sent - start, took) for sent, took in state["pings"]]
+        result.connect_attempted = state["attempt"] - start
+        result.connected = None if state.get("connected") is None else state["connected"] - start
+        replies = [sent + took for sent, took in state["pings"] if took is not None]
+        result.first_reply = min(replies) - start if replies else None
+        return result
+
+    @staticmethod
+    def _pinger(path: Path, go: threading.Event, stop: threading.Event, state: dict[str, Any]) -> None:
+        """A second connection: connect (EAGAIN retried), then from ``go`` on a ping every 5 ms,
+        each waiting for its reply, until ``stop``."""
+        try:
+            state["attempt"] = time.monotonic()
+            client = QgaClient(connect(path, CALL_TIMEOUT))
+            state["connected"] = time.monotonic()
+            try:
+                go.wait(CALL_TIMEOUT)
+                while not stop.is_set():
+                    request, sent = client.send("guest-ping")
+                    state["pings"].append((sent, None))
+                    arrived, _ = client.wait(request)
+                    state["pings"][-1] = (sent, arrived - sent)
+                    time.sleep(max(0.0, sent + PING_PERIOD - time.monotonic()))
+            finally:
+                client.close()
+        except Exception as exc:  # reported by the main thread
+            state["error"] = repr(exc)
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def qemu_ga_version() -> str:
+    proc = subprocess.run([str(ensure_qemu_ga()), "-V"], capture_output=True, text=True, timeout=10)
+    return proc.stdout.strip().removeprefix("QEMU Guest Agent ") or "unknown"
+
+
+def machine_line() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    mem = meminfo_kib("MemTotal")["MemTotal"] * 1024
+    return (f"Machine: {os.cpu_count()} CPUs, {model}, {mem / 2**30:.0f} GiB RAM, "
+            f"Linux {platform.release()}; Python {platform.python_version()}; "
+            f"qemu-ga {qemu_ga_version()}. "
+            f"Date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}.")
+
+
+def verdict(ok: bool) -> str:
+    return "pass" if ok else "**FAIL**"
+
+
+def build_report(results: dict[str, list[FreezeResult]], pings: dict[str, list[PingResult]],
+                 extra: dict[str, dict[str, Any]], args: argparse.Namespace, setup: str,
+                 limits: str) -> str:
+    med = {a: statistics.median(r.worst for r in results[a]) for a in AGENTS}
+    lat = {a: statistics.median(r.latency for r in results[a]) for a in AGENTS}
+    stall_ratio = med["pyqga"] / med["qemu-ga"]
+    latency_ratio = lat["pyqga"] / lat["qemu-ga"]
+    lines = [
+        machine_line(),
+        "",
+        f"{setup} {args.rounds} freezes per agent, alternating (order swapped every round); each "
+        f"after {args.size_mb} MB of fresh unsynced data per filesystem ({FILESYSTEMS * args.size_mb} MB "
+        "in all). Worst stall: the longest probe write (1 write/ms per filesystem) overlapping the "
+        "window from the freeze request to the thaw reply.",
+        "",
+        "| round | qemu-ga freeze latency | qemu-ga worst stall | pyqga freeze latency | pyqga worst stall |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for i, (theirs, ours) in enumerate(zip(results["qemu-ga"], results["pyqga"], strict=True), 1):
+        lines.append(f"| {i} | {ms(theirs.latency)} | {ms(theirs.worst)} | {ms(ours.latency)} | "
+                     f"{ms(ours.worst)} |")
+    lines.append(f"| **median** | **{ms(lat['qemu-ga'])}** | **{ms(med['qemu-ga'])}** | "
+                 f"**{ms(lat['pyqga'])}** | **{ms(med['pyqga'])}** |")
+    lines += [
+        "",
+        "| measurement (medians) | pyqga / qemu-ga | target | result |",
+        "|---|---:|---|---|",
+        f"| worst stall | {stall_ratio:.2f}x | ≤ {STALL_RATIO_TARGET}x | "
+        f"{verdict(stall_ratio <= STALL_RATIO_TARGET)} |",
+        f"| freeze latency | {latency_ratio:.2f}x | none (information) | |",
+        "",
+    ]
+
+    def per_fs(agent: str) -> str:
+        columns = zip(*(r.stalls for r in results[agent]), strict=True)
+        return ", ".join(ms(statistics.median(c)) for c in columns)
+
+    window = {a: statistics.median(r.window for r in results[a]) for a in AGENTS}
+    dirty = [r.dirty_kib for a in AGENTS for r in results[a]]
+    fills = [r.fill for a in AGENTS for r in results[a]]
+    lines += [
+        f"Stall per filesystem in mount order (frozen last to first), median over rounds: qemu-ga "
+        f"{per_fs('qemu-ga')}; pyqga {per_fs('pyqga')}. Freeze request to thaw reply, median: "
+        f"qemu-ga {ms(window['qemu-ga'])}, pyqga {ms(window['pyqga'])}.",
+        "",
+        f"Without dirty data, each after 1 s idle ({IDLE_FREEZES} freezes per agent), the same "
+        "freeze-list and thaw stall writers too; freeze latency / worst stall, medians: "
+        + "; ".join(f"{a} {ms(statistics.median(r.latency for r in extra['idle'][a]))} / "
+                    f"{ms(statistics.median(r.worst for r in extra['idle'][a]))}" for a in AGENTS)
+        + "; per filesystem (mount order), worst stall: "
+        + "; ".join(f"{a} " + ", ".join(ms(statistics.median(c))
+                                        for c in zip(*(r.stalls for r in extra["idle"][a]), strict=True))
+                    for a in AGENTS)
+        + ".",
+        "",
+        "Not counted: a first freeze without dirty data (freeze latency / worst stall: "
+        + "; ".join(f"{a} {ms(extra['clean'][a].latency)} / {ms(extra['clean'][a].worst)}" for a in AGENTS)
+        + "; pyqga starts its guard process at its first freeze), then "
+        + f"{WARMUP} warm-up freezes each with data (fresh images are slower at first: "
+        + "; ".join(f"{a} " + ", ".join(f"{ms(r.latency)} / {ms(r.worst)}" for r in extra["warm-up"][a])
+                    for a in AGENTS)
+        + ").",
+        "",
+        f"Dirty data (/proc/meminfo `Dirty`) right before each freeze: {min(dirty) / 1024:,.0f} to "
+        f"{max(dirty) / 1024:,.0f} MB; writing it took {min(fills):.2f} to {max(fills):.2f} s. {limits}"
+        + ("" if min(dirty) * 1024 >= 0.9 * FILESYSTEMS * args.size_mb * 2**20 else
+           " **Warning: some of the data had been written back before the freeze.**"),
+        "",
+    ]
+    lines += ping_report(pings)
+    return "\n".join(lines) + "\n"
+
+
+def ping_report(pings: dict[str, list[PingResult]]) -> list[str]:
+    lines = [
+        f"`guest-ping` while a freeze (same dirty data) is in progress, {len(pings['pyqga'])} freezes "
+        "per agent: a second connection, opened before the freeze request, sends a ping every 5 ms "
+        "from the request on (each waits for its reply); the freeze connection also sends one ping "
+        "right behind the freeze request.",
+        "",
+        "| agent | freeze latency (median) | 2nd connection: pings answered during the freeze | "
+        "2nd connection: ping latency during the freeze, median / max | 2nd connection: first reply, "
+        "after the freeze request (median) | same connection: ping latency (median) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    notes = []
+    for agent in AGENTS:
+        runs = pings[agent]
+        latency = statistics.median(r.latency for r in runs)
+        during = [took for r in runs for sent, took in r.pings
+                  if took is not None and sent + took <= r.latency]
+        answered = f"{len(during)} of {sum(len(r.pings) for r in runs)} sent"
+        spread = (f"{statistics.median(during) * 1000:.1f} / {max(during) * 1000:.1f} ms" if during
+                  else "no answer during the freeze")
+        firsts = [r.first_reply for r in runs if r.first_reply is not None]
+        first = ms(statistics.median(firsts)) if firsts else "never"
+        same = statistics.median(r.same_connection for r in runs if r.same_connection is not None)
+        before = sum(r.same_before_freeze_reply for r in runs)
+        lines.append(f"| {agent} | {ms(latency)} | {answered} | {spread} | {first} | {ms(same)} "
+                     f"({before} of {len(runs)} before the freeze reply) |")
+        late = [r for r in runs if r.connected is None or r.connected > r.latency]
+        if late:
+            waits = ", ".join("failed" if r.connected is None else ms(r.connected) for r in late)
+            notes.append(f"{agent}: in {len(late)} of {len(runs)} freezes the second connection's "
+                         f"connect() only completed {waits} after the freeze request (EAGAIN until then).")
+        after_close = [r for r in runs if r.first_reply is not None and r.first_reply >= r.closed]
+        if after_close:
+            gap = statistics.median(r.first_reply - r.closed for r in after_close)
+            notes.append(
+                f"{agent}: the second connection's connect() returned at once in "
+                f"{len(runs) - len(late)} of {len(runs)} freezes (the kernel queues it), but its first "
+                f"ping was answered only after the freeze connection had closed, after the thaw, in "
+                f"{len(after_close)} of {len(runs)} (median {gap * 1000:.1f} ms after the close): "
+                f"{agent} serves one client at a time, so a second client gets nothing, not even "
+                "during a freeze, while the first stays connected.")
+        if before < len(runs):
+            notes.append(f"{agent}: a ping sent on the freeze connection right behind the freeze request "
+                         f"was answered after the freeze reply in {len(runs) - before} of {len(runs)} "
+                         "freezes (requests on one connection are answered in order).")
+    lines.append("")
+    for note in notes:
+        lines += [note, ""]
+    return lines
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def image_place(workdir: Path, image_mb: int) -> tuple[Path, bool]:
+    """Where the images go: /dev/shm when it and the memory have room for them fully allocated
+    (memory-backed loop devices: the flush is the agents' work, not the shared disk's), else next
+    to the mounts. The bool says "on tmpfs"."""
+    shm = Path("/dev/shm")
+    needed = FILESYSTEMS * image_mb * 2**20 + 4 * 2**30  # and room for the page cache, margin
+    with contextlib.suppress(OSError):
+        if min(shutil.disk_usage(shm).free, meminfo_kib("MemAvailable")["MemAvailable"] * 1024) > needed:
+            return Path(tempfile.mkdtemp(prefix="pyqga-stall-", dir=shm)), True
+    return workdir / "images", False
+
+
+def allocate(image: Path) -> None:
+    """Give a sparse image on tmpfs all its pages now (zeros where it had holes; data is kept), so
+    no freeze pays for tmpfs allocating pages under the loop device: the first rounds would be
+    slower than the later ones, whose blocks ext4 reuses."""
+    fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def environment(workdir: Path, size_mb: int) -> Iterator[tuple[Bench, str]]:
+    image_mb = max(64, IMAGE_FACTOR * size_mb)
+    images, on_tmpfs = image_place(workdir, image_mb)
+    with contextlib.ExitStack() as stack:
+        if on_tmpfs:
+            stack.callback(shutil.rmtree, images, True)
+        loops = stack.enter_context(LoopMounts(workdir / "mnt", watchdog=600.0))
+        for i in range(1, FILESYSTEMS + 1):
+            fs = loops.add(f"fs{i}", image=images / f"fs{i}.img", size_mb=image_mb)
+            if on_tmpfs:
+                allocate(fs.image)
+        stack.callback(loops.thaw_all)  # runs before the unmount, and before probes are stopped
+        probes = []
+        for fs in loops.filesystems:
+            probe = Probe(fs.mountpoint)
+            stack.callback(probe.stop)
+            probes.append(probe)
+        qga = stack.enter_context(IsolatedQemuGa(workdir / "qemu-ga", loops))
+        ours = PyqgaAgent(workdir / "pyqga", ["--freeze-include", loops.glob()])
+        stack.callback(ours.stop)
+        ours.start()
+        stack.callback(loops.thaw_all)  # first of all: nothing stays frozen while we clean up
+        where = ("on tmpfs (/dev/shm), fully allocated" if on_tmpfs
+                 else f"sparse, on the filesystem of {workdir}")
+        setup = (f"{FILESYSTEMS} loop-mounted ext4 images of {image_mb} MB ({where}), one probe "
+                 "process per filesystem;")
+        bench = Bench(loops, probes, {"qemu-ga": qga.socket_path, "pyqga": ours.socket_path},
+                      size_mb * 2**20)
+        bench.pids = {"qemu-ga": qga.pid, "pyqga": ours.pid}  # for tracing by hand (strace -p)
+        yield bench, setup
+
+
+def show(label: str, agent: str, r: FreezeResult) -> None:
+    print(f"{label:>10} {agent:8} freeze {ms(r.latency):>7}  worst stall {ms(r.worst):>7}  per fs "
+          f"{' '.join(ms(s) for s in r.stalls)}  dirty {r.dirty_kib / 1024:,.0f} MB", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="freezes per agent (default 5)")
+    parser.add_argument("--size-mb", type=int, default=200,
+                        help="unsynced data per filesystem before each freeze, MB (default 200)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.size_mb < 1:
+        parser.error("--rounds and --size-mb must be at least 1")
+    if os.geteuid() != 0:
+        print(ROOT_ONLY, file=sys.stderr)
+        return 2
+    missing = [t for t in ("losetup", "mkfs.ext4", "mount", "umount", "unshare") if not shutil.which(t)]
+    if missing:
+        print(f"bench/stall.py needs {', '.join(missing)} on PATH", file=sys.stderr)
+        return 2
+    try:
+        ensure_qemu_ga()
+    except QemuGaUnavailable as exc:
+        print(f"bench/stall.py: the real qemu-ga is not available: {exc}", file=sys.stderr)
+        return 2
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwind, so every cleanup runs
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    limits = DirtyLimits(FILESYSTEMS * args.size_mb * 2**20)
+    began = time.monotonic()
+    results: dict[str, list[FreezeResult]] = {a: [] for a in AGENTS}
+    extra: dict[str, dict[str, Any]] = {"clean": {}, "warm-up": {}, "idle": {}}
+    pings: dict[str, list[PingResult]] = {a: [] for a in AGENTS}
+    try:
+        limits.apply()
+        with tempfile.TemporaryDirectory(prefix="pyqga-stall-") as tmp, \
+                environment(Path(tmp), args.size_mb) as (bench, setup):
+            print(f"set up in {time.monotonic() - began:.1f} s; {limits.describe()}", flush=True)
+            # Not counted: a freeze without dirty data (first-use costs: pyqga starts its guard
+            # process; also a baseline), then WARMUP freezes each with data: on fresh images the
+            # first freezes with data are several times slower (measured 2 s, then 0.3 s).
+            for agent in AGENTS:
+                r = bench.freeze_once(agent, dirty=False)
+                extra["clean"][agent] = r
+                show("clean", agent, r)
+            for i in range(WARMUP):
+                for agent in AGENTS if i % 2 == 0 else AGENTS[::-1]:
+                    r = bench.freeze_once(agent)
+                    extra["warm-up"].setdefault(agent, []).append(r)
+                    show(f"warm-up {i + 1}", agent, r)
+            for i in range(args.rounds):
+                for agent in AGENTS if i % 2 == 0 else AGENTS[::-1]:
+                    r = bench.freeze_once(agent)
+                    results[agent].append(r)
+                    show(f"round {i + 1}", agent, r)
+            # The floor: no dirty data, and 1 s idle first (right after a thaw a freeze is much
+            # cheaper, the kernel still has the previous freeze's grace periods).
+            for i in range(IDLE_FREEZES):
+                for agent in AGENTS if i % 2 == 0 else AGENTS[::-1]:
+                    r = bench.freeze_once(agent, dirty=False, pause=1.0)
+                    extra["idle"].setdefault(agent, []).append(r)
+                    show(f"no data {i + 1}", agent, r)
+            for i in range(args.rounds):
+                order = AGENTS if i % 2 == 0 else AGENTS[::-1]
+                for agent in order:
+                    p = bench.freeze_with_pings(agent)
+                    pings[agent].append(p)
+                    answered = [t for s, t in p.pings if t is not None and s + t <= p.latency]
+                    first = "none" if p.first_reply is None else ms(p.first_reply)
+                    worst_ping = ms(max(answered)) if answered else "-"
+                    print(f"pings {i + 1} {agent:8} freeze {ms(p.latency):>7}  2nd connection: "
+                          f"{len(answered)} answered during the freeze (max {worst_ping}), "
+                          f"first reply {first}; same connection "
+                          f"{ms(p.same_connection or 0)}", flush=True)
+    except KeyboardInterrupt:
+        print("bench/stall.py: interrupted; everything it made has been thawed and removed", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if exc.errno == errno.EPERM:
+            print(f"bench/stall.py: not permitted ({exc}); run as root", file=sys.stderr)
+            return 2
+        raise
+    finally:
+        limits.restore()
+    report = build_report(results, pings, extra, args, setup, limits.describe())
+    print()
+    print(report)
+    print(f"total {time.monotonic() - began:.0f} s")
+    if not args.no_write:
+        write_section(SECTION, "## Results: `bench/stall.py`\n\n" + report)
+        print(f"wrote section {SECTION!r} of {BENCHMARKS_MD.relative_to(REPO_ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
