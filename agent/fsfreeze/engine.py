@@ -30,12 +30,16 @@ from agent.fsfreeze.mounts import (
     read_mountinfo,
     resolve_device,
 )
+from agent.fsfreeze.order import BackingFileLookup, freeze_waves, loop_backing_file
 from protocol.errors import AgentError, command_failed, invalid_params
 
 # Errors that mean "nothing to do here" rather than "the freeze failed" (qemu-ga's rule):
 # EOPNOTSUPP: the filesystem cannot be frozen (tmpfs); EBUSY: it is already frozen (by another
 # tool, or through another mount of the same device). Neither is counted.
 SKIPPED_ERRNOS = frozenset({errno.EOPNOTSUPP, errno.EBUSY})
+
+# Concurrent FIFREEZEs in one wave; more threads than this buys nothing on small guests.
+MAX_PARALLEL_FREEZES = 16
 
 # A filesystem that keeps accepting FITHAW is broken; stop rather than spin forever.
 MAX_THAWS_PER_FS = 64
@@ -135,12 +139,14 @@ class FreezeEngine:
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
         block_device: BlockDeviceLookup = block_device_numbers,
+        backing_file: BackingFileLookup = loop_backing_file,
     ) -> None:
         self.ioctl = ioctl or FsIoctl()
         self.mountinfo_path = mountinfo_path
         self.include = tuple(include)
         self.exclude = tuple(exclude)
         self.block_device = block_device
+        self.backing_file = backing_file
         # Mount points frozen although outside the freezable set (a major-0 filesystem named in
         # a freeze-list that did accept FIFREEZE); thaw() would not find them by device rules.
         self._frozen_outside: set[str] = set()
@@ -214,41 +220,67 @@ class FreezeEngine:
         return self.freeze(self.plan_list(mountpoints))
 
     def freeze(self, plan: Sequence[Mount]) -> FreezeOutcome:
-        """Freeze ``plan`` in the order given; all or nothing.
+        """Freeze ``plan``; all or nothing.
 
-        EOPNOTSUPP/EBUSY are skipped and not counted. Any other error (or an exception of any
-        kind, even KeyboardInterrupt) thaws what this call froze before it propagates, so a
-        failed freeze never leaves a filesystem frozen behind the caller's back.
+        Independent filesystems are frozen concurrently, dependent ones in order (see
+        :mod:`agent.fsfreeze.order`): the stall applications see is then about one FIFREEZE,
+        not the sum of all of them.  EOPNOTSUPP/EBUSY are skipped and not counted. Any other
+        error (or an exception of any kind, even KeyboardInterrupt) thaws what this call froze
+        before it propagates, so a failed freeze never leaves a filesystem frozen behind the
+        caller's back.
         """
         frozen: list[Mount] = []
         skipped: list[tuple[str, str]] = []
         try:
-            for mount in plan:
-                try:
-                    self.ioctl.freeze(mount.mountpoint)
-                except OSError as e:
-                    if e.errno in SKIPPED_ERRNOS:
-                        skipped.append((mount.mountpoint, _errno_name(e.errno)))
-                        continue
-                    failures = self._rollback(frozen)
-                    message = f"failed to freeze {mount.mountpoint}: {_strerror(e)}"
-                    if failures:
-                        message += "; and could not thaw " + ", ".join(
-                            f"{path} ({why})" for path, why in failures
-                        )
-                    raise dataclasses.replace(
-                        command_failed(message),
-                        data={"path": mount.mountpoint, "errno": e.errno, "unthawed": failures},
-                    ) from e
-                frozen.append(mount)
-                if resolve_device(mount, self.block_device) is None:
-                    self._frozen_outside.add(mount.mountpoint)
+            for wave in freeze_waves(plan, self.backing_file):
+                failure: tuple[Mount, OSError] | None = None
+                unexpected: BaseException | None = None
+                for mount, error in self._freeze_wave(wave):
+                    if error is None:
+                        frozen.append(mount)
+                        if resolve_device(mount, self.block_device) is None:
+                            self._frozen_outside.add(mount.mountpoint)
+                    elif isinstance(error, OSError) and error.errno in SKIPPED_ERRNOS:
+                        skipped.append((mount.mountpoint, _errno_name(error.errno)))
+                    elif isinstance(error, OSError):
+                        failure = failure or (mount, error)
+                    else:
+                        unexpected = unexpected or error
+                if unexpected is not None:
+                    raise unexpected
+                if failure is not None:
+                    self._fail(failure[0], failure[1], frozen)
         except AgentError:
             raise
         except BaseException:
             self._rollback(frozen)
             raise
         return FreezeOutcome(count=len(frozen), frozen=frozen, skipped=skipped)
+
+    def _freeze_wave(self, wave: Sequence[Mount]) -> list[tuple[Mount, BaseException | None]]:
+        """FIFREEZE every mount of one wave, concurrently when there are several."""
+
+        def one(mount: Mount) -> tuple[Mount, BaseException | None]:
+            try:
+                self.ioctl.freeze(mount.mountpoint)
+            except BaseException as exc:  # reported, so the wave's other freezes are rolled back
+                return mount, exc
+            return mount, None
+
+        if len(wave) == 1:
+            return [one(wave[0])]
+        with ThreadPoolExecutor(max_workers=min(len(wave), MAX_PARALLEL_FREEZES)) as pool:
+            return list(pool.map(one, wave))
+
+    def _fail(self, mount: Mount, error: OSError, frozen: Sequence[Mount]) -> None:
+        failures = self._rollback(frozen)
+        message = f"failed to freeze {mount.mountpoint}: {_strerror(error)}"
+        if failures:
+            message += "; and could not thaw " + ", ".join(f"{path} ({why})" for path, why in failures)
+        raise dataclasses.replace(
+            command_failed(message),
+            data={"path": mount.mountpoint, "errno": error.errno, "unthawed": failures},
+        ) from error
 
     def _rollback(self, frozen: Sequence[Mount]) -> list[tuple[str, str]]:
         """Thaw what one freeze call froze (parents first); return what failed to thaw."""
