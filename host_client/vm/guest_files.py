@@ -180,17 +180,20 @@ export PATH=/usr/sbin:/usr/bin
 mode=${1:-poweroff}
 echo "pyqga-init: $mode"
 kill -TERM -1 2>/dev/null
-# A filesystem left frozen (by a test, or by an agent we just stopped) would hang sync forever.
+# A filesystem left frozen (by a test, or by an agent we just stopped) would make unmount fail
+# and sync hang: thaw every freezable mount, as often as it was frozen.
 for mp in $(awk '$3 ~ /^(ext[234]|xfs|btrfs)$/ {print $2}' /proc/mounts); do
     n=0
-    while [ $n -lt 8 ] && fsfreeze -u "$mp" 2>/dev/null; do n=$((n + 1)); done
+    while [ $n -lt 8 ] && fsfreeze --unfreeze "$mp" 2>/dev/null; do n=$((n + 1)); done
+    [ $n -gt 0 ] && echo "pyqga-init: thawed $mp"
 done
 sleep 0.2
 kill -KILL -1 2>/dev/null
 sync
-umount /data 2>/dev/null || mount -o remount,ro /data 2>/dev/null
-mount -o remount,ro / 2>/dev/null
-sync
+if grep -q " /data " /proc/mounts; then
+    umount /data || mount -o remount,ro /data
+fi
+mount -o remount,ro /
 echo "pyqga-init: $mode now"
 exec "$mode" -f
 """
