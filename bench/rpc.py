@@ -71,6 +71,9 @@ repository root, `python bench/rpc.py` (`--seconds S --rounds N` per round trip 
   of per-round ratios (less sensitive to other load on the machine) is given below the table.
   The `AgentClient` row is pyqga through the host library (jsonrpc dialect), i.e. what a Python
   host actually gets.
+- **Agent CPU per request**: user+sys CPU time of the agent process (all threads, from
+  `/proc/PID/stat`) during a round, divided by the round trips of that round; its ratio
+  between the agents is the steadiest figure on a loaded machine.
 - **Memory**: VmRSS of a freshly started agent after 10,000 `guest-ping` requests
   (MB = 10^6 bytes).
 - **Start to first reply**: from `Popen` to the first `guest-ping` reply of a tight
@@ -123,11 +126,29 @@ def running_pyqga(workdir: Path) -> Iterator[Agent]:
 # --- clients -----------------------------------------------------------------------------------
 
 
-def raw_ping_loop(path: Path, seconds: float | None = None, count: int | None = None) -> float:
-    """Round trips per second of the minimal client, for `seconds` or `count` requests."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(10)
-        sock.connect(str(path))
+def connect(path: Path, timeout: float = 10.0) -> socket.socket:
+    """Connect, retrying EAGAIN: qemu-ga's listen backlog is tiny and it accepts the next client
+    only once it has seen the previous one close."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+            return sock
+        except BlockingIOError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+        except BaseException:
+            sock.close()
+            raise
+
+
+def raw_ping_loop(path: Path, seconds: float | None = None, count: int | None = None) -> tuple[int, float]:
+    """(round trips, seconds) of the minimal client, running for `seconds` or `count` requests."""
+    with connect(path) as sock:
         send, recv, clock = sock.sendall, sock.recv, time.perf_counter
         buffered = b""
         done = 0
@@ -148,10 +169,10 @@ def raw_ping_loop(path: Path, seconds: float | None = None, count: int | None = 
         elapsed = clock() - start
     if line + b"\n" != PING_REPLY:
         raise RuntimeError(f"{path}: unexpected reply {line!r}")
-    return done / elapsed
+    return done, elapsed
 
 
-def agent_client_loop(path: Path, seconds: float) -> float:
+def agent_client_loop(path: Path, seconds: float) -> tuple[int, float]:
     with AgentClient(str(path), dialect="jsonrpc", timeout=10) as client:
         client.ping()  # the first call resyncs; keep it out of the timing
         clock = time.perf_counter
@@ -163,15 +184,22 @@ def agent_client_loop(path: Path, seconds: float) -> float:
             done += 1
             if clock() >= deadline:
                 break
-        return done / (clock() - start)
+        return done, clock() - start
 
 
 # --- measurements ------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a whole process (all threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Rates:
     rounds: list[float]
+    cpu_per_request: list[float]  # agent CPU seconds per round trip, per round
 
     @property
     def median(self) -> float:
@@ -179,21 +207,25 @@ class Rates:
 
 
 def measure_round_trips(workdir: Path, seconds: float, rounds: int) -> dict[str, Rates]:
-    rates: dict[str, Rates] = {"qemu-ga": Rates([]), "pyqga": Rates([]), "pyqga AgentClient": Rates([])}
+    rates = {name: Rates([], []) for name in ("qemu-ga", "pyqga", "pyqga AgentClient")}
     with running_qemu_ga(workdir / "qga") as qga, running_pyqga(workdir / "pyqga") as ours:
-        runs: list[tuple[str, Callable[[], float]]] = [
-            ("qemu-ga", lambda: raw_ping_loop(qga.socket_path, seconds)),
-            ("pyqga", lambda: raw_ping_loop(ours.socket_path, seconds)),
-            ("pyqga AgentClient", lambda: agent_client_loop(ours.socket_path, seconds)),
+        runs: list[tuple[str, int, Callable[[], tuple[int, float]]]] = [
+            ("qemu-ga", qga.pid, lambda: raw_ping_loop(qga.socket_path, seconds)),
+            ("pyqga", ours.pid, lambda: raw_ping_loop(ours.socket_path, seconds)),
+            ("pyqga AgentClient", ours.pid, lambda: agent_client_loop(ours.socket_path, seconds)),
         ]
         raw_ping_loop(qga.socket_path, count=2000)  # warm-up, both sides
         raw_ping_loop(ours.socket_path, count=2000)
         for index in range(rounds):
             order = runs if index % 2 == 0 else runs[::-1]
-            for name, run in order:
-                rate = run()
-                rates[name].rounds.append(rate)
-                print(f"  round {index + 1}/{rounds}  {name:<18} {rate:10,.0f} round trips/s", flush=True)
+            for name, pid, run in order:
+                cpu_before = cpu_seconds(pid)
+                count, elapsed = run()
+                cpu = (cpu_seconds(pid) - cpu_before) / count
+                rates[name].rounds.append(count / elapsed)
+                rates[name].cpu_per_request.append(cpu)
+                print(f"  round {index + 1}/{rounds}  {name:<18} {count / elapsed:10,.0f} round trips/s"
+                      f"  agent CPU {cpu * 1e6:6.1f} us/request", flush=True)
     return rates
 
 
@@ -289,6 +321,8 @@ def build_report(rates: dict[str, Rates], rss: dict[str, int], start: dict[str, 
     client_ratio = client_rate / qga_rate
     start_qga, start_ours = statistics.median(start["qemu-ga"]), statistics.median(start["pyqga"])
 
+    qga_cpu = statistics.median(rates["qemu-ga"].cpu_per_request)
+    our_cpu = statistics.median(rates["pyqga"].cpu_per_request)
     pairs = zip(rates["pyqga"].rounds, rates["qemu-ga"].rounds, strict=True)
     round_ratio = statistics.median(ours / theirs for ours, theirs in pairs)
 
@@ -301,6 +335,9 @@ def build_report(rates: dict[str, Rates], rss: dict[str, int], start: dict[str, 
          verdict(ratio >= RATE_RATIO_MIN) + ("" if ratio >= RATE_RATIO_AIM else ", below aim")),
         ("guest-ping round trips/s, pyqga via AgentClient (jsonrpc)", "", f"{client_rate:,.0f}",
          f"{client_ratio:.2f}x", "none (information)", ""),
+        ("agent CPU time per guest-ping (user+sys, median round)", f"{qga_cpu * 1e6:.1f} µs",
+         f"{our_cpu * 1e6:.1f} µs", f"{our_cpu / qga_cpu:.1f}x" if qga_cpu else "n/a",
+         "none (information)", ""),
         (f"RSS after {MEMORY_REQUESTS:,} requests", f"{rss['qemu-ga'] / 1e6:.1f} MB",
          f"{rss['pyqga'] / 1e6:.1f} MB", f"{rss['pyqga'] / rss['qemu-ga']:.1f}x",
          f"pyqga ≤ {RSS_MAX_BYTES / 1e6:.0f} MB", verdict(rss["pyqga"] <= RSS_MAX_BYTES)),
