@@ -36,7 +36,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.errors import AgentError, parse_error
+from protocol.errors import AgentError, not_an_object, parse_error
 
 __all__ = ["DecodeFailure", "Event", "Message", "Resynced", "StreamDecoder"]
 
@@ -45,6 +45,7 @@ MAX_MESSAGE_SIZE_LIMIT = 64 << 20
 
 _OPENERS = (0x7B, 0x5B)  # { [
 _QUOTE, _BACKSLASH, _RESYNC = 0x22, 0x5C, 0xFF
+_SCALAR_START = frozenset(b'-0123456789"tfn')  # numbers, strings, true, false, null
 
 # Top level: skip JSON whitespace.
 _WHITESPACE = re.compile(rb"[ \t\r\n]*+")
@@ -94,6 +95,17 @@ def _reject_constant(name: str) -> Any:
 
 def _describe_byte(byte: int) -> str:
     return repr(bytes([byte]))[1:]
+
+
+def _garbage_error(work: bytes | bytearray, pos: int) -> AgentError:
+    """What looks like a JSON scalar where a message should start is an invalid request
+    (qemu-ga's answer to ``42``, ``"str"`` or ``null``); anything else is a parse error.  Either
+    way the run is skipped to the next message."""
+    if work[pos] in _SCALAR_START:  # by its first byte only, so chunking cannot change the answer
+        return not_an_object()
+    return parse_error(
+        f"unexpected {_describe_byte(work[pos])} between messages; a message must be a JSON object or array"
+    )
 
 
 def _too_large(max_size: int) -> DecodeFailure:
@@ -204,14 +216,7 @@ class StreamDecoder:
                 elif byte == _RESYNC:
                     events.append(Resynced(0))
                 else:
-                    events.append(
-                        DecodeFailure(
-                            parse_error(
-                                f"unexpected {_describe_byte(byte)} between messages; "
-                                "a message must be a JSON object or array"
-                            )
-                        )
-                    )
+                    events.append(DecodeFailure(_garbage_error(work, pos)))
                     garbage = True
                 pos += 1
                 continue

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from protocol.errors import AgentError, invalid_request
+from protocol.errors import AgentError, invalid_request, not_an_object
 
 RESYNC_BYTE = b"\xff"
 QGA_KEYS = frozenset(("execute", "arguments", "id"))
@@ -75,7 +75,7 @@ def classify(value: Any) -> Incoming:
         if "jsonrpc" in value or ("method" in value and "execute" not in value):
             return _classify_jsonrpc(value)
         return _classify_qga(value)
-    return Invalid(Dialect.QGA, invalid_request("QMP input must be a JSON object"))
+    return Invalid(Dialect.QGA, not_an_object())
 
 
 def _classify_qga(obj: dict[str, Any]) -> Request | Invalid:

@@ -97,6 +97,11 @@ def invalid_request(reason: str) -> AgentError:
     return AgentError(ErrorKind.INVALID_REQUEST, reason)
 
 
+def not_an_object() -> AgentError:
+    # qemu's wording for any top-level value that is not an object (42, "str", null...).
+    return AgentError(ErrorKind.INVALID_REQUEST, "QMP input must be a JSON object")
+
+
 def command_not_found(name: str) -> AgentError:
     # qemu-ga's exact wording, which libvirt matches on.
     return AgentError(ErrorKind.COMMAND_NOT_FOUND, f"The command {name} has not been found")

@@ -121,10 +121,10 @@ class TestFraming:
 
 class TestRecovery:
     def test_garbage_between_messages_gives_one_failure(self) -> None:
-        events = decode(b'{"a":1} this is not json, 12 "x" true } ] {"b":2}')
+        events = decode(b'{"a":1} is not json, 12 "x" true } ] {"b":2}')
         assert len(events) == 3
         assert events[0] == Message({"a": 1}, 7)
-        assert_failure(events[1], "unexpected 't'")
+        assert_failure(events[1], "unexpected 'i'")
         assert events[2] == Message({"b": 2}, 7)
 
     def test_garbage_split_over_chunks_is_still_one_failure(self) -> None:
@@ -133,13 +133,19 @@ class TestRecovery:
         assert len(failures(events)) == 1
         assert values(events) == [{"ok": True}]
 
-    @pytest.mark.parametrize(
-        "garbage", [b"}", b"]", b"42", b'"str"', b"null", b"\xc3\xa9", b"\x00"]
-    )
+    @pytest.mark.parametrize("garbage", [b"}", b"]", b"\xc3\xa9", b"\x00"])
     def test_top_level_non_containers_are_garbage(self, garbage: bytes) -> None:
         events = decode(garbage + b' [1]')
         assert len(events) == 2
         assert_failure(events[0], "a message must be a JSON object or array")
+        assert events[1] == Message([1], 3)
+
+    @pytest.mark.parametrize("scalar", [b"42", b"-1", b'"str"', b"null", b"true"])
+    def test_top_level_scalars_are_invalid_requests_as_in_qemu_ga(self, scalar: bytes) -> None:
+        events = decode(scalar + b' [1]')
+        assert len(events) == 2
+        assert isinstance(events[0], DecodeFailure)
+        assert events[0].error.message == "QMP input must be a JSON object"
         assert events[1] == Message([1], 3)
 
     def test_garbage_then_resync_then_message(self) -> None:
