@@ -1,21 +1,25 @@
 """``pyqga``: drive a guest agent (pyqga or qemu-ga) from the host.
 
 Output is for humans by default and JSON with ``--json``.  Exit codes: 0 success, 1 the agent
-answered with an error, 2 bad usage, 3 the agent could not be reached or did not answer.
+answered with an error, 2 bad usage, 3 the agent could not be reached or did not answer, 4 a
+freeze did not hold until its thaw (a snapshot taken meanwhile may be inconsistent).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Any
 
 from host_client.client import DEFAULT_TIMEOUT, AgentClient
-from host_client.errors import AgentCallError, AgentClientError
+from host_client.errors import AgentCallError, AgentClientError, FreezeLost
+from host_client.snapshot import format_report, take_snapshot
+from host_client.vm.qmp import QMPClient, QMPError
 
-EXIT_OK, EXIT_AGENT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_AGENT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_FREEZE_LOST = 0, 1, 2, 3, 4
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
             "  pyqga --socket /run/vm1/qga.sock ping\n"
             "  pyqga --socket /run/vm1/qga.sock --dialect qga info\n"
             "  pyqga --socket S call guest-sync '{\"id\": 42}'\n"
-            "Exit status: 0 ok, 1 the agent returned an error, 2 usage, 3 agent unreachable or silent."
+            "  pyqga -s qga.sock snapshot --qmp qmp.sock --disk data=/vm/data-snap1.qcow2\n"
+            "Exit status: 0 ok, 1 the agent returned an error, 2 usage, 3 agent unreachable or silent,\n"
+            "4 a freeze did not hold until the thaw."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -40,6 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("info", parents=[common], help="agent version and its commands")
     commands.add_parser("sync", parents=[common], help="resynchronise the channel (guest-sync-delimited)")
     call = commands.add_parser("call", parents=[common], help="run any command: call METHOD [JSON-ARGUMENTS]")
+    snap = commands.add_parser(
+        "snapshot", parents=[common],
+        help="freeze the guest, take an external disk snapshot through QEMU's QMP monitor, thaw",
+        description="Freeze the guest's filesystems through the agent, switch each disk to a new "
+                    "qcow2 overlay with QMP blockdev-snapshot-sync (one transaction for several "
+                    "disks), thaw, and report the timings. The old top image of each disk is the "
+                    "snapshot. Exit status 4 if the freeze did not hold (snapshot may be inconsistent).")
+    snap.add_argument("--qmp", required=True, metavar="PATH", help="QEMU's QMP monitor socket")
+    snap.add_argument("--disk", action="append", required=True, metavar="DEVICE=OVERLAY",
+                      help="block device id and the new overlay file to create (repeatable)")
+    snap.add_argument("--mountpoint", action="append", metavar="PATH",
+                      help="freeze only these mount points (repeatable; default: all)")
+    snap.add_argument("--no-freeze", action="store_true",
+                      help="skip the freeze: a crash-consistent snapshot, for comparison")
+    snap.add_argument("--freeze-timeout", type=float, default=60.0, metavar="SECONDS",
+                      help="the agent thaws by itself after this long, whatever happens here (default 60)")
     call.add_argument("method", help="command name, e.g. guest-get-osinfo")
     call.add_argument("arguments", nargs="?", default=None,
                       help="arguments as a JSON object, e.g. '{\"id\": 1}'")
@@ -106,6 +128,36 @@ def run_call(client: AgentClient, method: str, arguments: dict[str, Any] | None,
         print(result)
 
 
+def run_snapshot(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    overlays: dict[str, str] = {}
+    for spec in args.disk:
+        device, sep, overlay = spec.partition("=")
+        if not sep or not device or not overlay:
+            parser.error(f"--disk takes DEVICE=OVERLAY (e.g. data=/vm/data-snap1.qcow2), not {spec!r}")
+        overlays[device] = os.path.abspath(overlay)
+    try:
+        qmp = QMPClient(args.qmp, timeout=args.timeout)
+    except (OSError, ConnectionError) as exc:
+        print(f"pyqga: error: cannot talk to QMP at {args.qmp}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    with qmp:
+        try:
+            if args.no_freeze:
+                report = take_snapshot(qmp, overlays)
+            else:
+                with AgentClient(args.socket, dialect=args.dialect, timeout=args.timeout) as agent:
+                    report = take_snapshot(qmp, overlays, agent, mountpoints=args.mountpoint,
+                                           freeze_timeout=args.freeze_timeout)
+        except (QMPError, ValueError) as exc:
+            print(f"pyqga: error: snapshot failed: {exc}", file=sys.stderr)
+            return EXIT_AGENT_ERROR
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        print(format_report(report))
+    return EXIT_OK
+
+
 def parse_arguments(parser: argparse.ArgumentParser, text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
@@ -121,10 +173,13 @@ def parse_arguments(parser: argparse.ArgumentParser, text: str | None) -> dict[s
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "socket", None) is None:
+    needs_agent = not (args.command == "snapshot" and args.no_freeze)
+    if getattr(args, "socket", None) is None and needs_agent:
         parser.error("--socket ADDRESS is required (the agent's unix socket)")
     arguments = parse_arguments(parser, args.arguments) if args.command == "call" else None
     try:
+        if args.command == "snapshot":
+            return run_snapshot(parser, args)
         with AgentClient(args.socket, dialect=args.dialect, timeout=args.timeout) as client:
             if args.command == "ping":
                 run_ping(client, args.json)
@@ -134,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
                 run_sync(client, args.json)
             else:
                 run_call(client, args.method, arguments, args.json)
+    except FreezeLost as exc:
+        print(f"pyqga: error: the freeze did not hold, the snapshot may be inconsistent: {exc}",
+              file=sys.stderr)
+        return EXIT_FREEZE_LOST
     except AgentCallError as exc:
         print(f"pyqga: error: {exc}", file=sys.stderr)
         return EXIT_AGENT_ERROR
