@@ -143,6 +143,12 @@ def test_pyqga_answers_on_virtio_serial_and_isa_serial(vm: GuestVM) -> None:
     assert vm.serial_pty is not None and vm.serial_pty.startswith("/dev/pts/")
 
 
+def test_guest_logs_come_over_the_console(vm: GuestVM) -> None:
+    logs = vm.guest_logs()
+    assert "--- /run/pyqga.log" in logs
+    assert "--- /run/qga-virtio.out" in logs
+
+
 # --- teardown ----------------------------------------------------------------------------------
 
 

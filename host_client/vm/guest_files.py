@@ -21,8 +21,11 @@ from __future__ import annotations
 ROOT_SERIAL = "pyqga-root"
 DATA_SERIAL = "pyqga-data"
 
-# The line the console control loop turns into a clean power-off.
+# Lines the console control loop acts on: a clean power-off, and a dump of the agents' logs
+# and output (ended by LOGS_END and the request's argument, so the host knows where it stops).
 POWEROFF_REQUEST = "pyqga-vm-poweroff"
+LOGS_REQUEST = "pyqga-vm-logs"
+LOGS_END = "pyqga-vm-logs-end"
 # Printed on the console once the agents were started (the harness does not need it to be
 # ready, but it shows in the console log where the boot ended and the agents began).
 AGENTS_STARTED = "pyqga-init: agents started:"
@@ -154,6 +157,11 @@ stty -echo 2>/dev/null
 while read -r request rest; do
     case "$request" in
         {POWEROFF_REQUEST}) /sbin/shutdown -P now ;;
+        {LOGS_REQUEST})
+            for f in /run/*.log /run/*.out; do
+                [ -f "$f" ] && {{ echo "--- $f"; tail -n 100 "$f"; }}
+            done
+            echo "{LOGS_END} $rest" ;;
     esac
 done
 sleep 1   # no console input at all (EOF): do not spin under respawn

@@ -82,6 +82,10 @@ class ImageBuildError(RuntimeError):
     """The guest image could not be built; the message says which step and why."""
 
 
+class _DownloadFailed(ImageBuildError):
+    """``apt-get download`` failed: usually lists that name versions the mirror dropped."""
+
+
 @dataclass(frozen=True)
 class GuestImage:
     """Paths of one built guest; never modify them (boot with ``snapshot=on`` or a copy)."""
@@ -113,13 +117,21 @@ def ensure_image(cache: Path | None = None) -> GuestImage:
     cache = cache or cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     with _locked(cache / ".lock"):
-        plan = _resolve(cache)
-        base_key = _digest([json.dumps(plan, sort_keys=True).encode(), *_builder_texts()])
-        layer = cache / f"base-{base_key}"
         hit = True
-        if not (layer / "manifest.json").exists():
+        for attempt in (1, 2):
+            plan = _resolve(cache)
+            base_key = _digest([json.dumps(plan, sort_keys=True).encode(), *_builder_texts()])
+            layer = cache / f"base-{base_key}"
+            if (layer / "manifest.json").exists():
+                break
             hit = False
-            _build_base(cache, layer, plan)
+            try:
+                _build_base(cache, layer, plan)
+                break
+            except _DownloadFailed:
+                if attempt == 2:
+                    raise
+                _apt_update()  # then resolve again against the new lists
         manifest = json.loads((layer / "manifest.json").read_text())
         root = layer / f"root-{_pyqga_digest()}.ext4"
         if not root.exists():
@@ -277,9 +289,9 @@ def _fetch(debs: Path, packages: Sequence[tuple[str, str]]) -> dict[str, Path]:
             cmd = ["apt-get", "download", *[f"{n}={v}" for n, v in missing]]
             if os.geteuid() == 0:
                 cmd[2:2] = ["-o", "APT::Sandbox::User=root"]  # else _apt cannot write here
-            if _try(cmd, cwd=Path(tmp)).returncode != 0:
-                _apt_update()  # the usual cause: stale or missing lists
-                _run(cmd, "apt-get download", cwd=Path(tmp))
+            proc = _try(cmd, cwd=Path(tmp))
+            if proc.returncode != 0:
+                raise _DownloadFailed(f"apt-get download failed: {_tail(proc.stderr)}")
             for deb in Path(tmp).glob("*.deb"):
                 fields = _run(["dpkg-deb", "-f", str(deb), "Package", "Version"], f"reading {deb.name}")
                 info = dict(line.split(": ", 1) for line in fields.stdout.splitlines() if ": " in line)

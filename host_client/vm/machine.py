@@ -384,6 +384,29 @@ class GuestVM:
 
     # --- diagnostics -----------------------------------------------------------------------
 
+    def guest_logs(self, timeout: float = 10.0) -> str:
+        """The agents' log files and output (``/run/*.log``, ``/run/*.out``, last 100 lines each),
+        fetched over the console, so it works whatever state the agents are in."""
+        nonce = f"{random.getrandbits(64):016x}"
+        end = f"{guest_files.LOGS_END} {nonce}".encode()
+        deadline = time.monotonic() + timeout
+        received = b""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2.0)
+            sock.connect(str(self.console_socket))
+            sock.sendall(f"\n{guest_files.LOGS_REQUEST} {nonce}\n".encode())
+            while end not in received:
+                self._check_alive("while fetching the guest's logs")
+                if time.monotonic() > deadline:
+                    raise VMError(f"the guest sent no logs within {timeout} s\n{self.diagnostics()}")
+                sock.settimeout(max(0.01, min(0.5, deadline - time.monotonic())))
+                with contextlib.suppress(TimeoutError):
+                    received += sock.recv(65536)
+        text = received[: received.index(end)].decode(errors="replace").replace("\r", "")
+        start = text.find("--- /run/")
+        return text[start:] if start >= 0 else text
+
+
     def console_tail(self, lines: int = 40) -> str:
         try:
             text = self.console_log.read_text(errors="replace")
