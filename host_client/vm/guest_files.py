@@ -5,7 +5,7 @@ them, and so the builder can hash them: editing any script here rebuilds the ima
 
 Boot sequence: the kernel runs ``/init`` from the initramfs (``INITRAMFS_INIT``), which loads the
 virtio modules (no ``modules.dep`` is shipped, so order matters), mounts the root disk and
-``switch_root``\\ s into busybox ``init``.  ``/etc/inittab`` runs ``RC_SYSINIT`` once (mounts,
+switches to it, running busybox ``init``.  ``/etc/inittab`` runs ``RC_SYSINIT`` once (mounts,
 ``/dev/virtio-ports`` links, ``/data``, the agents) and keeps ``CONSOLE_CONTROL`` reading the
 console for host requests.  ``SHUTDOWN`` is ``/sbin/shutdown`` (qemu-ga calls it) and ``HALT``
 does the work, quickly: busybox init's own shutdown path sleeps two seconds.
@@ -26,9 +26,6 @@ DATA_SERIAL = "pyqga-data"
 POWEROFF_REQUEST = "pyqga-vm-poweroff"
 LOGS_REQUEST = "pyqga-vm-logs"
 LOGS_END = "pyqga-vm-logs-end"
-# Printed on the console once the agents were started (the harness does not need it to be
-# ready, but it shows in the console log where the boot ended and the agents began).
-AGENTS_STARTED = "pyqga-init: agents started:"
 
 # name -> the shell command line that starts it.  ``$PYQGA_ARGS`` carries the extra agent
 # arguments from ``pyqga.args=`` (comma-separated on the kernel command line).
