@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -90,11 +91,19 @@ class GuardProcess:
     def __init__(self, statedir: str, hook: str | None, hook_timeout: float) -> None:
         self.args = [statedir, hook or "", str(hook_timeout)]
         self.process: subprocess.Popen[bytes] | None = None
+        self._starting = threading.Lock()
 
     def ensure_started(self, timeout: float = 10.0) -> None:
-        """Start the guard (or restart a dead one) and wait until it is ready."""
-        if self.process is not None and self.process.poll() is None:
-            return
+        """Start the guard (or restart a dead one) and wait until it is ready.
+
+        Safe from several threads: the agent pre-starts it in the background, and a freeze
+        that comes first waits for that start instead of starting a second guard."""
+        with self._starting:
+            if self.process is not None and self.process.poll() is None:
+                return
+            self._start(timeout)
+
+    def _start(self, timeout: float) -> None:
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))

@@ -118,4 +118,5 @@ async def serve(agent: AgentState, stop: asyncio.Event) -> None:
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="pyqga-worker") as executor:
         if isinstance(channel, ListenerChannel):
             agent.log.info("listening on %s", channel.description)
+        asyncio.get_running_loop().run_in_executor(executor, agent.freezer.prestart_guard)
         await channel.serve(lambda: AgentConnection(dispatcher, executor), stop)

@@ -119,12 +119,18 @@ for d in /sys/block/vd*; do
 done
 agents=
 PYQGA_ARGS=
+workload=
 for word in $(cat /proc/cmdline); do
     case "$word" in
         pyqga.agents=*) agents=$(echo "${{word#*=}}" | tr , ' ') ;;
         pyqga.args=*) PYQGA_ARGS=$(echo "${{word#*=}}" | tr , ' ') ;;
+        pyqga.workload=1) workload=1 ;;
     esac
 done
+if [ -n "$workload" ] && [ -d /data ]; then
+    python3 -B /etc/pyqga-vm/workload /data < /dev/null > /run/workload.out 2>&1 &
+    log "workload started on /data"
+fi
 mkdir -p /run/pyqga /run/qga /run/pyqga-serial /run/pyqga-vsock
 start_agent() {{
     name=$1
@@ -203,10 +209,34 @@ echo "pyqga-init: $mode now"
 exec "$mode" -f
 """
 
+# A busy writer for the consistency proof (started by ``pyqga.workload=1``): numbered lines of a
+# fixed width appended to WORKLOAD_LOG (so a torn or zero-filled tail is visible), and small
+# files rewritten and renamed over each other (metadata churn for the journal).
+WORKLOAD_LOG = "workload.log"
+WORKLOAD_LINE_WIDTH = 10
+WORKLOAD = rf"""#!/usr/bin/python3
+import os, sys, time
+base = sys.argv[1]
+os.makedirs(os.path.join(base, "churn"), exist_ok=True)
+log = open(os.path.join(base, "{WORKLOAD_LOG}"), "a", buffering=1)
+n = 0
+while True:
+    n += 1
+    log.write("%0{WORKLOAD_LINE_WIDTH - 1}d\n" % n)
+    if n % 64 == 0:
+        os.fsync(log.fileno())
+    name = os.path.join(base, "churn", "f%d" % (n % 32))
+    with open(name + ".tmp", "w") as f:
+        f.write(str(n) * 200)
+    os.replace(name + ".tmp", name)
+    if n % 16 == 0:
+        time.sleep(0.002)
+"""
+
 PASSWD = "root:x:0:0:root:/root:/bin/sh\n"
 GROUP = "root:x:0:\n"
 
 # Everything above, for the image key: any change here must rebuild the images.
 ALL_TEXTS = (
-    INITRAMFS_INIT, INITTAB, RC_SYSINIT, CONSOLE_CONTROL, SHUTDOWN, HALT, PASSWD, GROUP,
+    INITRAMFS_INIT, INITTAB, RC_SYSINIT, CONSOLE_CONTROL, SHUTDOWN, HALT, WORKLOAD, PASSWD, GROUP,
 )

@@ -412,6 +412,7 @@ def _install_guest_files(tree: Path, busybox: Path) -> None:
         "etc/pyqga-vm/rc.sysinit": (guest_files.RC_SYSINIT, 0o755),
         "etc/pyqga-vm/console-control": (guest_files.CONSOLE_CONTROL, 0o755),
         "etc/pyqga-vm/halt": (guest_files.HALT, 0o755),
+        "etc/pyqga-vm/workload": (guest_files.WORKLOAD, 0o755),
         "usr/sbin/shutdown": (guest_files.SHUTDOWN, 0o755),
         "etc/passwd": (guest_files.PASSWD, 0o644),
         "etc/group": (guest_files.GROUP, 0o644),
