@@ -26,7 +26,7 @@ deps:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi; \
 	else echo "deps: not root, skipping Debian packages (tests that need them will skip)"; fi
 
-demo: $(STAMP)
+demo: $(STAMP) deps
 	$(PY) -m host_client.demo
 
 lint: $(STAMP)
