@@ -8,6 +8,7 @@ from host_client.errors import (
     AgentTimeout,
     FreezeLost,
 )
+from host_client.guest_ops import ExecResult, StallResult
 
 __all__ = ["AgentCallError", "AgentClient", "AgentClientError", "AgentConnectionError", "AgentTimeout",
-           "Freeze", "FreezeLost"]
+           "ExecResult", "Freeze", "FreezeLost", "StallResult"]

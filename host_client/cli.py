@@ -8,6 +8,7 @@ freeze did not hold until its thaw (a snapshot taken meanwhile may be inconsiste
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 
 from host_client.client import DEFAULT_TIMEOUT, AgentClient
 from host_client.errors import AgentCallError, AgentClientError, FreezeLost
+from host_client.guest_ops import StallResult
 from host_client.snapshot import format_report, take_snapshot
 from host_client.vm.qmp import QMPClient, QMPError
 
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  pyqga --socket /run/vm1/qga.sock --dialect qga info\n"
             "  pyqga --socket S call guest-sync '{\"id\": 42}'\n"
             "  pyqga -s qga.sock snapshot --qmp qmp.sock --disk data=/vm/data-snap1.qcow2\n"
+            "  pyqga -s qga.sock fault stall --mount /data --duration 5s --repeat 3 --interval 10s\n"
             "Exit status: 0 ok, 1 the agent returned an error, 2 usage, 3 agent unreachable or silent,\n"
             "4 a freeze did not hold until the thaw."
         ),
@@ -53,6 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "qcow2 overlay with QMP blockdev-snapshot-sync (one transaction for several "
                     "disks), thaw, and report the timings. The old top image of each disk is the "
                     "snapshot. Exit status 4 if the freeze did not hold (snapshot may be inconsistent).")
+    fault = commands.add_parser("fault", parents=[common], help="inject faults: fault stall ...")
+    faults = fault.add_subparsers(dest="fault", required=True, metavar="FAULT")
+    stall = faults.add_parser(
+        "stall", parents=[common], help="freeze mount points for a while, as a stalled disk would",
+        description="Freeze the given mount points for DURATION, so every writer there blocks, "
+                    "then thaw; optionally repeated. The agent's own auto-thaw ends each stall on "
+                    "time even if this command dies. Ends with each stall as the agent measured it.")
+    stall.add_argument("--mount", action="append", required=True, metavar="PATH",
+                       help="mount point to stall (repeatable)")
+    stall.add_argument("--duration", required=True, type=parse_duration, metavar="TIME",
+                       help="how long each stall lasts: 5s, 500ms, 2m or plain seconds")
+    stall.add_argument("--repeat", type=int, default=1, metavar="N", help="number of stalls (default 1)")
+    stall.add_argument("--interval", type=parse_duration, default=0.0, metavar="TIME",
+                       help="time from one stall's start to the next one's (default: back to back)")
     snap.add_argument("--qmp", required=True, metavar="PATH", help="QEMU's QMP monitor socket")
     snap.add_argument("--disk", action="append", required=True, metavar="DEVICE=OVERLAY",
                       help="block device id and the new overlay file to create (repeatable)")
@@ -128,6 +145,58 @@ def run_call(client: AgentClient, method: str, arguments: dict[str, Any] | None,
         print(result)
 
 
+def parse_duration(text: str) -> float:
+    """``5s``, ``500ms``, ``2m``, ``1h`` or plain seconds."""
+    units = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
+    value = text.strip().lower()
+    for suffix, scale in units:
+        if value.endswith(suffix) and value[: -len(suffix)].replace(".", "", 1).isdigit():
+            return float(value[: -len(suffix)]) * scale
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 5s, 500ms, 2m)") from None
+
+
+def run_stall(client: AgentClient, args: argparse.Namespace) -> int:
+    if args.duration <= 0 or args.repeat < 1:
+        print("pyqga: error: --duration must be positive and --repeat at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    live = sys.stdout.isatty() and not args.json
+    results: list[StallResult] = []
+    first_start = time.monotonic()
+    for index in range(args.repeat):
+        label = f"stall {index + 1}/{args.repeat}: {', '.join(args.mount)}"
+
+        def show(elapsed: float, label: str = label) -> None:
+            if live:
+                print(f"\r{label} frozen {elapsed:5.1f} / {args.duration:g} s", end="", flush=True)
+
+        if not live and not args.json:
+            print(f"{label}: freezing for {args.duration:g} s", flush=True)
+        result = client.stall_for(args.mount, args.duration, progress=show)
+        results.append(result)
+        if live:
+            print(f"\r{label} done{' ' * 30}")
+        if index + 1 < args.repeat:
+            next_start = first_start + (index + 1) * args.interval
+            time.sleep(max(0.0, next_start - time.monotonic()))
+    if args.json:
+        _print_json([dataclasses.asdict(r) for r in results])
+    else:
+        print(format_stalls(results))
+    return EXIT_OK
+
+
+def format_stalls(results: list[StallResult]) -> str:
+    lines = [f"{'#':>3}  {'frozen':>6}  {'planned':>8}  {'actual':>8}  {'ended by':<10}  mount points"]
+    for number, r in enumerate(results, start=1):
+        actual = "-" if r.actual is None else f"{r.actual:.3f}s"
+        lines.append(f"{number:>3}  {r.count:>6}  {r.planned:>7.3f}s  {actual:>8}  {r.reason or '-':<10}  "
+                     f"{', '.join(r.mountpoints)}")
+    return "\n".join(lines)
+
+
 def run_snapshot(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     overlays: dict[str, str] = {}
     for spec in args.disk:
@@ -187,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                 run_info(client, args.json)
             elif args.command == "sync":
                 run_sync(client, args.json)
+            elif args.command == "fault":
+                return run_stall(client, args)
             else:
                 run_call(client, args.method, arguments, args.json)
     except FreezeLost as exc:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from host_client.errors import AgentCallError, AgentConnectionError, AgentTimeout, FreezeLost
+from host_client.guest_ops import GuestOperations
 from host_client.transport import Transport, open_transport
 from protocol.client import ClientConnection, Reply
 from protocol.dialects import Dialect
@@ -35,7 +36,7 @@ class Freeze:
     info: dict[str, Any]
 
 
-class AgentClient:
+class AgentClient(GuestOperations):
     """Use as a context manager, or call :meth:`close`.
 
     ``dialect`` is ``"jsonrpc"`` (pyqga's native one) or ``"qga"`` (works with pyqga and qemu-ga).

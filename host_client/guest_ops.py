@@ -1,0 +1,179 @@
+"""What fault-injection harnesses do to a guest: stall its disks, run commands, move files.
+
+Mixed into :class:`~host_client.client.AgentClient`, so a pytest test needs no glue::
+
+    with client.stall(["/data"], seconds=5) as stall:   # /data blocks writers for 5 s
+        ...                                             # the test's own checks meanwhile
+    print(stall.result.actual)                          # as the agent measured it
+    result = client.exec(["sh", "-c", "echo hi"], timeout=10)
+    client.write_file("/tmp/x", b"bytes"); client.read_file("/tmp/x")
+
+A stall is a freeze with the agent's auto-thaw deadline set to its duration, so it ends on
+time even if the host process dies mid-stall.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from host_client.errors import AgentClientError
+
+FILE_CHUNK = 1 << 20          # bytes per guest-file-read/write request
+POLL_FIRST, POLL_MAX = 0.01, 0.25
+THAW_GRACE = 5.0              # how long past a stall's deadline we wait for the agent's thaw
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exitcode: int | None
+    signal: int | None
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exitcode == 0
+
+
+@dataclass(frozen=True)
+class StallResult:
+    """One stall as the agent measured it: planned and actual frozen seconds, how it ended."""
+
+    mountpoints: tuple[str, ...]
+    count: int
+    epoch: int | None
+    planned: float
+    actual: float | None
+    reason: str | None
+
+
+class StallHandle:
+    """Yielded by :meth:`GuestOperations.stall`; ``result`` is set when the stall is over."""
+
+    def __init__(self, mountpoints: Sequence[str], planned: float, epoch: int | None, count: int) -> None:
+        self.mountpoints = tuple(mountpoints)
+        self.planned = planned
+        self.epoch = epoch
+        self.count = count
+        self.result: StallResult | None = None
+
+
+class GuestOperations:
+    """Needs ``call(method, params, timeout=...)`` from the class it is mixed into."""
+
+    call: Callable[..., Any]
+
+    # --- stalls --------------------------------------------------------------------------
+
+    @contextmanager
+    def stall(self, mountpoints: Sequence[str], seconds: float,
+              progress: Callable[[float], None] | None = None) -> Iterator[StallHandle]:
+        """Freeze ``mountpoints`` for ``seconds`` (the agent thaws them on time by itself); the
+        body runs meanwhile.  On leaving, wait for that thaw; if the body raised, thaw now."""
+        if seconds <= 0:
+            raise ValueError("a stall must last a positive number of seconds")
+        count = self.call("guest-fsfreeze-freeze-list",
+                          {"mountpoints": list(mountpoints), "timeout": seconds}, timeout=max(60.0, seconds))
+        info = self.call("guest-fsfreeze-info")
+        handle = StallHandle(mountpoints, seconds, info.get("epoch") if count else None, count)
+        try:
+            yield handle
+        except BaseException:
+            if handle.epoch is not None:
+                self.call("guest-fsfreeze-thaw", timeout=60.0)
+            raise
+        handle.result = self._await_stall_end(handle, info, progress)
+
+    def stall_for(self, mountpoints: Sequence[str], seconds: float,
+                  progress: Callable[[float], None] | None = None) -> StallResult:
+        """A stall with nothing to do meanwhile; returns when it is over."""
+        with self.stall(mountpoints, seconds, progress) as handle:
+            pass
+        assert handle.result is not None
+        return handle.result
+
+    def _await_stall_end(self, handle: StallHandle, info: Mapping[str, Any],
+                         progress: Callable[[float], None] | None) -> StallResult:
+        if handle.epoch is None:  # nothing could be frozen (tmpfs...): nothing to wait for
+            return StallResult(handle.mountpoints, 0, None, handle.planned, 0.0, None)
+        frozen_at = float(info.get("frozen-at") or time.time())
+        give_up = time.monotonic() + handle.planned + THAW_GRACE + max(0.0, frozen_at - time.time())
+        while True:
+            now = self.call("guest-fsfreeze-info")
+            last = now.get("last-thaw") or {}
+            if now.get("status") == "thawed" or now.get("epoch") != handle.epoch:
+                if last.get("epoch") == handle.epoch:
+                    return StallResult(handle.mountpoints, handle.count, handle.epoch, handle.planned,
+                                       float(last["at"]) - frozen_at, last.get("reason"))
+                return StallResult(handle.mountpoints, handle.count, handle.epoch, handle.planned,
+                                   None, "unknown")
+            if progress is not None:
+                progress(time.time() - frozen_at)
+            if time.monotonic() > give_up:
+                self.call("guest-fsfreeze-thaw", timeout=60.0)
+                raise AgentClientError(f"the agent did not end the {handle.planned:g} s stall on time; "
+                                       "thawed it from the host")
+            time.sleep(min(0.1, max(0.01, float(now.get("deadline") or 0) - time.time())))
+
+    # --- commands ------------------------------------------------------------------------
+
+    def exec(self, argv: Sequence[str], *, timeout: float | None = None, input: bytes | None = None,
+             env: Mapping[str, str] | None = None, capture: bool = True) -> ExecResult:
+        """Run ``argv`` in the guest and wait for it.  ``timeout``: the agent kills its process
+        group when it passes (the result then has ``signal`` 9)."""
+        if not argv:
+            raise ValueError("exec needs a program to run")
+        params: dict[str, Any] = {"path": argv[0], "arg": list(argv[1:]), "capture-output": capture}
+        if input is not None:
+            params["input-data"] = base64.b64encode(input).decode()
+        if env is not None:
+            params["env"] = [f"{key}={value}" for key, value in env.items()]
+        if timeout is not None:
+            params["timeout"] = timeout
+        pid = self.call("guest-exec", params)["pid"]
+        deadline = None if timeout is None else time.monotonic() + timeout + 30.0
+        delay = POLL_FIRST
+        while True:
+            status = self.call("guest-exec-status", {"pid": pid})
+            if status.get("exited"):
+                return ExecResult(
+                    status.get("exitcode"), status.get("signal"),
+                    base64.b64decode(status.get("out-data", "")),
+                    base64.b64decode(status.get("err-data", "")),
+                    bool(status.get("out-truncated")), bool(status.get("err-truncated")),
+                )
+            if deadline is not None and time.monotonic() > deadline:
+                raise AgentClientError(f"{argv[0]} (pid {pid}) still runs {timeout:g} s + 30 s later")
+            time.sleep(delay)
+            delay = min(POLL_MAX, delay * 2)
+
+    # --- files ---------------------------------------------------------------------------
+
+    def read_file(self, path: str) -> bytes:
+        handle = self.call("guest-file-open", {"path": path, "mode": "rb"})
+        try:
+            parts = []
+            while True:
+                chunk = self.call("guest-file-read", {"handle": handle, "count": FILE_CHUNK})
+                parts.append(base64.b64decode(chunk.get("buf-b64", "")))
+                if chunk.get("eof") or not chunk.get("count"):
+                    return b"".join(parts)
+        finally:
+            self.call("guest-file-close", {"handle": handle})
+
+    def write_file(self, path: str, data: bytes, mode: str = "wb") -> None:
+        handle = self.call("guest-file-open", {"path": path, "mode": mode})
+        try:
+            for offset in range(0, len(data), FILE_CHUNK):
+                chunk = data[offset:offset + FILE_CHUNK]
+                self.call("guest-file-write", {"handle": handle, "buf-b64": base64.b64encode(chunk).decode()})
+            self.call("guest-file-flush", {"handle": handle})
+        finally:
+            self.call("guest-file-close", {"handle": handle})
