@@ -32,7 +32,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,7 +48,8 @@ if str(REPO_ROOT) not in sys.path:
 from bench.report import BENCHMARKS_MD, write_section  # noqa: E402
 from tests.support.agent_process import ListeningProcess, agent_command  # noqa: E402
 from tests.support.loopfs import LoopMounts  # noqa: E402
-from tests.support.qemu_ga import QemuGa, QemuGaUnavailable, cache_dir, ensure_qemu_ga  # noqa: E402
+from tests.support.qemu_ga import IsolatedQemuGa, QemuGaUnavailable, ensure_qemu_ga  # noqa: E402
+from tests.support.sockets import connect_unix  # noqa: E402
 
 SECTION = "bench/freeze.py"
 AGENTS = ("qemu-ga", "pyqga")
@@ -66,18 +66,6 @@ SETTLE = 0.2
 
 
 # --- agents ------------------------------------------------------------------------------------
-
-
-class IsolatedQemuGa(QemuGa):
-    """qemu-ga in a mount namespace where, besides ``/``, only our mounts are freezable."""
-
-    def __init__(self, workdir: Path, loops: LoopMounts) -> None:
-        super().__init__(workdir)
-        self.loops = loops
-
-    def command(self) -> list[str]:
-        inner = super().command()
-        return self.loops.isolated(inner, keep=[self.workdir, inner[0], cache_dir()])
 
 
 @contextlib.contextmanager
@@ -106,31 +94,11 @@ def running_pyqga(workdir: Path, loops: LoopMounts) -> Iterator[Path]:
 # --- the client (the same code for both agents) -------------------------------------------------
 
 
-def connect(path: Path) -> socket.socket:
-    """Connect, retrying EAGAIN: qemu-ga accepts the next client only once it has seen the
-    previous one (our readiness probe) close, and its listen backlog is tiny."""
-    deadline = time.monotonic() + REPLY_TIMEOUT
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(REPLY_TIMEOUT)
-        try:
-            sock.connect(str(path))
-            return sock
-        except BlockingIOError:
-            sock.close()
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.005)
-        except BaseException:
-            sock.close()
-            raise
-
-
 class RawClient:
     """One connection, one request at a time: send the bytes, read one reply line."""
 
     def __init__(self, path: Path) -> None:
-        self.sock = connect(path)
+        self.sock = connect_unix(path)
         self.buffer = b""
 
     def close(self) -> None:

@@ -42,6 +42,7 @@ from bench.report import write_section  # noqa: E402
 from host_client import AgentClient  # noqa: E402
 from tests.support.agent_process import PyqgaAgent, agent_command  # noqa: E402
 from tests.support.qemu_ga import QemuGa, QemuGaUnavailable, ensure_qemu_ga  # noqa: E402
+from tests.support.sockets import connect_unix  # noqa: E402
 
 PING = b'{"execute":"guest-ping"}\n'
 PING_REPLY = b'{"return": {}}\n'
@@ -126,29 +127,9 @@ def running_pyqga(workdir: Path) -> Iterator[Agent]:
 # --- clients -----------------------------------------------------------------------------------
 
 
-def connect(path: Path, timeout: float = 10.0) -> socket.socket:
-    """Connect, retrying EAGAIN: qemu-ga's listen backlog is tiny and it accepts the next client
-    only once it has seen the previous one close."""
-    deadline = time.monotonic() + timeout
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(str(path))
-            return sock
-        except BlockingIOError:
-            sock.close()
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.005)
-        except BaseException:
-            sock.close()
-            raise
-
-
 def raw_ping_loop(path: Path, seconds: float | None = None, count: int | None = None) -> tuple[int, float]:
     """(round trips, seconds) of the minimal client, running for `seconds` or `count` requests."""
-    with connect(path) as sock:
+    with connect_unix(path) as sock:
         send, recv, clock = sock.sendall, sock.recv, time.perf_counter
         buffered = b""
         done = 0

@@ -68,7 +68,8 @@ if str(REPO_ROOT) not in sys.path:
 from bench.report import BENCHMARKS_MD, write_section  # noqa: E402
 from tests.support.agent_process import PyqgaAgent  # noqa: E402
 from tests.support.loopfs import LoopMounts, thaw_fully  # noqa: E402
-from tests.support.qemu_ga import QemuGa, QemuGaUnavailable, cache_dir, ensure_qemu_ga  # noqa: E402
+from tests.support.qemu_ga import IsolatedQemuGa, QemuGaUnavailable, ensure_qemu_ga  # noqa: E402
+from tests.support.sockets import connect_unix  # noqa: E402
 
 FILESYSTEMS = 4
 WARMUP = 2  # freezes with data per agent before the counted rounds
@@ -178,25 +179,6 @@ def meminfo_kib(*keys: str) -> dict[str, int]:
     return values
 
 
-def connect(path: Path, timeout: float = 10.0) -> socket.socket:
-    """Connect, retrying EAGAIN (qemu-ga's listen queue is full while it serves another client)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(str(path))
-            return sock
-        except BlockingIOError:
-            sock.close()
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.002)
-        except BaseException:
-            sock.close()
-            raise
-
-
 class AgentReplyError(RuntimeError):
     pass
 
@@ -212,7 +194,7 @@ class QgaClient:
 
     @classmethod
     def open(cls, path: Path, timeout: float = CALL_TIMEOUT) -> QgaClient:
-        return cls(connect(path, timeout))
+        return cls(connect_unix(path, timeout))
 
     def close(self) -> None:
         self.sock.close()
@@ -393,18 +375,6 @@ class DirtyLimits:
 # --- agents -------------------------------------------------------------------------------------
 
 
-class IsolatedQemuGa(QemuGa):
-    """qemu-ga in a mount namespace where, besides ``/``, only this run's mounts are freezable."""
-
-    def __init__(self, workdir: Path, loops: LoopMounts) -> None:
-        super().__init__(workdir)
-        self.loops = loops
-
-    def command(self) -> list[str]:
-        inner = super().command()
-        return self.loops.isolated(inner, keep=[self.workdir, inner[0], cache_dir()])
-
-
 @dataclass
 class FreezeResult:
     latency: float  # freeze request sent -> reply
@@ -518,7 +488,7 @@ class Bench:
         each waiting for its reply, until ``stop``."""
         try:
             state["attempt"] = time.monotonic()
-            client = QgaClient(connect(path, CALL_TIMEOUT))
+            client = QgaClient(connect_unix(path, CALL_TIMEOUT))
             state["connected"] = time.monotonic()
             try:
                 go.wait(CALL_TIMEOUT)

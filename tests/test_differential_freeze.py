@@ -24,7 +24,7 @@ import pytest
 from host_client import AgentCallError, AgentClient
 from tests.support.agent_process import PyqgaAgent
 from tests.support.loopfs import LoopMounts, freeze_directly, require_loop_support, thaw_fully
-from tests.support.qemu_ga import QemuGa, QemuGaUnavailable, cache_dir, ensure_qemu_ga
+from tests.support.qemu_ga import IsolatedQemuGa, QemuGa, QemuGaUnavailable, ensure_qemu_ga
 from tests.support.requirements import require, require_tool
 
 pytestmark = [pytest.mark.root, pytest.mark.qemu_ga]
@@ -38,18 +38,6 @@ PEERS = ("qemu-ga", "pyqga")
 
 Outcome = tuple[Any, ...]  # ("return", value) or ("error", class, desc)
 Script = Callable[[AgentClient], list[Outcome]]
-
-
-class IsolatedQemuGa(QemuGa):
-    """qemu-ga in a mount namespace where, besides ``/``, only this test's mounts are freezable."""
-
-    def __init__(self, workdir: Path, loops: LoopMounts) -> None:
-        super().__init__(workdir)
-        self.loops = loops
-
-    def command(self) -> list[str]:
-        inner = super().command()
-        return self.loops.isolated(inner, keep=[self.workdir, inner[0], cache_dir()])
 
 
 @pytest.fixture

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from tests.support.sockets import connect_unix
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 15.0
 
@@ -90,10 +92,7 @@ class ListeningProcess:
         return process.wait()
 
     def connect(self, timeout: float = 5.0) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        sock.connect(str(self.socket_path))
-        return sock
+        return connect_unix(self.socket_path, timeout)
 
     def rss_kib(self) -> int:
         """Resident memory of the process now, from /proc (VmRSS)."""

@@ -28,7 +28,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["QemuGa", "QemuGaUnavailable", "cache_dir", "ensure_qemu_ga"]
+from tests.support.loopfs import LoopMounts
+from tests.support.sockets import connect_unix
+
+__all__ = ["IsolatedQemuGa", "QemuGa", "QemuGaUnavailable", "cache_dir", "ensure_qemu_ga"]
 
 PACKAGE = "qemu-guest-agent"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -387,14 +390,7 @@ class QemuGa:
 
     def connect(self, timeout: float = 5.0) -> socket.socket:
         """A new client connection (the caller closes it)."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(str(self.socket_path))
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        return connect_unix(self.socket_path, timeout)
 
     def log_tail(self, lines: int = 20) -> str:
         """The end of qemu-ga's log and stderr, for error messages."""
@@ -405,3 +401,19 @@ class QemuGa:
                 if text:
                     parts.append(f"--- {path.name} ---\n" + "\n".join(text))
         return "\n".join(parts) or "(no log output)"
+
+
+class IsolatedQemuGa(QemuGa):
+    """qemu-ga in a mount namespace where, besides ``/``, only ``loops``' mounts are freezable.
+
+    qemu-ga has no include filter and its thaw FITHAWs every mount it sees: on a shared machine
+    it would thaw, and count, what a concurrent test froze.
+    """
+
+    def __init__(self, workdir: Path, loops: LoopMounts, extra_args: Sequence[str] = ()) -> None:
+        super().__init__(workdir, extra_args)
+        self.loops = loops
+
+    def command(self) -> list[str]:
+        inner = super().command()
+        return self.loops.isolated(inner, keep=[self.workdir, inner[0], cache_dir()])
