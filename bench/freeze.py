@@ -26,14 +26,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import datetime
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.report import BENCHMARKS_MD, write_section  # noqa: E402
+from bench.report import BENCHMARKS_MD, machine_line, write_section  # noqa: E402
 from tests.support.agent_process import ListeningProcess, agent_command  # noqa: E402
 from tests.support.loopfs import LoopMounts  # noqa: E402
 from tests.support.qemu_ga import IsolatedQemuGa, QemuGaUnavailable, ensure_qemu_ga  # noqa: E402
@@ -204,19 +201,6 @@ def p90(values: list[float]) -> float:
     return statistics.quantiles(values, n=10, method="inclusive")[8] if len(values) > 1 else values[0]
 
 
-def qemu_ga_version() -> str:
-    proc = subprocess.run([str(ensure_qemu_ga()), "-V"], capture_output=True, text=True, timeout=10)
-    return proc.stdout.strip().removeprefix("QEMU Guest Agent ") or "unknown"
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or "unknown"
-
-
 def table(samples: dict[str, Samples]) -> tuple[str, float, float]:
     """(markdown table, ratio of the median freeze+thaw, median of the per-round ratios)."""
     qga, ours = samples["qemu-ga"], samples["pyqga"]
@@ -244,12 +228,7 @@ def build_report(settled: dict[str, Samples], back_to_back: dict[str, Samples], 
     settled_table, ratio, round_ratio = table(settled)
     b2b_table, b2b_ratio, b2b_round_ratio = table(back_to_back)
     verdict = "pass" if ratio <= RATIO_TARGET else "FAIL"
-    machine = (
-        f"Machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu_model()}, "
-        f"Linux {platform.release()}; Python {platform.python_version()} "
-        f"({platform.python_implementation()}); qemu-ga {qemu_ga_version()}. "
-        f"Date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}."
-    )
+    machine = machine_line(ensure_qemu_ga())
     rounds = {name: len(samples["pyqga"].rounds) for name, samples in
               (("settled", settled), ("back to back", back_to_back))}
     return "\n\n".join([

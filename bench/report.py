@@ -8,7 +8,12 @@ only that; everything else in the file (other scripts' sections, hand-written no
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import fcntl
+import os
+import platform
+import subprocess
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -49,3 +54,27 @@ def write_section(name: str, markdown: str, *, path: Path = BENCHMARKS_MD,
         f.seek(0)
         f.truncate()
         f.write(new)
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def machine_line(qemu_ga: Path | str) -> str:
+    """What a result depends on: the machine, Python, the qemu-ga peer's version, the date."""
+    proc = subprocess.run([str(qemu_ga), "-V"], capture_output=True, text=True, timeout=10)
+    version = proc.stdout.strip().removeprefix("QEMU Guest Agent ") or "unknown"
+    return (
+        f"Machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu_model()}, "
+        f"Linux {platform.release()}; Python {platform.python_version()} "
+        f"({platform.python_implementation()}); qemu-ga {version}. "
+        f"Date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}."
+    )
+
+
+def verdict(ok: bool) -> str:
+    return "pass" if ok else "**FAIL**"

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -38,7 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.report import write_section  # noqa: E402
+from bench.report import machine_line, verdict, write_section  # noqa: E402
 from host_client import AgentClient  # noqa: E402
 from tests.support.agent_process import PyqgaAgent, agent_command  # noqa: E402
 from tests.support.qemu_ga import QemuGa, QemuGaUnavailable, ensure_qemu_ga  # noqa: E402
@@ -278,23 +276,6 @@ def measure_start(workdir: Path) -> dict[str, list[float]]:
 # --- report ------------------------------------------------------------------------------------
 
 
-def qemu_ga_version() -> str:
-    proc = subprocess.run([str(ensure_qemu_ga()), "-V"], capture_output=True, text=True, timeout=10)
-    return proc.stdout.strip().removeprefix("QEMU Guest Agent ") or "unknown"
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or "unknown"
-
-
-def verdict(ok: bool) -> str:
-    return "pass" if ok else "**FAIL**"
-
-
 def build_report(rates: dict[str, Rates], rss: dict[str, int], start: dict[str, list[float]],
                  seconds: float, rounds: int) -> str:
     qga_rate, our_rate, client_rate = (rates[k].median for k in ("qemu-ga", "pyqga", "pyqga AgentClient"))
@@ -343,12 +324,7 @@ def build_report(rates: dict[str, Rates], rss: dict[str, int], start: dict[str, 
         f"{', '.join(f'{t * 1000:.0f}' for t in start['qemu-ga'])} ms; pyqga "
         f"{', '.join(f'{t * 1000:.0f}' for t in start['pyqga'])} ms.",
     ]
-    machine = (
-        f"Machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpu_model()}, "
-        f"Linux {platform.release()}; Python {platform.python_version()} "
-        f"({platform.python_implementation()}); qemu-ga {qemu_ga_version()}. "
-        f"Date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}."
-    )
+    machine = machine_line(ensure_qemu_ga())
     return "\n\n".join([machine, "\n".join(lines), *details]) + "\n"
 
 

@@ -36,11 +36,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import errno
 import json
 import os
-import platform
 import select
 import shutil
 import signal
@@ -65,7 +63,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.report import BENCHMARKS_MD, write_section  # noqa: E402
+from bench.report import BENCHMARKS_MD, machine_line, verdict, write_section  # noqa: E402
 from tests.support.agent_process import PyqgaAgent  # noqa: E402
 from tests.support.loopfs import LoopMounts, thaw_fully  # noqa: E402
 from tests.support.qemu_ga import IsolatedQemuGa, QemuGaUnavailable, ensure_qemu_ga  # noqa: E402
@@ -507,29 +505,6 @@ class Bench:
 # --- report -------------------------------------------------------------------------------------
 
 
-def qemu_ga_version() -> str:
-    proc = subprocess.run([str(ensure_qemu_ga()), "-V"], capture_output=True, text=True, timeout=10)
-    return proc.stdout.strip().removeprefix("QEMU Guest Agent ") or "unknown"
-
-
-def machine_line() -> str:
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.partition(":")[2].strip()
-                break
-    mem = meminfo_kib("MemTotal")["MemTotal"] * 1024
-    return (f"Machine: {os.cpu_count()} CPUs, {model}, {mem / 2**30:.0f} GiB RAM, "
-            f"Linux {platform.release()}; Python {platform.python_version()}; "
-            f"qemu-ga {qemu_ga_version()}. "
-            f"Date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}.")
-
-
-def verdict(ok: bool) -> str:
-    return "pass" if ok else "**FAIL**"
-
-
 def build_report(results: dict[str, list[FreezeResult]], pings: dict[str, list[PingResult]],
                  extra: dict[str, dict[str, Any]], args: argparse.Namespace, setup: str,
                  limits: str) -> str:
@@ -538,7 +513,7 @@ def build_report(results: dict[str, list[FreezeResult]], pings: dict[str, list[P
     stall_ratio = med["pyqga"] / med["qemu-ga"]
     latency_ratio = lat["pyqga"] / lat["qemu-ga"]
     lines = [
-        machine_line(),
+        machine_line(ensure_qemu_ga()),
         "",
         f"{setup} {args.rounds} freezes per agent, alternating (order swapped every round); each "
         f"after {args.size_mb} MB of fresh unsynced data per filesystem ({FILESYSTEMS * args.size_mb} MB "

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.loopfs import LoopMounts, require_loop_support
+
 # Runs with `python -I -c`: self-contained, stdlib only.
 _GUARD_SOURCE = r"""
 import errno, fcntl, os, sys, time
@@ -85,3 +87,12 @@ def rootfs_thaw_guard() -> Iterator[subprocess.Popen[str] | None]:
             guard.wait()
         if guard.stdout is not None:
             guard.stdout.close()
+
+
+@pytest.fixture
+def loops(tmp_path: Path) -> Iterator[LoopMounts]:
+    """Loop-mounted filesystems made for one test and undone after it (root and loop devices
+    needed: skipped without them, failed in CI)."""
+    require_loop_support()
+    with LoopMounts(tmp_path / "mnt") as mounts:
+        yield mounts

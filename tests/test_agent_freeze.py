@@ -8,41 +8,19 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from host_client import AgentCallError, AgentClient
 from tests.support.agent_process import PyqgaAgent
-from tests.support.loopfs import LoopMounts, freeze_directly, require_loop_support, thaw_fully
+from tests.support.freezing import start_agent, start_writer, write_hook
+from tests.support.loopfs import LoopMounts, freeze_directly, thaw_fully
 
 # qemu-ga's six, plus our read-only freeze query.
 FROZEN_ALLOWED = {"guest-ping", "guest-info", "guest-sync", "guest-sync-delimited",
                   "guest-fsfreeze-status", "guest-fsfreeze-thaw", "guest-fsfreeze-info"}
-
-
-@pytest.fixture
-def loops(tmp_path: Path) -> Iterator[LoopMounts]:
-    require_loop_support()
-    with LoopMounts(tmp_path / "mnt") as mounts:
-        yield mounts
-
-
-def start_agent(tmp_path: Path, loops: LoopMounts, *extra: str) -> PyqgaAgent:
-    agent = PyqgaAgent(tmp_path / "agent", ["--freeze-include", loops.glob(), *extra])
-    agent.start()
-    return agent
-
-
-def start_writer(path: Path) -> subprocess.Popen[bytes]:
-    """A process that appends and fsyncs one line: it blocks while its filesystem is frozen."""
-    code = ("import os, sys\nwith open(sys.argv[1], 'a') as f:\n"
-            "    f.write('line\\n'); f.flush(); os.fsync(f.fileno())\n")
-    return subprocess.Popen([sys.executable, "-B", "-c", code, str(path)])
 
 
 def test_freeze_list_blocks_writers_gates_commands_and_thaw_releases(
@@ -156,12 +134,6 @@ def test_log_file_on_frozen_filesystem_does_not_hang_the_agent(tmp_path: Path, l
         assert agent.stop() == 0
     text = logfile.read_text()
     assert "froze 1 filesystem(s)" in text and "thawed 1 filesystem(s)" in text
-
-
-def write_hook(path: Path, body: str) -> Path:
-    path.write_text("#!/bin/sh\n" + body)
-    path.chmod(0o755)
-    return path
 
 
 def test_hooks_run_around_freeze_and_failures_abort(tmp_path: Path, loops: LoopMounts) -> None:

@@ -8,43 +8,20 @@ anonymous ``0:N`` device like tmpfs, and only its block-device source makes it f
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from host_client import AgentClient
-from tests.support.agent_process import PyqgaAgent
-from tests.support.loopfs import LoopMounts, require_loop_support, thaw_fully
+from tests.support.freezing import start_agent, start_writer
+from tests.support.loopfs import LoopMounts, thaw_fully
 from tests.support.requirements import require_tool
 
 pytestmark = pytest.mark.root
 
 FSTYPES = ("xfs", "btrfs")
 BLOCKED_FOR = 0.5  # seconds a writer must stay blocked on a frozen filesystem
-
-
-@pytest.fixture
-def loops(tmp_path: Path) -> Iterator[LoopMounts]:
-    require_loop_support()
-    with LoopMounts(tmp_path / "mnt") as mounts:
-        yield mounts
-
-
-def start_agent(tmp_path: Path, loops: LoopMounts) -> PyqgaAgent:
-    agent = PyqgaAgent(tmp_path / "agent", ["--freeze-include", loops.glob()])
-    agent.start()
-    return agent
-
-
-def start_writer(path: Path) -> subprocess.Popen[bytes]:
-    """Appends and fsyncs one line: blocks while its filesystem is frozen."""
-    code = ("import os, sys\nwith open(sys.argv[1], 'a') as f:\n"
-            "    f.write('line\\n'); f.flush(); os.fsync(f.fileno())\n")
-    return subprocess.Popen([sys.executable, "-B", "-c", code, str(path)])
 
 
 def mountinfo_line(mountpoint: Path) -> tuple[str, str, str]:

@@ -9,21 +9,13 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from host_client import AgentCallError, AgentClient, FreezeLost
-from tests.support.loopfs import LoopMounts, require_loop_support, thaw_fully
-from tests.test_agent_freeze import start_agent, start_writer, write_hook
-
-
-@pytest.fixture
-def loops(tmp_path: Path) -> Iterator[LoopMounts]:
-    require_loop_support()
-    with LoopMounts(tmp_path / "mnt") as mounts:
-        yield mounts
+from tests.support.freezing import start_agent, start_writer, write_hook
+from tests.support.loopfs import LoopMounts, thaw_fully
 
 
 def wait_released(writer: object, limit: float) -> float:

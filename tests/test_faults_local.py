@@ -10,22 +10,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from host_client import AgentClient
 from tests.support.agent_process import REPO_ROOT
-from tests.support.loopfs import LoopMounts, require_loop_support, thaw_fully
-from tests.test_agent_freeze import start_agent, start_writer
-
-
-@pytest.fixture
-def loops(tmp_path: Path) -> Iterator[LoopMounts]:
-    require_loop_support()
-    with LoopMounts(tmp_path / "mnt") as mounts:
-        yield mounts
+from tests.support.freezing import start_agent, start_writer
+from tests.support.loopfs import LoopMounts, thaw_fully
 
 
 def test_stall_blocks_writers_for_its_duration_and_ends_on_time(tmp_path: Path, loops: LoopMounts) -> None:
