@@ -37,6 +37,8 @@ test: $(STAMP) deps lint
 
 bench: $(STAMP) deps
 	$(PY) bench/rpc.py
+	$(PY) bench/freeze.py
+	$(PY) bench/stall.py
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info
