@@ -17,6 +17,7 @@ VERSION = "0.1.0"
 DEFAULT_CONFIG = "/etc/pyqga/pyqga.conf"
 DEFAULT_HOOK = "/etc/pyqga/fsfreeze-hook"
 DEFAULT_STATEDIR = "/run/pyqga"
+DEFAULT_EXEC_OUTPUT_LIMIT = 16 << 20  # qemu-ga's GUEST_EXEC_MAX_OUTPUT, per stream
 METHODS = ("virtio-serial", "isa-serial", "unix-listen", "vsock-listen")
 DEFAULT_PATHS = {
     "virtio-serial": "/dev/virtio-ports/org.qemu.guest_agent.0",
@@ -49,6 +50,7 @@ class Config:
     max_message_size: int = 1 << 20
     freeze_timeout: float = 600.0
     on_agent_death: str = "thaw"
+    exec_output_limit: int = DEFAULT_EXEC_OUTPUT_LIMIT
     config_file: str | None = field(default=None, compare=False)
 
     @property
@@ -80,6 +82,7 @@ _INI_KEYS: dict[str, tuple[str, str]] = {
     "max-message-size": ("max_message_size", "int"),
     "freeze-timeout": ("freeze_timeout", "float"),
     "on-agent-death": ("on_agent_death", "str"),
+    "exec-output-limit": ("exec_output_limit", "int"),
 }
 
 
@@ -186,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--on-agent-death", choices=("thaw", "stay"),
         help="if the agent dies while frozen, a guard process thaws (default), or the filesystems "
              "stay frozen as with qemu-ga")
+    add("--exec-output-limit", type=int, metavar="BYTES",
+        help="guest-exec keeps at most this much of each output stream, the rest is dropped and "
+             "reported as truncated (default 16 MiB, as qemu-ga)")
     add("--max-message-size", type=int, metavar="BYTES",
         help="largest request accepted, up to 64 MiB (default 1 MiB)")
     add("-c", "--config", help=f"config file (qemu-ga; default {DEFAULT_CONFIG} if it exists)")
@@ -201,7 +207,7 @@ def from_args(args: argparse.Namespace) -> Config:
         values.update(load_file(config_file))
     for name in ("method", "path", "logfile", "pidfile", "statedir", "verbose", "daemonize",
                  "retry_path", "fsfreeze_hook", "fsfreeze_hook_timeout", "max_message_size",
-                 "freeze_timeout", "on_agent_death"):
+                 "freeze_timeout", "on_agent_death", "exec_output_limit"):
         value = getattr(args, name)
         if value is not None:
             values[name] = value
@@ -229,6 +235,8 @@ def check(config: Config) -> Config:
         raise ConfigError("freeze-timeout must be 0 (never) or a positive number of seconds")
     if config.on_agent_death not in ("thaw", "stay"):
         raise ConfigError(f"on-agent-death must be 'thaw' or 'stay', not {config.on_agent_death!r}")
+    if config.exec_output_limit <= 0:
+        raise ConfigError("exec-output-limit must be a positive number of bytes")
     return config
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from agent.commands.exec import ExecTable
+from agent.commands.files import FileTable
+from agent.commands.system import SystemPrograms
 from agent.config import VERSION, Config, ConfigError
 from agent.freezer import Freezer
 from agent.logs import LogControl
@@ -25,6 +28,11 @@ class AgentState:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("pyqga.agent"))
     logs: LogControl | None = None
     version: str = VERSION
+    # Per-agent tables of the guest-exec and guest-file commands, and the system programs
+    # (read from the environment once, at start).
+    exec_table: ExecTable = field(default_factory=ExecTable)
+    file_handles: FileTable = field(default_factory=FileTable)
+    system: SystemPrograms = field(default_factory=SystemPrograms.from_environment)
     blocked: frozenset[str] = field(init=False)
     freezer: Freezer = field(init=False)
 
