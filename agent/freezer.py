@@ -245,8 +245,12 @@ class Freezer:
             self.logs.hold()
 
     def _leave_frozen(self, reason: str | None = None, detail: str = "") -> None:
-        """Back to thawed; ``reason`` records how a real freeze ended (None: it never began)."""
+        """Back to thawed; ``reason`` records how a real freeze ended (None: it never began).
+
+        The record comes first: whoever sees "thawed" must also see how the freeze ended."""
         ended = self.current
+        if reason is not None and ended is not None:
+            self.last_thaw = statefile.record_thaw(self.statedir, ended.epoch, reason, detail)
         with self._timer:
             self.current = None
             self._timer.notify_all()
@@ -256,8 +260,6 @@ class Freezer:
                 self.guard.send({"thawed": ended.epoch if ended else 0})
             except OSError:
                 self.guard.stop()  # restarted at the next freeze
-        if reason is not None and ended is not None:
-            self.last_thaw = statefile.record_thaw(self.statedir, ended.epoch, reason, detail)
         if self.logs is not None:
             self.logs.release()
 

@@ -108,7 +108,8 @@ class GuestOperations:
         while True:
             now = self.call("guest-fsfreeze-info")
             last = now.get("last-thaw") or {}
-            if now.get("status") == "thawed" or now.get("epoch") != handle.epoch:
+            over = now.get("status") == "thawed" or now.get("epoch") != handle.epoch
+            if over and not now.get("in-progress"):
                 if last.get("epoch") == handle.epoch:
                     return StallResult(handle.mountpoints, handle.count, handle.epoch, handle.planned,
                                        float(last["at"]) - frozen_at, last.get("reason"))
