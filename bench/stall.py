@@ -562,7 +562,7 @@ def build_report(results: dict[str, list[FreezeResult]], pings: dict[str, list[P
         "",
         "Not counted: a first freeze without dirty data (freeze latency / worst stall: "
         + "; ".join(f"{a} {ms(extra['clean'][a].latency)} / {ms(extra['clean'][a].worst)}" for a in AGENTS)
-        + "; pyqga starts its guard process at its first freeze), then "
+        + "; pyqga starts its guard process when it starts serving, so this is no longer slower), then "
         + f"{WARMUP} warm-up freezes each with data (fresh images are slower at first: "
         + "; ".join(f"{a} " + ", ".join(f"{ms(r.latency)} / {ms(r.worst)}" for r in extra["warm-up"][a])
                     for a in AGENTS)
