@@ -323,7 +323,10 @@ def activated_socket() -> socket.socket | None:
     return socket.socket(fileno=SD_LISTEN_FDS_START)
 
 
-def open_channel(config: Config, log: Any) -> DeviceChannel | ListenerChannel:
+Channel = DeviceChannel | ListenerChannel
+
+
+def open_channel(config: Config, log: Any) -> Channel:
     """The channel ``config`` names, opened where opening can fail early (listeners)."""
     activated = activated_socket()
     if activated is not None:

@@ -11,7 +11,7 @@ import signal
 import sys
 
 from agent import config as config_module
-from agent.channels import ChannelError
+from agent.channels import Channel, ChannelError, open_channel
 from agent.config import ConfigError
 from agent.logs import LogControl
 from agent.pidfile import PidFile, PidFileError
@@ -21,8 +21,12 @@ from agent.state import AgentState
 
 
 def list_commands(registry: Registry) -> str:
-    width = max(len(command.name) for command in registry)
-    return "\n".join(f"{command.name:<{width}}  {command.doc}" for command in registry) + "\n"
+    """``-b help``: every command with its parameters (``[name:type]`` is optional) and doc."""
+    lines = []
+    for command in registry:
+        lines.append(command.usage())
+        lines.append(f"    {command.doc}")
+    return "\n".join(lines) + "\n"
 
 
 def daemonize() -> None:
@@ -38,12 +42,17 @@ def daemonize() -> None:
         os.dup2(null, fd)
 
 
-async def run(agent: AgentState) -> None:
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+async def run(agent: AgentState, channel: Channel, early_signals: list[int]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
-    await serve(agent, stop)
+    if early_signals:  # a stop request came while we were starting: honour it
+        stop.set()
+    await serve(agent, channel, stop)
 
 
 def run_daemon(argv: list[str] | None = None) -> int:
@@ -62,14 +71,22 @@ def run_daemon(argv: list[str] | None = None) -> int:
         agent = AgentState(config, log=logs.log, logs=logs)
     except ConfigError as exc:
         parser.exit(2, f"pyqga-agent: {exc}\n")
+    # From here on a stop signal must not kill us outright (the socket may already accept
+    # hosts, a freeze may follow): note it, and the event loop acts on it once it runs.
+    early_signals: list[int] = []
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda signum, _frame: early_signals.append(signum))
     os.makedirs(config.statedir, exist_ok=True)
     pidfile = PidFile(config.pidfile_path)
     try:
+        # Listening sockets are bound before daemonizing: once the parent exits, hosts can
+        # connect, and a socket in use is reported on the terminal.  Threads start only after.
+        channel = open_channel(config, agent.log)
         if config.daemonize:
             daemonize()
         pidfile.acquire()
         agent.log.info("pyqga-agent %s starting (pid %d)", agent.version, os.getpid())
-        asyncio.run(run(agent))
+        asyncio.run(run(agent, channel, early_signals))
         agent.freezer.shutdown()
     except (PidFileError, ChannelError) as exc:
         agent.log.error("%s", exc)

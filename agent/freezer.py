@@ -97,6 +97,9 @@ class Freezer:
         self.last_epoch = int(history.get("last_epoch", 0))
         self.last_thaw: dict[str, Any] | None = history.get("last_thaw")
         self._restore(statefile.read(self.statedir))
+
+    def start(self) -> None:
+        """Start the deadline watcher.  Not in __init__: threads do not survive the fork of -d."""
         threading.Thread(target=self._watch_deadlines, name="pyqga-deadline", daemon=True).start()
 
     def _restore(self, marker: dict[str, Any] | None) -> None:

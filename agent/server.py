@@ -15,7 +15,7 @@ import asyncio
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from agent.channels import ListenerChannel, open_channel
+from agent.channels import Channel, ListenerChannel
 from agent.dispatch import Dispatcher, answer_now, needs_worker
 from agent.state import AgentState
 from protocol.dialects import Batch, Dialect, Incoming
@@ -84,11 +84,22 @@ class AgentConnection(asyncio.Protocol):
 
     def _flush(self, _: object = None) -> None:
         while self._pending and self._pending[0].done():
-            self._write(_result(self._pending.popleft()))
+            self._write(self._result(self._pending.popleft()))
         self._update_reading()
 
     def _write_done(self, future: asyncio.Future[bytes | None]) -> None:
-        self._write(_result(future))
+        self._write(self._result(future))
+
+    def _result(self, future: asyncio.Future[bytes | None]) -> bytes | None:
+        """A worker's reply.  answer_now never raises for a request's own failure; anything
+        here is our bug: log it, and keep the connection (the host's call times out)."""
+        if future.cancelled():
+            return None
+        error = future.exception()
+        if error is not None:
+            self._dispatcher.agent.log.error("internal error on a worker thread: %r", error)
+            return None
+        return future.result()
 
     def _write(self, reply: bytes | None) -> None:
         if reply is not None and self._transport is not None:
@@ -103,17 +114,9 @@ class AgentConnection(asyncio.Protocol):
             self._transport.resume_reading()
 
 
-def _result(future: asyncio.Future[bytes | None]) -> bytes | None:
-    # answer_now never raises for a request's own failure; anything here is our bug, and the
-    # host still deserves to hear nothing rather than a connection torn down.
-    if future.cancelled() or future.exception() is not None:
-        return None
-    return future.result()
-
-
-async def serve(agent: AgentState, stop: asyncio.Event) -> None:
-    """Serve the configured channel until ``stop`` is set."""
-    channel = open_channel(agent.config, agent.log)
+async def serve(agent: AgentState, channel: Channel, stop: asyncio.Event) -> None:
+    """Serve ``channel`` until ``stop`` is set."""
+    agent.freezer.start()
     dispatcher = Dispatcher(agent)
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="pyqga-worker") as executor:
         if isinstance(channel, ListenerChannel):

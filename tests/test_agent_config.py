@@ -74,8 +74,9 @@ def test_unknown_blocked_command_is_refused() -> None:
 def test_cli_help_dump_and_rpc_listing() -> None:
     listing = run_agent("-b", "help")
     assert listing.returncode == 0
-    names = [line.split()[0] for line in listing.stdout.splitlines()]
+    names = [line.split()[0] for line in listing.stdout.splitlines() if not line.startswith(" ")]
     assert names == build_registry().names()
+    assert "guest-sync id:integer" in listing.stdout and "[mountpoints:array]" in listing.stdout
     dumped = run_agent("-c", os.devnull, "-D", "-m", "unix-listen", "-p", "/tmp/q.sock")
     assert dumped.returncode == 0 and dumped.stdout.startswith("[general]\n")
     assert "path=/tmp/q.sock" in dumped.stdout

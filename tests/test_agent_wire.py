@@ -271,3 +271,32 @@ def test_allow_rpcs_disables_everything_else(tmp_path: Path) -> None:
         with pytest.raises(AgentCallError):
             client.call("guest-get-host-name")
     assert enabled == {"guest-ping", "guest-info", "guest-sync-delimited"}
+
+
+def test_daemonize_returns_at_once_and_serves_with_a_pid_file(tmp_path: Path) -> None:
+    import os as _os
+    import signal as _signal
+    import subprocess as _subprocess
+
+    from tests.support.agent_process import REPO_ROOT, agent_command
+
+    pidfile = tmp_path / "agent.pid"
+    command = [*agent_command(tmp_path, ["-d", "-f", str(pidfile)])]
+    launched = _subprocess.run(command, capture_output=True, timeout=30,
+                               env=dict(_os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert launched.returncode == 0, launched.stderr
+    deadline = time.monotonic() + 15
+    while not (pidfile.exists() and pidfile.read_text().strip()):
+        assert time.monotonic() < deadline, "the daemon wrote no pid file"
+        time.sleep(0.02)
+    daemon_pid = int(pidfile.read_text())
+    try:
+        with AgentClient(str(tmp_path / "agent.sock")) as client:
+            client.ping()
+        assert _os.getsid(daemon_pid) != _os.getsid(0)  # detached from our session
+    finally:
+        _os.kill(daemon_pid, _signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while pidfile.exists() or (tmp_path / "agent.sock").exists():
+        assert time.monotonic() < deadline, "the daemon did not clean up after SIGTERM"
+        time.sleep(0.02)
