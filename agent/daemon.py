@@ -81,6 +81,7 @@ def run_daemon(argv: list[str] | None = None) -> int:
     try:
         # Listening sockets are bound before daemonizing: once the parent exits, hosts can
         # connect, and a socket in use is reported on the terminal.  Threads start only after.
+        pidfile.check()
         channel = open_channel(config, agent.log)
         if config.daemonize:
             daemonize()

@@ -16,6 +16,12 @@ class PidFile:
         self.path = path
         self._fd: int | None = None
 
+    def check(self) -> None:
+        """Fail early if another agent holds the pid file (before binding its channel, and
+        before daemonizing: locks do not survive the fork, so :meth:`acquire` comes after)."""
+        self.acquire()
+        self.release(unlink=False)
+
     def acquire(self) -> None:
         try:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
@@ -34,10 +40,11 @@ class PidFile:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
-    def release(self) -> None:
+    def release(self, unlink: bool = True) -> None:
         if self._fd is None:
             return
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
+        if unlink:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
         os.close(self._fd)
         self._fd = None
