@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from host_client.vm import GuestImage, ImageBuildError, ensure_image
 from tests.support.loopfs import LoopMounts, require_loop_support
+from tests.support.requirements import require, require_root, require_tool
 
 # Runs with `python -I -c`: self-contained, stdlib only.
 _GUARD_SOURCE = r"""
@@ -96,3 +98,16 @@ def loops(tmp_path: Path) -> Iterator[LoopMounts]:
     require_loop_support()
     with LoopMounts(tmp_path / "mnt") as mounts:
         yield mounts
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> GuestImage:
+    """The test guest (built once, then cached in .cache/vm); needs root and QEMU's tools."""
+    require_root()
+    for tool in ("qemu-system-x86_64", "qemu-img", "apt-get", "dpkg-deb", "mkfs.ext4", "tar", "debugfs"):
+        require_tool(tool)
+    try:
+        return ensure_image()
+    except ImageBuildError as exc:
+        require(False, f"cannot build the guest image (network? apt?): {exc}")
+        raise

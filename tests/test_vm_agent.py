@@ -20,25 +20,12 @@ from typing import Any
 import pytest
 
 from host_client import AgentCallError, AgentClient
-from host_client.vm import GuestImage, GuestVM, ImageBuildError, QMPClient, ensure_image
+from host_client.vm import GuestImage, GuestVM, QMPClient
 from host_client.vm.consistency import compare, format_comparison
 from tests.support.agent_process import REPO_ROOT
-from tests.support.requirements import require, require_root, require_tool
 
 pytestmark = pytest.mark.root
 ALL_AGENTS = ("pyqga-virtio", "qga-virtio", "pyqga-serial")
-
-
-@pytest.fixture(scope="module")
-def guest_image() -> GuestImage:
-    require_root()
-    for tool in ("qemu-system-x86_64", "apt-get", "dpkg-deb", "mkfs.ext4", "qemu-img", "debugfs"):
-        require_tool(tool)
-    try:
-        return ensure_image()
-    except ImageBuildError as exc:
-        require(False, f"cannot build the guest image: {exc}")
-        raise
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from host_client import AgentCallError, AgentClient
-from host_client.vm import GuestImage, GuestVM, ImageBuildError, ensure_image
+from host_client.vm import GuestImage, GuestVM
 from tests.support.agent_process import REPO_ROOT
-from tests.support.requirements import require, require_root, require_tool
 
 pytestmark = pytest.mark.root
 
@@ -39,16 +38,9 @@ print(json.dumps(samples))
 
 
 @pytest.fixture(scope="module")
-def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestVM]:
-    require_root()
-    require_tool("qemu-system-x86_64")
-    try:
-        image: GuestImage = ensure_image()
-    except ImageBuildError as exc:
-        require(False, f"cannot build the guest image: {exc}")
-        raise
+def vm(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestVM]:
     with GuestVM(tmp_path_factory.mktemp("vm"), agents=("pyqga-virtio", "pyqga-serial"),
-                 image=image) as machine:
+                 image=guest_image) as machine:
         yield machine
 
 

@@ -18,27 +18,10 @@ from pathlib import Path
 import pytest
 
 from host_client import AgentClient
-from host_client.vm import GuestImage, GuestVM, ImageBuildError, QMPClient, ensure_image
+from host_client.vm import GuestImage, GuestVM, QMPClient, ensure_image
 from host_client.vm import image as image_module
-from tests.support.requirements import require, require_root, require_tool
 
 pytestmark = pytest.mark.root
-
-
-def _require_vm_tools() -> None:
-    require_root()
-    for tool in ("qemu-system-x86_64", "apt-get", "dpkg-deb", "mkfs.ext4", "tar"):
-        require_tool(tool)
-
-
-@pytest.fixture(scope="module")
-def guest_image() -> GuestImage:
-    _require_vm_tools()
-    try:
-        return ensure_image()
-    except ImageBuildError as exc:
-        require(False, f"cannot build the guest image (network? apt?): {exc}")
-        raise
 
 
 @pytest.fixture(scope="module")
