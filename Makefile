@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := e2fsprogs util-linux xfsprogs btrfs-progs socat qemu-system-x86 qemu-utils
+APT_PACKAGES := e2fsprogs util-linux xfsprogs btrfs-progs socat qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
 
 .PHONY: demo test lint deps bench clean
 
