@@ -285,6 +285,65 @@ class TestLimits:
         StreamDecoder(max_message_size=64 << 20)
 
 
+def general_scan_only(**kwargs: Any) -> StreamDecoder:
+    """A decoder whose fast path never applies (no chunk is short enough for it)."""
+    decoder = StreamDecoder(**kwargs)
+    decoder._fast_limit = 0
+    return decoder
+
+
+class TestFastPath:
+    """Chunks of complete small ASCII messages skip the general scan; the events must not change."""
+
+    def test_complete_messages_never_reach_the_general_scan(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        for name in ("_STRUCTURE", "_STRING_BODY", "_WHITESPACE", "_GARBAGE_END"):
+            monkeypatch.setattr(decoder_module, name, None)  # any use would raise
+        decoder = StreamDecoder()
+        assert decoder.feed(b'{"execute":"guest-ping"}\n') == [Message({"execute": "guest-ping"}, 24)]
+        assert decoder.feed(b' {"a": "\\"}]"}\r\n[1, {"b": []}]\t') == [
+            Message({"a": '"}]'}, 13),
+            Message([1, {"b": []}], 14),
+        ]
+
+    def test_the_general_scan_takes_over_at_the_first_message_it_cannot_parse(self) -> None:
+        chunk = b'{"a": 1} {"b": NaN} {"c": 2} trailing garbage {"d": [1, '
+        decoder, general = StreamDecoder(), general_scan_only()
+        events = decoder.feed(chunk)
+        assert events == general.feed(chunk)
+        assert values(events) == [{"a": 1}, {"c": 2}]
+        assert len(failures(events)) == 2
+        assert decoder.buffered == general.buffered == len(b'{"d": [1, ')
+        assert decoder.feed(b"2]}") == [Message({"d": [1, 2]}, 13)]
+
+    def test_a_chunk_that_could_break_a_limit_takes_the_general_scan(self) -> None:
+        # max_depth 3: the fast path only takes chunks of up to 7 bytes, which cannot nest deeper.
+        assert decode(b"[[[]]]", max_depth=3) == [Message([[[]]], 6)]
+        (event,) = decode(b"[[[[]]]]", max_depth=3)
+        assert_failure(event, "nesting deeper than 3")
+        (event,) = decode(b'{"a": 12345}', max_message_size=11)
+        assert_failure(event, "message larger than 11 bytes")
+
+    def test_large_or_pending_input_is_never_handed_to_the_fast_path(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        handed: list[int] = []
+        fast = decoder_module._complete_messages
+
+        def counting(text: str, events: list[Event]) -> int:
+            handed.append(len(text))
+            return fast(text, events)
+
+        monkeypatch.setattr(decoder_module, "_complete_messages", counting)
+        message = b'{"items": [' + b'{"k": "v"}, ' * 17_000 + b"{}]}"
+        chunks = [message[i : i + 64] for i in range(0, len(message), 64)]
+        assert feed_all(StreamDecoder(), chunks) == [Message(json.loads(message), len(message))]
+        assert handed == [64]  # only the first chunk: then a partial message is pending
+        assert StreamDecoder().feed(message) == [Message(json.loads(message), len(message))]
+        assert handed == [64]  # longer than 2 * max_depth + 1
+
+
 class _CountingPattern:
     """Wraps a compiled regex and adds up how many bytes its searches ran over."""
 
@@ -400,3 +459,33 @@ def test_random_binary_in_fixed_chunks(blob: bytes, size: int) -> None:
     for i in range(0, len(blob), size):
         decoder.feed(blob[i : i + size])
         assert decoder.buffered <= 100
+
+
+# Valid messages, now and then followed by garbage, a resync byte or the start of a message.
+junk = st.sampled_from([b"", b"", b"", b"x", b"\xff", b"["])
+valid_streams = st.lists(
+    st.tuples(json_messages, whitespace, st.booleans(), junk), max_size=6
+).map(
+    lambda parts: b"".join(
+        json.dumps(value, ensure_ascii=ascii_only).encode() + gap + junk
+        for value, gap, ascii_only, junk in parts
+    )
+)
+
+
+@given(
+    valid_streams | byte_soup,
+    st.sampled_from([1, 8, 24, 100, 1 << 20]),
+    st.sampled_from([1, 2, 3, 1024]),
+    st.data(),
+)
+@settings(max_examples=500, deadline=None)
+def test_fast_path_and_general_scan_give_the_same_events(
+    stream: bytes, max_size: int, max_depth: int, data: st.DataObject
+) -> None:
+    chunks = data.draw(chunkings(stream))
+    decoder = StreamDecoder(max_message_size=max_size, max_depth=max_depth)
+    general = general_scan_only(max_message_size=max_size, max_depth=max_depth)
+    for chunk in chunks:
+        assert decoder.feed(chunk) == general.feed(chunk)
+        assert decoder.buffered == general.buffered
