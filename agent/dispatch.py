@@ -27,7 +27,16 @@ from typing import Any
 
 from agent.registry import Command
 from agent.state import AgentState
-from protocol.dialects import Batch, Dialect, Incoming, Invalid, Request, encode, reply_object
+from protocol.dialects import (
+    EMPTY_RETURN_LINE,
+    Batch,
+    Dialect,
+    Incoming,
+    Invalid,
+    Request,
+    encode,
+    reply_object,
+)
 from protocol.errors import (
     AgentError,
     ErrorKind,
@@ -122,6 +131,15 @@ class Dispatcher:
 
 def encode_outcome(request: Request | Invalid, outcome: Outcome, delimited: bool = False) -> bytes | None:
     """Reply bytes, or None when nothing is sent (a notification, a no-reply command)."""
+    if (
+        outcome.error is None
+        and request.dialect is Dialect.QGA
+        and not request.has_id
+        and not delimited
+        and type(outcome.result) is dict
+        and not outcome.result
+    ):
+        return EMPTY_RETURN_LINE  # exactly what the general path below gives, ~1.7 us sooner
     obj = outcome_object(request, outcome)
     return None if obj is None else encode(obj, delimited=delimited)
 

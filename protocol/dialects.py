@@ -156,6 +156,11 @@ def encode(reply: Any, *, delimited: bool = False) -> bytes:
     return RESYNC_BYTE + line if delimited else line
 
 
+#: ``encode({"return": {}})``: qemu-ga's reply to guest-ping and every other command that returns
+#: nothing, without an id.  The most frequent reply, so it is encoded once, here.
+EMPTY_RETURN_LINE = encode({"return": {}})
+
+
 def encode_request(
     dialect: Dialect, method: str, params: dict[str, Any] | None, request_id: Any
 ) -> bytes:
