@@ -18,11 +18,18 @@ class PidFile:
 
     def check(self) -> None:
         """Fail early if another agent holds the pid file (before binding its channel, and
-        before daemonizing: locks do not survive the fork, so :meth:`acquire` comes after)."""
-        self.acquire()
-        self.release(unlink=False)
+        before daemonizing: locks do not survive the fork, so :meth:`acquire` comes after).
+        Writes nothing: the pid that belongs in the file is the daemon's, not ours."""
+        os.close(self._lock())
 
     def acquire(self) -> None:
+        fd = self._lock()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def _lock(self) -> int:
+        """The pid file, open and locked by this process (closing it drops the lock)."""
         try:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -36,15 +43,12 @@ class PidFile:
             raise PidFileError(
                 f"another agent (pid {other}) holds {self.path}; stop it or use another -f/-t"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+        return fd
 
-    def release(self, unlink: bool = True) -> None:
+    def release(self) -> None:
         if self._fd is None:
             return
-        if unlink:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
         os.close(self._fd)
         self._fd = None
