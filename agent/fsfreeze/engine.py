@@ -30,7 +30,7 @@ from agent.fsfreeze.mounts import (
     read_mountinfo,
     resolve_device,
 )
-from agent.fsfreeze.order import BackingFileLookup, freeze_waves, loop_backing_file
+from agent.fsfreeze.order import BackingFilesLookup, backing_files, freeze_waves
 from protocol.errors import AgentError, command_failed, invalid_params
 
 # Errors that mean "nothing to do here" rather than "the freeze failed" (qemu-ga's rule):
@@ -139,7 +139,7 @@ class FreezeEngine:
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
         block_device: BlockDeviceLookup = block_device_numbers,
-        backing_file: BackingFileLookup = loop_backing_file,
+        backing_file: BackingFilesLookup = backing_files,
     ) -> None:
         self.ioctl = ioctl or FsIoctl()
         self.mountinfo_path = mountinfo_path

@@ -143,6 +143,8 @@ class LoopMounts:
         self.filesystems: list[LoopFs] = []
         self._mounted: list[Path] = []  # every mount made here, in mount order
         self._devices: dict[Path, str] = {}  # loop device of each loop mount (or attached image)
+        # Loop devices attached without a mount of their own: (mounts made before, device).
+        self._attached: list[tuple[int, str]] = []
         self._images: list[Path] = []
         self._closed = threading.Event()
         self.watchdog_fired = False
@@ -189,6 +191,24 @@ class LoopMounts:
         _run("mount", "-t", fstype, device, str(mountpoint))
         self._mounted.append(mountpoint)
         fs = LoopFs(image=image, device=device, mountpoint=mountpoint, fstype=fstype)
+        self.filesystems.append(fs)
+        return fs
+
+    def attach(self, backing: str | os.PathLike[str]) -> str:
+        """Attach a loop device to ``backing`` (an image file, or another block device for loop
+        over loop) and return its path; detached on close, before the mounts made earlier."""
+        device = _run("losetup", "--find", "--show", os.fspath(backing)).strip()
+        self._attached.append((len(self._mounted), device))
+        return device
+
+    def mount_device(self, device: str, name: str, fstype: str = "ext4") -> LoopFs:
+        """mkfs ``device`` (a device from :meth:`attach`) and mount it on ``base/name``."""
+        mountpoint = self.base / name
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        _run(*MKFS[fstype], device)
+        _run("mount", "-t", fstype, device, str(mountpoint))
+        self._mounted.append(mountpoint)
+        fs = LoopFs(image=Path(device), device=device, mountpoint=mountpoint, fstype=fstype)
         self.filesystems.append(fs)
         return fs
 
@@ -240,13 +260,19 @@ class LoopMounts:
         self.thaw_all()
         # Children first; a loop device is detached right after its unmount, because its image
         # may live on the filesystem unmounted next (which stays busy while it is attached).
-        for path in reversed(self._mounted):
+        for index in reversed(range(len(self._mounted))):
+            # Devices attached after this mount was made may hold a file on it: detach first.
+            while self._attached and self._attached[-1][0] > index:
+                self._detach(self._attached.pop()[1], problems)
+            path = self._mounted[index]
             if not self._umount(path):
                 problems.append(f"could not unmount {path}")
             device = self._devices.pop(path, None)
             if device is not None:
                 self._detach(device, problems)
         self._mounted.clear()
+        while self._attached:
+            self._detach(self._attached.pop()[1], problems)
         for device in self._devices.values():  # attached but never mounted
             self._detach(device, problems)
         self._devices.clear()
