@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.fsfreeze.core import MAX_TIMEOUT
+
 VERSION = "0.1.0"
 DEFAULT_CONFIG = "/etc/pyqga/pyqga.conf"
 DEFAULT_HOOK = "/etc/pyqga/fsfreeze-hook"
@@ -231,8 +233,9 @@ def check(config: Config) -> Config:
         raise ConfigError("max-message-size must be between 1 and 67108864 bytes")
     if config.fsfreeze_hook_timeout <= 0:
         raise ConfigError("fsfreeze-hook-timeout must be positive")
-    if config.freeze_timeout < 0:
-        raise ConfigError("freeze-timeout must be 0 (never) or a positive number of seconds")
+    if not (config.freeze_timeout == 0 or 0 < config.freeze_timeout <= MAX_TIMEOUT):
+        raise ConfigError(f"freeze-timeout must be 0 (never: qemu-ga's behaviour) or a number of seconds "
+                          f"up to {MAX_TIMEOUT:g}, not {config.freeze_timeout}")
     if config.on_agent_death not in ("thaw", "stay"):
         raise ConfigError(f"on-agent-death must be 'thaw' or 'stay', not {config.on_agent_death!r}")
     if config.exec_output_limit <= 0:

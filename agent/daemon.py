@@ -88,7 +88,6 @@ def run_daemon(argv: list[str] | None = None) -> int:
         pidfile.acquire()
         agent.log.info("pyqga-agent %s starting (pid %d)", agent.version, os.getpid())
         asyncio.run(run(agent, channel, early_signals))
-        agent.freezer.shutdown()
     except (PidFileError, ChannelError) as exc:
         agent.log.error("%s", exc)
         return 1

@@ -185,12 +185,16 @@ def answer_batch(dispatcher: Dispatcher, batch: Batch) -> bytes | None:
     return encode(replies, delimited=delimited) if replies else None
 
 
-def needs_worker(dispatcher: Dispatcher, item: Incoming) -> bool:
-    """True when answering ``item`` may block, so it must leave the connection loop."""
+def needs_worker(dispatcher: Dispatcher, item: Incoming) -> str | None:
+    """Where answering ``item`` must run: None on the connection loop (it cannot block),
+    "urgent" on the freeze commands' own threads, "worker" on the shared worker pool."""
     requests = item.items if isinstance(item, Batch) else (item,)
+    lane = None
     for request in requests:
         if isinstance(request, Request):
             command = dispatcher.agent.registry.get(request.method)
+            if command is not None and command.urgent:
+                return "urgent"
             if command is not None and command.blocking:
-                return True
-    return False
+                lane = "worker"
+    return lane

@@ -1,184 +1,179 @@
-"""The freeze sequence around the engine: hooks, epochs, deadlines, the guard, the state files.
+"""The driver around the freeze state machine: threads, ioctls, the state file, hooks, the guard.
 
-Order matters and is qemu-ga's, with our differences marked **we**:
-1. make sure the guard process runs (**we**: it thaws if the agent dies while frozen; the
-   agent pre-starts it once it serves, so the first freeze rarely waits for it);
-2. run the freeze hook; its failure aborts, nothing frozen (and the thaw hook undoes it, **we**);
-3. plan (**we**: a freeze-list is validated completely before anything is touched);
-4. if there is much dirty data, flush every target in parallel with syncfs (**we**: shortens
-   the stall, see bench/stall.py);
-5. enter the frozen state *before* the first ioctl: new epoch, state file on tmpfs, the guard
-   told, commands gated, the log file held in memory;
-6. freeze (the engine rolls back on failure); if nothing was frozen, leave the frozen state;
-7. the thaw hook runs whenever the freeze hook ran (**we**: qemu-ga skips it when the count is
-   0 or the freeze failed, leaving applications quiesced).
+:class:`agent.fsfreeze.core.FreezeCore` owns every piece of freeze state and decides; this
+module only performs its actions and feeds the results back as events:
 
-Every freeze has an epoch (increasing across restarts) and a deadline (**we**: auto-thaw); a
-thaw may name the epoch it expects, and is told if that freeze did not hold until now.
+- kernel calls (FIFREEZE, FITHAW until EINVAL, syncfs) and hooks run on threads of their own,
+  so a FIFREEZE that never returns blocks nothing: not the host's thaw, not the deadline, not a
+  worker a command needs;
+- the state file and the guard's message are written inline, in the order the core asks, so
+  "frozen" is on disk and known to the guard before the first FIFREEZE;
+- after every event the derived things follow the state: the log file is held in memory while
+  anything is frozen, the deadline watcher wakes at the core's next deadline, and queries read
+  a published view without taking a lock (they answer at once during a long freeze).
 
-One freeze or thaw at a time: a second freeze while one runs is a BUSY error; a thaw waits for
-a running freeze to finish.  Both run on worker threads, so the agent keeps answering.
+The same class runs inside the guard process with an inline runner (no threads): there the
+agent has died, and the guard's only job is the core's safety thaw.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any, Protocol
 
 from agent.config import Config
-from agent.fsfreeze import statefile
-from agent.fsfreeze.engine import FreezeEngine
+from agent.fsfreeze import core
+from agent.fsfreeze.core import (
+    AgentDied,
+    CorruptState,
+    DeadlineCheck,
+    FlushDone,
+    FreezeCore,
+    FreezeDone,
+    FreezeRequested,
+    GuardRestarted,
+    HookDone,
+    Persisted,
+    PersistFailed,
+    Restored,
+    StopRequested,
+    ThawDone,
+    ThawRequested,
+)
+from agent.fsfreeze.engine import FreezePlanner
 from agent.fsfreeze.hooks import HookResult, run_hook
-from agent.fsfreeze.mounts import Mount
-from agent.guard import GuardProcess
+from agent.fsfreeze.kernel import FLUSH_THRESHOLD, Kernel, LinuxKernel, flush, strerror, thaw_fully
+from agent.fsfreeze.mounts import resolve_device
+from agent.fsfreeze.statefile import StateFile, wait_for_previous_guard
 from agent.logs import LogControl
-from protocol.errors import AgentError, ErrorKind, command_failed, invalid_params
+from protocol.errors import AgentError, ErrorKind
 
-THAW_REASONS = ("request", "timeout", "signal", "agent-death", "external")
-# Below this much dirty page cache the parallel syncfs pass costs more than it saves: each
-# FIFREEZE flushes its own filesystem quickly anyway (bench/freeze.py, bench/stall.py).
-FLUSH_THRESHOLD = 32 << 20
-MEMINFO = "/proc/meminfo"
+Runner = Callable[[Callable[[], None]], None]
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def dirty_bytes(meminfo: str = MEMINFO) -> int:
-    """Dirty page cache waiting for writeback, system-wide (``Dirty:`` in /proc/meminfo)."""
-    try:
-        with open(meminfo, "rb") as handle:
-            for line in handle:
-                if line.startswith(b"Dirty:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return FLUSH_THRESHOLD  # unknown: flush, the safe side for the stall
+def run_on_thread(job: Callable[[], None]) -> None:
+    """Each kernel call or hook on a thread of its own: one that hangs holds only itself."""
+    threading.Thread(target=job, name="pyqga-freeze", daemon=True).start()
 
 
-@dataclass(frozen=True)
-class FreezeRecord:
-    """The freeze in force.  ``deadline_mono`` drives the timer (immune to guest clock jumps
-    after a snapshot resume); ``deadline`` is the same instant in Unix time, for humans."""
-
-    epoch: int
-    frozen: tuple[dict[str, str], ...]
-    frozen_at: float
-    deadline: float | None = None
-    deadline_mono: float | None = None
-
-    @property
-    def mountpoints(self) -> list[str]:
-        return [entry["mountpoint"] for entry in self.frozen]
+def run_inline(job: Callable[[], None]) -> None:
+    job()
 
 
-def describe_mounts(mounts: Sequence[Mount]) -> tuple[dict[str, str], ...]:
-    return tuple({"mountpoint": m.mountpoint, "type": m.fstype, "device": m.source} for m in mounts)
+class SystemClock:
+    monotonic = staticmethod(time.monotonic)
+    time = staticmethod(time.time)
+
+
+class Store(Protocol):
+    def write(self, snapshot: Mapping[str, Any]) -> None: ...
+    def read(self) -> dict[str, Any] | None: ...
+
+
+class GuardPort(Protocol):
+    def ensure_started(self) -> None: ...
+    def send(self, snapshot: Mapping[str, Any]) -> None: ...
+    def stop(self) -> None: ...
 
 
 class Freezer:
-    def __init__(self, config: Config, log: logging.Logger, logs: LogControl | None = None,
-                 engine: FreezeEngine | None = None) -> None:
-        self.engine = engine or FreezeEngine(include=config.freeze_include, exclude=config.freeze_exclude)
-        self.statedir = config.statedir
-        self.hook = config.fsfreeze_hook
-        self.hook_timeout = config.fsfreeze_hook_timeout
-        self.default_timeout = config.freeze_timeout
-        self.log = log
+    """The agent's freeze commands: plan in the caller's thread, then let the core decide."""
+
+    def __init__(self, *, planner: FreezePlanner | None = None, kernel: Kernel | None = None,
+                 store: Store | None = None, guard: GuardPort | None = None, hook: str | None = None,
+                 hook_timeout: float = 60.0, default_timeout: float | None = 600.0,
+                 on_agent_death: str = "thaw", log: logging.Logger | None = None,
+                 logs: LogControl | None = None, clock: core.Clock | None = None,
+                 runner: Runner = run_on_thread) -> None:
+        self.kernel: Kernel = kernel or (planner.kernel if planner else LinuxKernel())
+        self.planner = planner or FreezePlanner(self.kernel)
+        self.store = store
+        self.guard = guard
+        self.hook = hook
+        self.hook_timeout = hook_timeout
+        self.on_agent_death = on_agent_death
+        self.log = log or logging.getLogger("pyqga.agent")
         self.logs = logs
-        self.guard = GuardProcess(config.statedir, config.fsfreeze_hook, config.fsfreeze_hook_timeout) \
+        self.clock = clock or SystemClock()
+        self.runner = runner
+        self.core = FreezeCore(self.clock, default_timeout, hook is not None)
+        self._lock = threading.RLock()
+        self._queue: deque[core.Event] = deque()
+        self._processing = False
+        self._replies: dict[int, Future[tuple[Any, AgentError | None]]] = {}
+        self._rids = itertools.count(1)
+        self._wake = threading.Condition()
+        self._deadline: float | None = None
+        self._stopping = False
+        self.exited = threading.Event()
+        self.view: dict[str, Any] = self.core.info()
+        self.frozen = False
+        self._holding_logs = False
+
+    @classmethod
+    def from_config(cls, config: Config, log: logging.Logger, logs: LogControl | None = None) -> Freezer:
+        from agent.guard import GuardProcess
+
+        guard = GuardProcess(config.statedir, config.fsfreeze_hook, config.fsfreeze_hook_timeout, log) \
             if config.on_agent_death == "thaw" else None
-        self.current: FreezeRecord | None = None
-        self.busy = False
-        self._lock = threading.Lock()      # one freeze or thaw at a time
-        self._timer = threading.Condition()  # wakes the deadline watcher
-        history = statefile.read_history(self.statedir)
-        self.last_epoch = int(history.get("last_epoch", 0))
-        self.last_thaw: dict[str, Any] | None = history.get("last_thaw")
-        self._restore(statefile.read(self.statedir))
+        return cls(planner=FreezePlanner(include=config.freeze_include, exclude=config.freeze_exclude),
+                   store=StateFile(config.statedir), guard=guard, hook=config.fsfreeze_hook,
+                   hook_timeout=config.fsfreeze_hook_timeout,
+                   default_timeout=config.freeze_timeout or None, on_agent_death=config.on_agent_death,
+                   log=log, logs=logs)
+
+    # --- life cycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the deadline watcher.  Not in __init__: threads do not survive the fork of -d."""
-        threading.Thread(target=self._watch_deadlines, name="pyqga-deadline", daemon=True).start()
+        """Take over what an earlier agent left, then start the deadline watcher.  Called once
+        the pid file is ours and before serving (threads do not survive the fork of -d)."""
+        self.restore()
+        threading.Thread(target=self._watch_deadline, name="pyqga-deadline", daemon=True).start()
 
-    def _restore(self, marker: dict[str, Any] | None) -> None:
-        """A previous agent died frozen and nothing thawed: start frozen until a thaw."""
-        if marker is None:
+    def restore(self) -> None:
+        if self.store is None:
             return
-        epoch = int(marker.get("epoch", self.last_epoch))
-        mountpoints = [str(p) for p in marker.get("mountpoints", [])]
-        deadline = marker.get("deadline")
-        remaining = None if deadline is None else max(0.0, float(deadline) - time.time())
-        self.current = FreezeRecord(
-            epoch=epoch,
-            frozen=tuple({"mountpoint": p, "type": "", "device": ""} for p in mountpoints),
-            frozen_at=float(marker.get("time", time.time())),
-            deadline=None if deadline is None else float(deadline),
-            deadline_mono=None if remaining is None else time.monotonic() + remaining,
-        )
-        self.last_epoch = max(self.last_epoch, epoch)
-        self.log.warning("state file in %s says freeze %d is in force (%s); only a thaw is allowed",
-                         self.statedir, epoch, ", ".join(mountpoints) or "unknown mounts")
-
-    # --- queries (lock-free: they must answer while a freeze is in progress) -----------------
-
-    @property
-    def frozen(self) -> bool:
-        return self.current is not None
-
-    @property
-    def status(self) -> str:
-        return "frozen" if self.current is not None else "thawed"
-
-    def info(self) -> dict[str, Any]:
-        current = self.current
-        return {
-            "status": "frozen" if current else "thawed",
-            "epoch": current.epoch if current else self.last_epoch,
-            "frozen": [dict(entry) for entry in current.frozen] if current else [],
-            "frozen-at": current.frozen_at if current else None,
-            "deadline": current.deadline if current else None,
-            "in-progress": self.busy,
-            "last-thaw": dict(self.last_thaw) if self.last_thaw else None,
-        }
-
-    # --- freeze ------------------------------------------------------------------------------
-
-    def freeze(self, mountpoints: Sequence[str] | None = None, timeout: float | None = None) -> int:
-        """Freeze all (filtered) filesystems, or exactly ``mountpoints``; return the count."""
-        seconds = self._check_timeout(timeout)
-        if not self._lock.acquire(blocking=False):
-            raise AgentError(ErrorKind.BUSY, "a freeze or thaw is already in progress; try again later")
-        self.busy = True
+        statedir = getattr(self.store, "directory", None)
+        if statedir is not None and not wait_for_previous_guard(statedir):
+            self.log.error("an earlier agent's freeze guard is still busy in %s; going on", statedir)
         try:
-            if self.current is not None:
-                raise command_failed(f"filesystems are already frozen (epoch {self.current.epoch}); "
-                                     "thaw them first")
-            self._start_guard()
-            hook_ran = self._run_freeze_hook()
-            try:
-                plan = self.engine.plan_all() if mountpoints is None else self.engine.plan_list(mountpoints)
-                if dirty_bytes() >= FLUSH_THRESHOLD:
-                    self.engine.flush(plan)
-                count = self._freeze_plan(plan, seconds)
-            except BaseException:
-                if hook_ran:
-                    self._run_thaw_hook()
-                raise
-            if count == 0 and hook_ran:
-                self._run_thaw_hook()
-            return count
-        finally:
-            self.busy = False
-            self._lock.release()
+            snapshot = self.store.read()
+        except CorruptState as exc:
+            self._restore_corrupt(str(exc))
+            return
+        if snapshot is None:
+            return
+        try:
+            core.parse_snapshot(snapshot)
+        except CorruptState as exc:
+            self._restore_corrupt(str(exc))
+            return
+        self._feed(Restored(snapshot, thaw=self.on_agent_death == "thaw",
+                            detail="an earlier agent died frozen; thawed at start"))
+        self._wait_idle()
 
-    def _check_timeout(self, timeout: float | None) -> float | None:
-        """Seconds until auto-thaw, or None for never (0 means never, as --freeze-timeout 0)."""
-        seconds = self.default_timeout if timeout is None else timeout
-        if seconds < 0:
-            raise invalid_params(f"timeout must be 0 (never) or a positive number of seconds, not {timeout}")
-        return seconds or None
+    def _restore_corrupt(self, why: str) -> None:
+        """We cannot know what a dead agent froze: the safe reading is "possibly everything"."""
+        if self.on_agent_death != "thaw":
+            self.log.error("the freeze state file is corrupt (%s); starting thawed, as "
+                           "--on-agent-death stay keeps what it cannot read", why)
+            return
+        self.log.error("the freeze state file is corrupt (%s): a freeze may still hold; thawing every "
+                       "selected filesystem", why)
+        try:
+            count = self.thaw()
+        except AgentError as exc:
+            self.log.error("thaw at start failed: %s", exc)
+            return
+        self.log.warning("thawed %d filesystem(s) at start", count)
 
     def prestart_guard(self) -> None:
         """Start the guard ahead of the first freeze (it costs a Python start-up, ~1.5 s in a
@@ -190,199 +185,186 @@ class Freezer:
         except OSError as exc:
             self.log.warning("could not start the freeze guard yet: %s", exc)
 
-    def _start_guard(self) -> None:
-        if self.guard is None:
-            return
-        try:
-            self.guard.ensure_started()
-        except OSError as exc:
-            raise command_failed(f"cannot start the freeze guard, refusing to freeze: {exc}") from None
-
-    def _freeze_plan(self, plan: Sequence[Mount], seconds: float | None) -> int:
-        epoch = self.last_epoch + 1
-        self._enter_frozen(epoch, plan, seconds)
-        try:
-            outcome = self.engine.freeze(plan)
-        except BaseException as exc:
-            self._leave_frozen()
-            self.log.error("freeze %d failed, everything thawed again: %s", epoch, exc)
-            raise
-        for path, reason in outcome.skipped:
-            self.log.info("not frozen: %s (%s)", path, reason)
-        if outcome.count == 0:
-            self._leave_frozen()
-            self.log.info("froze nothing")
-            return 0
-        now, mono = time.time(), time.monotonic()
-        with self._timer:
-            self.current = FreezeRecord(
-                epoch=epoch, frozen=describe_mounts(outcome.frozen), frozen_at=now,
-                deadline=None if seconds is None else now + seconds,
-                deadline_mono=None if seconds is None else mono + seconds,
-            )
-            self._timer.notify_all()
-        self.log.info("freeze %d: froze %d filesystem(s): %s%s", epoch, outcome.count,
-                      " ".join(m.mountpoint for m in outcome.frozen),
-                      "" if seconds is None else f"; auto-thaw in {seconds:g} s")
-        return outcome.count
-
-    def _enter_frozen(self, epoch: int, plan: Sequence[Mount], seconds: float | None) -> None:
-        now = time.time()
-        record = FreezeRecord(epoch=epoch, frozen=describe_mounts(plan), frozen_at=now,
-                              deadline=None if seconds is None else now + seconds)
-        try:
-            statefile.write_history(self.statedir, {"last_epoch": epoch, "last_thaw": self.last_thaw})
-            statefile.mark_frozen(self.statedir, {"epoch": epoch, "mountpoints": record.mountpoints,
-                                                  "deadline": record.deadline})
-        except OSError as exc:
-            raise command_failed(f"cannot write the frozen-state file in {self.statedir}: {exc}") from None
-        self.last_epoch = epoch
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """The agent is exiting on a signal: thaw what we froze, then let the guard go.  What
+        could not be thawed stays in the guard's hands (it sees our pipe close)."""
+        self._feed(StopRequested())
+        if not self.exited.wait(timeout):
+            self.log.error("thaw on exit did not finish within %g s; the guard takes over", timeout)
+        self._stopping = True
+        with self._wake:
+            self._wake.notify_all()
         if self.guard is not None:
-            try:
-                self.guard.send({"frozen": {"epoch": epoch, "mountpoints": record.mountpoints}})
-            except OSError as exc:
-                statefile.clear(self.statedir)
-                raise command_failed(f"the freeze guard is gone, refusing to freeze: {exc}") from None
-        self.current = record
-        if self.logs is not None:
-            self.logs.hold()
-
-    def _leave_frozen(self, reason: str | None = None, detail: str = "") -> None:
-        """Back to thawed; ``reason`` records how a real freeze ended (None: it never began).
-
-        The record comes first: whoever sees "thawed" must also see how the freeze ended."""
-        ended = self.current
-        if reason is not None and ended is not None:
-            self.last_thaw = statefile.record_thaw(self.statedir, ended.epoch, reason, detail)
-        with self._timer:
-            self.current = None
-            self._timer.notify_all()
-        statefile.clear(self.statedir)
-        if self.guard is not None:
-            try:
-                self.guard.send({"thawed": ended.epoch if ended else 0})
-            except OSError:
-                self.guard.stop()  # restarted at the next freeze
-        if self.logs is not None:
-            self.logs.release()
-
-    # --- thaw --------------------------------------------------------------------------------
-
-    def thaw(self, epoch: int | None = None, reason: str = "request") -> int:
-        """Thaw everything selected (whoever froze it); return how many filesystems thawed.
-
-        With ``epoch``: the thaw still happens, but if that freeze did not hold continuously
-        until now, the reply is a FREEZE_LOST error saying how and when it ended.
-        """
-        with self._lock:
-            self.busy = True
-            try:
-                lost_before = None if epoch is None else self._lost_before(epoch)
-                count, lost_now = self._thaw_locked(reason)
-            finally:
-                self.busy = False
-        lost = lost_before or (lost_now if epoch is not None else None)
-        if lost is not None:
-            raise AgentError(ErrorKind.FREEZE_LOST, lost,
-                             {"thawed": count, "last-thaw": dict(self.last_thaw or {})})
-        return count
-
-    def _lost_before(self, epoch: int) -> str | None:
-        """Why freeze ``epoch`` is not the one in force now, or None if it is."""
-        if self.current is not None and self.current.epoch == epoch:
-            return None
-        last = self.last_thaw
-        if last is not None and last.get("epoch") == epoch:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(last.get("at", 0))))
-            detail = f" ({last['detail']})" if last.get("detail") else ""
-            return f"freeze {epoch} did not hold: it ended at {when} by {last.get('reason')}{detail}"
-        if self.current is not None:
-            return f"freeze {epoch} is not the freeze in force (that is epoch {self.current.epoch})"
-        return f"freeze {epoch} is unknown or long over (the last freeze was epoch {self.last_epoch})"
-
-    def _thaw_locked(self, reason: str) -> tuple[int, str | None]:
-        """Thaw with the lock held; return the count and, if our freeze had already been
-        thawed by someone else, why it was lost."""
-        current = self.current
-        recorded = statefile.read(self.statedir) or {}
-        also = current.mountpoints if current else recorded.get("mountpoints", [])
-        report = self.engine.thaw_report(also=also)
-        report.checked()  # a failure raises; we stay frozen so the host can try again
-        lost = None
-        if current is not None:
-            missing = [p for p in current.mountpoints if p not in report.thawed]
-            if missing:
-                lost = (f"freeze {current.epoch} did not hold: {', '.join(missing)} had already "
-                        "been thawed by someone else")
-                reason = "external"
-            self._leave_frozen(reason, lost or "")
-        self.log.info("thawed %d filesystem(s) (%s)", report.count, reason)
-        self._run_thaw_hook()
-        return report.count, lost
-
-    def _watch_deadlines(self) -> None:
-        """Auto-thaw when the freeze in force passes its deadline."""
-        while True:
-            with self._timer:
-                current = self.current
-                if current is None or current.deadline_mono is None:
-                    self._timer.wait()
-                    continue
-                remaining = current.deadline_mono - time.monotonic()
-                if remaining > 0:
-                    self._timer.wait(remaining)
-                    continue
-            self._expire(current.epoch)
-
-    def _expire(self, epoch: int) -> None:
-        with self._lock:
-            current = self.current
-            if current is None or current.epoch != epoch:
-                return  # thawed meanwhile
-            self.log.warning("freeze %d passed its deadline: thawing", epoch)
-            self.busy = True
-            try:
-                self._thaw_locked("timeout")
-            except AgentError as exc:
-                self.log.error("auto-thaw of freeze %d failed: %s; retrying in 1 s", epoch, exc)
-                with self._timer:
-                    self.current = replace(current, deadline_mono=time.monotonic() + 1.0)
-            finally:
-                self.busy = False
-
-    def shutdown(self) -> None:
-        """The agent is exiting on a signal: thaw what we froze, then let the guard go."""
-        if self.current is not None:
-            self.log.warning("exiting while frozen (epoch %d): thawing first", self.current.epoch)
-            try:
-                self.thaw(reason="signal")
-            except AgentError as exc:
-                self.log.error("thaw on exit failed: %s", exc)
-        if self.guard is not None and self.current is None:
             self.guard.stop()
 
-    # --- hooks -------------------------------------------------------------------------------
+    # --- requests (from worker threads; they block until the core answers) ----------------------
 
-    def _run_freeze_hook(self) -> bool:
-        """Run the freeze hook; True if it ran.  A failure aborts the freeze, after the thaw
-        hook has undone whatever the hook's earlier steps quiesced."""
-        if self.hook is None:
-            return False
-        result = run_hook(self.hook, "freeze", self.hook_timeout)
-        self._log_hook("freeze", result)
-        if not result.ok:
-            if result.ran:
-                self._run_thaw_hook()
-            reason = describe(result, self.hook_timeout)
-            raise command_failed(f"fsfreeze hook {self.hook} freeze failed: {reason}")
-        return result.ran
+    def freeze(self, mountpoints: Sequence[str] | None = None, timeout: Any = None) -> int:
+        """Freeze all (filtered) filesystems, or exactly ``mountpoints``; return the count."""
+        plan = self.planner.plan_all() if mountpoints is None else self.planner.plan_list(mountpoints)
+        if self.guard is not None:
+            try:
+                self.guard.ensure_started()
+            except OSError as exc:
+                raise AgentError(ErrorKind.COMMAND_FAILED,
+                                 f"cannot start the freeze guard, refusing to freeze: {exc}") from None
+        rid = next(self._rids)
+        flush_first = bool(plan) and self.kernel.dirty_bytes() >= FLUSH_THRESHOLD
+        return self._request(rid, FreezeRequested(rid, self.planner.waves(plan), timeout, flush_first,
+                                                  mountpoints is not None))
 
-    def _run_thaw_hook(self) -> None:
-        """Run the thaw hook; a failure is logged, the thaw itself has already succeeded."""
-        if self.hook is None:
-            return
-        result = run_hook(self.hook, "thaw", self.hook_timeout)
-        self._log_hook("thaw", result)
+    def thaw(self, epoch: int | None = None) -> int:
+        """Thaw every selected frozen filesystem, whoever froze it (qemu-ga); the count.  With
+        ``epoch``: a FREEZE_LOST error (after thawing) if that freeze did not hold until now."""
+        rid = next(self._rids)
+        return self._request(rid, ThawRequested(rid, self.planner.thaw_targets(), epoch))
+
+    def _request(self, rid: int, event: core.Event) -> Any:
+        future: Future[tuple[Any, AgentError | None]] = Future()
+        self._replies[rid] = future
+        self._feed(event)
+        result, error = future.result()
+        if error is not None:
+            raise error
+        return result
+
+    # --- queries (lock-free: the view is replaced whole after every event) ----------------------
+
+    @property
+    def status(self) -> str:
+        return self.view["status"]
+
+    def info(self) -> dict[str, Any]:
+        return dict(self.view)
+
+    # --- the event loop ------------------------------------------------------------------------
+
+    def _feed(self, event: core.Event) -> None:
+        """Hand ``event`` to the core and perform what it asks.  Re-entrant: an inline runner
+        feeds results while actions are being performed; they are queued and taken in order."""
+        with self._lock:
+            self._queue.append(event)
+            if self._processing:
+                return
+            self._processing = True
+            try:
+                while self._queue:
+                    self._run(self.core.handle(self._queue.popleft()))
+            finally:
+                self._processing = False
+
+    def _run(self, actions: list[core.Action]) -> None:
+        self._sync()  # before the actions: the log is held before the first FIFREEZE goes out
+        for action in actions:
+            try:
+                self._perform(action)
+            except Exception:  # our bug; the safety net goes on with the next action
+                self.log.exception("performing %r failed", action)
+
+    def _sync(self) -> None:
+        """Bring what is derived from the core's state up to date."""
+        self.frozen = self.core.frozen
+        self.view = self.core.info()
+        if self.logs is not None and self.frozen != self._holding_logs:
+            self._holding_logs = self.frozen
+            if self.frozen:
+                self.logs.hold()
+            else:
+                self.logs.release()
+        deadline = self.core.deadline_mono
+        if deadline != self._deadline:
+            with self._wake:
+                self._deadline = deadline
+                self._wake.notify_all()
+
+    def _perform(self, action: core.Action) -> None:
+        if isinstance(action, core.Reply):
+            future = self._replies.pop(action.rid, None)
+            if future is not None:
+                future.set_result((action.result, action.error))
+        elif isinstance(action, core.Log):
+            self.log.log(LEVELS.get(action.level, logging.INFO), "%s", action.message)
+        elif isinstance(action, core.Persist):
+            self._persist(action)
+        elif isinstance(action, core.FreezeSb):
+            target = action.target
+            self.runner(lambda: self._feed(self._freeze_one(target)))
+        elif isinstance(action, core.ThawSbs):
+            targets = action.targets
+            self.runner(lambda: self._thaw_all(targets))
+        elif isinstance(action, core.Flush):
+            flush_op = action
+            self.runner(lambda: self._flush(flush_op))
+        elif isinstance(action, core.RunHook):
+            hook_op = action
+            self.runner(lambda: self._feed(self._run_hook(hook_op)))
+        elif isinstance(action, core.Exit):
+            self.exited.set()
+
+    def _persist(self, action: core.Persist) -> None:
+        """State file, then guard; a required write (before a freeze) reports back, others log."""
+        error = None
+        if self.store is not None:
+            try:
+                self.store.write(action.snapshot)
+            except (OSError, ValueError) as exc:
+                error = f"cannot write the freeze state file: {exc}"
+        if self.guard is not None and error is None:
+            try:
+                self.guard.send(action.snapshot)
+            except OSError as exc:
+                error = f"the freeze guard is gone: {exc}"
+        if action.op is not None:
+            self._queue.append(Persisted(action.op, error))
+        elif error is not None:
+            self.log.error("%s (the freeze state goes on in memory)", error)
+            self._queue.append(PersistFailed(error))
+
+    def _freeze_one(self, target: core.Target) -> FreezeDone:
+        try:
+            self.kernel.freeze(target.path)
+        except OSError as exc:
+            return FreezeDone(target.device, exc.errno or -1, strerror(exc))
+        except Exception as exc:  # reported as a failure, so the freeze rolls back
+            return FreezeDone(target.device, -1, f"{type(exc).__name__}: {exc}")
+        return FreezeDone(target.device)
+
+    def _thaw_all(self, targets: Sequence[core.Target]) -> None:
+        """FITHAW until EINVAL on each target, in order, through a mount point that still
+        belongs to its superblock (mounts may have moved since the freeze)."""
+        paths = self._current_paths()
+        for target in targets:
+            path = paths.get(target.device, {}).get(target.path) or next(
+                iter(paths.get(target.device, {})), target.path)
+            thawed, error = thaw_fully(self.kernel, path)
+            self._feed(ThawDone(target.device, thawed, error))
+
+    def _current_paths(self) -> dict[tuple[int, int], dict[str, str]]:
+        """Device -> its visible mount points now; empty when the mount table cannot be read."""
+        try:
+            mounts = self.kernel.mounts()
+        except OSError as exc:
+            self.log.warning("cannot read the mount table (%s); thawing by the recorded paths", exc)
+            return {}
+        paths: dict[tuple[int, int], dict[str, str]] = {}
+        for mount in mounts:
+            with contextlib.suppress(OSError):
+                resolved = resolve_device(mount, self.kernel.block_device)
+                if resolved is not None:
+                    paths.setdefault(resolved.device, {})[mount.mountpoint] = mount.mountpoint
+        return paths
+
+    def _flush(self, action: core.Flush) -> None:
+        failures = flush(self.kernel, [t.path for t in action.targets])
+        for path, exc in failures.items():
+            self.log.info("syncfs %s failed (the freeze flushes anyway): %s", path, strerror(exc))
+        self._feed(FlushDone(action.op))
+
+    def _run_hook(self, action: core.RunHook) -> HookDone:
+        assert self.hook is not None
+        result = run_hook(self.hook, action.action, self.hook_timeout)  # type: ignore[arg-type]
+        self._log_hook(action.action, result)
+        return HookDone(action.op, action.action, result.ran, result.ok, describe(result, self.hook_timeout))
 
     def _log_hook(self, action: str, result: HookResult) -> None:
         if not result.ran and result.error is None:
@@ -392,6 +374,45 @@ class Freezer:
         self.log.log(level, "fsfreeze hook %s %s: %s", self.hook, action, describe(result, self.hook_timeout))
         for line in result.output.splitlines()[-20:]:
             self.log.log(level, "  hook: %s", line)
+
+    # --- deadline and guard --------------------------------------------------------------------
+
+    def _watch_deadline(self) -> None:
+        """Send DeadlineCheck when the core's deadline passes (monotonic: immune to guest clock
+        jumps after a snapshot resume)."""
+        while not self._stopping:
+            with self._wake:
+                deadline = self._deadline
+                if deadline is None:
+                    self._wake.wait()
+                    continue
+                remaining = deadline - self.clock.monotonic()
+                if remaining > 0:
+                    self._wake.wait(remaining)
+                    continue
+            self._feed(DeadlineCheck())
+            if self._deadline == deadline:  # nothing moved it: do not spin
+                time.sleep(0.1)
+
+    def guard_died(self, detail: str) -> None:
+        """The guard watcher's report: restart it, re-send the state, say so."""
+        assert self.guard is not None
+        try:
+            self.guard.ensure_started()
+            with self._lock:
+                self.guard.send(self.core.snapshot())
+        except OSError as exc:
+            self.log.error("cannot restart the freeze guard: %s", exc)
+        self._feed(GuardRestarted(detail))
+
+    def agent_died(self, detail: str) -> None:
+        """In the guard: the agent is gone; undo its freeze."""
+        self._feed(AgentDied(detail))
+
+    def _wait_idle(self, timeout: float = 30.0) -> None:
+        end = time.monotonic() + timeout
+        while self.core.op is not None and time.monotonic() < end:
+            time.sleep(0.01)
 
 
 def describe(result: HookResult, timeout: float) -> str:

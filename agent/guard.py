@@ -1,80 +1,80 @@
-"""The freeze guard: a separate process that thaws what the agent froze if the agent dies.
+"""The freeze guard: a separate process that undoes the agent's freeze if the agent dies.
 
 This is the user-space form of "the freeze lives as long as a descriptor does": the agent holds
-the write end of a pipe, the guard the read end.  When the agent dies by any means, SIGKILL
-included, the kernel closes its end and the guard reads EOF at once; if the agent had said
-"frozen", the guard thaws those filesystems, records ``agent-death`` in the state directory,
-runs the thaw hook, and exits.  A clean exit while thawed is just EOF after "thawed".
+the write end of a pipe, the guard the read end.  The agent sends every state change as the
+same snapshot it writes to the state file (:meth:`FreezeCore.snapshot`, one JSON line).  When
+the agent dies by any means, SIGKILL included, the kernel closes its end and the guard reads
+EOF at once; it then runs the freeze state machine itself, from the last snapshot, with
+``AgentDied``: exactly the superblocks the agent froze are thawed (never a foreign freeze), the
+state file records ``agent-death`` and the thaw hook runs if it is owed.  A clean exit while
+thawed is EOF after a snapshot with nothing frozen.
 
-Protocol (agent -> guard, one JSON object per line):
-``{"frozen": {"epoch": N, "mountpoints": [...]}}`` before the first FIFREEZE of a freeze, and
-``{"thawed": N}`` after a thaw.  The guard answers one byte ``R`` on stdout when it is ready.
+The guard holds ``pyqga.guard.lock`` in the state directory while it lives, so a new agent
+waits until it has finished before reading the state.  The agent watches the guard through a
+pidfd and restarts it (saying so) if it dies; if both die together, the next agent's start
+thaws under ``--on-agent-death thaw``.
 
 The guard is started before any filesystem is frozen and imports everything it needs up front:
-a frozen root must never be able to block it.
+a frozen root must never be able to block it.  It answers one byte ``R`` when it is ready.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import select
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from agent.fsfreeze import statefile
-from agent.fsfreeze.hooks import run_hook
-from agent.fsfreeze.ioctls import FsIoctl
+from agent.freezer import Freezer, run_inline
+from agent.fsfreeze.core import Restored
+from agent.fsfreeze.kernel import LinuxKernel
+from agent.fsfreeze.statefile import StateFile, hold_guard_lock
 
-MAX_THAWS = 64
 MAX_LINE = 1 << 20
 
 
-def thaw_fully(ioctl: FsIoctl, path: str) -> bool:
-    """FITHAW until the kernel says it is not frozen; True if any thaw succeeded."""
-    thawed = False
-    for _ in range(MAX_THAWS):
-        try:
-            ioctl.thaw(path)
-        except OSError:
-            return thawed
-        thawed = True
-    return thawed
-
-
 def guard(statedir: str, hook: str | None, hook_timeout: float) -> int:
-    """Read the agent's pipe on stdin until EOF; then thaw if the agent died frozen."""
-    ioctl = FsIoctl()
-    frozen: dict[str, Any] | None = None
+    """Read the agent's pipe on stdin until EOF; then undo the agent's freeze if it held one."""
+    hold_guard_lock(statedir)
+    # Silent: its stderr may be a file on a filesystem it is about to thaw, and a write there
+    # would block the one process that can thaw it.  What it did is in the state file.
+    log = logging.getLogger("pyqga.guard")
+    log.addHandler(logging.NullHandler())
+    log.propagate = False
+    freezer = Freezer(kernel=LinuxKernel(), store=StateFile(statedir), hook=hook, hook_timeout=hook_timeout,
+                      default_timeout=None, log=log, runner=run_inline)
     os.write(1, b"R")
+    last = read_snapshots(0)
+    if last is None or not last.get("superblocks"):
+        return 0
+    freezer._feed(Restored(last))
+    freezer.agent_died("the agent died; the guard thawed what it had frozen")
+    return 0
+
+
+def read_snapshots(fd: int) -> dict[str, Any] | None:
+    """The last complete snapshot line before EOF (a line over MAX_LINE is dropped)."""
+    last: dict[str, Any] | None = None
     buffer = b""
-    while True:
-        chunk = os.read(0, 65536)
-        if not chunk:
-            break
+    while chunk := os.read(fd, 65536):
         buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            message = json.loads(line)
-            if "frozen" in message:
-                frozen = message["frozen"]
-            elif "thawed" in message:
-                frozen = None
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                value = json.loads(line)
+                if isinstance(value, dict):
+                    last = value
         if len(buffer) > MAX_LINE:
             buffer = b""
-    if frozen is None:
-        return 0
-    thawed = [path for path in frozen.get("mountpoints", []) if thaw_fully(ioctl, path)]
-    statefile.record_thaw(statedir, frozen.get("epoch", 0), "agent-death",
-                          f"the agent died; the guard thawed {len(thawed)} filesystem(s)")
-    statefile.clear(statedir)
-    if hook:
-        run_hook(hook, "thaw", hook_timeout)
-    return 0
+    return last
 
 
 def main() -> int:
@@ -86,12 +86,21 @@ def main() -> int:
 
 
 class GuardProcess:
-    """The agent's handle on its guard: started once, told about every freeze and thaw."""
+    """The agent's handle on its guard: started once, sent every state, watched, restarted."""
 
-    def __init__(self, statedir: str, hook: str | None, hook_timeout: float) -> None:
+    def __init__(self, statedir: str, hook: str | None, hook_timeout: float,
+                 log: logging.Logger | None = None) -> None:
         self.args = [statedir, hook or "", str(hook_timeout)]
+        self.log = log or logging.getLogger("pyqga.agent")
         self.process: subprocess.Popen[bytes] | None = None
+        self.on_death: Callable[[str], None] | None = None
         self._starting = threading.Lock()
+        self._sending = threading.Lock()
+        self._stopped = False
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def ensure_started(self, timeout: float = 10.0) -> None:
         """Start the guard (or restart a dead one) and wait until it is ready.
@@ -99,49 +108,83 @@ class GuardProcess:
         Safe from several threads: the agent pre-starts it in the background, and a freeze
         that comes first waits for that start instead of starting a second guard."""
         with self._starting:
-            if self.process is not None and self.process.poll() is None:
+            if self.running:
                 return
+            self._stopped = False
             self._start(timeout)
 
     def _start(self, timeout: float) -> None:
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        self.process = subprocess.Popen(
+        process = subprocess.Popen(
             [sys.executable, "-B", "-m", "agent.guard", *self.args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/", start_new_session=True,
         )
-        assert self.process.stdout is not None
+        assert process.stdout is not None
         deadline = time.monotonic() + timeout
-        os.set_blocking(self.process.stdout.fileno(), False)
+        os.set_blocking(process.stdout.fileno(), False)
         while time.monotonic() < deadline:
             with contextlib.suppress(BlockingIOError):
-                if os.read(self.process.stdout.fileno(), 1) == b"R":
+                if os.read(process.stdout.fileno(), 1) == b"R":
+                    self.process = process
+                    self._watch(process)
                     return
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 break
             time.sleep(0.005)
-        self.stop()
+        self._reap(process)
         raise OSError("the freeze guard did not start")
 
-    def send(self, message: dict[str, Any]) -> None:
-        assert self.process is not None and self.process.stdin is not None
-        self.process.stdin.write(json.dumps(message).encode() + b"\n")
-        self.process.stdin.flush()
+    def _watch(self, process: subprocess.Popen[bytes]) -> None:
+        """Notice the guard's death at once (pidfd), unless we stopped it ourselves."""
+        try:
+            pidfd = os.pidfd_open(process.pid)
+        except (OSError, AttributeError):
+            return  # an old kernel: the next freeze's ensure_started still notices
+
+        def watch() -> None:
+            try:
+                select.select([pidfd], [], [])
+            finally:
+                os.close(pidfd)
+            if self._stopped or self.process is not process:
+                return
+            status = process.wait()
+            self.log.error("the freeze guard (pid %d) died with status %s", process.pid, status)
+            if self.on_death is not None:
+                self.on_death(f"pid {process.pid}, status {status}")
+
+        threading.Thread(target=watch, name="pyqga-guard-watch", daemon=True).start()
+
+    def send(self, snapshot: Mapping[str, Any]) -> None:
+        """Tell the guard the state; an OSError if it is not there while something is frozen."""
+        process = self.process
+        if process is None or process.stdin is None or process.poll() is not None:
+            if snapshot.get("superblocks"):
+                raise OSError("the freeze guard is not running")
+            return
+        with self._sending:
+            process.stdin.write(json.dumps(snapshot, sort_keys=True).encode() + b"\n")
+            process.stdin.flush()
 
     def stop(self) -> None:
-        """Close our end (the guard exits on EOF) and reap it."""
-        if self.process is None:
-            return
+        """Close our end (the guard exits on EOF, thawing what the last snapshot still holds)."""
+        self._stopped = True
+        process, self.process = self.process, None
+        if process is not None:
+            self._reap(process)
+
+    @staticmethod
+    def _reap(process: subprocess.Popen[bytes]) -> None:
         with contextlib.suppress(OSError):
-            if self.process.stdin is not None:
-                self.process.stdin.close()
+            if process.stdin is not None:
+                process.stdin.close()
         try:
-            self.process.wait(5)
+            process.wait(30)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
+            process.kill()
+            process.wait()
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ class Command:
     allowed_while_frozen: bool = False
     delimited: bool = False         # reply is prefixed with 0xFF (guest-sync-delimited)
     blocking: bool = False          # runs on a worker thread, off the connection loop
+    urgent: bool = False            # blocking, on threads of its own: never queued behind commands
+                                    # that a freeze may block (a thaw must always find a thread)
     _by_name: Mapping[str, Param] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -24,6 +24,9 @@ from protocol.dialects import Batch, Dialect, Incoming
 from protocol.server import ServerConnection
 
 MAX_PENDING_REPLIES = 256  # per connection, before we stop reading its requests
+# Threads for freeze/thaw requests.  They only wait for the freeze state machine, which answers a
+# second freeze at once (busy) and queues thaws, so a few are plenty.
+URGENT_THREADS = 8
 
 
 def _ordered(item: Incoming) -> bool:
@@ -31,9 +34,9 @@ def _ordered(item: Incoming) -> bool:
 
 
 class AgentConnection(asyncio.Protocol):
-    def __init__(self, dispatcher: Dispatcher, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, dispatcher: Dispatcher, executors: dict[str, ThreadPoolExecutor]) -> None:
         self._dispatcher = dispatcher
-        self._executor = executor
+        self._executors = executors
         self._protocol = ServerConnection(dispatcher.agent.config.max_message_size)
         self._transport: asyncio.Transport | None = None
         self._pending: deque[asyncio.Future[bytes | None]] = deque()
@@ -72,9 +75,10 @@ class AgentConnection(asyncio.Protocol):
         self._update_reading()
 
     def _handle(self, item: Incoming) -> None:
-        if needs_worker(self._dispatcher, item):
+        lane = needs_worker(self._dispatcher, item)
+        if lane is not None:
             loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(self._executor, answer_now, self._dispatcher, item)
+            future = loop.run_in_executor(self._executors[lane], answer_now, self._dispatcher, item)
             if _ordered(item):
                 self._queue(future)
             else:
@@ -133,8 +137,14 @@ async def serve(agent: AgentState, channel: Channel, stop: asyncio.Event) -> Non
     """Serve ``channel`` until ``stop`` is set."""
     agent.freezer.start()
     dispatcher = Dispatcher(agent)
-    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="pyqga-worker") as executor:
+    # Freeze and thaw requests have threads of their own: a command let through just before a
+    # freeze may block a worker on the frozen filesystem, and the thaw must not wait behind it.
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="pyqga-worker") as executor, \
+            ThreadPoolExecutor(max_workers=URGENT_THREADS, thread_name_prefix="pyqga-freeze") as urgent:
         if isinstance(channel, ListenerChannel):
             agent.log.info("listening on %s", channel.description)
         asyncio.get_running_loop().run_in_executor(executor, agent.freezer.prestart_guard)
-        await channel.serve(lambda: AgentConnection(dispatcher, executor), stop)
+        executors = {"worker": executor, "urgent": urgent}
+        await channel.serve(lambda: AgentConnection(dispatcher, executors), stop)
+        # Before the pools close: undoing our freeze also answers a freeze request still waiting.
+        await asyncio.to_thread(agent.freezer.shutdown)

@@ -38,7 +38,7 @@ class AgentState:
 
     def __post_init__(self) -> None:
         self.blocked = blocked_commands(self.registry, self.config)
-        self.freezer = Freezer(self.config, self.log, self.logs)
+        self.freezer = Freezer.from_config(self.config, self.log, self.logs)
 
     @property
     def frozen(self) -> bool:

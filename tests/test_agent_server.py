@@ -73,7 +73,7 @@ async def serve_chunks(
     transport = FakeTransport()
     RELEASE.clear()
     with ThreadPoolExecutor(max_workers=2) as executor:
-        connection = AgentConnection(Dispatcher(agent), executor)
+        connection = AgentConnection(Dispatcher(agent), {"worker": executor, "urgent": executor})
         connection.connection_made(transport)
         for chunk in chunks:
             connection.data_received(chunk)

@@ -1,14 +1,17 @@
-"""The freeze engine, hooks, fsinfo/fstrim and the state file, on real filesystems.
+"""Planning, the freeze driver, hooks, fsinfo/fstrim and the state file, on real filesystems.
 
 Root tests freeze only loop-mounted ext4 images made under the test's tmp dir, and every
-engine is built with an include glob limited to that dir. The one seam used is
-:class:`FsIoctl`, subclassed to inject a failure; every other call reaches the kernel.
+planner is built with an include glob limited to that dir.  Freeze and thaw go through the
+real driver and state machine (:class:`agent.freezer.Freezer`, no state file, no guard, no
+deadline watcher); the one seam used is :class:`LinuxKernel`, subclassed to inject a failure;
+every other call reaches the kernel.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import signal
@@ -20,12 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.fsfreeze import statefile
-from agent.fsfreeze.engine import FreezeEngine
+from agent.freezer import Freezer
+from agent.fsfreeze.core import CorruptState
+from agent.fsfreeze.engine import FreezePlanner
 from agent.fsfreeze.fsinfo import fsinfo_for, fstrim, get_fsinfo
 from agent.fsfreeze.hooks import OUTPUT_LIMIT, run_hook
-from agent.fsfreeze.ioctls import FsIoctl
+from agent.fsfreeze.kernel import LinuxKernel, flush
 from agent.fsfreeze.mounts import Mount, read_mountinfo
+from agent.fsfreeze.statefile import StateFile
 from protocol.errors import AgentError, ErrorKind
 from tests.support.loopfs import LoopMounts, freeze_directly, require_loop_support, thaw_fully
 from tests.support.requirements import require_tool
@@ -42,10 +47,15 @@ def loops(tmp_path: Path) -> Iterator[LoopMounts]:
         yield lm
 
 
-def engine_for(loops: LoopMounts, **kwargs: object) -> FreezeEngine:
-    """An engine that cannot see any filesystem but the test's own."""
-    include = kwargs.pop("include", [loops.glob()])
-    return FreezeEngine(include=include, **kwargs)  # type: ignore[arg-type]
+def freezer_for(loops: LoopMounts, kernel: LinuxKernel | None = None,
+                exclude: tuple[str, ...] = ()) -> Freezer:
+    """A freezer that cannot see any filesystem but the test's own."""
+    planner = FreezePlanner(kernel or LinuxKernel(), include=[loops.glob()], exclude=exclude)
+    return Freezer(planner=planner, log=logging.getLogger("pyqga.test"))
+
+
+def frozen_paths(freezer: Freezer) -> set[str]:
+    return {entry["mountpoint"] for entry in freezer.info()["frozen"]}
 
 
 def make(loops: LoopMounts, *names: str) -> list[str]:
@@ -57,13 +67,14 @@ def assert_thawed(*paths: str) -> None:
     assert [p for p in paths if thaw_fully(p)] == [], "left frozen"
 
 
-class FailingIoctl(FsIoctl):
-    """The real ioctls, except that freezing one path (or thawing one path) fails.
+class FailingKernel(LinuxKernel):
+    """The real kernel, except that freezing one path (or thawing one path) fails.
 
     By path, not by call number: independent filesystems are frozen concurrently."""
 
     def __init__(self, fail_freeze_path: str | None = None, fail_thaw_path: str | None = None,
                  error: int = errno.EIO) -> None:
+        super().__init__()
         self.fail_freeze_path = fail_freeze_path
         self.fail_thaw_path = fail_thaw_path
         self.error = error
@@ -104,11 +115,11 @@ def test_writer_blocks_while_frozen_and_finishes_after_thaw(loops: LoopMounts) -
     (mnt,) = make(loops, "data")
     target = Path(mnt) / "log"
     target.write_text("before\n")  # created before the freeze: creating a file would block too
-    engine = engine_for(loops)
+    freezer = freezer_for(loops)
     writer = None
     try:
         t0 = time.monotonic()
-        assert engine.freeze_list([mnt]).count == 1
+        assert freezer.freeze([mnt]) == 1
         freeze_time = time.monotonic() - t0
         writer = subprocess.Popen([sys.executable, "-c", WRITER, str(target)],
                                   stdout=subprocess.PIPE, text=True)
@@ -118,7 +129,7 @@ def test_writer_blocks_while_frozen_and_finishes_after_thaw(loops: LoopMounts) -
         assert writer.poll() is None, "the write went through a frozen filesystem"
         assert process_state(writer.pid) == "D"
         t1 = time.monotonic()
-        assert engine.thaw() == 1
+        assert freezer.thaw() == 1
         assert writer.wait(timeout=10) == 0
         released = time.monotonic() - t1
         assert writer.stdout.read().strip() == "done"
@@ -133,38 +144,37 @@ def test_writer_blocks_while_frozen_and_finishes_after_thaw(loops: LoopMounts) -
 
 def test_freeze_all_limited_by_include_counts_and_reverse_order(loops: LoopMounts) -> None:
     paths = make(loops, "a", "b", "c")
-    engine = engine_for(loops)
-    assert [m.mountpoint for m in engine.plan_all()] == paths[::-1]
-    outcome = engine.freeze_all()
-    assert outcome.count == 3
-    assert [m.mountpoint for m in outcome.frozen] == paths[::-1]
-    assert {m.fstype for m in outcome.frozen} == {"ext4"}
-    assert engine.thaw() == 3
-    assert engine.thaw() == 0  # nothing left: every FITHAW said EINVAL
+    freezer = freezer_for(loops)
+    assert [m.mountpoint for m in freezer.planner.plan_all()] == paths[::-1]
+    assert freezer.freeze() == 3
+    info = freezer.info()
+    assert frozen_paths(freezer) == set(paths) and {e["type"] for e in info["frozen"]} == {"ext4"}
+    assert freezer.thaw() == 3
+    assert freezer.thaw() == 0  # nothing left: every FITHAW said EINVAL
     assert_thawed(*paths)
 
 
 def test_include_and_exclude_filters(loops: LoopMounts) -> None:
     a, b, c = make(loops, "a", "b", "c")
-    engine = engine_for(loops, exclude=[b])
-    assert [m.mountpoint for m in engine.plan_all()] == [c, a]
-    assert engine.freeze_all().count == 2
+    freezer = freezer_for(loops, exclude=(b,))
+    assert [m.mountpoint for m in freezer.planner.plan_all()] == [c, a]
+    assert freezer.freeze() == 2
     assert thaw_fully(b) == 0
-    assert engine.thaw() == 2
+    assert freezer.thaw() == 2
     with pytest.raises(AgentError) as err:
-        engine.freeze_list([b])
+        freezer.freeze([b])
     assert err.value.kind is ErrorKind.INVALID_PARAMS and b in err.value.message
     assert_thawed(a, b, c)
 
 
 def test_freeze_list_counts_trailing_slash_and_duplicates(loops: LoopMounts) -> None:
     a, b, c = make(loops, "a", "b", "c")
-    engine = engine_for(loops)
-    outcome = engine.freeze_list([a, c + "/", c])
-    assert outcome.count == 2
-    assert [m.mountpoint for m in outcome.frozen] == [c, a]  # reverse mount order, not list order
+    freezer = freezer_for(loops)
+    assert [m.mountpoint for m in freezer.planner.plan_list([a, c + "/", c])] == [c, a]  # mount order
+    assert freezer.freeze([a, c + "/", c]) == 2
+    assert frozen_paths(freezer) == {a, c}
     assert thaw_fully(b) == 0
-    assert engine.thaw() == 2
+    assert freezer.thaw() == 2
     assert_thawed(a, b, c)
 
 
@@ -172,7 +182,7 @@ def test_freeze_list_rejects_non_mount_point_and_freezes_nothing(loops: LoopMoun
     a, b = make(loops, "a", "b")
     plain = Path(a) / "just a dir"
     plain.mkdir()
-    engine = engine_for(loops)
+    freezer = freezer_for(loops)
     for bad, named, words in (
         ([a, str(plain), b], str(plain), "is not a mount point"),
         ([a, str(loops.base / "missing")], str(loops.base / "missing"), "is not a mount point"),
@@ -180,34 +190,36 @@ def test_freeze_list_rejects_non_mount_point_and_freezes_nothing(loops: LoopMoun
         ([], "", "empty"),
     ):
         with pytest.raises(AgentError) as err:
-            engine.freeze_list(bad)
+            freezer.freeze(bad)
         assert err.value.kind is ErrorKind.INVALID_PARAMS
         assert words in err.value.message and named in err.value.message
         assert_thawed(a, b)
 
 
-def test_tmpfs_in_list_is_skipped_not_counted(loops: LoopMounts) -> None:
+def test_tmpfs_in_list_is_skipped_not_counted(loops: LoopMounts, caplog: pytest.LogCaptureFixture) -> None:
     (a,) = make(loops, "a")
     tmp = str(loops.tmpfs(loops.base / "tmp fs"))
-    engine = engine_for(loops)
-    outcome = engine.freeze_list([a, tmp])
-    assert outcome.count == 1
-    assert outcome.skipped == [(tmp, "EOPNOTSUPP")]
-    assert [m.mountpoint for m in outcome.frozen] == [a]
-    assert tmp not in [m.mountpoint for m in engine.plan_all()]  # major 0: never in freeze-all
-    assert engine.thaw() == 1
+    freezer = freezer_for(loops)
+    with caplog.at_level(logging.INFO, logger="pyqga.test"):
+        assert freezer.freeze([a, tmp]) == 1
+    assert f"not frozen: {tmp} (EOPNOTSUPP)" in caplog.messages
+    assert frozen_paths(freezer) == {a}
+    assert tmp not in [m.mountpoint for m in freezer.planner.plan_all()]  # major 0: never in freeze-all
+    assert freezer.thaw() == 1
     assert_thawed(a)
 
 
-def test_already_frozen_is_skipped_then_counted_by_thaw(loops: LoopMounts) -> None:
+def test_already_frozen_is_skipped_then_counted_by_thaw(loops: LoopMounts,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
     fsfreeze = require_tool("fsfreeze")
     a, b = make(loops, "a", "b")
     subprocess.run([fsfreeze, "-f", a], check=True)  # another tool froze it
-    engine = engine_for(loops)
-    outcome = engine.freeze_list([a, b])
-    assert outcome.count == 1
-    assert outcome.skipped == [(a, "EBUSY")]
-    assert engine.thaw() == 2  # thaws what others froze too
+    freezer = freezer_for(loops)
+    with caplog.at_level(logging.INFO, logger="pyqga.test"):
+        assert freezer.freeze([a, b]) == 1
+    assert f"not frozen: {a} (EBUSY)" in caplog.messages
+    assert frozen_paths(freezer) == {b}
+    assert freezer.thaw() == 2  # the host's thaw thaws what others froze too (qemu-ga)
     assert_thawed(a, b)
 
 
@@ -215,24 +227,25 @@ def test_bind_mount_is_the_same_filesystem(loops: LoopMounts) -> None:
     (a,) = make(loops, "a")
     (Path(a) / "sub").mkdir()
     bind = str(loops.bind(Path(a) / "sub", loops.base / "a bind"))
-    engine = engine_for(loops)
-    assert [m.mountpoint for m in engine.plan_all()] == [a]
-    assert engine.freeze_all().count == 1
-    assert engine.thaw() == 1
-    assert engine.freeze_list([a, bind]).count == 1
-    assert engine.thaw() == 1
-    outcome = engine.freeze_list([bind])  # the bind mount stands for its device
-    assert outcome.count == 1 and outcome.frozen[0].mountpoint == bind
-    assert engine.thaw() == 1  # found through the first mount of the device
+    freezer = freezer_for(loops)
+    assert [m.mountpoint for m in freezer.planner.plan_all()] == [a]
+    assert freezer.freeze() == 1
+    assert freezer.thaw() == 1
+    assert freezer.freeze([a, bind]) == 1
+    assert freezer.thaw() == 1
+    assert freezer.freeze([bind]) == 1  # the bind mount stands for its device
+    assert frozen_paths(freezer) == {bind}
+    epoch = freezer.info()["epoch"]
+    assert freezer.thaw(epoch) == 1  # found through the first mount of the device: not "lost"
     assert_thawed(a, bind)
 
 
 def test_mount_point_with_spaces_and_tab(loops: LoopMounts) -> None:
     fs = loops.add("odd", mountpoint=loops.base / "two  spaces" / "tab\there")
-    engine = engine_for(loops)
-    outcome = engine.freeze_list([str(fs.mountpoint)])
-    assert [m.mountpoint for m in outcome.frozen] == [str(fs.mountpoint)]
-    assert engine.thaw() == 1
+    freezer = freezer_for(loops)
+    assert freezer.freeze([str(fs.mountpoint)]) == 1
+    assert frozen_paths(freezer) == {str(fs.mountpoint)}
+    assert freezer.thaw() == 1
     assert_thawed(str(fs.mountpoint))
 
 
@@ -240,51 +253,73 @@ def test_image_on_a_loop_fs_freezes_first_and_does_not_deadlock(loops: LoopMount
     outer = loops.add("outer", size_mb=32)
     inner = loops.add("inner", image=outer.mountpoint / "inner.img",
                       mountpoint=outer.mountpoint / "inner mnt", size_mb=16)
-    engine = engine_for(loops)
-    for freeze in (engine.freeze_all, lambda: engine.freeze_list([str(outer), str(inner)])):
+    freezer = freezer_for(loops)
+    waves = freezer.planner.waves(freezer.planner.plan_all())
+    assert [[t.path for t in wave] for wave in waves] == [[str(inner)], [str(outer)]]
+    for mountpoints in (None, [str(outer), str(inner)]):
         # Dirty data on the inner fs: its FIFREEZE must write through to the outer fs's file,
         # which would block forever if the outer fs were frozen first.
         (inner.mountpoint / "dirty").write_bytes(os.urandom(4 * 1024 * 1024))
         t0 = time.monotonic()
-        outcome = freeze()
-        took = time.monotonic() - t0
-        assert [m.mountpoint for m in outcome.frozen] == [str(inner), str(outer)]
-        assert took < 20
-        assert engine.thaw() == 2
+        assert freezer.freeze(mountpoints) == 2
+        assert time.monotonic() - t0 < 20
+        assert freezer.thaw() == 2
     assert_thawed(str(inner), str(outer))
 
 
 def test_injected_error_rolls_back_everything(loops: LoopMounts) -> None:
     a, b, c = make(loops, "a", "b", "c")
-    ioctl = FailingIoctl(fail_freeze_path=b)
-    engine = engine_for(loops, ioctl=ioctl)
+    kernel = FailingKernel(fail_freeze_path=b)
+    freezer = freezer_for(loops, kernel)
     with pytest.raises(AgentError) as err:
-        engine.freeze_all()
+        freezer.freeze()
     assert err.value.kind is ErrorKind.COMMAND_FAILED
     assert err.value.message == f"failed to freeze {b}: Input/output error"
-    assert err.value.data["path"] == b
-    assert b in ioctl.freeze_calls and set(ioctl.freeze_calls) <= {a, b, c}
+    assert err.value.data["path"] == b and err.value.data["errno"] == errno.EIO
+    assert b in kernel.freeze_calls and set(kernel.freeze_calls) <= {a, b, c}
+    assert freezer.status == "thawed" and freezer.info()["last-thaw"]["reason"] == "rollback"
     assert_thawed(a, b, c)
 
 
 def test_rollback_leaves_others_freezes_alone(loops: LoopMounts) -> None:
     a, b, c = make(loops, "a", "b", "c")
     freeze_directly(c)  # someone else's freeze: EBUSY, skipped, and not ours to undo
-    engine = engine_for(loops, ioctl=FailingIoctl(fail_freeze_path=a))  # c busy, b ok, a fails
+    freezer = freezer_for(loops, FailingKernel(fail_freeze_path=a))  # c busy, b ok, a fails
     with pytest.raises(AgentError) as err:
-        engine.freeze_list([a, b, c])
+        freezer.freeze([a, b, c])
     assert a in err.value.message
     assert thaw_fully(b) == 0  # rolled back
     assert thaw_fully(c) == 1  # still frozen by its owner
     assert_thawed(a, b, c)
 
 
+def test_failed_rollback_stays_frozen_and_says_so(loops: LoopMounts) -> None:
+    """Issue 9, fault 4: a FITHAW that fails during rollback leaves the filesystem frozen; the
+    agent must keep reporting it frozen, not "thawed"."""
+    a, b = make(loops, "a", "b")
+    kernel = FailingKernel(fail_freeze_path=a, fail_thaw_path=b)  # b freezes, a fails, b's thaw fails
+    freezer = freezer_for(loops, kernel)
+    with pytest.raises(AgentError) as err:
+        freezer.freeze([a, b])
+    assert f"could not thaw {b}: Input/output error (still frozen)" in err.value.message
+    assert err.value.data["unthawed"] == [{"path": b, "error": "Input/output error"}]
+    assert freezer.status == "frozen" and freezer.frozen
+    info = freezer.info()
+    assert info["phase"] == "partly-thawed"
+    assert [(e["mountpoint"], e["error"]) for e in info["frozen"]] == [(b, "Input/output error")]
+    assert thaw_fully(b) == 1  # the kernel agrees: it was still frozen
+    kernel.fail_thaw_path = None
+    assert freezer.thaw() == 0  # someone (we, above) thawed it meanwhile
+    assert freezer.status == "thawed"
+    assert_thawed(a, b)
+
+
 def test_thaw_keeps_going_and_reports_errors(loops: LoopMounts) -> None:
     a, b, c = make(loops, "a", "b", "c")
-    assert engine_for(loops).freeze_list([a, b, c]).count == 3
-    engine = engine_for(loops, ioctl=FailingIoctl(fail_thaw_path=b))
+    assert freezer_for(loops).freeze([a, b, c]) == 3
+    freezer = freezer_for(loops, FailingKernel(fail_thaw_path=b))
     with pytest.raises(AgentError) as err:
-        engine.thaw()
+        freezer.thaw()
     assert err.value.kind is ErrorKind.COMMAND_FAILED
     assert err.value.data == {"thawed": 2, "errors": [{"path": b, "error": "Input/output error"}]}
     assert "thawed 2 filesystem(s)" in err.value.message and b in err.value.message
@@ -296,12 +331,12 @@ def test_flush_syncs_each_filesystem(loops: LoopMounts) -> None:
     paths = make(loops, "a", "b")
     for p in paths:
         (Path(p) / "dirty").write_bytes(os.urandom(1024 * 1024))
-    engine = engine_for(loops)
-    assert engine.flush(engine.candidates()) == {}
-    gone = Mount(mountpoint=str(loops.base / "gone"), fstype="ext4", source="x", major=7, minor=99)
-    failing = engine.flush([*engine.candidates(), gone])
-    assert list(failing) == [gone.mountpoint]
-    assert failing[gone.mountpoint].errno == errno.ENOENT
+    kernel = LinuxKernel()
+    assert flush(kernel, paths) == {}
+    gone = str(loops.base / "gone")
+    failing = flush(kernel, [*paths, gone])
+    assert list(failing) == [gone]
+    assert failing[gone].errno == errno.ENOENT
 
 
 # -- hooks -----------------------------------------------------------------------------------------
@@ -541,30 +576,43 @@ def test_fsinfo_disk_addresses_from_sysfs_paths(tmp_path: Path) -> None:
 
 
 def test_statefile_roundtrip(tmp_path: Path) -> None:
-    statedir = tmp_path / "state dir"
-    assert statefile.read(statedir) is None
-    path = statefile.mark_frozen(statedir, {"epoch": 1, "mountpoints": ["/a b"]})
-    assert path == statedir / "pyqga.state.frozen"
-    first = statefile.read(statedir)
-    assert first is not None and first["epoch"] == 1 and first["mountpoints"] == ["/a b"]
-    assert abs(first["time"] - time.time()) < 60
-    statefile.mark_frozen(statedir, {"epoch": 2, "mountpoints": [], "time": 5})
-    assert statefile.read(statedir) == {"epoch": 2, "mountpoints": [], "time": 5}
-    assert os.listdir(statedir) == ["pyqga.state.frozen"]  # no temporary files left
-    assert statefile.clear(statedir) is True
-    assert statefile.clear(statedir) is False
-    assert statefile.read(statedir) is None
+    store = StateFile(tmp_path / "state dir")
+    assert store.read() is None
+    snapshot = {"version": 1, "epoch": 3, "freeze": None, "superblocks": [], "last-thaw": None}
+    store.write(snapshot)
+    assert store.read() == snapshot
+    store.write({**snapshot, "epoch": 4})
+    assert store.read() == {**snapshot, "epoch": 4}
+    assert os.listdir(store.directory) == ["pyqga.state"]  # no temporary files left
 
 
-def test_statefile_unreadable_still_means_frozen(tmp_path: Path) -> None:
-    (tmp_path / "pyqga.state.frozen").write_text("{half")
-    state = statefile.read(tmp_path)
-    assert state is not None and "unreadable" in state
-    (tmp_path / "pyqga.state.frozen").write_text("[1]")
-    assert statefile.read(tmp_path) == {"unreadable": "not a JSON object"}
+def test_statefile_refuses_what_it_did_not_write(tmp_path: Path) -> None:
+    store = StateFile(tmp_path)
+    store.path.write_text("{half")
+    with pytest.raises(CorruptState, match="not valid JSON"):
+        store.read()
+    store.path.write_text("[1]")
+    with pytest.raises(CorruptState, match="not a JSON object"):
+        store.read()
+    store.path.unlink()
+    os.mkfifo(store.path)  # a FIFO would hang a plain open() and read() forever
+    with pytest.raises(CorruptState, match="not a regular file"):
+        store.read()
+    store.path.unlink()
+    (tmp_path / "elsewhere").write_text("{}")
+    store.path.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(CorruptState, match="cannot open"):
+        store.read()
+    store.path.unlink()
+    store.path.write_bytes(b" " * (2 << 20))
+    with pytest.raises(CorruptState, match="larger than"):
+        store.read()
 
 
-def test_statefile_rejects_unserialisable_info(tmp_path: Path) -> None:
+def test_statefile_rejects_unserialisable_state(tmp_path: Path) -> None:
+    store = StateFile(tmp_path / "s")
     with pytest.raises(TypeError):
-        statefile.mark_frozen(tmp_path / "s", {"epoch": object()})
-    assert statefile.read(tmp_path / "s") is None
+        store.write({"epoch": object()})
+    with pytest.raises(ValueError):
+        store.write({"deadline": float("inf")})  # nothing non-finite is ever written
+    assert store.read() is None

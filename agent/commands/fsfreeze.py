@@ -42,7 +42,7 @@ def guest_get_fsinfo(agent: AgentState) -> list[dict[str, Any]]:
 
 def guest_fstrim(agent: AgentState, minimum: int | None = None) -> dict[str, Any]:
     # The freeze filters apply: they name the filesystems this agent may touch.
-    return fstrim(minimum, agent.freezer.engine.candidates())
+    return fstrim(minimum, agent.freezer.planner.candidates())
 
 
 COMMANDS = (
@@ -55,17 +55,17 @@ COMMANDS = (
             allowed_while_frozen=True),
     Command("guest-fsfreeze-freeze", guest_fsfreeze_freeze,
             "Freeze every freezable filesystem (limited by --freeze-include/--freeze-exclude); "
-            "returns how many were frozen.", (TIMEOUT,), blocking=True),
+            "returns how many were frozen.", (TIMEOUT,), blocking=True, urgent=True),
     Command("guest-fsfreeze-freeze-list", guest_fsfreeze_freeze_list,
             "Freeze exactly these mount points (all if omitted); a path that is not a mount point "
             "is an error and nothing is frozen.",
             (Param("mountpoints", list, required=False, doc="mount points to freeze"), TIMEOUT),
-            blocking=True),
+            blocking=True, urgent=True),
     Command("guest-fsfreeze-thaw", guest_fsfreeze_thaw,
             "Thaw every frozen filesystem, also ones frozen by other tools; returns how many thawed. "
             "With epoch: an error if that freeze did not hold until now (the thaw still happens).",
             (Param("epoch", int, required=False, doc="the epoch guest-fsfreeze-info reported"),),
-            allowed_while_frozen=True, blocking=True),
+            allowed_while_frozen=True, blocking=True, urgent=True),
     Command("guest-get-fsinfo", guest_get_fsinfo,
             "Mounted filesystems: device name, mount point, type, used and total bytes, disks.",
             blocking=True),

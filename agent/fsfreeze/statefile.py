@@ -1,122 +1,120 @@
-"""The "filesystems are frozen" marker that outlives the agent process.
+"""The freeze state on disk: one file, a serialisation of :meth:`FreezeCore.snapshot`.
 
-If the agent dies while frozen, the next instance must not believe everything is thawed: it
-finds this file and starts in frozen mode until a thaw (qemu-ga's ``qga.state.isfrozen``).
-So the marker is written *before* the first FIFREEZE and removed only after the thaw.
+It outlives the agent process: the next agent (or nobody, after a reboot, which thaws
+everything) must learn what a dead agent froze, which epoch was last, and how the last freeze
+ended.  So it is written *before* the first FIFREEZE of a freeze and after every change.
 
-Keep the state directory on tmpfs (default ``/run/pyqga``): writing the marker to a filesystem
-that is being frozen would block the agent, and a marker must not survive a reboot, which
-thaws everything.
+Keep the state directory on tmpfs (default ``/run/pyqga``): writing to a filesystem that is
+being frozen would block the agent.
+
+Reading treats the file as untrusted input: opened with ``O_NOFOLLOW``, only a regular file,
+at most :data:`MAX_SIZE` bytes, every field validated (:func:`agent.fsfreeze.core.parse_snapshot`);
+anything else is :class:`~agent.fsfreeze.core.CorruptState`, never a crash.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from agent.fsfreeze.core import CorruptState
+
 DEFAULT_STATEDIR = "/run/pyqga"
-FROZEN_FILE = "pyqga.state.frozen"
-HISTORY_FILE = "pyqga.state.history"
+STATE_FILE = "pyqga.state"
+GUARD_LOCK = "pyqga.guard.lock"   # held by a live guard: the next agent waits for it to finish
+MAX_SIZE = 1 << 20
 
 
-def path_in(statedir: str | os.PathLike[str]) -> Path:
-    return Path(statedir) / FROZEN_FILE
+class StateFile:
+    """The state store port's real implementation (tests use an in-memory one)."""
+
+    def __init__(self, statedir: str | os.PathLike[str]) -> None:
+        self.directory = Path(statedir)
+        self.path = self.directory / STATE_FILE
+
+    def write(self, snapshot: Mapping[str, Any]) -> None:
+        """Atomically: a temporary file, fsynced, renamed over the old one, directory fsynced;
+        a reader sees the old state or the new one, never half of one."""
+        data = json.dumps(snapshot, sort_keys=True, allow_nan=False).encode() + b"\n"
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", dir=self.directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(self.directory)
+
+    def read(self) -> dict[str, Any] | None:
+        """The snapshot, or None when there is no state file; CorruptState when it is not ours."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise CorruptState(f"cannot open {self.path}: {e.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise CorruptState(f"{self.path} is not a regular file")
+            raw = os.read(fd, MAX_SIZE + 1)
+        except OSError as e:
+            raise CorruptState(f"cannot read {self.path}: {e.strerror}") from None
+        finally:
+            os.close(fd)
+        if len(raw) > MAX_SIZE:
+            raise CorruptState(f"{self.path} is larger than {MAX_SIZE} bytes")
+        try:
+            value = json.loads(raw)
+        except ValueError as e:
+            raise CorruptState(f"{self.path} is not valid JSON: {e}") from None
+        if not isinstance(value, dict):
+            raise CorruptState(f"{self.path} is not a JSON object")
+        return value
 
 
-def mark_frozen(statedir: str | os.PathLike[str], info: Mapping[str, Any]) -> Path:
-    """Atomically write the marker as JSON: ``info`` (say ``epoch``, the caller's freeze
-    generation, and ``mountpoints``) plus ``time`` (Unix seconds) unless ``info`` has one.
-
-    Written to a temporary file, fsynced, renamed over the marker and the directory fsynced,
-    so a reader sees the old marker, the new one, or none, never half of one.
-    """
-    return _write_json(Path(statedir), FROZEN_FILE, {"time": time.time(), **info})
-
-
-def _write_json(directory: Path, name: str, record: Mapping[str, Any]) -> Path:
-    """Write ``record`` to ``directory/name`` atomically (temp file, fsync, rename)."""
-    data = json.dumps(record, sort_keys=True).encode() + b"\n"  # not serialisable: fail early
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    target = directory / name
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+def wait_for_previous_guard(statedir: str | os.PathLike[str], timeout: float = 10.0) -> bool:
+    """Wait until no guard of an earlier agent still works in ``statedir`` (it holds the lock
+    while it lives); True if none does.  Then the state file says what that guard left."""
+    path = Path(statedir) / GUARD_LOCK
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-    return target
-
-
-def clear(statedir: str | os.PathLike[str]) -> bool:
-    """Remove the marker; return whether there was one."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return True
     try:
-        os.unlink(path_in(statedir))
-    except FileNotFoundError:
-        return False
-    _fsync_dir(Path(statedir))
-    return True
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return True
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.02)
+    finally:
+        os.close(fd)
 
 
-def read_history(statedir: str | os.PathLike[str]) -> dict[str, Any]:
-    """``{"last_epoch": N, "last_thaw": {...}}`` as far as known; ``{}`` when there is none.
-
-    Epochs must keep increasing across agent restarts, or a host holding a stale epoch could
-    match a new freeze; and the next agent must be able to say how the last freeze ended.
-    """
-    try:
-        value = json.loads((Path(statedir) / HISTORY_FILE).read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def write_history(statedir: str | os.PathLike[str], history: Mapping[str, Any]) -> None:
-    _write_json(Path(statedir), HISTORY_FILE, history)
-
-
-def record_thaw(
-    statedir: str | os.PathLike[str], epoch: int, reason: str, detail: str = ""
-) -> dict[str, Any]:
-    """Remember how freeze ``epoch`` ended (the guard uses this when the agent died)."""
-    history = read_history(statedir)
-    last_thaw = {"epoch": epoch, "reason": reason, "at": time.time(), "detail": detail}
-    history["last_thaw"] = last_thaw
-    history["last_epoch"] = max(int(history.get("last_epoch", 0)), epoch)
-    write_history(statedir, history)
-    return last_thaw
-
-
-def read(statedir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The marker's content, or None if there is no marker.
-
-    A marker that exists but cannot be parsed still means "frozen": it returns
-    ``{"unreadable": REASON}`` rather than None, so a caller never thaws its belief by accident.
-    """
-    try:
-        raw = path_in(statedir).read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        return {"unreadable": e.strerror or str(e)}
-    try:
-        value = json.loads(raw)
-    except ValueError as e:
-        return {"unreadable": f"invalid JSON: {e}"}
-    if not isinstance(value, dict):
-        return {"unreadable": "not a JSON object"}
-    return value
+def hold_guard_lock(statedir: str | os.PathLike[str]) -> int:
+    """The guard takes the lock for its whole life (the fd is never closed)."""
+    Path(statedir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(Path(statedir) / GUARD_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
 
 
 def _fsync_dir(directory: Path) -> None:
