@@ -139,7 +139,11 @@ def test_sigterm_while_frozen_thaws_then_exits(tmp_path: Path, loops: LoopMounts
 
 def test_agent_answers_while_a_freeze_is_held_up_by_a_slow_hook(tmp_path: Path, loops: LoopMounts) -> None:
     a = loops.add("a")
-    hook = write_hook(tmp_path / "hook", '[ "$1" = freeze ] && sleep 2\nexit 0\n')
+    started, release = tmp_path / "hook-started", tmp_path / "hook-release"
+    # The freeze hook holds the freeze up until the test releases it (20 s at most).
+    hook = write_hook(tmp_path / "hook", f'if [ "$1" = freeze ]; then\n  touch "{started}"\n  n=0\n'
+                      f'  while [ ! -e "{release}" ] && [ $n -lt 400 ]; do sleep 0.05; n=$((n+1)); done\n'
+                      'fi\nexit 0\n')
     agent = start_agent(tmp_path, loops, "-F" + str(hook))
     result: dict[str, object] = {}
 
@@ -150,26 +154,38 @@ def test_agent_answers_while_a_freeze_is_held_up_by_a_slow_hook(tmp_path: Path, 
     try:
         thread = threading.Thread(target=freezer)
         thread.start()
-        time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        while not started.exists():
+            assert time.monotonic() < deadline, "the freeze hook never started"
+            time.sleep(0.01)
         slowest = 0.0
         with AgentClient(str(agent.socket_path), dialect="qga", timeout=30) as other:
-            while thread.is_alive():
+            held_until = time.monotonic() + 1.5
+            while time.monotonic() < held_until:  # the hook is still running all this time
                 start = time.monotonic()
                 other.ping()
-                other.call("guest-sync", id=1)
-                assert other.call("guest-fsfreeze-info")["in-progress"] in (True, False)
+                assert other.call("guest-sync", id=1) == 1
+                info = other.call("guest-fsfreeze-info")
+                assert info["in-progress"] is True, info
                 other.call("guest-fsfreeze-status")
                 slowest = max(slowest, time.monotonic() - start)
-                if thread.is_alive() and "busy" not in result:
+                if "busy" not in result:
                     with pytest.raises(AgentCallError, match="already in progress"):
                         other.call("guest-fsfreeze-freeze-list", mountpoints=[str(a)])
                     result["busy"] = True
                 time.sleep(0.05)
-            thread.join()
+            assert thread.is_alive(), "the freeze finished before the hook was released"
+            release.touch()
+            thread.join(30)
+            assert not thread.is_alive()
             assert result["count"] == 1 and result.get("busy")
             assert slowest < 1.0, f"a ping waited {slowest:.2f} s behind the freeze"
+            info = other.call("guest-fsfreeze-info")
+            assert info["in-progress"] is False and info["status"] == "frozen", info
             assert other.call("guest-fsfreeze-thaw") == 1
+            assert other.call("guest-fsfreeze-info")["in-progress"] is False
     finally:
+        release.touch()
         agent.stop()
 
 

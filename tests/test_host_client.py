@@ -8,11 +8,15 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+import host_client.client
+from agent.config import VERSION
 from host_client import AgentCallError, AgentClient, AgentConnectionError, AgentTimeout
 from protocol.client import ClientConnection
 from protocol.dialects import Dialect
@@ -26,14 +30,22 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PyqgaAgent]:
 
 
 @pytest.mark.parametrize("dialect", ["jsonrpc", "qga"])
-def test_typed_helpers(agent: PyqgaAgent, dialect: str) -> None:
+def test_typed_helpers(agent: PyqgaAgent, dialect: str, monkeypatch: pytest.MonkeyPatch) -> None:
     with AgentClient(str(agent.socket_path), dialect=dialect) as client:
         client.ping()
         assert client.call("guest-sync", id=77) == 77
-        assert isinstance(client.sync(), int)
+        # sync() returns only once the agent has echoed the id it sent: fix that id, then check it.
+        fixed = SimpleNamespace(getrandbits=lambda bits: 0x2BAD_F00D_1234)
+        monkeypatch.setattr(host_client.client, "random", fixed)
+        assert client.sync() == 0x2BAD_F00D_1235
+        monkeypatch.undo()
         info = client.info()
-        assert "guest-fsfreeze-status" in {c["name"] for c in info["supported_commands"]} or info["version"]
-        assert isinstance(client.call("guest-get-time"), int)
+        assert "guest-fsfreeze-status" in {c["name"] for c in info["supported_commands"]}
+        assert info["version"] == VERSION
+        before = time.time_ns()
+        guest_time = client.call("guest-get-time")
+        after = time.time_ns()
+        assert before - 10**9 <= guest_time <= after + 10**9, (before, guest_time, after)
         with pytest.raises(AgentCallError) as caught:
             client.call("guest-nope")
     assert caught.value.error_class == "CommandNotFound"
@@ -150,7 +162,7 @@ def test_cli_outputs_and_exit_codes(agent: PyqgaAgent, tmp_path: Path) -> None:
     info = run_cli("-s", sock, "--dialect", "qga", "info")
     assert info.returncode == 0 and "guest-sync-delimited" in info.stdout and "enabled" in info.stdout
     as_json = run_cli("info", "--json", "-s", sock)
-    assert json.loads(as_json.stdout)["version"]
+    assert json.loads(as_json.stdout)["version"] == VERSION
     call = run_cli("-s", sock, "call", "guest-sync", '{"id": 42}')
     assert call.returncode == 0 and call.stdout.strip() == "42"
     sync = run_cli("-s", sock, "sync")
