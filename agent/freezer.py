@@ -55,16 +55,17 @@ from agent.fsfreeze.statefile import StateFile, wait_for_previous_guard
 from agent.logs import LogControl
 from protocol.errors import AgentError, ErrorKind
 
-Runner = Callable[[Callable[[], None]], None]
+Runner = Callable[[Callable[[], None], str], None]   # (job, label): run it now or later
+HookRunner = Callable[[str, str, float], HookResult]
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def run_on_thread(job: Callable[[], None]) -> None:
+def run_on_thread(job: Callable[[], None], label: str) -> None:
     """Each kernel call or hook on a thread of its own: one that hangs holds only itself."""
-    threading.Thread(target=job, name="pyqga-freeze", daemon=True).start()
+    threading.Thread(target=job, name=f"pyqga {label}"[:60], daemon=True).start()
 
 
-def run_inline(job: Callable[[], None]) -> None:
+def run_inline(job: Callable[[], None], label: str) -> None:
     job()
 
 
@@ -92,7 +93,7 @@ class Freezer:
                  hook_timeout: float = 60.0, default_timeout: float | None = 600.0,
                  on_agent_death: str = "thaw", log: logging.Logger | None = None,
                  logs: LogControl | None = None, clock: core.Clock | None = None,
-                 runner: Runner = run_on_thread) -> None:
+                 runner: Runner = run_on_thread, hook_runner: HookRunner = run_hook) -> None:
         self.kernel: Kernel = kernel or (planner.kernel if planner else LinuxKernel())
         self.planner = planner or FreezePlanner(self.kernel)
         self.store = store
@@ -104,6 +105,7 @@ class Freezer:
         self.logs = logs
         self.clock = clock or SystemClock()
         self.runner = runner
+        self.hook_runner = hook_runner
         self.core = FreezeCore(self.clock, default_timeout, hook is not None)
         self._lock = threading.RLock()
         self._queue: deque[core.Event] = deque()
@@ -136,9 +138,11 @@ class Freezer:
         """Take over what an earlier agent left, then start the deadline watcher.  Called once
         the pid file is ours and before serving (threads do not survive the fork of -d)."""
         self.restore()
+        self._wait_idle()
         threading.Thread(target=self._watch_deadline, name="pyqga-deadline", daemon=True).start()
 
     def restore(self) -> None:
+        """Feed the state file to the core (the thaw it may start runs through the runner)."""
         if self.store is None:
             return
         statedir = getattr(self.store, "directory", None)
@@ -156,9 +160,8 @@ class Freezer:
         except CorruptState as exc:
             self._restore_corrupt(str(exc))
             return
-        self._feed(Restored(snapshot, thaw=self.on_agent_death == "thaw",
+        self.feed(Restored(snapshot, thaw=self.on_agent_death == "thaw",
                             detail="an earlier agent died frozen; thawed at start"))
-        self._wait_idle()
 
     def _restore_corrupt(self, why: str) -> None:
         """We cannot know what a dead agent froze: the safe reading is "possibly everything"."""
@@ -188,7 +191,7 @@ class Freezer:
     def shutdown(self, timeout: float = 30.0) -> None:
         """The agent is exiting on a signal: thaw what we froze, then let the guard go.  What
         could not be thawed stays in the guard's hands (it sees our pipe close)."""
-        self._feed(StopRequested())
+        self.feed(StopRequested())
         if not self.exited.wait(timeout):
             self.log.error("thaw on exit did not finish within %g s; the guard takes over", timeout)
         self._stopping = True
@@ -201,6 +204,16 @@ class Freezer:
 
     def freeze(self, mountpoints: Sequence[str] | None = None, timeout: Any = None) -> int:
         """Freeze all (filtered) filesystems, or exactly ``mountpoints``; return the count."""
+        return self._wait(self.submit_freeze(mountpoints, timeout))
+
+    def thaw(self, epoch: int | None = None) -> int:
+        """Thaw every selected frozen filesystem, whoever froze it (qemu-ga); the count.  With
+        ``epoch``: a FREEZE_LOST error (after thawing) if that freeze did not hold until now."""
+        return self._wait(self.submit_thaw(epoch))
+
+    def submit_freeze(self, mountpoints: Sequence[str] | None = None,
+                      timeout: Any = None) -> Future[tuple[Any, AgentError | None]]:
+        """:meth:`freeze` without waiting: planning errors raise, the rest is the future's."""
         plan = self.planner.plan_all() if mountpoints is None else self.planner.plan_list(mountpoints)
         if self.guard is not None:
             try:
@@ -210,19 +223,22 @@ class Freezer:
                                  f"cannot start the freeze guard, refusing to freeze: {exc}") from None
         rid = next(self._rids)
         flush_first = bool(plan) and self.kernel.dirty_bytes() >= FLUSH_THRESHOLD
-        return self._request(rid, FreezeRequested(rid, self.planner.waves(plan), timeout, flush_first,
-                                                  mountpoints is not None))
+        return self._submit(rid, FreezeRequested(rid, self.planner.waves(plan), timeout, flush_first,
+                                                 mountpoints is not None))
 
-    def thaw(self, epoch: int | None = None) -> int:
-        """Thaw every selected frozen filesystem, whoever froze it (qemu-ga); the count.  With
-        ``epoch``: a FREEZE_LOST error (after thawing) if that freeze did not hold until now."""
+    def submit_thaw(self, epoch: int | None = None) -> Future[tuple[Any, AgentError | None]]:
         rid = next(self._rids)
-        return self._request(rid, ThawRequested(rid, self.planner.thaw_targets(), epoch))
+        return self._submit(rid, ThawRequested(rid, self.planner.thaw_targets(), epoch))
 
-    def _request(self, rid: int, event: core.Event) -> Any:
+    def _submit(self, rid: int, event: core.Event) -> Future[tuple[Any, AgentError | None]]:
         future: Future[tuple[Any, AgentError | None]] = Future()
+        future.rid = rid  # type: ignore[attr-defined]  # for tests that match requests to jobs
         self._replies[rid] = future
-        self._feed(event)
+        self.feed(event)
+        return future
+
+    @staticmethod
+    def _wait(future: Future[tuple[Any, AgentError | None]]) -> Any:
         result, error = future.result()
         if error is not None:
             raise error
@@ -239,7 +255,7 @@ class Freezer:
 
     # --- the event loop ------------------------------------------------------------------------
 
-    def _feed(self, event: core.Event) -> None:
+    def feed(self, event: core.Event) -> None:
         """Hand ``event`` to the core and perform what it asks.  Re-entrant: an inline runner
         feeds results while actions are being performed; they are queued and taken in order."""
         with self._lock:
@@ -281,6 +297,7 @@ class Freezer:
         if isinstance(action, core.Reply):
             future = self._replies.pop(action.rid, None)
             if future is not None:
+                future.epoch = action.epoch  # type: ignore[attr-defined]
                 future.set_result((action.result, action.error))
         elif isinstance(action, core.Log):
             self.log.log(LEVELS.get(action.level, logging.INFO), "%s", action.message)
@@ -288,16 +305,19 @@ class Freezer:
             self._persist(action)
         elif isinstance(action, core.FreezeSb):
             target = action.target
-            self.runner(lambda: self._feed(self._freeze_one(target)))
+            self.runner(lambda: self.feed(self._freeze_one(target)),
+                        f"freeze {target.device[0]}:{target.device[1]} op={action.op}")
         elif isinstance(action, core.ThawSbs):
             targets = action.targets
-            self.runner(lambda: self._thaw_all(targets))
+            devices = ",".join(f"{t.device[0]}:{t.device[1]}" for t in targets)
+            label = f"thaw {devices} {action.reason.value} op={action.op}"
+            self.runner(lambda: self._thaw_all(targets), label)
         elif isinstance(action, core.Flush):
             flush_op = action
-            self.runner(lambda: self._flush(flush_op))
+            self.runner(lambda: self._flush(flush_op), "flush")
         elif isinstance(action, core.RunHook):
             hook_op = action
-            self.runner(lambda: self._feed(self._run_hook(hook_op)))
+            self.runner(lambda: self.feed(self._run_hook(hook_op)), f"hook {action.action}")
         elif isinstance(action, core.Exit):
             self.exited.set()
 
@@ -309,11 +329,11 @@ class Freezer:
                 self.store.write(action.snapshot)
             except (OSError, ValueError) as exc:
                 error = f"cannot write the freeze state file: {exc}"
-        if self.guard is not None and error is None:
+        if self.guard is not None:  # even when the file failed: the guard is the other record
             try:
                 self.guard.send(action.snapshot)
             except OSError as exc:
-                error = f"the freeze guard is gone: {exc}"
+                error = error or f"the freeze guard is gone: {exc}"
         if action.op is not None:
             self._queue.append(Persisted(action.op, error))
         elif error is not None:
@@ -337,7 +357,7 @@ class Freezer:
             path = paths.get(target.device, {}).get(target.path) or next(
                 iter(paths.get(target.device, {})), target.path)
             thawed, error = thaw_fully(self.kernel, path)
-            self._feed(ThawDone(target.device, thawed, error))
+            self.feed(ThawDone(target.device, thawed, error))
 
     def _current_paths(self) -> dict[tuple[int, int], dict[str, str]]:
         """Device -> its visible mount points now; empty when the mount table cannot be read."""
@@ -358,11 +378,11 @@ class Freezer:
         failures = flush(self.kernel, [t.path for t in action.targets])
         for path, exc in failures.items():
             self.log.info("syncfs %s failed (the freeze flushes anyway): %s", path, strerror(exc))
-        self._feed(FlushDone(action.op))
+        self.feed(FlushDone(action.op))
 
     def _run_hook(self, action: core.RunHook) -> HookDone:
         assert self.hook is not None
-        result = run_hook(self.hook, action.action, self.hook_timeout)  # type: ignore[arg-type]
+        result = self.hook_runner(self.hook, action.action, self.hook_timeout)
         self._log_hook(action.action, result)
         return HookDone(action.op, action.action, result.ran, result.ok, describe(result, self.hook_timeout))
 
@@ -390,7 +410,7 @@ class Freezer:
                 if remaining > 0:
                     self._wake.wait(remaining)
                     continue
-            self._feed(DeadlineCheck())
+            self.feed(DeadlineCheck())
             if self._deadline == deadline:  # nothing moved it: do not spin
                 time.sleep(0.1)
 
@@ -403,11 +423,11 @@ class Freezer:
                 self.guard.send(self.core.snapshot())
         except OSError as exc:
             self.log.error("cannot restart the freeze guard: %s", exc)
-        self._feed(GuardRestarted(detail))
+        self.feed(GuardRestarted(detail))
 
     def agent_died(self, detail: str) -> None:
         """In the guard: the agent is gone; undo its freeze."""
-        self._feed(AgentDied(detail))
+        self.feed(AgentDied(detail))
 
     def _wait_idle(self, timeout: float = 30.0) -> None:
         end = time.monotonic() + timeout

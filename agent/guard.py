@@ -53,9 +53,9 @@ def guard(statedir: str, hook: str | None, hook_timeout: float) -> int:
                       default_timeout=None, log=log, runner=run_inline)
     os.write(1, b"R")
     last = read_snapshots(0)
-    if last is None or not last.get("superblocks"):
+    if last is None or not (last.get("superblocks") or last.get("hook-owed")):
         return 0
-    freezer._feed(Restored(last))
+    freezer.feed(Restored(last))
     freezer.agent_died("the agent died; the guard thawed what it had frozen")
     return 0
 
@@ -161,7 +161,7 @@ class GuardProcess:
         """Tell the guard the state; an OSError if it is not there while something is frozen."""
         process = self.process
         if process is None or process.stdin is None or process.poll() is not None:
-            if snapshot.get("superblocks"):
+            if snapshot.get("superblocks") or snapshot.get("freeze"):
                 raise OSError("the freeze guard is not running")
             return
         with self._sending:

@@ -6,6 +6,7 @@ freeze-all can only reach filesystems the test made.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -112,7 +113,8 @@ def test_restart_while_frozen_starts_frozen_and_thaw_works(tmp_path: Path, loops
     with AgentClient(str(first.socket_path), timeout=30) as client:
         assert client.call("guest-fsfreeze-freeze-list", mountpoints=[str(a)]) == 1
     first.stop(signal.SIGKILL)
-    assert (first.statedir / "pyqga.state.frozen").exists()
+    state = json.loads((first.statedir / "pyqga.state").read_text())
+    assert [sb["path"] for sb in state["superblocks"]] == [str(a)] and state["freeze"]["epoch"] == 1
     second = start_agent(tmp_path, loops, "--on-agent-death", "stay")
     try:
         with AgentClient(str(second.socket_path), dialect="qga", timeout=30) as client:
@@ -123,7 +125,9 @@ def test_restart_while_frozen_starts_frozen_and_thaw_works(tmp_path: Path, loops
             assert client.call("guest-fsfreeze-status") == "thawed"
     finally:
         second.stop()
-    assert not list(second.statedir.glob("*frozen*"))
+    state = json.loads((second.statedir / "pyqga.state").read_text())
+    assert state["superblocks"] == [] and state["freeze"] is None
+    assert state["last-thaw"]["epoch"] == 1 and state["last-thaw"]["reason"] == "request"
 
 
 def test_log_file_on_frozen_filesystem_does_not_hang_the_agent(tmp_path: Path, loops: LoopMounts) -> None:

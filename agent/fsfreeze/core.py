@@ -250,6 +250,7 @@ class Persist:
 @dataclass(frozen=True)
 class FreezeSb:
     target: Target
+    op: int                      # the freeze request it belongs to
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,7 @@ class ThawSbs:
 
     targets: tuple[Target, ...]
     reason: ThawReason
+    op: int | None = None        # the request it serves (None: a safety thaw)
 
 
 @dataclass(frozen=True)
@@ -265,6 +267,7 @@ class Reply:
     rid: int
     result: Any = None
     error: AgentError | None = None
+    epoch: int | None = None     # a successful freeze's epoch (the wire reply is qemu-ga's count)
 
 
 @dataclass(frozen=True)
@@ -287,11 +290,15 @@ SKIPPED_ERRNOS = {EOPNOTSUPP: "EOPNOTSUPP", EBUSY: "EBUSY"}  # not failures: not
 
 
 class Stage(Enum):
+    RECORD_HOOK = "recording the hook"
     HOOK = "hook"
     FLUSH = "flush"
     PERSIST = "persist"
     FREEZE = "freeze"
     ROLLBACK = "rollback"
+
+
+BEFORE_FREEZING = (Stage.RECORD_HOOK, Stage.HOOK, Stage.FLUSH)
 
 
 @dataclass
@@ -305,6 +312,7 @@ class FreezeOp:
     frozen: list[Target] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     failure: tuple[str, str, int | None] | None = None   # path, reason, errno
+    pending: list[Target] = field(default_factory=list)  # the wave waiting for its persist
 
 
 @dataclass
@@ -317,6 +325,7 @@ class ThawOp:
     thawed: list[str] = field(default_factory=list)
     errors: list[dict[str, str]] = field(default_factory=list)
     found_thawed: list[str] = field(default_factory=list)
+    ours_thawed: int = 0         # superblocks of ours this thaw did thaw
     stuck: list[str] = field(default_factory=list)
     detail: str = ""
     failed: tuple[str, int | None] | None = None   # a rollback's: the FIFREEZE failure it undoes
@@ -372,7 +381,7 @@ class FreezeCore:
     def frozen(self) -> bool:
         """What gating and guest-fsfreeze-status see: from the state file's write until every
         superblock of ours is thawed (qemu-ga marks itself frozen before the first ioctl)."""
-        if isinstance(self.op, FreezeOp) and self.op.stage not in (Stage.HOOK, Stage.FLUSH):
+        if isinstance(self.op, FreezeOp) and self.op.stage not in BEFORE_FREEZING:
             return True
         return bool(self.ours())
 
@@ -478,11 +487,12 @@ class FreezeCore:
     def _log(self, level: str, message: str) -> None:
         self._emit(Log(level, message))
 
-    def _reply(self, rid: int | None, result: Any = None, error: AgentError | None = None) -> None:
+    def _reply(self, rid: int | None, result: Any = None, error: AgentError | None = None,
+               epoch: int | None = None) -> None:
         """Replies leave at the end of the event, or after the thaw hook if one starts now
         (qemu-ga answers a thaw after its hook has run)."""
         if rid is not None:
-            self._replies.append(Reply(rid, result, error))
+            self._replies.append(Reply(rid, result, error, epoch))
 
     # --- freeze -------------------------------------------------------------------------------
 
@@ -507,7 +517,11 @@ class FreezeCore:
         op = FreezeOp(event.rid, event.waves, timeout, event.flush)
         self.op = op
         if self.hook:
-            self._emit(RunHook(op.rid, "freeze"))
+            # Recorded before the hook runs: whatever happens next (the hook fails, the agent
+            # dies), whoever comes after us runs the thaw hook once.
+            self.hook_owed = True
+            op.stage = Stage.RECORD_HOOK
+            self._emit(Persist(self.snapshot(), op.rid))
         else:
             self._after_hook(op)
 
@@ -519,8 +533,6 @@ class FreezeCore:
             return
         op = self.op
         current = isinstance(op, FreezeOp) and op.rid == event.op and op.stage is Stage.HOOK
-        if event.ran:
-            self.hook_owed = True     # whatever happens next, the thaw hook runs once
         if not current:
             return                    # the freeze was cancelled meanwhile; _settle runs the thaw hook
         assert isinstance(op, FreezeOp)
@@ -555,33 +567,52 @@ class FreezeCore:
         self.freeze = Freeze(self.epoch, now,
                              None if op.timeout is None else mono + op.timeout,
                              None if op.timeout is None else now + op.timeout, op.timeout)
-        op.stage = Stage.PERSIST
-        self._emit(Persist(self.snapshot(), op.rid))
-
-    def _on_Persisted(self, event: Persisted) -> None:
-        op = self.op
-        if not (isinstance(op, FreezeOp) and op.rid == event.op and op.stage is Stage.PERSIST):
-            return
-        if event.error is not None:
-            self.op = None
-            self.freeze = None
-            self._reply(op.rid, error=command_failed(f"refusing to freeze: {event.error}"))
-            return
-        self.persist_error = None
-        op.stage = Stage.FREEZE
         self._next_wave(op)
 
     def _next_wave(self, op: FreezeOp) -> None:
+        """Record the next wave as FREEZING and persist that (state file and guard) before its
+        FIFREEZEs go out: whoever restarts after us knows every superblock we may have frozen."""
         while op.wave + 1 < len(op.waves):
             op.wave += 1
             wave = [t for t in op.waves[op.wave] if t.device not in self.sbs]
+            if not wave:
+                continue
             for target in wave:
                 self.sbs[target.device] = Superblock(target, SbState.FREEZING)
-            for target in wave:
-                self._emit(FreezeSb(target))
-            if wave:
-                return
+            op.pending = wave
+            op.stage = Stage.PERSIST
+            self._emit(Persist(self.snapshot(), op.rid))
+            return
         self._finish_freeze(op)
+
+    def _on_Persisted(self, event: Persisted) -> None:
+        op = self.op
+        if isinstance(op, FreezeOp) and op.rid == event.op and op.stage is Stage.RECORD_HOOK:
+            if event.error is not None:
+                self.hook_owed = False
+                self.op = None
+                self._reply(op.rid, error=command_failed(f"refusing to freeze: {event.error}"))
+                return
+            op.stage = Stage.HOOK
+            self._emit(RunHook(op.rid, "freeze"))
+            return
+        if not (isinstance(op, FreezeOp) and op.rid == event.op and op.stage is Stage.PERSIST):
+            return
+        wave, op.pending = op.pending, []
+        if event.error is not None:
+            for target in wave:
+                del self.sbs[target.device]
+            if not op.frozen:
+                self.op = None
+                self._reply(op.rid, error=command_failed(f"refusing to freeze: {event.error}"))
+                return
+            op.failure = (wave[0].path, f"refusing to go on: {event.error}", None)
+            self._rollback(op)
+            return
+        self.persist_error = None
+        op.stage = Stage.FREEZE
+        for target in wave:
+            self._emit(FreezeSb(target, op.rid))
 
     def _on_FreezeDone(self, event: FreezeDone) -> None:
         sb = self.sbs.get(event.device)
@@ -641,7 +672,7 @@ class FreezeCore:
         self._log("info", f"freeze {self.freeze.epoch}: froze {count} filesystem(s): "
                   + " ".join(t.path for t in op.frozen)
                   + ("" if timeout is None else f"; auto-thaw in {timeout:g} s"))
-        self._reply(op.rid, count)
+        self._reply(op.rid, count, epoch=self.freeze.epoch)
 
     def _rollback(self, op: FreezeOp) -> None:
         """A FIFREEZE failed and its wave is done: thaw what this freeze froze, then answer."""
@@ -655,8 +686,11 @@ class FreezeCore:
         """Stop a freeze: no further waves; FIFREEZEs still out are abandoned (thawed when they
         return).  ``why``: the error the freeze request gets now (None: the caller replies)."""
         stuck = []
+        for target in op.pending:        # recorded, never sent to the kernel
+            self.sbs.pop(target.device, None)
+        op.pending = []
         for device, sb in list(self.sbs.items()):
-            if sb.state is SbState.FREEZING:
+            if sb.state is SbState.FREEZING and not sb.abandoned:
                 self.sbs[device] = replace(sb, abandoned=True)
                 stuck.append(sb.target.path)
         if self.op is op:
@@ -665,7 +699,10 @@ class FreezeCore:
             text = why + (f"; still stuck in FIFREEZE (thawed when it returns): {', '.join(stuck)}"
                           if stuck else "")
             self._reply(op.rid, error=command_failed(text))
-            if op.stage in (Stage.HOOK, Stage.FLUSH, Stage.PERSIST):
+            if self.freeze is not None and not self.freeze.broken:
+                # The host was told the freeze failed: it never held, whatever is frozen now.
+                self.freeze = replace(self.freeze, broken=f"its freeze request failed ({why})")
+            if op.stage in (*BEFORE_FREEZING, Stage.PERSIST):
                 self.freeze = None if not self.ours() else self.freeze
         return stuck
 
@@ -716,7 +753,7 @@ class FreezeCore:
             thaw.waiting[target.device] = target.path
             go.append(target)
         if go:
-            self._emit(ThawSbs(tuple(go), thaw.reason))
+            self._emit(ThawSbs(tuple(go), thaw.reason, thaw.rid))
         else:
             self._finish_thaw(thaw)
 
@@ -733,8 +770,11 @@ class FreezeCore:
             if sb is not None and sb.state in OURS:
                 self.sbs[event.device] = replace(sb, state=SbState.FROZEN, error=event.error)
         elif sb is not None:
-            if sb.state is SbState.THAWING and not event.thawed:
-                thaw.found_thawed.append(path)
+            if sb.state is SbState.THAWING:
+                if event.thawed:
+                    thaw.ours_thawed += 1
+                else:
+                    thaw.found_thawed.append(path)
             del self.sbs[event.device]
         if not thaw.waiting:
             self._finish_thaw(thaw)
@@ -743,12 +783,15 @@ class FreezeCore:
         self.op = None
         freeze = self.freeze
         count = len(thaw.thawed)
-        if freeze is not None and (thaw.found_thawed or thaw.errors or thaw.stuck) and not freeze.broken:
+        # It no longer holds if part of it was found thawed, or this thaw thawed part of it and
+        # left the rest (a failed FITHAW, a FIFREEZE still out).
+        partial = bool(thaw.ours_thawed or thaw.stuck) and bool(self.ours())
+        if freeze is not None and (thaw.found_thawed or partial) and not freeze.broken:
             parts = []
             if thaw.found_thawed:
                 parts.append(f"{', '.join(thaw.found_thawed)} had already been thawed by someone else")
-            if thaw.errors or thaw.stuck:
-                parts.append(f"a thaw ({thaw.reason.value}) did not complete")
+            if partial:
+                parts.append(f"a thaw ({thaw.reason.value}) thawed only part of it")
             end_reason = ThawReason.EXTERNAL if thaw.found_thawed and thaw.reason is ThawReason.REQUEST \
                 else thaw.reason
             self.freeze = freeze = replace(freeze, broken="; ".join(parts), end_reason=end_reason)

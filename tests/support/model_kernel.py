@@ -1,0 +1,252 @@
+"""An in-memory kernel, clock, state store, guard and job runner for the freeze driver.
+
+The model sits behind the same ports as the real thing (:class:`agent.fsfreeze.kernel.Kernel`,
+the store, the guard, the runner), so the stateful tests run the real core *and* the real
+driver; only the kernel is imagined.  It models what matters to a freeze:
+
+- superblocks with a freeze holder (``None``, ``"agent"`` or ``"foreign"``): FIFREEZE on a
+  frozen one is EBUSY, FITHAW on a thawed one EINVAL, FIFREEZE on tmpfs EOPNOTSUPP;
+- mount points, bind mounts (a second mount point of the same device) and a child mount;
+- injected failures per device (EIO on FIFREEZE or FITHAW) and hangs: the runner holds jobs
+  until the test runs them, so a FIFREEZE "hangs" for as long as the test leaves its job alone;
+- every kernel transition is logged with the job that caused it, so the tests can check
+  counts, "lost" and "safety thaws never undo a foreign freeze" against kernel truth.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.fsfreeze.hooks import HookResult
+from agent.fsfreeze.mounts import Mount
+
+Device = tuple[int, int]
+
+
+@dataclass
+class Transition:
+    device: Device
+    before: str | None
+    after: str | None
+    job: str            # the runner label of the job that did it, or "foreign"
+    unheard: bool = False   # a foreign freeze whose EBUSY a dead agent never heard of
+
+
+class ModelKernel:
+    """Superblocks, mounts and freeze holders; thread-safe enough for one test thread."""
+
+    def __init__(self, mounts: Mapping[str, tuple[Device, str]]) -> None:
+        """``mounts``: mount point -> (device, fstype), in mount order."""
+        self.table = dict(mounts)
+        self.holder: dict[Device, str | None] = {dev: None for dev, _ in self.table.values()}
+        self.fail_freeze: dict[Device, int] = {}
+        self.fail_thaw: dict[Device, int] = {}
+        self.log: list[Transition] = []
+        self.job = "?"       # set by the runner while a job runs
+        # Set while a dead agent's FIFREEZEs complete: nobody hears their result, so a guard
+        # cannot tell "EBUSY, someone else's" from "ours"; those devices are noted here.
+        self.results_lost = False
+        self.unheard_busy: set[Device] = set()
+        # FIFREEZEs issued and not yet returned.  The real kernel makes a FITHAW of such a
+        # superblock wait for the FIFREEZE (s_umount): an agent that issues one can hang with it.
+        self.in_flight: dict[Device, int] = {}
+        self.may_block = False  # the guard may: blocking until the freeze returns is its job
+
+    def _device(self, path: str) -> tuple[Device, str]:
+        if path not in self.table:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        return self.table[path]
+
+    def _set(self, device: Device, holder: str | None, job: str) -> None:
+        self.log.append(Transition(device, self.holder[device], holder, job, device in self.unheard_busy))
+        self.holder[device] = holder
+        if holder != "foreign":
+            self.unheard_busy.discard(device)
+
+    # --- the Kernel port ---------------------------------------------------------------------
+
+    def freeze(self, path: str) -> None:
+        device, fstype = self._device(path)
+        if fstype == "tmpfs":
+            raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP), path)
+        if device in self.fail_freeze:
+            number = self.fail_freeze[device]
+            raise OSError(number, os.strerror(number), path)
+        if self.holder[device] is not None:
+            if self.results_lost:
+                self.unheard_busy.add(device)
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), path)
+        self._set(device, "agent", self.job)
+
+    def thaw(self, path: str) -> None:
+        device, _ = self._device(path)
+        if self.in_flight.get(device) and not self.may_block:
+            raise AssertionError(f"FITHAW of {path} while its FIFREEZE is out would block the agent")
+        if device in self.fail_thaw:
+            number = self.fail_thaw[device]
+            raise OSError(number, os.strerror(number), path)
+        if self.holder[device] is None:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), path)
+        self._set(device, None, self.job)
+
+    def syncfs(self, path: str) -> None:
+        self._device(path)
+
+    def mounts(self) -> list[Mount]:
+        return [Mount(mountpoint=path, fstype=fstype, source=f"/dev/model{dev[1]}", major=dev[0],
+                      minor=dev[1], mount_id=i + 1, parent_id=1)
+                for i, (path, (dev, fstype)) in enumerate(self.table.items())]
+
+    def block_device(self, source: str) -> Device | None:
+        return None
+
+    def backing_files(self, mount: Mount) -> tuple[str, ...]:
+        return ()
+
+    def dirty_bytes(self) -> int:
+        return 0
+
+    # --- another tool ------------------------------------------------------------------------
+
+    def foreign_freeze(self, device: Device) -> bool:
+        if self.holder[device] is not None:
+            return False
+        self._set(device, "foreign", "foreign")
+        return True
+
+    def foreign_thaw(self, device: Device) -> bool:
+        if self.holder[device] is None:
+            return False
+        self._set(device, None, "foreign")
+        return True
+
+
+class ModelClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return 1_700_000_000.0 + self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class MemoryStore:
+    """The state file in memory; ``fail`` makes writes raise (ENOSPC)."""
+
+    def __init__(self) -> None:
+        self.snapshot: dict[str, Any] | None = None
+        self.fail: OSError | None = None
+        self.failed_ever = False
+
+    def write(self, snapshot: Mapping[str, Any]) -> None:
+        if self.fail is not None:
+            self.failed_ever = True
+            raise self.fail
+        self.snapshot = dict(snapshot)
+
+    def read(self) -> dict[str, Any] | None:
+        return None if self.snapshot is None else dict(self.snapshot)
+
+
+class ModelGuard:
+    """Keeps the last snapshot it was sent, as the guard process does."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, Any] | None = None
+        self.alive = True
+
+    def ensure_started(self) -> None:
+        self.alive = True
+
+    def send(self, snapshot: Mapping[str, Any]) -> None:
+        if not self.alive:
+            if snapshot.get("superblocks") or snapshot.get("freeze"):
+                raise OSError(errno.EPIPE, "the model guard is dead")
+            return
+        self.last = dict(snapshot)
+
+    def stop(self) -> None:
+        self.alive = False
+
+
+@dataclass
+class Job:
+    label: str
+    run: Callable[[], None]
+    hung: bool = False
+
+    @property
+    def devices(self) -> list[Device]:
+        words = self.label.split()
+        if words[0] not in ("freeze", "thaw"):
+            return []
+        return [tuple(int(n) for n in part.split(":")) for part in words[1].split(",") if part]  # type: ignore[misc]
+
+
+@dataclass
+class ManualRunner:
+    """The driver's runner: jobs wait here until the test runs them (or forever: a hang)."""
+
+    kernel: ModelKernel
+    tag: str = "agent"           # which process: labels say who did what across restarts
+    jobs: list[Job] = field(default_factory=list)
+
+    def __call__(self, job: Callable[[], None], label: str) -> None:
+        entry = Job(f"{label} @{self.tag}", job)
+        self.jobs.append(entry)
+        if label.startswith("freeze"):
+            for device in entry.devices:
+                self.kernel.in_flight[device] = self.kernel.in_flight.get(device, 0) + 1
+
+    def runnable(self) -> list[Job]:
+        return [job for job in self.jobs if not job.hung]
+
+    def run(self, job: Job) -> None:
+        self.jobs.remove(job)
+        if job.label.startswith("freeze"):
+            for device in job.devices:
+                self.kernel.in_flight[device] -= 1
+        self.kernel.job = job.label
+        try:
+            job.run()
+        finally:
+            self.kernel.job = "?"
+
+    def abandon(self) -> None:
+        """The process died: its hung jobs never return."""
+        for job in self.jobs:
+            if job.label.startswith("freeze"):
+                for device in job.devices:
+                    self.kernel.in_flight[device] -= 1
+        self.jobs.clear()
+
+    def drain(self, limit: int = 1000) -> None:
+        """Run every job that is not hung, and what those jobs start, until none is left."""
+        for _ in range(limit):
+            ready = self.runnable()
+            if not ready:
+                return
+            self.run(ready[0])
+        raise AssertionError("jobs keep coming: a loop in the driver or the core")
+
+
+@dataclass
+class ModelHooks:
+    """The hook port: records what ran; ``fail_freeze`` makes the freeze hook fail."""
+
+    calls: list[str] = field(default_factory=list)
+    fail_freeze: bool = False
+
+    def __call__(self, path: str, action: str, timeout: float) -> HookResult:
+        self.calls.append(action)
+        ok = not (action == "freeze" and self.fail_freeze)
+        return HookResult(ran=True, returncode=0 if ok else 1, output="" if ok else "refused")
