@@ -1,5 +1,6 @@
 """Build and cache the test guest: a Debian cloud kernel, a busybox initramfs, an ext4 root with
-python3, qemu-ga and pyqga, and an empty ext4 data disk.
+python3, qemu-ga, pyqga, lvm2 and dmsetup (and the loop and dm-mod modules, for ``modprobe``), and
+an empty ext4 data disk.
 
 Nothing is installed on the host and nothing is mounted: packages come from ``apt-get download``
 and are unpacked with ``dpkg-deb``; the root image is made by ``mkfs.ext4 -d DIR``.  That keeps the
@@ -52,7 +53,7 @@ KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 # no compiled extension (jsonschema's rpds) has to match the guest's Python.
 ROOT_PACKAGES = (
     "python3", "python3-jsonschema", "python3-typing-extensions", "qemu-guest-agent",
-    "busybox-static", "base-files", "e2fsprogs",
+    "busybox-static", "base-files", "e2fsprogs", "dmsetup", "lvm2",
 )
 # Virtio drivers in load order (no modules.dep in the initramfs); vsock ones are optional.
 VIRTIO_MODULES = (
@@ -60,6 +61,10 @@ VIRTIO_MODULES = (
     "virtio_blk", "virtio_console",
 )
 VSOCK_MODULES = ("vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport")
+# On the root disk for `modprobe` (busybox; modules.dep made at build time), not loaded at boot:
+# loop devices and device-mapper (dm-linear, LVM) for the stacked-device freeze tests.  Their
+# dependencies come along.
+ROOT_MODULES = ("loop", "dm-mod")
 # pyqga's own packages (from this checkout) and its pure-Python dependencies (from the host).
 REPO_PYTHON_PACKAGES = ("agent", "protocol")
 HOST_PYTHON_PACKAGES = ("jsonrpcserver", "oslash", "serial")
@@ -322,6 +327,7 @@ def _build_base(cache: Path, layer: Path, plan: dict[str, object]) -> None:
         _unpack_root(tree, [debs[name] for name, _ in root_packages])
         busybox = tree / "usr/bin/busybox"
         _install_guest_files(tree, busybox)
+        _install_root_modules(work / "kernel", release, tree, busybox)
         python_version = _guest_python_version(tree)
         _compile(tree, python_version, [tree / f"usr/lib/python{python_version}", tree / GUEST_SITE])
         _write_initramfs(work / "initrd.img", busybox, modules)
@@ -352,10 +358,7 @@ def _unpack_kernel(deb: Path, work: Path) -> tuple[str, list[Path]]:
         raise ImageBuildError(f"{deb.name} has no boot/vmlinuz-*")
     release = images[0].name.removeprefix("vmlinuz-")
     shutil.copyfile(images[0], work / "vmlinuz")
-    moddir = next((p for p in (tree / "lib/modules" / release, tree / "usr/lib/modules" / release)
-                   if p.is_dir()), None)
-    if moddir is None:
-        raise ImageBuildError(f"{deb.name} has no modules folder for {release}")
+    moddir = _modules_dir(tree, release)
     found = {}
     for path in moddir.rglob("*.ko*"):
         found[path.name.split(".ko")[0]] = path
@@ -370,14 +373,54 @@ def _unpack_kernel(deb: Path, work: Path) -> tuple[str, list[Path]]:
                 raise ImageBuildError(f"kernel {release} has no module {name} and does not build it in")
             continue
         target = outdir / f"{name}.ko"
-        if source.name.endswith(".ko.xz"):
-            target.write_bytes(lzma.decompress(source.read_bytes()))
-        elif source.name.endswith(".ko"):
-            shutil.copyfile(source, target)
-        else:
-            raise ImageBuildError(f"cannot decompress kernel module {source.name} (busybox insmod needs .ko)")
+        target.write_bytes(_module_bytes(source))
         modules.append(target)
     return release, modules
+
+
+def _install_root_modules(kernel_tree: Path, release: str, tree: Path, busybox: Path) -> None:
+    """Copy :data:`ROOT_MODULES` and what they depend on into the root's module folder, then
+    busybox ``depmod`` there, so ``modprobe dm-mod`` works in the guest (no kmod installed)."""
+    moddir = _modules_dir(kernel_tree, release)
+    found = {path.name.split(".ko")[0].replace("-", "_"): path for path in moddir.rglob("*.ko*")}
+    builtin = (moddir / "modules.builtin").read_text() if (moddir / "modules.builtin").exists() else ""
+    target_dir = tree / "usr/lib/modules" / release
+    wanted = [name.replace("-", "_") for name in ROOT_MODULES]
+    done: set[str] = set()
+    while wanted:
+        name = wanted.pop()
+        if name in done:
+            continue
+        done.add(name)
+        source = found.get(name)
+        if source is None:
+            if f"/{name}.ko" in builtin.replace("-", "_"):
+                continue  # built into this kernel: nothing to load
+            raise ImageBuildError(f"kernel {release} has no module {name} and does not build it in")
+        data = _module_bytes(source)
+        target = target_dir / source.relative_to(moddir).with_name(source.name.split(".ko")[0] + ".ko")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        depends = re.search(rb"(?:^|\0)depends=([^\0]*)", data)
+        if depends and depends.group(1):
+            wanted += [d.replace("-", "_") for d in depends.group(1).decode().split(",")]
+    if any(target_dir.rglob("*.ko")):
+        _run([str(busybox), "depmod", "-b", str(tree), release], "depmod for the guest's modules")
+
+
+def _modules_dir(kernel_tree: Path, release: str) -> Path:
+    for path in (kernel_tree / "lib/modules" / release, kernel_tree / "usr/lib/modules" / release):
+        if path.is_dir():
+            return path
+    raise ImageBuildError(f"the kernel package has no modules folder for {release}")
+
+
+def _module_bytes(source: Path) -> bytes:
+    if source.name.endswith(".ko.xz"):
+        return lzma.decompress(source.read_bytes())
+    if source.name.endswith(".ko"):
+        return source.read_bytes()
+    raise ImageBuildError(f"cannot decompress kernel module {source.name} (busybox insmod needs .ko)")
 
 
 def _unpack_root(tree: Path, debs: Sequence[Path]) -> None:
