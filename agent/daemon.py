@@ -67,7 +67,9 @@ def run_daemon(argv: list[str] | None = None) -> int:
         if args.dump_conf:
             sys.stdout.write(config_module.dump(config))
             return 0
-        logs = LogControl(config.logfile, config.verbose)
+        # Held until the freezer has read its state file: a dead agent may have left the log
+        # file's filesystem frozen (released at once when nothing is frozen).
+        logs = LogControl(config.logfile, config.verbose, held=True)
         agent = AgentState(config, log=logs.log, logs=logs)
     except ConfigError as exc:
         parser.exit(2, f"pyqga-agent: {exc}\n")

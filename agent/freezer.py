@@ -118,7 +118,9 @@ class Freezer:
         self.exited = threading.Event()
         self.view: dict[str, Any] = self.core.info()
         self.frozen = False
-        self._holding_logs = False
+        # The log starts held (LogControl does): until the state file is read, a log file on a
+        # filesystem a dead agent left frozen would block the first line.
+        self._holding_logs = logs is not None and logs.holding
 
     @classmethod
     def from_config(cls, config: Config, log: logging.Logger, logs: LogControl | None = None) -> Freezer:
@@ -126,11 +128,14 @@ class Freezer:
 
         guard = GuardProcess(config.statedir, config.fsfreeze_hook, config.fsfreeze_hook_timeout, log) \
             if config.on_agent_death == "thaw" else None
-        return cls(planner=FreezePlanner(include=config.freeze_include, exclude=config.freeze_exclude),
-                   store=StateFile(config.statedir), guard=guard, hook=config.fsfreeze_hook,
-                   hook_timeout=config.fsfreeze_hook_timeout,
-                   default_timeout=config.freeze_timeout or None, on_agent_death=config.on_agent_death,
-                   log=log, logs=logs)
+        freezer = cls(planner=FreezePlanner(include=config.freeze_include, exclude=config.freeze_exclude),
+                      store=StateFile(config.statedir), guard=guard, hook=config.fsfreeze_hook,
+                      hook_timeout=config.fsfreeze_hook_timeout,
+                      default_timeout=config.freeze_timeout or None, on_agent_death=config.on_agent_death,
+                      log=log, logs=logs)
+        if guard is not None:
+            guard.on_death = freezer.guard_died
+        return freezer
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -143,6 +148,13 @@ class Freezer:
 
     def restore(self) -> None:
         """Feed the state file to the core (the thaw it may start runs through the runner)."""
+        try:
+            self._restore()
+        finally:
+            with self._lock:
+                self._sync()  # releases the log held since start-up unless we are frozen
+
+    def _restore(self) -> None:
         if self.store is None:
             return
         statedir = getattr(self.store, "directory", None)

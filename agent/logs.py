@@ -21,7 +21,9 @@ class HoldableFileHandler(logging.FileHandler):
     """A file handler that can hold records in memory instead of writing them."""
 
     def __init__(self, filename: str, max_held: int = HELD_RECORDS) -> None:
-        super().__init__(filename, encoding="utf-8")
+        # delay: opened at the first line written, not before (creating it on a frozen
+        # filesystem would block).
+        super().__init__(filename, encoding="utf-8", delay=True)
         self._held: deque[logging.LogRecord] = deque(maxlen=max_held)
         self._holding = False
         self._dropped = 0
@@ -29,6 +31,10 @@ class HoldableFileHandler(logging.FileHandler):
 
     # Not named hold/release: logging.Handler.release() is its I/O lock's release, and
     # shadowing it leaves that lock held forever.
+    @property
+    def holding(self) -> bool:
+        return self._holding
+
     def start_holding(self) -> None:
         with self._hold_lock:
             self._holding = True
@@ -63,7 +69,7 @@ class HoldableFileHandler(logging.FileHandler):
 class LogControl:
     """The agent's logger and the switch the freeze path flips."""
 
-    def __init__(self, logfile: str | None, verbose: bool) -> None:
+    def __init__(self, logfile: str | None, verbose: bool, held: bool = False) -> None:
         root = logging.getLogger("pyqga")
         root.setLevel(logging.DEBUG if verbose else logging.INFO)
         self.file_handler = HoldableFileHandler(logfile) if logfile else None
@@ -72,6 +78,12 @@ class LogControl:
         root.handlers[:] = [handler]
         root.propagate = False
         self.log = logging.getLogger("pyqga.agent")
+        if held:
+            self.hold()
+
+    @property
+    def holding(self) -> bool:
+        return self.file_handler is not None and self.file_handler.holding
 
     def hold(self) -> None:
         if self.file_handler is not None:

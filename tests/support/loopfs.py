@@ -13,7 +13,6 @@ hanging the suite.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import os
 import re
@@ -26,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from agent.fsfreeze.kernel import LinuxKernel
+from agent.fsfreeze.kernel import thaw_fully as kernel_thaw_fully
 from tests.support.requirements import require_root, require_tool
 
-FITHAW = 0xC0045878
-FIFREEZE = 0xC0045877
-MAX_THAWS = 64
+_KERNEL = LinuxKernel()
 
 # mkfs command and smallest image each filesystem type accepts (xfsprogs 6.1 refuses < 300 MB,
 # btrfs-progs 6.2 < 114 MB with its default profiles). Images are sparse: size is nearly free.
@@ -43,35 +42,16 @@ MIN_SIZE_MB = {"ext4": 16, "xfs": 300, "btrfs": 114}
 
 
 def thaw_fully(path: str | os.PathLike[str]) -> int:
-    """FITHAW until the kernel says "not frozen"; return how many thaws succeeded.
-
-    ``thaw_fully(p) == 0`` is also the test's probe for "p was not frozen". Never raises:
-    cleanup code must keep going.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return 0
-    thawed = 0
-    try:
-        for _ in range(MAX_THAWS):
-            try:
-                fcntl.ioctl(fd, FITHAW, 0)
-            except OSError:
-                break
-            thawed += 1
-    finally:
-        os.close(fd)
-    return thawed
+    """1 if ``path`` was frozen and is thawed now, else 0: the agent's one "FITHAW until
+    EINVAL" (:func:`agent.fsfreeze.kernel.thaw_fully`).  ``thaw_fully(p) == 0`` is also the
+    tests' probe for "p was not frozen".  Never raises: cleanup code must keep going."""
+    thawed, _error = kernel_thaw_fully(_KERNEL, os.fspath(path))
+    return int(thawed)
 
 
 def freeze_directly(path: str | os.PathLike[str]) -> None:
-    """FIFREEZE without the engine, to set up "someone else froze it" situations."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.ioctl(fd, FIFREEZE, 0)
-    finally:
-        os.close(fd)
+    """FIFREEZE without the agent, to set up "someone else froze it" situations."""
+    _KERNEL.freeze(os.fspath(path))
 
 
 # First program in a new mount namespace (see LoopMounts.isolated); `python -I -c`, stdlib only.
