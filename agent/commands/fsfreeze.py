@@ -33,7 +33,7 @@ def guest_fsfreeze_thaw(agent: AgentState, epoch: int | None = None) -> int:
 
 
 TIMEOUT = Param("timeout", float, required=False,
-                doc="seconds until the agent thaws by itself; 0 never (default --freeze-timeout)")
+                doc="seconds until the agent thaws by itself, > 0 and <= 604800 (default --freeze-timeout)")
 
 
 def guest_get_fsinfo(agent: AgentState) -> list[dict[str, Any]]:
@@ -50,8 +50,10 @@ COMMANDS = (
             "\"frozen\" or \"thawed\": the agent's own freeze state (not the kernel's).",
             allowed_while_frozen=True),
     Command("guest-fsfreeze-info", guest_fsfreeze_info,
-            "The freeze in force: epoch, frozen filesystems, frozen-at, deadline, and how the "
-            "last freeze ended (request, timeout, signal, agent-death, external).",
+            "The freeze in force: status, phase (thawed, freezing, frozen, thawing, partly-thawed), "
+            "epoch, frozen filesystems with their state, frozen-at, deadline, in-progress, how the "
+            "last freeze ended (request, timeout, signal, agent-death, external, rollback), "
+            "guard-restarts, and state-file-error when the state file could not be written.",
             allowed_while_frozen=True),
     Command("guest-fsfreeze-freeze", guest_fsfreeze_freeze,
             "Freeze every freezable filesystem (limited by --freeze-include/--freeze-exclude); "
