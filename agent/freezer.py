@@ -26,9 +26,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from agent.config import Config
 from agent.fsfreeze import core
 from agent.fsfreeze.core import (
     AgentDied,
@@ -47,13 +46,15 @@ from agent.fsfreeze.core import (
     ThawDone,
     ThawRequested,
 )
-from agent.fsfreeze.engine import FreezePlanner
 from agent.fsfreeze.hooks import HookResult, run_hook
 from agent.fsfreeze.kernel import FLUSH_THRESHOLD, Kernel, LinuxKernel, flush, strerror, thaw_fully
 from agent.fsfreeze.mounts import resolve_device
-from agent.fsfreeze.statefile import StateFile, wait_for_previous_guard
-from agent.logs import LogControl
+from agent.fsfreeze.statefile import wait_for_previous_guard
 from protocol.errors import AgentError, ErrorKind
+
+if TYPE_CHECKING:  # the guard imports this module: it needs neither planning nor the log switch
+    from agent.fsfreeze.engine import FreezePlanner
+    from agent.logs import LogControl
 
 Runner = Callable[[Callable[[], None], str], None]   # (job, label): run it now or later
 HookRunner = Callable[[str, str, float], HookResult]
@@ -95,7 +96,7 @@ class Freezer:
                  logs: LogControl | None = None, clock: core.Clock | None = None,
                  runner: Runner = run_on_thread, hook_runner: HookRunner = run_hook) -> None:
         self.kernel: Kernel = kernel or (planner.kernel if planner else LinuxKernel())
-        self.planner = planner or FreezePlanner(self.kernel)
+        self.planner = planner  # None in the guard, which only ever thaws what it was told
         self.store = store
         self.guard = guard
         self.hook = hook
@@ -121,21 +122,6 @@ class Freezer:
         # The log starts held (LogControl does): until the state file is read, a log file on a
         # filesystem a dead agent left frozen would block the first line.
         self._holding_logs = logs is not None and logs.holding
-
-    @classmethod
-    def from_config(cls, config: Config, log: logging.Logger, logs: LogControl | None = None) -> Freezer:
-        from agent.guard import GuardProcess
-
-        guard = GuardProcess(config.statedir, config.fsfreeze_hook, config.fsfreeze_hook_timeout, log) \
-            if config.on_agent_death == "thaw" else None
-        freezer = cls(planner=FreezePlanner(include=config.freeze_include, exclude=config.freeze_exclude),
-                      store=StateFile(config.statedir), guard=guard, hook=config.fsfreeze_hook,
-                      hook_timeout=config.fsfreeze_hook_timeout,
-                      default_timeout=config.freeze_timeout or None, on_agent_death=config.on_agent_death,
-                      log=log, logs=logs)
-        if guard is not None:
-            guard.on_death = freezer.guard_died
-        return freezer
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -226,6 +212,7 @@ class Freezer:
     def submit_freeze(self, mountpoints: Sequence[str] | None = None,
                       timeout: Any = None) -> Future[tuple[Any, AgentError | None]]:
         """:meth:`freeze` without waiting: planning errors raise, the rest is the future's."""
+        assert self.planner is not None, "a freezer without a planner only thaws"
         plan = self.planner.plan_all() if mountpoints is None else self.planner.plan_list(mountpoints)
         if self.guard is not None:
             try:
@@ -239,6 +226,7 @@ class Freezer:
                                                  mountpoints is not None))
 
     def submit_thaw(self, epoch: int | None = None) -> Future[tuple[Any, AgentError | None]]:
+        assert self.planner is not None, "a freezer without a planner only thaws what it was told"
         rid = next(self._rids)
         return self._submit(rid, ThawRequested(rid, self.planner.thaw_targets(), epoch))
 

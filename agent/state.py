@@ -14,6 +14,9 @@ from agent.commands.files import FileTable
 from agent.commands.system import SystemPrograms
 from agent.config import VERSION, Config, ConfigError
 from agent.freezer import Freezer
+from agent.fsfreeze.engine import FreezePlanner
+from agent.fsfreeze.statefile import StateFile
+from agent.guard import GuardProcess
 from agent.logs import LogControl
 from agent.registry import Registry, build_registry
 
@@ -38,7 +41,7 @@ class AgentState:
 
     def __post_init__(self) -> None:
         self.blocked = blocked_commands(self.registry, self.config)
-        self.freezer = Freezer.from_config(self.config, self.log, self.logs)
+        self.freezer = build_freezer(self.config, self.log, self.logs)
 
     @property
     def frozen(self) -> bool:
@@ -53,6 +56,21 @@ class AgentState:
             if command is not None and not command.allowed_while_frozen:
                 return FROZEN_REASON
         return None
+
+
+def build_freezer(config: Config, log: logging.Logger, logs: LogControl | None = None) -> Freezer:
+    """The agent's freezer: planning within the freeze filters, the state file, the hook, and
+    under ``--on-agent-death thaw`` a guard process whose death is noticed and repaired."""
+    guard = GuardProcess(config.statedir, config.fsfreeze_hook, config.fsfreeze_hook_timeout, log) \
+        if config.on_agent_death == "thaw" else None
+    freezer = Freezer(planner=FreezePlanner(include=config.freeze_include, exclude=config.freeze_exclude),
+                      store=StateFile(config.statedir), guard=guard, hook=config.fsfreeze_hook,
+                      hook_timeout=config.fsfreeze_hook_timeout,
+                      default_timeout=config.freeze_timeout or None, on_agent_death=config.on_agent_death,
+                      log=log, logs=logs)
+    if guard is not None:
+        guard.on_death = freezer.guard_died
+    return freezer
 
 
 def blocked_commands(registry: Registry, config: Config) -> frozenset[str]:

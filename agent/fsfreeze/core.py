@@ -35,9 +35,9 @@ import math
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from protocol.errors import AgentError, ErrorKind, command_failed, invalid_params
 
@@ -88,8 +88,7 @@ class SbState(Enum):
 OURS = (SbState.FREEZING, SbState.FROZEN, SbState.THAWING)
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """A superblock as a plan names it: its device and the mount point to issue ioctls on."""
 
     device: Device
@@ -98,16 +97,14 @@ class Target:
     source: str = ""
 
 
-@dataclass(frozen=True)
-class Superblock:
+class Superblock(NamedTuple):
     target: Target
     state: SbState
     abandoned: bool = False  # its freeze was cancelled while FIFREEZE ran: thaw it when it returns
     error: str = ""          # why the last thaw of it failed
 
 
-@dataclass(frozen=True)
-class Freeze:
+class Freeze(NamedTuple):
     """The freeze in force."""
 
     epoch: int
@@ -119,8 +116,7 @@ class Freeze:
     end_reason: ThawReason | None = None   # the first thaw that began to end it, if it did not finish
 
 
-@dataclass(frozen=True)
-class ThawRecord:
+class ThawRecord(NamedTuple):
     epoch: int
     reason: ThawReason
     at: float
@@ -133,8 +129,7 @@ class ThawRecord:
 # --- events -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FreezeRequested:
+class FreezeRequested(NamedTuple):
     rid: int
     waves: tuple[tuple[Target, ...], ...]
     timeout: Any = None          # as the host sent it; None for the agent's default
@@ -142,32 +137,27 @@ class FreezeRequested:
     listed: bool = False         # freeze-list (for messages only)
 
 
-@dataclass(frozen=True)
-class ThawRequested:
+class ThawRequested(NamedTuple):
     rid: int
     targets: tuple[Target, ...]  # every selected freezable superblock, in mount order
     epoch: int | None = None
 
 
-@dataclass(frozen=True)
-class DeadlineCheck:
+class DeadlineCheck(NamedTuple):
     pass
 
 
-@dataclass(frozen=True)
-class StopRequested:
+class StopRequested(NamedTuple):
     """SIGTERM and friends: undo our freeze, then exit."""
 
 
-@dataclass(frozen=True)
-class AgentDied:
+class AgentDied(NamedTuple):
     """In the guard: the agent's pipe closed.  At start-up: a dead agent's state was found."""
 
     detail: str = ""
 
 
-@dataclass(frozen=True)
-class HookDone:
+class HookDone(NamedTuple):
     op: int                      # the rid of the freeze whose hook this was (0 for a thaw hook)
     action: str
     ran: bool
@@ -175,43 +165,36 @@ class HookDone:
     detail: str = ""
 
 
-@dataclass(frozen=True)
-class FlushDone:
+class FlushDone(NamedTuple):
     op: int
 
 
-@dataclass(frozen=True)
-class Persisted:
+class Persisted(NamedTuple):
     op: int
     error: str | None = None
 
 
-@dataclass(frozen=True)
-class PersistFailed:
+class PersistFailed(NamedTuple):
     error: str
 
 
-@dataclass(frozen=True)
-class FreezeDone:
+class FreezeDone(NamedTuple):
     device: Device
     errno: int | None = None     # None: frozen
     error: str = ""
 
 
-@dataclass(frozen=True)
-class ThawDone:
+class ThawDone(NamedTuple):
     device: Device
     thawed: bool                 # at least one FITHAW succeeded (it was frozen)
     error: str | None = None
 
 
-@dataclass(frozen=True)
-class GuardRestarted:
+class GuardRestarted(NamedTuple):
     detail: str
 
 
-@dataclass(frozen=True)
-class Restored:
+class Restored(NamedTuple):
     """At start (or in the guard): the state an earlier agent wrote."""
 
     snapshot: Mapping[str, Any]
@@ -225,20 +208,17 @@ Event = (FreezeRequested | ThawRequested | DeadlineCheck | StopRequested | Agent
 # --- actions ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RunHook:
+class RunHook(NamedTuple):
     op: int
     action: str                  # "freeze" or "thaw"
 
 
-@dataclass(frozen=True)
-class Flush:
+class Flush(NamedTuple):
     op: int
     targets: tuple[Target, ...]
 
 
-@dataclass(frozen=True)
-class Persist:
+class Persist(NamedTuple):
     """Write the state file and tell the guard: both are :meth:`FreezeCore.snapshot`.
 
     ``op`` set: the freeze waits for :class:`Persisted` before its first FIFREEZE."""
@@ -247,14 +227,12 @@ class Persist:
     op: int | None = None
 
 
-@dataclass(frozen=True)
-class FreezeSb:
+class FreezeSb(NamedTuple):
     target: Target
     op: int                      # the freeze request it belongs to
 
 
-@dataclass(frozen=True)
-class ThawSbs:
+class ThawSbs(NamedTuple):
     """FITHAW until EINVAL on each, in this order (parents first); a ThawDone for each."""
 
     targets: tuple[Target, ...]
@@ -262,22 +240,19 @@ class ThawSbs:
     op: int | None = None        # the request it serves (None: a safety thaw)
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
     rid: int
     result: Any = None
     error: AgentError | None = None
     epoch: int | None = None     # a successful freeze's epoch (the wire reply is qemu-ga's count)
 
 
-@dataclass(frozen=True)
-class Log:
+class Log(NamedTuple):
     level: str                   # "debug", "info", "warning", "error"
     message: str
 
 
-@dataclass(frozen=True)
-class Exit:
+class Exit(NamedTuple):
     pass
 
 
@@ -466,7 +441,7 @@ class FreezeCore:
             self.freeze = state["freeze"] or Freeze(self.epoch, self.clock.time(), None, None, None)
             if self.freeze.deadline is not None:
                 remaining = max(0.0, self.freeze.deadline - self.clock.time())
-                self.freeze = replace(self.freeze, deadline_mono=self.clock.monotonic() + remaining)
+                self.freeze = self.freeze._replace(deadline_mono=self.clock.monotonic() + remaining)
         if self.sbs:
             self._log("warning", f"the state file says freeze {self.freeze.epoch if self.freeze else '?'} "
                       f"is in force ({', '.join(t.path for t in state['targets'])})")
@@ -622,7 +597,7 @@ class FreezeCore:
         if sb.abandoned:
             # Its freeze was cancelled while this FIFREEZE was out; _settle thaws it if it froze.
             if event.errno is None:
-                self.sbs[event.device] = replace(sb, state=SbState.FROZEN)
+                self.sbs[event.device] = sb._replace(state=SbState.FROZEN)
                 self._log("warning", f"{path}: the stuck FIFREEZE returned; thawing it")
             else:
                 del self.sbs[event.device]
@@ -630,12 +605,12 @@ class FreezeCore:
             return
         op = self.op if isinstance(self.op, FreezeOp) else None
         if event.errno is None:
-            self.sbs[event.device] = replace(sb, state=SbState.FROZEN)
+            self.sbs[event.device] = sb._replace(state=SbState.FROZEN)
             if op is not None:
                 op.frozen.append(sb.target)
         elif event.errno in SKIPPED_ERRNOS:
             if event.errno == EBUSY:
-                self.sbs[event.device] = replace(sb, state=SbState.FOREIGN)
+                self.sbs[event.device] = sb._replace(state=SbState.FOREIGN)
             else:
                 del self.sbs[event.device]
             if op is not None:
@@ -691,7 +666,7 @@ class FreezeCore:
         op.pending = []
         for device, sb in list(self.sbs.items()):
             if sb.state is SbState.FREEZING and not sb.abandoned:
-                self.sbs[device] = replace(sb, abandoned=True)
+                self.sbs[device] = sb._replace(abandoned=True)
                 stuck.append(sb.target.path)
         if self.op is op:
             self.op = None
@@ -701,7 +676,7 @@ class FreezeCore:
             self._reply(op.rid, error=command_failed(text))
             if self.freeze is not None and not self.freeze.broken:
                 # The host was told the freeze failed: it never held, whatever is frozen now.
-                self.freeze = replace(self.freeze, broken=f"its freeze request failed ({why})")
+                self.freeze = self.freeze._replace(broken=f"its freeze request failed ({why})")
             if op.stage in (*BEFORE_FREEZING, Stage.PERSIST):
                 self.freeze = None if not self.ours() else self.freeze
         return stuck
@@ -746,10 +721,10 @@ class FreezeCore:
             sb = self.sbs.get(target.device)
             if sb is not None and sb.state is SbState.FREEZING:
                 thaw.stuck.append(sb.target.path)
-                self.sbs[target.device] = replace(sb, abandoned=True)
+                self.sbs[target.device] = sb._replace(abandoned=True)
                 continue
             if sb is not None and sb.state in OURS:
-                self.sbs[target.device] = replace(sb, state=SbState.THAWING)
+                self.sbs[target.device] = sb._replace(state=SbState.THAWING)
             thaw.waiting[target.device] = target.path
             go.append(target)
         if go:
@@ -768,7 +743,7 @@ class FreezeCore:
         if event.error is not None:
             thaw.errors.append({"path": path, "error": event.error})
             if sb is not None and sb.state in OURS:
-                self.sbs[event.device] = replace(sb, state=SbState.FROZEN, error=event.error)
+                self.sbs[event.device] = sb._replace(state=SbState.FROZEN, error=event.error)
         elif sb is not None:
             if sb.state is SbState.THAWING:
                 if event.thawed:
@@ -794,7 +769,7 @@ class FreezeCore:
                 parts.append(f"a thaw ({thaw.reason.value}) thawed only part of it")
             end_reason = ThawReason.EXTERNAL if thaw.found_thawed and thaw.reason is ThawReason.REQUEST \
                 else thaw.reason
-            self.freeze = freeze = replace(freeze, broken="; ".join(parts), end_reason=end_reason)
+            self.freeze = freeze = freeze._replace(broken="; ".join(parts), end_reason=end_reason)
         if thaw.found_thawed:
             self._log("warning", f"freeze {freeze.epoch if freeze else self.epoch} did not hold: "
                       f"{', '.join(thaw.found_thawed)} had already been thawed by someone else")
@@ -815,7 +790,7 @@ class FreezeCore:
                   + (f"; stuck in FIFREEZE: {', '.join(thaw.stuck)}" if thaw.stuck else ""))
         if thaw.errors or thaw.stuck:
             if thaw.reason.safety and self.freeze is not None:
-                self.freeze = replace(self.freeze, deadline_mono=self.clock.monotonic() + RETRY_SECONDS)
+                self.freeze = self.freeze._replace(deadline_mono=self.clock.monotonic() + RETRY_SECONDS)
             if thaw.errors:
                 message = f"thawed {count} filesystem(s), but failed to thaw {_describe(thaw.errors)}"
             else:
