@@ -45,6 +45,7 @@ from agent.fsfreeze.core import (
     StopRequested,
     ThawDone,
     ThawRequested,
+    ThawResults,
 )
 from agent.fsfreeze.hooks import HookResult, run_hook
 from agent.fsfreeze.kernel import FLUSH_THRESHOLD, Kernel, LinuxKernel, flush, strerror, thaw_fully
@@ -353,11 +354,13 @@ class Freezer:
         """FITHAW until EINVAL on each target, in order, through a mount point that still
         belongs to its superblock (mounts may have moved since the freeze)."""
         paths = self._current_paths()
+        results = []
         for target in targets:
             path = paths.get(target.device, {}).get(target.path) or next(
                 iter(paths.get(target.device, {})), target.path)
             thawed, error = thaw_fully(self.kernel, path)
-            self.feed(ThawDone(target.device, thawed, error))
+            results.append(ThawDone(target.device, thawed, error))
+        self.feed(ThawResults(tuple(results)))
 
     def _current_paths(self) -> dict[tuple[int, int], dict[str, str]]:
         """Device -> its visible mount points now; empty when the mount table cannot be read."""

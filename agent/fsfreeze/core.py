@@ -190,6 +190,12 @@ class ThawDone(NamedTuple):
     error: str | None = None
 
 
+class ThawResults(NamedTuple):
+    """The results of one ThawSbs, in one event: one state write per thaw, not per superblock."""
+
+    results: tuple[ThawDone, ...]
+
+
 class GuardRestarted(NamedTuple):
     detail: str
 
@@ -203,7 +209,8 @@ class Restored(NamedTuple):
 
 
 Event = (FreezeRequested | ThawRequested | DeadlineCheck | StopRequested | AgentDied | HookDone
-         | FlushDone | Persisted | PersistFailed | FreezeDone | ThawDone | GuardRestarted | Restored)
+         | FlushDone | Persisted | PersistFailed | FreezeDone | ThawDone | ThawResults | GuardRestarted
+         | Restored)
 
 # --- actions ------------------------------------------------------------------------------------
 
@@ -411,8 +418,10 @@ class FreezeCore:
                 "broken": freeze.broken,
             },
             "superblocks": [
+                # Without their state: freezing, frozen and thawing all read back as "possibly
+                # frozen", and a FIFREEZE returning changes nothing on disk (one write a wave).
                 {"device": list(sb.target.device), "path": sb.target.path, "type": sb.target.fstype,
-                 "source": sb.target.source, "state": sb.state.value}
+                 "source": sb.target.source}
                 for sb in self.sbs.values() if sb.state in OURS
             ],
             "hook-owed": self.hook_owed,
@@ -731,6 +740,10 @@ class FreezeCore:
             self._emit(ThawSbs(tuple(go), thaw.reason, thaw.rid))
         else:
             self._finish_thaw(thaw)
+
+    def _on_ThawResults(self, event: ThawResults) -> None:
+        for result in event.results:
+            self._on_ThawDone(result)
 
     def _on_ThawDone(self, event: ThawDone) -> None:
         thaw = self.op
