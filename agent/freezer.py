@@ -353,11 +353,14 @@ class Freezer:
     def _thaw_all(self, targets: Sequence[core.Target]) -> None:
         """FITHAW until EINVAL on each target, in order, through a mount point that still
         belongs to its superblock (mounts may have moved since the freeze)."""
-        paths = self._current_paths()
+        paths: dict[tuple[int, int], dict[str, str]] | None = None
         results = []
         for target in targets:
-            path = paths.get(target.device, {}).get(target.path) or next(
-                iter(paths.get(target.device, {})), target.path)
+            path = target.path
+            if self.kernel.device_of(path) != target.device:  # moved, or btrfs: ask the mount table
+                paths = self._current_paths() if paths is None else paths
+                path = paths.get(target.device, {}).get(target.path) or next(
+                    iter(paths.get(target.device, {})), target.path)
             thawed, error = thaw_fully(self.kernel, path)
             results.append(ThawDone(target.device, thawed, error))
         self.feed(ThawResults(tuple(results)))

@@ -34,6 +34,7 @@ class Kernel(Protocol):
     def syncfs(self, path: str) -> None: ...
     def mounts(self) -> list[Mount]: ...
     def block_device(self, source: str) -> tuple[int, int] | None: ...
+    def device_of(self, path: str) -> tuple[int, int] | None: ...
     def backing_files(self, mount: Mount) -> Sequence[str]: ...
     def dirty_bytes(self) -> int: ...
 
@@ -52,6 +53,14 @@ class LinuxKernel(FsIoctl):
 
     def block_device(self, source: str) -> tuple[int, int] | None:
         return block_device_numbers(source)
+
+    def device_of(self, path: str) -> tuple[int, int] | None:
+        """The device of the filesystem ``path`` is on (anonymous 0:N for btrfs), None if gone."""
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            return None
+        return (os.major(st.st_dev), os.minor(st.st_dev))
 
     def backing_files(self, mount: Mount) -> Sequence[str]:
         return order.backing_files(mount, self.sysfs)

@@ -104,6 +104,9 @@ class ModelKernel:
     def block_device(self, source: str) -> Device | None:
         return None
 
+    def device_of(self, path: str) -> Device | None:
+        return self.table[path][0] if path in self.table else None
+
     def backing_files(self, mount: Mount) -> tuple[str, ...]:
         return ()
 
