@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from host_client import AgentCallError, AgentClient, FreezeLost
-from tests.support.freezing import start_agent, start_writer, write_hook
+from tests.support.freezing import assert_freeze_ended, start_agent, start_writer, write_hook
 from tests.support.loopfs import LoopMounts, thaw_fully
 
 
@@ -90,11 +90,7 @@ def test_sigkill_while_frozen_guard_thaws_within_a_second(tmp_path: Path, loops:
     successor = start_agent(tmp_path, loops)
     try:
         with AgentClient(str(successor.socket_path), timeout=30) as client:
-            info = client.call("guest-fsfreeze-info")
-            assert info["status"] == "thawed"
-            assert info["last-thaw"]["reason"] == "agent-death" and info["last-thaw"]["epoch"] == epoch
-            with pytest.raises(FreezeLost, match="agent-death"):
-                client.thaw(epoch)
+            assert_freeze_ended(client, epoch, "agent-death")
             assert client.call("guest-fsfreeze-freeze-list", mountpoints=[str(a)]) == 1
             assert client.call("guest-fsfreeze-info")["epoch"] == epoch + 1  # epochs never repeat
             assert client.call("guest-fsfreeze-thaw") == 1

@@ -19,18 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from host_client import AgentCallError, AgentClient, FreezeLost
+from host_client import AgentCallError, AgentClient
 from tests.support.agent_process import PyqgaAgent
-from tests.support.freezing import start_agent, start_writer
-from tests.support.loopfs import LoopMounts, freeze_directly, thaw_fully
+from tests.support.freezing import assert_freeze_ended, freeze_through, start_agent, start_writer, wait_until
+from tests.support.loopfs import LoopFs, LoopMounts, freeze_directly, thaw_fully
 from tests.support.requirements import require_tool
-
-
-def wait_until(condition, limit: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + limit
-    while not condition():
-        assert time.monotonic() < end, f"not within {limit} s: {what}"
-        time.sleep(0.02)
 
 
 def guard_pid(agent: PyqgaAgent) -> int:
@@ -52,32 +45,39 @@ def state_of(agent: PyqgaAgent) -> dict:  # type: ignore[type-arg]
     return json.loads((agent.statedir / "pyqga.state").read_text())
 
 
-# --- fault 1: timeouts out of range ---------------------------------------------------------------
-
-
-def test_out_of_range_timeouts_are_refused_and_the_deadline_still_works(tmp_path: Path,
-                                                                       loops: LoopMounts) -> None:
+@pytest.fixture
+def agent_on_a(tmp_path: Path, loops: LoopMounts) -> Iterator[tuple[PyqgaAgent, LoopFs]]:
+    """One loop filesystem ``a`` and an agent limited to the test's mounts, stopped after."""
     a = loops.add("a")
     agent = start_agent(tmp_path, loops)
     try:
-        with AgentClient(str(agent.socket_path), timeout=30) as client:
-            for bad in (1e10, -1, 0, 7 * 24 * 3600 + 1):
-                with pytest.raises(AgentCallError, match="timeout must be a number of seconds") as caught:
-                    client.call("guest-fsfreeze-freeze-list", {"mountpoints": [str(a)], "timeout": bad})
-                assert caught.value.error_class == "GenericError"
-            for raw in (b"1e400", b"NaN", b"-Infinity"):  # infinity to a JSON parser, and non-JSON
-                with agent.connect(10) as sock:
-                    sock.sendall(b'{"execute":"guest-fsfreeze-freeze","arguments":{"timeout":%s}}\n' % raw)
-                    reply = json.loads(sock.recv(4096))
-                assert reply["error"]["class"] == "GenericError" and "return" not in reply, reply
-            assert client.call("guest-fsfreeze-status") == "thawed" and thaw_fully(a.mountpoint) == 0
-            # The deadline watcher survived all of that: a 1 s freeze still thaws by itself.
-            assert client.call("guest-fsfreeze-freeze-list", {"mountpoints": [str(a)], "timeout": 1}) == 1
-            wait_until(lambda: client.call("guest-fsfreeze-status") == "thawed", 10, "auto-thaw")
-            assert client.call("guest-fsfreeze-info")["last-thaw"]["reason"] == "timeout"
-            assert thaw_fully(a.mountpoint) == 0
+        yield agent, a
     finally:
         agent.stop()
+
+
+# --- fault 1: timeouts out of range ---------------------------------------------------------------
+
+
+def test_out_of_range_timeouts_are_refused_and_the_deadline_still_works(
+        agent_on_a: tuple[PyqgaAgent, LoopFs]) -> None:
+    agent, a = agent_on_a
+    with AgentClient(str(agent.socket_path), timeout=30) as client:
+        for bad in (1e10, -1, 0, 7 * 24 * 3600 + 1):
+            with pytest.raises(AgentCallError, match="timeout must be a number of seconds") as caught:
+                client.call("guest-fsfreeze-freeze-list", {"mountpoints": [str(a)], "timeout": bad})
+            assert caught.value.error_class == "GenericError"
+        for raw in (b"1e400", b"NaN", b"-Infinity"):  # infinity to a JSON parser, and non-JSON
+            with agent.connect(10) as sock:
+                sock.sendall(b'{"execute":"guest-fsfreeze-freeze","arguments":{"timeout":%s}}\n' % raw)
+                reply = json.loads(sock.recv(4096))
+            assert reply["error"]["class"] == "GenericError" and "return" not in reply, reply
+        assert client.call("guest-fsfreeze-status") == "thawed" and thaw_fully(a.mountpoint) == 0
+        # The deadline watcher survived all of that: a 1 s freeze still thaws by itself.
+        assert client.call("guest-fsfreeze-freeze-list", {"mountpoints": [str(a)], "timeout": 1}) == 1
+        wait_until(lambda: client.call("guest-fsfreeze-status") == "thawed", 10, "auto-thaw")
+        assert client.call("guest-fsfreeze-info")["last-thaw"]["reason"] == "timeout"
+        assert thaw_fully(a.mountpoint) == 0
 
 
 # --- fault 2: safety thaws undo other tools' freezes ------------------------------------------------
@@ -237,9 +237,7 @@ def test_full_state_directory_does_not_stop_the_deadline_thaw(tmp_path: Path, lo
 def test_agent_and_guard_killed_together_next_start_thaws(tmp_path: Path, loops: LoopMounts) -> None:
     a = loops.add("a")
     agent = start_agent(tmp_path, loops)
-    with AgentClient(str(agent.socket_path), timeout=30) as client:
-        assert client.call("guest-fsfreeze-freeze-list", mountpoints=[str(a)]) == 1
-        epoch = client.call("guest-fsfreeze-info")["epoch"]
+    epoch = freeze_through(agent, [a])
     guard = guard_pid(agent)
     os.kill(guard, signal.SIGKILL)  # as systemd's cgroup kill does: both at once
     agent.stop(signal.SIGKILL)
@@ -249,35 +247,27 @@ def test_agent_and_guard_killed_together_next_start_thaws(tmp_path: Path, loops:
     try:
         assert _not_frozen(a.mountpoint), "the next agent did not thaw what the dead one froze"
         with AgentClient(str(successor.socket_path), timeout=30) as client:
-            info = client.call("guest-fsfreeze-info")
-            assert info["status"] == "thawed"
-            assert info["last-thaw"]["reason"] == "agent-death" and info["last-thaw"]["epoch"] == epoch
-            with pytest.raises(FreezeLost, match="agent-death"):
-                client.thaw(epoch)
+            assert_freeze_ended(client, epoch, "agent-death")
         log = successor.log_path.read_text()
         assert f"freeze {epoch} is in force" in log and "(agent-death)" in log
     finally:
         successor.stop()
 
 
-def test_a_dead_guard_is_noticed_and_restarted(tmp_path: Path, loops: LoopMounts) -> None:
-    a = loops.add("a")
-    agent = start_agent(tmp_path, loops)
-    try:
-        with AgentClient(str(agent.socket_path), timeout=30) as client:
-            assert client.call("guest-fsfreeze-freeze-list", mountpoints=[str(a)]) == 1
-            first = guard_pid(agent)
-            os.kill(first, signal.SIGKILL)
-            wait_until(lambda: client.call("guest-fsfreeze-info")["guard-restarts"] == 1, 10,
-                       "the guard restart")
-            second = guard_pid(agent)
-            assert second != first
-            assert "the freeze guard" in agent.log_path.read_text()
-        # The new guard knows the freeze: kill the agent, and it thaws.
-        agent.stop(signal.SIGKILL)
-        wait_until(lambda: _not_frozen(a.mountpoint), 5, "the restarted guard to thaw")
-    finally:
-        agent.stop()
+def test_a_dead_guard_is_noticed_and_restarted(agent_on_a: tuple[PyqgaAgent, LoopFs]) -> None:
+    agent, a = agent_on_a
+    with AgentClient(str(agent.socket_path), timeout=30) as client:
+        assert client.call("guest-fsfreeze-freeze-list", mountpoints=[str(a)]) == 1
+        first = guard_pid(agent)
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: client.call("guest-fsfreeze-info")["guard-restarts"] == 1, 10,
+                   "the guard restart")
+        second = guard_pid(agent)
+        assert second != first
+        assert "the freeze guard" in agent.log_path.read_text()
+    # The new guard knows the freeze: kill the agent, and it thaws.
+    agent.stop(signal.SIGKILL)
+    wait_until(lambda: _not_frozen(a.mountpoint), 5, "the restarted guard to thaw")
 
 
 # --- fault 9: smaller gaps --------------------------------------------------------------------------
@@ -289,8 +279,7 @@ def test_restart_under_stay_holds_the_log_on_a_frozen_filesystem(tmp_path: Path,
     a = loops.add("a")
     log = a.mountpoint / "agent.log"
     first = start_agent(tmp_path, loops, "--on-agent-death", "stay", "-l", str(log))
-    with AgentClient(str(first.socket_path), timeout=30) as client:
-        assert client.call("guest-fsfreeze-freeze-list", mountpoints=[str(a)]) == 1
+    freeze_through(first, [a])
     first.stop(signal.SIGKILL)
     second = start_agent(tmp_path, loops, "--on-agent-death", "stay", "-l", str(log))
     try:
@@ -306,19 +295,15 @@ def test_restart_under_stay_holds_the_log_on_a_frozen_filesystem(tmp_path: Path,
         loops.thaw_all()
 
 
-def test_state_file_deadline_is_the_deadline_in_force(tmp_path: Path, loops: LoopMounts) -> None:
-    a = loops.add("a")
-    agent = start_agent(tmp_path, loops)
-    try:
-        with AgentClient(str(agent.socket_path), timeout=30) as client:
-            assert client.call("guest-fsfreeze-freeze-list", {"mountpoints": [str(a)], "timeout": 30}) == 1
-            info = client.call("guest-fsfreeze-info")
-            recorded = state_of(agent)["freeze"]
-            assert recorded["deadline"] == info["deadline"]
-            assert info["deadline"] - info["frozen-at"] == pytest.approx(30)
-            assert client.call("guest-fsfreeze-thaw") == 1
-    finally:
-        agent.stop()
+def test_state_file_deadline_is_the_deadline_in_force(agent_on_a: tuple[PyqgaAgent, LoopFs]) -> None:
+    agent, a = agent_on_a
+    with AgentClient(str(agent.socket_path), timeout=30) as client:
+        assert client.call("guest-fsfreeze-freeze-list", {"mountpoints": [str(a)], "timeout": 30}) == 1
+        info = client.call("guest-fsfreeze-info")
+        recorded = state_of(agent)["freeze"]
+        assert recorded["deadline"] == info["deadline"]
+        assert info["deadline"] - info["frozen-at"] == pytest.approx(30)
+        assert client.call("guest-fsfreeze-thaw") == 1
 
 
 def test_thaw_does_not_wait_behind_commands_blocked_on_a_frozen_filesystem(tmp_path: Path,

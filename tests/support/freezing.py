@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from host_client import AgentClient, FreezeLost
 from tests.support.agent_process import PyqgaAgent
 from tests.support.loopfs import LoopMounts
 
@@ -29,3 +33,33 @@ def write_hook(path: Path, body: str) -> Path:
     path.write_text("#!/bin/sh\n" + body)
     path.chmod(0o755)
     return path
+
+
+def freeze_through(agent: PyqgaAgent, mountpoints: Sequence[object], **params: Any) -> int:
+    """Freeze-list ``mountpoints`` through a fresh connection; return the freeze's epoch."""
+    with AgentClient(str(agent.socket_path), timeout=30) as client:
+        count = client.call("guest-fsfreeze-freeze-list", {"mountpoints": [str(m) for m in mountpoints],
+                                                            **params})
+        assert count == len(mountpoints), f"froze {count} of {len(mountpoints)}"
+        return int(client.call("guest-fsfreeze-info")["epoch"])
+
+
+def wait_until(condition: Callable[[], object], limit: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``limit`` seconds."""
+    end = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < end, f"not within {limit} s: {what}"
+        time.sleep(0.02)
+
+
+def assert_freeze_ended(client: AgentClient, epoch: int, reason: str) -> None:
+    """Freeze ``epoch`` is over, ended by ``reason``, and a thaw naming it is told so."""
+    info = client.call("guest-fsfreeze-info")
+    assert info["status"] == "thawed"
+    assert info["last-thaw"]["reason"] == reason and info["last-thaw"]["epoch"] == epoch, info["last-thaw"]
+    try:
+        client.thaw(epoch)
+    except FreezeLost as lost:
+        assert reason in str(lost), lost
+    else:
+        raise AssertionError(f"a thaw of freeze {epoch}, ended by {reason}, was not told it was lost")
