@@ -50,7 +50,6 @@ from agent.fsfreeze.core import (
 from agent.fsfreeze.hooks import HookResult, run_hook
 from agent.fsfreeze.kernel import FLUSH_THRESHOLD, Kernel, LinuxKernel, flush, strerror, thaw_fully
 from agent.fsfreeze.mounts import resolve_device
-from agent.fsfreeze.statefile import wait_for_previous_guard
 from protocol.errors import AgentError, ErrorKind
 
 if TYPE_CHECKING:  # the guard imports this module: it needs neither planning nor the log switch
@@ -82,6 +81,7 @@ class Store(Protocol):
 
 
 class GuardPort(Protocol):
+    def wait_for_previous(self) -> bool: ...
     def ensure_started(self) -> None: ...
     def send(self, snapshot: Mapping[str, Any]) -> None: ...
     def stop(self) -> None: ...
@@ -144,9 +144,8 @@ class Freezer:
     def _restore(self) -> None:
         if self.store is None:
             return
-        statedir = getattr(self.store, "directory", None)
-        if statedir is not None and not wait_for_previous_guard(statedir):
-            self.log.error("an earlier agent's freeze guard is still busy in %s; going on", statedir)
+        if self.guard is not None and not self.guard.wait_for_previous():
+            self.log.error("an earlier agent's freeze guard is still at work; going on without it")
         try:
             snapshot = self.store.read()
         except CorruptState as exc:
@@ -223,8 +222,7 @@ class Freezer:
                                  f"cannot start the freeze guard, refusing to freeze: {exc}") from None
         rid = next(self._rids)
         flush_first = bool(plan) and self.kernel.dirty_bytes() >= FLUSH_THRESHOLD
-        return self._submit(rid, FreezeRequested(rid, self.planner.waves(plan), timeout, flush_first,
-                                                 mountpoints is not None))
+        return self._submit(rid, FreezeRequested(rid, self.planner.waves(plan), timeout, flush_first))
 
     def submit_thaw(self, epoch: int | None = None) -> Future[tuple[Any, AgentError | None]]:
         assert self.planner is not None, "a freezer without a planner only thaws what it was told"

@@ -36,7 +36,7 @@ from typing import Any
 from agent.freezer import Freezer, run_inline
 from agent.fsfreeze.core import Restored
 from agent.fsfreeze.kernel import LinuxKernel
-from agent.fsfreeze.statefile import StateFile, hold_guard_lock
+from agent.fsfreeze.statefile import StateFile, hold_guard_lock, wait_for_previous_guard
 
 MAX_LINE = 1 << 20
 # A Python start-up: ~0.2 s here, but tens of seconds in a busy TCG guest (measured 26 s).
@@ -99,6 +99,11 @@ class GuardProcess:
         self._starting = threading.Lock()
         self._sending = threading.Lock()
         self._stopped = False
+
+    def wait_for_previous(self, timeout: float = 10.0) -> bool:
+        """Wait until no guard of an earlier agent still works in our state directory (it
+        holds the guard lock while it lives); True if none does."""
+        return wait_for_previous_guard(self.args[0], timeout)
 
     @property
     def running(self) -> bool:

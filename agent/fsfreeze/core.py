@@ -134,7 +134,6 @@ class FreezeRequested(NamedTuple):
     waves: tuple[tuple[Target, ...], ...]
     timeout: Any = None          # as the host sent it; None for the agent's default
     flush: bool = False          # syncfs everything first (much dirty data)
-    listed: bool = False         # freeze-list (for messages only)
 
 
 class ThawRequested(NamedTuple):
@@ -277,7 +276,6 @@ class Stage(Enum):
     FLUSH = "flush"
     PERSIST = "persist"
     FREEZE = "freeze"
-    ROLLBACK = "rollback"
 
 
 BEFORE_FREEZING = (Stage.RECORD_HOOK, Stage.HOOK, Stage.FLUSH)

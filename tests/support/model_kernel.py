@@ -167,6 +167,9 @@ class ModelGuard:
         self.last: dict[str, Any] | None = None
         self.alive = True
 
+    def wait_for_previous(self) -> bool:
+        return True
+
     def ensure_started(self) -> None:
         self.alive = True
 
