@@ -158,10 +158,20 @@ def parse_duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 5s, 500ms, 2m)") from None
 
 
+def note_without_auto_thaw(client: AgentClient, what: str) -> None:
+    """Say plainly, before freezing, when nothing but this process will thaw the guest."""
+    capabilities = client.capabilities()
+    if not capabilities.auto_thaw:
+        print(f"pyqga: note: the agent at {client.address} ({capabilities.version or 'unknown version'}) "
+              f"has no auto-thaw; this command {what}, and if it dies meanwhile the guest stays frozen "
+              "until someone thaws it", file=sys.stderr)
+
+
 def run_stall(client: AgentClient, args: argparse.Namespace) -> int:
     if args.duration <= 0 or args.repeat < 1:
         print("pyqga: error: --duration must be positive and --repeat at least 1", file=sys.stderr)
         return EXIT_USAGE
+    note_without_auto_thaw(client, "thaws each stall itself when its time is up")
     live = sys.stdout.isatty() and not args.json
     results: list[StallResult] = []
     first_start = time.monotonic()
@@ -215,6 +225,7 @@ def run_snapshot(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
                 report = take_snapshot(qmp, overlays)
             else:
                 with AgentClient(args.socket, dialect=args.dialect, timeout=args.timeout) as agent:
+                    note_without_auto_thaw(agent, "thaws the guest after the snapshot")
                     report = take_snapshot(qmp, overlays, agent, mountpoints=args.mountpoint,
                                            freeze_timeout=args.freeze_timeout)
         except (QMPError, ValueError) as exc:

@@ -7,6 +7,7 @@ virtio-serial channel outlives host connections and may hold a stale reply or ha
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,6 +22,8 @@ from protocol.client import ClientConnection, Reply
 from protocol.dialects import Dialect
 from protocol.errors import ErrorKind
 
+log = logging.getLogger("pyqga.client")
+
 DEFAULT_TIMEOUT = 10.0
 RESYNC_RETRY = 1.0  # seconds before a resync request is sent again
 # A freeze flushes dirty data first: allow it much longer than an ordinary call.
@@ -28,12 +31,32 @@ FREEZE_CALL_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What the agent at the other end can do, from its ``guest-info`` (asked once per client).
+
+    pyqga's freeze extensions (a ``timeout`` on the freeze commands, after which the agent thaws
+    by itself; ``epoch`` on the thaw; ``guest-fsfreeze-info``) come together: an agent that lists
+    ``guest-fsfreeze-info`` has all three, and one that does not (qemu-ga) has none, and rejects
+    a ``timeout`` it does not know."""
+
+    version: str
+    commands: frozenset[str]
+
+    @property
+    def auto_thaw(self) -> bool:
+        return "guest-fsfreeze-info" in self.commands
+
+
+@dataclass(frozen=True)
 class Freeze:
-    """What :meth:`AgentClient.frozen` froze: the count, and the epoch the thaw will check."""
+    """What :meth:`AgentClient.frozen` froze: the count, and the epoch the thaw will check
+    (None where the agent has no epochs).  ``auto_thaw``: whether the agent thaws by itself
+    if this host goes away."""
 
     count: int
     epoch: int | None
     info: dict[str, Any]
+    auto_thaw: bool = True
 
 
 class AgentClient(GuestOperations):
@@ -57,6 +80,7 @@ class AgentClient(GuestOperations):
         self._transport = transport or open_transport(address, timeout)
         self.address = self._transport.address
         self._needs_resync = resync
+        self._capabilities: Capabilities | None = None
 
     # --- context manager -----------------------------------------------------------------
 
@@ -108,6 +132,15 @@ class AgentClient(GuestOperations):
     def info(self) -> dict[str, Any]:
         return self.call("guest-info")
 
+    def capabilities(self) -> Capabilities:
+        """What this agent supports (``guest-info``, asked once and remembered)."""
+        if self._capabilities is None:
+            info = self.info()
+            self._capabilities = Capabilities(
+                str(info.get("version", "")),
+                frozenset(c["name"] for c in info.get("supported_commands", []) if isinstance(c, dict)))
+        return self._capabilities
+
     def sync(self, timeout: float | None = None) -> int:
         """Resynchronise the channel now; returns the random id that came back."""
         limit = self.timeout if timeout is None else timeout
@@ -118,19 +151,55 @@ class AgentClient(GuestOperations):
                call_timeout: float = FREEZE_CALL_TIMEOUT) -> Iterator[Freeze]:
         """Freeze (all, or ``mountpoints``), run the body, thaw; raise :class:`FreezeLost` if the
         freeze did not hold until the thaw.  ``timeout``: the agent thaws by itself after this
-        many seconds even if this host dies (pyqga only; qemu-ga has no auto-thaw)."""
-        params: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        if mountpoints is None:
-            count = self.call("guest-fsfreeze-freeze", params, timeout=call_timeout)
-        else:
-            params["mountpoints"] = list(mountpoints)
-            count = self.call("guest-fsfreeze-freeze-list", params, timeout=call_timeout)
-        info = self.call("guest-fsfreeze-info") if count else {}
+        many seconds even if this host dies (where the agent can: qemu-ga cannot, and a warning
+        says so).  Whatever fails after the freeze was sent, the guest is thawed before the
+        error reaches the caller."""
+        auto_thaw = self.capabilities().auto_thaw
+        count = self.send_freeze(mountpoints, timeout if auto_thaw else None, call_timeout)
+        try:
+            info = self.call("guest-fsfreeze-info") if count and auto_thaw else {}
+        except BaseException as exc:
+            self.thaw_after_failure(exc, call_timeout)
+            raise
         epoch = info.get("epoch") if info.get("status") == "frozen" else None
         try:
-            yield Freeze(count, epoch, info)
+            yield Freeze(count, epoch, info, auto_thaw)
         finally:
             self.thaw(epoch, call_timeout)
+
+    def send_freeze(self, mountpoints: Sequence[str] | None, timeout: float | None,
+                    call_timeout: float = FREEZE_CALL_TIMEOUT) -> int:
+        """Freeze-all or freeze-list; the count.  If the outcome is unknown (no reply in time,
+        the connection lost, an interrupt), the guest may be frozen: thaw it, then raise.  An
+        error the agent answered means it froze nothing (both agents roll back)."""
+        params: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        if not self.capabilities().auto_thaw:
+            log.warning("the agent at %s has no auto-thaw (qemu-ga %s): if this process dies while "
+                        "the guest is frozen, it stays frozen until someone thaws it",
+                        self.address, self.capabilities().version)
+        method = "guest-fsfreeze-freeze" if mountpoints is None else "guest-fsfreeze-freeze-list"
+        if mountpoints is not None:
+            params["mountpoints"] = list(mountpoints)
+        try:
+            return int(self.call(method, params, timeout=call_timeout))
+        except AgentCallError:
+            raise
+        except BaseException as exc:
+            self.thaw_after_failure(exc, call_timeout)
+            raise
+
+    def thaw_after_failure(self, failure: BaseException, call_timeout: float = FREEZE_CALL_TIMEOUT) -> None:
+        """Thaw because something failed while the guest may be frozen; say on ``failure``
+        whether that worked (the caller raises it)."""
+        try:
+            thawed = self.call("guest-fsfreeze-thaw", timeout=max(call_timeout, 60.0))
+        except Exception as exc:
+            log.error("could not thaw %s after a failure: %s", self.address, exc)
+            failure.add_note(f"pyqga: the guest at {self.address} may still be frozen: the thaw "
+                             f"after this failure failed too ({exc})")
+        else:
+            failure.add_note(f"pyqga: thawed the guest at {self.address} after this failure "
+                             f"({thawed} filesystem(s))")
 
     def thaw(self, epoch: int | None = None, call_timeout: float = FREEZE_CALL_TIMEOUT) -> int:
         """Thaw; with ``epoch``, raise :class:`FreezeLost` if that freeze had not held."""

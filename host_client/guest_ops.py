@@ -9,7 +9,9 @@ Mixed into :class:`~host_client.client.AgentClient`, so a pytest test needs no g
     client.write_file("/tmp/x", b"bytes"); client.read_file("/tmp/x")
 
 A stall is a freeze with the agent's auto-thaw deadline set to its duration, so it ends on
-time even if the host process dies mid-stall.
+time even if the host process dies mid-stall.  An agent without auto-thaw (qemu-ga) gets a
+plain freeze-list that this process thaws when the time is up (and a warning that a host dying
+meanwhile leaves the guest frozen).
 """
 
 from __future__ import annotations
@@ -66,30 +68,43 @@ class StallHandle:
 
 
 class GuestOperations:
-    """Needs ``call(method, params, timeout=...)`` from the class it is mixed into."""
+    """Needs ``call``, ``capabilities``, ``send_freeze`` and ``thaw_after_failure`` from the
+    class it is mixed into (:class:`~host_client.client.AgentClient`)."""
 
     call: Callable[..., Any]
+    capabilities: Callable[[], Any]
+    send_freeze: Callable[..., int]
+    thaw_after_failure: Callable[..., None]
 
     # --- stalls --------------------------------------------------------------------------
 
     @contextmanager
     def stall(self, mountpoints: Sequence[str], seconds: float,
               progress: Callable[[float], None] | None = None) -> Iterator[StallHandle]:
-        """Freeze ``mountpoints`` for ``seconds`` (the agent thaws them on time by itself); the
-        body runs meanwhile.  On leaving, wait for that thaw; if the body raised, thaw now."""
+        """Freeze ``mountpoints`` for ``seconds`` (the agent thaws them on time by itself, or
+        this process does where the agent cannot); the body runs meanwhile.  On leaving, wait
+        for that thaw; if anything raised while frozen, thaw now."""
         if seconds <= 0:
             raise ValueError("a stall must last a positive number of seconds")
-        count = self.call("guest-fsfreeze-freeze-list",
-                          {"mountpoints": list(mountpoints), "timeout": seconds}, timeout=max(60.0, seconds))
-        info = self.call("guest-fsfreeze-info")
-        handle = StallHandle(mountpoints, seconds, info.get("epoch") if count else None, count)
+        auto_thaw = self.capabilities().auto_thaw
+        count = self.send_freeze(list(mountpoints), seconds if auto_thaw else None, max(60.0, seconds))
+        started = time.monotonic()
+        try:
+            info = self.call("guest-fsfreeze-info") if auto_thaw else {}
+        except BaseException as exc:
+            self.thaw_after_failure(exc)
+            raise
+        handle = StallHandle(mountpoints, seconds, info.get("epoch") if count and auto_thaw else None, count)
         try:
             yield handle
-        except BaseException:
-            if handle.epoch is not None:
-                self.call("guest-fsfreeze-thaw", timeout=60.0)
+        except BaseException as exc:
+            if count:
+                self.thaw_after_failure(exc)
             raise
-        handle.result = self._await_stall_end(handle, info, progress)
+        if auto_thaw:
+            handle.result = self._await_stall_end(handle, info, progress)
+        else:
+            handle.result = self._end_stall_from_host(handle, started, progress)
 
     def stall_for(self, mountpoints: Sequence[str], seconds: float,
                   progress: Callable[[float], None] | None = None) -> StallResult:
@@ -122,6 +137,20 @@ class GuestOperations:
                 raise AgentClientError(f"the agent did not end the {handle.planned:g} s stall on time; "
                                        "thawed it from the host")
             time.sleep(min(0.1, max(0.01, float(now.get("deadline") or 0) - time.time())))
+
+    def _end_stall_from_host(self, handle: StallHandle, started: float,
+                             progress: Callable[[float], None] | None) -> StallResult:
+        """The agent cannot thaw by itself: wait out the stall here, then thaw."""
+        if handle.count:
+            end = started + handle.planned
+            while (left := end - time.monotonic()) > 0:
+                if progress is not None:
+                    progress(time.monotonic() - started)
+                time.sleep(min(0.1, left))
+            self.call("guest-fsfreeze-thaw", timeout=60.0)
+        actual = time.monotonic() - started if handle.count else 0.0
+        return StallResult(handle.mountpoints, handle.count, None, handle.planned, actual,
+                           "host" if handle.count else None)
 
     # --- commands ------------------------------------------------------------------------
 
