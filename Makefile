@@ -27,7 +27,7 @@ deps:
 	else echo "deps: not root, skipping Debian packages (tests that need them will skip)"; fi
 
 demo: $(STAMP) deps
-	$(PY) -m host_client.demo
+	$(PY) -m harness.demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -18,8 +18,8 @@ from typing import Any
 from host_client.client import DEFAULT_TIMEOUT, AgentClient
 from host_client.errors import AgentCallError, AgentClientError, FreezeLost
 from host_client.guest_ops import StallResult
+from host_client.qmp import QMPClient, QMPError
 from host_client.snapshot import format_report, take_snapshot
-from host_client.vm.qmp import QMPClient, QMPError
 
 EXIT_OK, EXIT_AGENT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_FREEZE_LOST = 0, 1, 2, 3, 4
 

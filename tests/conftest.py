@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from host_client.vm import GuestImage, ImageBuildError, ensure_image
+from harness import GuestImage, ImageBuildError, ensure_image
 from tests.support.loopfs import LoopMounts, require_loop_support
 from tests.support.requirements import require, require_root, require_tool
 

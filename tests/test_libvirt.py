@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import VERSION
-from host_client.vm import GuestImage
+from harness import GuestImage
 from tests.support.libvirt import LibvirtError, LibvirtGuest, PrivateLibvirt, table_rows
 from tests.support.requirements import require_root, require_tool
 

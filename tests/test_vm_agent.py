@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
+from harness import GuestImage, GuestVM
+from harness.consistency import compare, format_comparison
 from host_client import AgentCallError, AgentClient
-from host_client.vm import GuestImage, GuestVM, QMPClient
-from host_client.vm.consistency import compare, format_comparison
+from host_client.qmp import QMPClient
 from tests.support.agent_process import REPO_ROOT
 
 pytestmark = pytest.mark.root

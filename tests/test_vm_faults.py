@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness import GuestImage, GuestVM
 from host_client import AgentCallError, AgentClient
-from host_client.vm import GuestImage, GuestVM
 from tests.support.agent_process import REPO_ROOT
 
 pytestmark = pytest.mark.root

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from harness import GuestImage, GuestVM, ensure_image
+from harness import image as image_module
 from host_client import AgentClient
-from host_client.vm import GuestImage, GuestVM, QMPClient, ensure_image
-from host_client.vm import image as image_module
+from host_client.qmp import QMPClient
 
 pytestmark = pytest.mark.root
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
+from harness import GuestImage, GuestVM
 from host_client import AgentClient
 from host_client.errors import AgentClientError, AgentTimeout
-from host_client.vm import GuestImage, GuestVM
 
 pytestmark = pytest.mark.root
 

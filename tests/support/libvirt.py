@@ -33,7 +33,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import TracebackType
 
-from host_client.vm import GuestImage, guest_files
+from harness import GuestImage, guest_files
 
 _SUN_PATH_MAX = 107
 QEMU_USER = "libvirt-qemu"

@@ -42,11 +42,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from host_client.vm import guest_files
+from harness import guest_files
 
 log = logging.getLogger("pyqga.vm")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 # python3 (not python3-minimal: it lacks json and ctypes); python3-jsonschema and
 # python3-typing-extensions are jsonrpcserver's and oslash's dependencies, taken from Debian so

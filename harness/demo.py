@@ -86,8 +86,8 @@ def vm_missing() -> str | None:
 
 def snapshot_demo() -> bool:
     """Part 2; True when the quiesced snapshot was consistent."""
-    from host_client.vm import GuestVM, ensure_image
-    from host_client.vm.consistency import compare, format_comparison
+    from harness import GuestVM, ensure_image
+    from harness.consistency import compare, format_comparison
 
     print("\n# Part 2: a consistent snapshot of a busy guest")
     start = time.perf_counter()

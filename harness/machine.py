@@ -39,10 +39,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from harness import guest_files
+from harness.image import DATA_SIZE_MB, GuestImage, ensure_image, make_data_disk
 from host_client.client import AgentClient
-from host_client.vm import guest_files
-from host_client.vm.image import DATA_SIZE_MB, GuestImage, ensure_image, make_data_disk
-from host_client.vm.qmp import QMPClient
+from host_client.qmp import QMPClient
 
 QEMU = "qemu-system-x86_64"
 KNOWN_AGENTS = tuple(guest_files.AGENT_COMMANDS)

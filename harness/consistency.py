@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.guest_files import WORKLOAD_LINE_WIDTH, WORKLOAD_LOG
+from harness.machine import GuestVM
+from host_client.qmp import QMPClient
 from host_client.snapshot import SnapshotReport, take_snapshot
-from host_client.vm.guest_files import WORKLOAD_LINE_WIDTH, WORKLOAD_LOG
-from host_client.vm.machine import GuestVM
-from host_client.vm.qmp import QMPClient
 
 DATA_DEVICE = "data"
 
