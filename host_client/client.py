@@ -1,65 +1,67 @@
 """``AgentClient``: a synchronous client for pyqga and qemu-ga, in either dialect.
 
-The wire logic (ids, matching, resync) is :class:`protocol.client.ClientConnection`; this class
-adds the I/O and the deadlines.  It resyncs on connect and after any timeout, because a
-virtio-serial channel outlives host connections and may hold a stale reply or half a message.
+All of its logic (ids, matching, resync, capabilities, freezing safely, stalls, exec, files) is
+in :mod:`host_client.session` and :mod:`host_client.guest_ops`, as operations that yield their
+I/O; this class performs that I/O with blocking calls on a transport and adds nothing else.
+:class:`host_client.aio.AsyncAgentClient` is the same with awaits.  It resyncs on connect and
+after any timeout, because a virtio-serial channel outlives host connections and may hold a
+stale reply or half a message.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from host_client.errors import AgentCallError, AgentConnectionError, AgentTimeout, FreezeLost
-from host_client.guest_ops import GuestOperations
+from host_client import guest_ops
+from host_client.guest_ops import ExecResult, StallHandle, StallResult
+from host_client.session import (
+    FREEZE_CALL_TIMEOUT,
+    Capabilities,
+    Freeze,
+    Op,
+    Send,
+    Session,
+    Sleep,
+)
 from host_client.transport import Transport, open_transport
-from protocol.client import ClientConnection, Reply
 from protocol.dialects import Dialect
-from protocol.errors import ErrorKind
 
+T = TypeVar("T")
 log = logging.getLogger("pyqga.client")
 
 DEFAULT_TIMEOUT = 10.0
-RESYNC_RETRY = 1.0  # seconds before a resync request is sent again
-# A freeze flushes dirty data first: allow it much longer than an ordinary call.
-FREEZE_CALL_TIMEOUT = 300.0
+
+__all__ = ["DEFAULT_TIMEOUT", "FREEZE_CALL_TIMEOUT", "AgentClient", "Capabilities", "Freeze"]
 
 
-@dataclass(frozen=True)
-class Capabilities:
-    """What the agent at the other end can do, from its ``guest-info`` (asked once per client).
-
-    pyqga's freeze extensions (a ``timeout`` on the freeze commands, after which the agent thaws
-    by itself; ``epoch`` on the thaw; ``guest-fsfreeze-info``) come together: an agent that lists
-    ``guest-fsfreeze-info`` has all three, and one that does not (qemu-ga) has none, and rejects
-    a ``timeout`` it does not know."""
-
-    version: str
-    commands: frozenset[str]
-
-    @property
-    def auto_thaw(self) -> bool:
-        return "guest-fsfreeze-info" in self.commands
-
-
-@dataclass(frozen=True)
-class Freeze:
-    """What :meth:`AgentClient.frozen` froze: the count, and the epoch the thaw will check
-    (None where the agent has no epochs).  ``auto_thaw``: whether the agent thaws by itself
-    if this host goes away."""
-
-    count: int
-    epoch: int | None
-    info: dict[str, Any]
-    auto_thaw: bool = True
+def run_blocking(op: Op[T], transport: Transport) -> T:
+    """Drive ``op``: perform each I/O it yields, hand back what was received.  Whatever
+    interrupts the I/O (a transport error, Ctrl-C) is thrown into the operation where it
+    waited, so its own handling runs (a freeze that may have taken effect is thawed first)."""
+    value: bytes | None = None
+    error: BaseException | None = None
+    while True:
+        try:
+            io = op.throw(error) if error is not None else op.send(value)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        value, error = None, None
+        try:
+            if isinstance(io, Send):
+                transport.send(io.data, io.deadline)
+            elif isinstance(io, Sleep):
+                time.sleep(io.seconds)
+            else:
+                value = transport.recv(io.deadline)
+        except BaseException as exc:
+            error = exc
 
 
-class AgentClient(GuestOperations):
+class AgentClient:
     """Use as a context manager, or call :meth:`close`.
 
     ``dialect`` is ``"jsonrpc"`` (pyqga's native one) or ``"qga"`` (works with pyqga and qemu-ga).
@@ -74,13 +76,14 @@ class AgentClient(GuestOperations):
         resync: bool = True,
         transport: Transport | None = None,
     ) -> None:
-        self.address = address
-        self.timeout = timeout
-        self._conn = ClientConnection(Dialect(dialect))
         self._transport = transport or open_transport(address, timeout)
         self.address = self._transport.address
-        self._needs_resync = resync
-        self._capabilities: Capabilities | None = None
+        self.session = Session(self.address, Dialect(dialect), timeout, resync=resync,
+                               synchronised=bool(getattr(self._transport, "synchronised", False)))
+        self.session.log_warning = log.warning
+
+    def _run(self, op: Op[T]) -> T:
+        return run_blocking(op, self._transport)
 
     # --- context manager -----------------------------------------------------------------
 
@@ -95,7 +98,11 @@ class AgentClient(GuestOperations):
 
     @property
     def dialect(self) -> Dialect:
-        return self._conn.dialect
+        return self.session.conn.dialect
+
+    @property
+    def timeout(self) -> float:
+        return self.session.timeout
 
     # --- calls -----------------------------------------------------------------------------
 
@@ -107,24 +114,11 @@ class AgentClient(GuestOperations):
         use ``params`` for names that are not Python identifiers (``"input-data"``) and for a
         command parameter called ``timeout``: the keyword ``timeout`` is this call's own limit.
         """
-        arguments = {**(params or {}), **kwargs}
-        limit = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
-        if self._needs_resync:
-            self._resync(deadline, method, limit)
-        request_id, data = self._conn.send_request(method, arguments or None)
-        reply = self._exchange(data, request_id, deadline, method, limit)
-        if reply.error is not None:
-            raise AgentCallError(reply.error, method=method, address=self.address)
-        return reply.result
+        return self._run(self.session.call(method, {**(params or {}), **kwargs}, timeout))
 
     def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None:
         """Send without waiting for a reply (``guest-shutdown`` answers nothing on success)."""
-        deadline = time.monotonic() + self.timeout
-        if self._needs_resync:
-            self._resync(deadline, method, self.timeout)
-        _, data = self._conn.send_request(method, dict(params) if params else None)
-        self._guarded(method, self.timeout, lambda: self._transport.send(data, deadline))
+        self._run(self.session.notify(method, params))
 
     def ping(self) -> None:
         self.call("guest-ping")
@@ -132,19 +126,15 @@ class AgentClient(GuestOperations):
     def info(self) -> dict[str, Any]:
         return self.call("guest-info")
 
-    def capabilities(self) -> Capabilities:
-        """What this agent supports (``guest-info``, asked once and remembered)."""
-        if self._capabilities is None:
-            info = self.info()
-            self._capabilities = Capabilities(
-                str(info.get("version", "")),
-                frozenset(c["name"] for c in info.get("supported_commands", []) if isinstance(c, dict)))
-        return self._capabilities
-
     def sync(self, timeout: float | None = None) -> int:
         """Resynchronise the channel now; returns the random id that came back."""
-        limit = self.timeout if timeout is None else timeout
-        return self._resync(time.monotonic() + limit, "guest-sync-delimited", limit)
+        return self._run(self.session.sync(timeout))
+
+    def capabilities(self) -> Capabilities:
+        """What this agent supports (``guest-info``, asked once and remembered)."""
+        return self._run(self.session.capabilities())
+
+    # --- freezing ----------------------------------------------------------------------------
 
     @contextmanager
     def frozen(self, mountpoints: Sequence[str] | None = None, timeout: float | None = None,
@@ -154,113 +144,48 @@ class AgentClient(GuestOperations):
         many seconds even if this host dies (where the agent can: qemu-ga cannot, and a warning
         says so).  Whatever fails after the freeze was sent, the guest is thawed before the
         error reaches the caller."""
-        auto_thaw = self.capabilities().auto_thaw
-        count = self.send_freeze(mountpoints, timeout if auto_thaw else None, call_timeout)
+        freeze = self._run(self.session.enter_freeze(mountpoints, timeout, call_timeout))
         try:
-            info = self.call("guest-fsfreeze-info") if count and auto_thaw else {}
-        except BaseException as exc:
-            self.thaw_after_failure(exc, call_timeout)
-            raise
-        epoch = info.get("epoch") if info.get("status") == "frozen" else None
-        try:
-            yield Freeze(count, epoch, info, auto_thaw)
+            yield freeze
         finally:
-            self.thaw(epoch, call_timeout)
-
-    def send_freeze(self, mountpoints: Sequence[str] | None, timeout: float | None,
-                    call_timeout: float = FREEZE_CALL_TIMEOUT) -> int:
-        """Freeze-all or freeze-list; the count.  If the outcome is unknown (no reply in time,
-        the connection lost, an interrupt), the guest may be frozen: thaw it, then raise.  An
-        error the agent answered means it froze nothing (both agents roll back)."""
-        params: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
-        if not self.capabilities().auto_thaw:
-            log.warning("the agent at %s has no auto-thaw (qemu-ga %s): if this process dies while "
-                        "the guest is frozen, it stays frozen until someone thaws it",
-                        self.address, self.capabilities().version)
-        method = "guest-fsfreeze-freeze" if mountpoints is None else "guest-fsfreeze-freeze-list"
-        if mountpoints is not None:
-            params["mountpoints"] = list(mountpoints)
-        try:
-            return int(self.call(method, params, timeout=call_timeout))
-        except AgentCallError:
-            raise
-        except BaseException as exc:
-            self.thaw_after_failure(exc, call_timeout)
-            raise
-
-    def thaw_after_failure(self, failure: BaseException, call_timeout: float = FREEZE_CALL_TIMEOUT) -> None:
-        """Thaw because something failed while the guest may be frozen; say on ``failure``
-        whether that worked (the caller raises it)."""
-        try:
-            thawed = self.call("guest-fsfreeze-thaw", timeout=max(call_timeout, 60.0))
-        except Exception as exc:
-            log.error("could not thaw %s after a failure: %s", self.address, exc)
-            failure.add_note(f"pyqga: the guest at {self.address} may still be frozen: the thaw "
-                             f"after this failure failed too ({exc})")
-        else:
-            failure.add_note(f"pyqga: thawed the guest at {self.address} after this failure "
-                             f"({thawed} filesystem(s))")
+            self.thaw(freeze.epoch, call_timeout)
 
     def thaw(self, epoch: int | None = None, call_timeout: float = FREEZE_CALL_TIMEOUT) -> int:
         """Thaw; with ``epoch``, raise :class:`FreezeLost` if that freeze had not held."""
+        return self._run(self.session.thaw(epoch, call_timeout))
+
+    # --- fault injection: stalls, commands, files ------------------------------------------------
+
+    @contextmanager
+    def stall(self, mountpoints: Sequence[str], seconds: float,
+              progress: Callable[[float], None] | None = None) -> Iterator[StallHandle]:
+        """Freeze ``mountpoints`` for ``seconds`` (the agent thaws them on time by itself, or
+        this client does where the agent cannot); the body runs meanwhile.  On leaving, wait
+        for that thaw; if the body raised, thaw now."""
+        handle, info, started = self._run(guest_ops.stall_begin(self.session, mountpoints, seconds))
         try:
-            return self.call("guest-fsfreeze-thaw", {} if epoch is None else {"epoch": epoch},
-                             timeout=call_timeout)
-        except AgentCallError as exc:
-            if exc.error.kind is ErrorKind.FREEZE_LOST:
-                raise FreezeLost(exc.error, method="guest-fsfreeze-thaw", address=self.address) from None
+            yield handle
+        except BaseException as exc:
+            self._run(guest_ops.stall_abort(self.session, handle, exc))
             raise
+        handle.result = self._run(guest_ops.stall_end(self.session, handle, info, started, progress))
 
-    # --- internals -------------------------------------------------------------------------
+    def stall_for(self, mountpoints: Sequence[str], seconds: float,
+                  progress: Callable[[float], None] | None = None) -> StallResult:
+        """A stall with nothing to do meanwhile; returns when it is over."""
+        with self.stall(mountpoints, seconds, progress) as handle:
+            pass
+        assert handle.result is not None
+        return handle.result
 
-    def _resync(self, deadline: float, method: str, limit: float) -> int:
-        """Resync, re-sending the request every RESYNC_RETRY seconds: a serial line drops what
-        was sent before the agent opened it, and a stale reply must never be taken for ours."""
-        self._needs_resync = True
+    def exec(self, argv: Sequence[str], *, timeout: float | None = None, input: bytes | None = None,
+             env: Mapping[str, str] | None = None, capture: bool = True) -> ExecResult:
+        """Run ``argv`` in the guest and wait for it (see :func:`guest_ops.exec_op`)."""
+        return self._run(guest_ops.exec_op(self.session, argv, timeout=timeout, input=input, env=env,
+                                           capture=capture))
 
-        def run() -> int:
-            while True:
-                sync_id = random.getrandbits(62) + 1
-                self._transport.send(self._conn.start_resync(sync_id), deadline)
-                attempt_deadline = min(deadline, time.monotonic() + RESYNC_RETRY)
-                try:
-                    while self._conn.resyncing:
-                        for reply in self._conn.receive_data(self._transport.recv(attempt_deadline)):
-                            if reply.error is not None:  # the agent refused the sync itself
-                                raise AgentCallError(reply.error, method="guest-sync-delimited",
-                                                     address=self.address)
-                    return sync_id
-                except AgentTimeout:
-                    if time.monotonic() >= deadline:
-                        raise
+    def read_file(self, path: str) -> bytes:
+        return self._run(guest_ops.read_file_op(self.session, path))
 
-        sync_id = self._guarded(method, limit, run, doing="while resyncing")
-        self._needs_resync = False
-        return sync_id
-
-    def _exchange(self, data: bytes, request_id: int, deadline: float, method: str, limit: float) -> Reply:
-        def run() -> Reply:
-            self._transport.send(data, deadline)
-            while True:
-                for reply in self._conn.receive_data(self._transport.recv(deadline)):
-                    # An error without an id answers a request the agent could not even read.
-                    if reply.id == request_id or (reply.id is None and reply.error is not None):
-                        return reply
-
-        return self._guarded(method, limit, run)
-
-    def _guarded(self, method: str, limit: float, action: Any, doing: str = "") -> Any:
-        try:
-            return action()
-        except AgentTimeout:
-            self._needs_resync = True
-            suffix = f" ({doing})" if doing else ""
-            raise AgentTimeout(
-                f"{method} on {self.address}: no reply within {limit:g} s{suffix}",
-                method=method, address=self.address,
-            ) from None
-        except AgentConnectionError as exc:
-            self._needs_resync = True
-            raise AgentConnectionError(f"{method}: {exc}", method=method, address=self.address) from None
-
-
+    def write_file(self, path: str, data: bytes, mode: str = "wb") -> None:
+        self._run(guest_ops.write_file_op(self.session, path, data, mode))

@@ -133,7 +133,7 @@ def _connect(family: int, target: Any, address: str, timeout: float) -> Transpor
     return SocketTransport(sock, address)
 
 
-def _host_port(rest: str, address: str) -> tuple[str, int]:
+def host_port(rest: str, address: str) -> tuple[str, int]:
     host, sep, port = rest.rpartition(":")
     if not sep or not port.isdigit():
         raise AgentConnectionError(f"{address}: expected HOST:PORT after the scheme")
@@ -160,10 +160,10 @@ def open_transport(address: str, timeout: float) -> Transport:
     if scheme == "unix":
         return _connect(socket.AF_UNIX, rest, f"unix:{rest}", timeout)
     if scheme == "tcp":
-        host, port = _host_port(rest, address)
+        host, port = host_port(rest, address)
         return _connect(socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port), address, timeout)
     if scheme == "vsock":
-        cid, port = _host_port(rest, address)
+        cid, port = host_port(rest, address)
         if not cid.isdigit():
             raise AgentConnectionError(f"{address}: expected vsock:CID:PORT with a numeric CID")
         if not hasattr(socket, "AF_VSOCK"):

@@ -1,9 +1,11 @@
 """The host helpers never leave a guest frozen, whatever agent it runs (issue 10, part 1).
 
 Each test runs against Debian's real qemu-ga and against pyqga, on loop filesystems the test
-made, through the qga dialect both speak.  qemu-ga has no auto-thaw, no epochs and no
-``guest-fsfreeze-info``, and rejects a ``timeout`` it does not know: the helpers must learn that
-from ``guest-info`` and fall back, and on every failure after a freeze was sent, thaw first.
+made, through the qga dialect both speak, with the sync client and with the async one (driven
+here through a small blocking facade, so one test body serves both).  qemu-ga has no auto-thaw,
+no epochs and no ``guest-fsfreeze-info``, and rejects a ``timeout`` it does not know: the helpers
+must learn that from ``guest-info`` and fall back, and on every failure after a freeze was sent,
+thaw first.
 
 Safety: only freeze-lists of the test's own mount points are sent (a freeze-all through qemu-ga
 would freeze ``/``); qemu-ga runs in a private mount namespace (see test_differential_freeze).
@@ -24,6 +26,7 @@ import pytest
 from host_client import AgentClient
 from host_client.errors import AgentTimeout
 from tests.support.agent_process import REPO_ROOT, PyqgaAgent
+from tests.support.async_facade import BlockingAsyncClient
 from tests.support.freezing import start_writer, write_hook
 from tests.support.loopfs import LoopFs, LoopMounts, require_loop_support, thaw_fully
 from tests.support.qemu_ga import IsolatedQemuGa, QemuGaUnavailable, ensure_qemu_ga
@@ -77,8 +80,14 @@ def start(peer: str, tmp_path: Path, loops: LoopMounts) -> Iterator[Start]:
     assert loops.thaw_all() == 0, f"{peer}: a test left a filesystem frozen"
 
 
-def client_for(agent: Any, timeout: float = 30) -> AgentClient:
-    return AgentClient(str(agent.socket_path), dialect="qga", timeout=timeout)
+@pytest.fixture(params=["sync", "async"])
+def client_for(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """``client_for(agent)``: a qga-dialect client of the kind under test."""
+    def make(agent: Any, timeout: float = 30) -> Any:
+        if request.param == "sync":
+            return AgentClient(str(agent.socket_path), dialect="qga", timeout=timeout)
+        return BlockingAsyncClient(str(agent.socket_path), dialect="qga", timeout=timeout)
+    return make
 
 
 def writes_go_through(fs: LoopFs) -> bool:
@@ -93,7 +102,7 @@ def writes_go_through(fs: LoopFs) -> bool:
         return False
 
 
-def test_frozen_holds_then_thaws(peer: str, start: Start, loops: LoopMounts,
+def test_frozen_holds_then_thaws(peer: str, start: Start, loops: LoopMounts, client_for: Callable[..., Any],
                                  caplog: pytest.LogCaptureFixture) -> None:
     a = loops.add("a")
     agent = start()
@@ -111,7 +120,8 @@ def test_frozen_holds_then_thaws(peer: str, start: Start, loops: LoopMounts,
     assert warned is (peer == "qemu-ga")
 
 
-def test_an_error_in_the_body_thaws_before_it_propagates(start: Start, loops: LoopMounts) -> None:
+def test_an_error_in_the_body_thaws_before_it_propagates(start: Start, loops: LoopMounts,
+                                                         client_for: Callable[..., Any]) -> None:
     a = loops.add("a")
     agent = start()
     with client_for(agent) as client:
@@ -121,7 +131,8 @@ def test_an_error_in_the_body_thaws_before_it_propagates(start: Start, loops: Lo
     assert writes_go_through(a)
 
 
-def test_a_freeze_without_reply_in_time_is_thawed(start: Start, loops: LoopMounts) -> None:
+def test_a_freeze_without_reply_in_time_is_thawed(start: Start, loops: LoopMounts,
+                                                  client_for: Callable[..., Any]) -> None:
     """The freeze hook makes the freeze take 3 s; the caller gives up after 1 s.  The agent may
     freeze after that: the helper must have sent the thaw."""
     a = loops.add("a")
@@ -137,7 +148,8 @@ def test_a_freeze_without_reply_in_time_is_thawed(start: Start, loops: LoopMount
     assert writes_go_through(a)
 
 
-def test_stall_ends_on_time(peer: str, start: Start, loops: LoopMounts) -> None:
+def test_stall_ends_on_time(peer: str, start: Start, loops: LoopMounts,
+                            client_for: Callable[..., Any]) -> None:
     a = loops.add("a")
     agent = start()
     with client_for(agent) as client:

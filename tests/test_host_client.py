@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-import host_client.client
+import host_client.session
 from agent.config import VERSION
 from host_client import AgentCallError, AgentClient, AgentConnectionError, AgentTimeout
 from protocol.client import ClientConnection
@@ -36,7 +36,7 @@ def test_typed_helpers(agent: PyqgaAgent, dialect: str, monkeypatch: pytest.Monk
         assert client.call("guest-sync", id=77) == 77
         # sync() returns only once the agent has echoed the id it sent: fix that id, then check it.
         fixed = SimpleNamespace(getrandbits=lambda bits: 0x2BAD_F00D_1234)
-        monkeypatch.setattr(host_client.client, "random", fixed)
+        monkeypatch.setattr(host_client.session, "random", fixed)
         assert client.sync() == 0x2BAD_F00D_1235
         monkeypatch.undo()
         info = client.info()

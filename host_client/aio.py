@@ -1,0 +1,271 @@
+"""``AsyncAgentClient``: the asyncio twin of :class:`~host_client.client.AgentClient`.
+
+The same operations (:mod:`host_client.session`, :mod:`host_client.guest_ops`) driven with
+awaits, so behaviour, errors, timeouts and resync are the sync client's by construction::
+
+    async with AsyncAgentClient("/run/vm1/qga.sock", dialect="qga") as agent:
+        await agent.ping()
+        async with agent.frozen(["/data"], timeout=30) as freeze:
+            await take_my_snapshot()
+
+Sockets (unix, tcp, vsock) are asyncio streams; transports asyncio has no native form for (a
+serial line, libvirt) run their blocking calls on a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, TypeVar
+
+from host_client import guest_ops
+from host_client.client import DEFAULT_TIMEOUT
+from host_client.errors import AgentConnectionError, AgentTimeout
+from host_client.guest_ops import ExecResult, StallHandle, StallResult
+from host_client.session import FREEZE_CALL_TIMEOUT, Capabilities, Freeze, Op, Send, Session, Sleep
+from host_client.transport import RECV_SIZE, Transport, host_port, open_transport, parse_address
+from protocol.dialects import Dialect
+
+T = TypeVar("T")
+log = logging.getLogger("pyqga.client")
+
+
+class AsyncTransport(Protocol):
+    address: str
+
+    async def send(self, data: bytes, deadline: float) -> None: ...
+
+    async def recv(self, deadline: float) -> bytes: ...
+
+    async def close(self) -> None: ...
+
+
+def _remaining(deadline: float, address: str, doing: str) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise AgentTimeout(f"{address}: timed out {doing}")
+    return left
+
+
+class StreamTransport:
+    """An asyncio stream: a unix, tcp or vsock socket."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str) -> None:
+        self.reader, self.writer, self.address = reader, writer, address
+
+    async def send(self, data: bytes, deadline: float) -> None:
+        try:
+            left = _remaining(deadline, self.address, "sending")
+            self.writer.write(data)
+            await asyncio.wait_for(self.writer.drain(), left)
+        except TimeoutError:
+            raise AgentTimeout(f"{self.address}: timed out sending") from None
+        except OSError as exc:
+            raise AgentConnectionError(f"{self.address}: send failed: {exc.strerror or exc}") from None
+
+    async def recv(self, deadline: float) -> bytes:
+        doing = "waiting for a reply"
+        try:
+            left = _remaining(deadline, self.address, doing)
+            data = await asyncio.wait_for(self.reader.read(RECV_SIZE), left)
+        except TimeoutError:
+            raise AgentTimeout(f"{self.address}: timed out {doing}") from None
+        except ConnectionResetError:
+            data = b""
+        except OSError as exc:
+            raise AgentConnectionError(f"{self.address}: receive failed: {exc.strerror or exc}") from None
+        if not data:
+            raise AgentConnectionError(f"{self.address}: the agent closed the connection")
+        return data
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+class ThreadedTransport:
+    """A blocking transport (serial line, libvirt) whose calls run on a thread."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.address = transport.address
+        self.synchronised = bool(getattr(transport, "synchronised", False))
+
+    async def send(self, data: bytes, deadline: float) -> None:
+        await asyncio.to_thread(self.transport.send, data, deadline)
+
+    async def recv(self, deadline: float) -> bytes:
+        return await asyncio.to_thread(self.transport.recv, deadline)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.transport.close)
+
+
+async def open_async_transport(address: str, timeout: float) -> AsyncTransport:
+    """Open a channel by address (the forms of :func:`host_client.transport.open_transport`)."""
+    scheme, rest = parse_address(address)
+    try:
+        if scheme == "unix":
+            name = f"unix:{rest}"
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(rest), timeout)
+        elif scheme in ("tcp", "vsock"):
+            host, port = host_port(rest, address)
+            name = address
+            if scheme == "tcp":
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            else:
+                if not host.isdigit() or not hasattr(socket, "AF_VSOCK"):
+                    raise AgentConnectionError(f"{address}: expected vsock:CID:PORT with a numeric CID "
+                                               "on a Python with AF_VSOCK")
+                sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (int(host), port)),
+                                       timeout)
+                reader, writer = await asyncio.open_connection(sock=sock)
+        else:
+            return ThreadedTransport(await asyncio.to_thread(open_transport, address, timeout))
+    except TimeoutError:
+        raise AgentConnectionError(f"cannot connect to {address}: no answer within {timeout:g} s") from None
+    except OSError as exc:
+        raise AgentConnectionError(f"cannot connect to {address}: {exc.strerror or exc}") from None
+    return StreamTransport(reader, writer, name)
+
+
+async def run_async(op: Op[T], transport: AsyncTransport) -> T:
+    """:func:`host_client.client.run_blocking` with awaits: what interrupts the I/O (a transport
+    error, a cancellation) is thrown into the operation, whose own handling runs."""
+    value: bytes | None = None
+    error: BaseException | None = None
+    while True:
+        try:
+            io = op.throw(error) if error is not None else op.send(value)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        value, error = None, None
+        try:
+            if isinstance(io, Send):
+                await transport.send(io.data, io.deadline)
+            elif isinstance(io, Sleep):
+                await asyncio.sleep(io.seconds)
+            else:
+                value = await transport.recv(io.deadline)
+        except BaseException as exc:
+            error = exc
+
+
+class AsyncAgentClient:
+    """``async with AsyncAgentClient(address) as client`` (or ``await client.open()`` and
+    ``await client.close()``).  Arguments as :class:`~host_client.client.AgentClient`."""
+
+    def __init__(self, address: str, *, dialect: str | Dialect = Dialect.JSONRPC,
+                 timeout: float = DEFAULT_TIMEOUT, resync: bool = True) -> None:
+        self.address = address
+        self._dialect = Dialect(dialect)
+        self._timeout = timeout
+        self._resync = resync
+        self._transport: AsyncTransport | None = None
+        self._session: Session | None = None
+
+    async def open(self) -> AsyncAgentClient:
+        transport = await open_async_transport(self.address, self._timeout)
+        self._transport = transport
+        self.address = transport.address
+        self._session = Session(self.address, self._dialect, self._timeout, resync=self._resync,
+                                synchronised=bool(getattr(transport, "synchronised", False)))
+        self._session.log_warning = log.warning
+        return self
+
+    async def close(self) -> None:
+        if self._transport is not None:
+            await self._transport.close()
+            self._transport = None
+
+    async def __aenter__(self) -> AsyncAgentClient:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def session(self) -> Session:
+        if self._session is None:
+            raise AgentConnectionError(f"{self.address}: not connected (use 'async with' or open())")
+        return self._session
+
+    async def _run(self, op: Op[T]) -> T:
+        assert self._transport is not None
+        return await run_async(op, self._transport)
+
+    # --- calls -----------------------------------------------------------------------------
+
+    async def call(self, method: str, params: Mapping[str, Any] | None = None, *,
+                   timeout: float | None = None, **kwargs: Any) -> Any:
+        return await self._run(self.session.call(method, {**(params or {}), **kwargs}, timeout))
+
+    async def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None:
+        await self._run(self.session.notify(method, params))
+
+    async def ping(self) -> None:
+        await self.call("guest-ping")
+
+    async def info(self) -> dict[str, Any]:
+        return await self.call("guest-info")  # type: ignore[no-any-return]
+
+    async def sync(self, timeout: float | None = None) -> int:
+        return await self._run(self.session.sync(timeout))
+
+    async def capabilities(self) -> Capabilities:
+        return await self._run(self.session.capabilities())
+
+    # --- freezing ----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def frozen(self, mountpoints: Sequence[str] | None = None, timeout: float | None = None,
+                     call_timeout: float = FREEZE_CALL_TIMEOUT) -> AsyncIterator[Freeze]:
+        """As :meth:`AgentClient.frozen <host_client.client.AgentClient.frozen>`."""
+        freeze = await self._run(self.session.enter_freeze(mountpoints, timeout, call_timeout))
+        try:
+            yield freeze
+        finally:
+            await self.thaw(freeze.epoch, call_timeout)
+
+    async def thaw(self, epoch: int | None = None, call_timeout: float = FREEZE_CALL_TIMEOUT) -> int:
+        return await self._run(self.session.thaw(epoch, call_timeout))
+
+    # --- fault injection ---------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def stall(self, mountpoints: Sequence[str], seconds: float,
+                    progress: Callable[[float], None] | None = None) -> AsyncIterator[StallHandle]:
+        """As :meth:`AgentClient.stall <host_client.client.AgentClient.stall>`."""
+        handle, info, started = await self._run(guest_ops.stall_begin(self.session, mountpoints, seconds))
+        try:
+            yield handle
+        except BaseException as exc:
+            await self._run(guest_ops.stall_abort(self.session, handle, exc))
+            raise
+        handle.result = await self._run(guest_ops.stall_end(self.session, handle, info, started, progress))
+
+    async def stall_for(self, mountpoints: Sequence[str], seconds: float,
+                        progress: Callable[[float], None] | None = None) -> StallResult:
+        async with self.stall(mountpoints, seconds, progress) as handle:
+            pass
+        assert handle.result is not None
+        return handle.result
+
+    async def exec(self, argv: Sequence[str], *, timeout: float | None = None, input: bytes | None = None,
+                   env: Mapping[str, str] | None = None, capture: bool = True) -> ExecResult:
+        return await self._run(guest_ops.exec_op(self.session, argv, timeout=timeout, input=input, env=env,
+                                                 capture=capture))
+
+    async def read_file(self, path: str) -> bytes:
+        return await self._run(guest_ops.read_file_op(self.session, path))
+
+    async def write_file(self, path: str, data: bytes, mode: str = "wb") -> None:
+        await self._run(guest_ops.write_file_op(self.session, path, data, mode))
