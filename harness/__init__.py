@@ -2,12 +2,13 @@
 
 ``ensure_image()`` builds (or finds in the cache) a tiny Debian guest with python3, qemu-ga and
 this checkout's pyqga; ``GuestVM`` boots it under TCG with the agents on virtio-serial and
-isa-serial channels and always powers it off; ``QMPClient`` talks to QEMU's monitor.
+isa-serial channels and always powers it off.  QEMU's monitor is reached with the product's
+``host_client.qmp.QMPConnection`` (QEMU's ``qemu.qmp``), the same client ``pyqga snapshot`` uses.
+It runs from a checkout: ``python -m harness.demo``, or pytest from the repository root.
 """
 
 from harness.image import GuestImage, ImageBuildError, cache_dir, ensure_image
 from harness.machine import DEFAULT_AGENTS, KNOWN_AGENTS, GuestVM, VMError, qemu_available
-from host_client.qmp import QMPClient, QMPError
 
 __all__ = [
     "DEFAULT_AGENTS",
@@ -15,8 +16,6 @@ __all__ = [
     "GuestImage",
     "GuestVM",
     "ImageBuildError",
-    "QMPClient",
-    "QMPError",
     "VMError",
     "cache_dir",
     "ensure_image",

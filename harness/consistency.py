@@ -23,7 +23,7 @@ from typing import Any
 
 from harness.guest_files import WORKLOAD_LINE_WIDTH, WORKLOAD_LOG
 from harness.machine import GuestVM
-from host_client.qmp import QMPClient
+from host_client.qmp import QMPConnection
 from host_client.snapshot import SnapshotReport, take_snapshot
 
 DATA_DEVICE = "data"
@@ -109,7 +109,7 @@ def compare(vm: GuestVM, scratch: Path, agent: str = "pyqga-virtio",
             settle: float = 2.0) -> tuple[SnapshotTrial, SnapshotTrial]:
     """A plain and a quiesced snapshot of the busy data disk, each examined: (plain, quiesced)."""
     time.sleep(settle)  # let the workload get going
-    with QMPClient(vm.qmp_socket) as qmp, vm.client(agent, timeout=60) as client:
+    with QMPConnection(vm.qmp_socket) as qmp, vm.client(agent, timeout=60) as client:
         plain = take_snapshot(qmp, {DATA_DEVICE: str(scratch / "after-plain.qcow2")})
         time.sleep(1.0)
         quiesced = take_snapshot(qmp, {DATA_DEVICE: str(scratch / "after-quiesced.qcow2")}, client,

@@ -3,7 +3,7 @@
     with GuestVM(tmp_path, agents=("pyqga-virtio", "qga-virtio")) as vm:   # booted and answering
         with vm.client("qga-virtio") as qga:
             qga.ping()
-        with QMPClient(vm.qmp_socket) as qmp:
+        with QMPConnection(vm.qmp_socket) as qmp:
             qmp.execute("query-block")
 
 TCG, not KVM: KVM guests die with emulation failures on the machines this runs on.  Each VM gets
@@ -42,7 +42,7 @@ from typing import Any
 from harness import guest_files
 from harness.image import DATA_SIZE_MB, GuestImage, ensure_image, make_data_disk
 from host_client.client import AgentClient
-from host_client.qmp import QMPClient
+from host_client.qmp import ConnectError, QMPConnection
 
 QEMU = "qemu-system-x86_64"
 KNOWN_AGENTS = tuple(guest_files.AGENT_COMMANDS)
@@ -132,7 +132,7 @@ class GuestVM:
         self.ready_seconds: dict[str, float] = {}
         self.exit_code: int | None = None
         self._started_at = 0.0
-        self._qmp: QMPClient | None = None
+        self._qmp: QMPConnection | None = None
         self._watchdog: threading.Timer | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -229,15 +229,20 @@ class GuestVM:
         subprocess.run(["cp", "--sparse=always", str(source), str(self.data_image)], check=True)
         self.data_image.chmod(0o644)
 
-    def _connect_qmp(self) -> QMPClient:
+    def _connect_qmp(self) -> QMPConnection:
+        """QEMU creates and listens on the socket while it parses its options: retry until then."""
         deadline = time.monotonic() + 15.0
         while True:
             self._check_alive("while starting")
-            try:
-                return QMPClient(self._harness_qmp_socket, timeout=10.0, connect_timeout=0.5)
-            except (FileNotFoundError, ConnectionRefusedError):
-                if time.monotonic() > deadline:
-                    raise VMError(f"QEMU created no QMP socket in 15 s\n{self.diagnostics()}") from None
+            if self._harness_qmp_socket.exists():
+                try:
+                    return QMPConnection(self._harness_qmp_socket, timeout=10.0)
+                except ConnectError as exc:
+                    if not isinstance(exc.exc, FileNotFoundError | ConnectionRefusedError):
+                        raise
+            if time.monotonic() > deadline:
+                raise VMError(f"QEMU created no QMP socket in 15 s\n{self.diagnostics()}")
+            time.sleep(0.02)
 
     def _find_pty(self, label: str) -> str | None:
         assert self._qmp is not None

@@ -18,7 +18,6 @@ from typing import Any
 from host_client.client import DEFAULT_TIMEOUT, AgentClient
 from host_client.errors import AgentCallError, AgentClientError, FreezeLost
 from host_client.guest_ops import StallResult
-from host_client.qmp import QMPClient, QMPError
 from host_client.snapshot import format_report, take_snapshot
 
 EXIT_OK, EXIT_AGENT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_FREEZE_LOST = 0, 1, 2, 3, 4
@@ -214,10 +213,13 @@ def run_snapshot(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
         if not sep or not device or not overlay:
             parser.error(f"--disk takes DEVICE=OVERLAY (e.g. data=/vm/data-snap1.qcow2), not {spec!r}")
         overlays[device] = os.path.abspath(overlay)
+    # Imported here: qemu.qmp brings asyncio, which no other command needs (~50 ms at start).
+    from host_client.qmp import QMPConnection, QMPError, describe
+
     try:
-        qmp = QMPClient(args.qmp, timeout=args.timeout)
-    except (OSError, ConnectionError) as exc:
-        print(f"pyqga: error: cannot talk to QMP at {args.qmp}: {exc}", file=sys.stderr)
+        qmp = QMPConnection(args.qmp, timeout=args.timeout)
+    except (QMPError, OSError) as exc:
+        print(f"pyqga: error: cannot talk to QMP at {args.qmp}: {describe(exc)}", file=sys.stderr)
         return EXIT_UNREACHABLE
     with qmp:
         try:
@@ -229,8 +231,11 @@ def run_snapshot(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
                     report = take_snapshot(qmp, overlays, agent, mountpoints=args.mountpoint,
                                            freeze_timeout=args.freeze_timeout)
         except (QMPError, ValueError) as exc:
-            print(f"pyqga: error: snapshot failed: {exc}", file=sys.stderr)
+            print(f"pyqga: error: snapshot failed: {describe(exc)}", file=sys.stderr)
             return EXIT_AGENT_ERROR
+        except TimeoutError as exc:  # QEMU did not answer; AgentTimeout is not a TimeoutError
+            print(f"pyqga: error: snapshot failed: {exc}", file=sys.stderr)
+            return EXIT_UNREACHABLE
     if args.json:
         _print_json(report.as_dict())
     else:

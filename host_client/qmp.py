@@ -1,126 +1,98 @@
-"""A small blocking QMP client: enough for ``quit``, ``query-*`` and ``blockdev-snapshot-sync``.
+"""QMP for the blocking host side (``pyqga snapshot``, the VM harness): QEMU's own ``qemu.qmp``.
 
-QEMU's own ``qemu.qmp`` package is asyncio-based and not packaged for Debian 12; the protocol we
-need is three steps (greeting, ``qmp_capabilities``, one JSON request per line with an ``id``),
-so a socket and a line buffer do.  Events arriving between replies are kept in ``events``.
+``qemu.qmp.QMPClient`` does the protocol (greeting, ``qmp_capabilities``, ids, error replies,
+events); :class:`QMPConnection` only drives it on a private event loop with a timeout on every
+step, so a blocking caller gets the same "every call has a timeout" promise as ``AgentClient``.
+Async code should use ``qemu.qmp.QMPClient`` directly (this class cannot run inside a running
+event loop).
+
+Why not ``qemu.qmp.legacy.QEMUMonitorProtocol``, the library's own sync wrapper: its
+``connect()`` has no timeout, and QEMU serves one client per monitor at a time, so while another
+client holds the monitor the connection is accepted but never greeted and ``connect()`` blocks
+for ever (measured with QEMU 7.2: killed after 6 s by an alarm; this class raises
+``TimeoutError`` after ``timeout``).  It also installs its event loop as the calling thread's.
+
+Errors are ``qemu.qmp``'s: :class:`~qemu.qmp.ExecuteError` for an error reply (``error_class``
+is QMP's ``class``), :class:`~qemu.qmp.ConnectError` when the socket cannot be reached (``exc``
+holds the ``OSError``), other :class:`~qemu.qmp.QMPError` subclasses when QEMU goes away; and
+``TimeoutError``.  :func:`describe` words an error reply for a human.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-import socket
-import time
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from qemu.qmp import ConnectError, ExecuteError, QMPClient, QMPError
+
+__all__ = ["ConnectError", "ExecuteError", "QMPConnection", "QMPError", "describe"]
+
+T = TypeVar("T")
 
 
-class QMPError(RuntimeError):
-    """QEMU answered a command with an error (``error_class`` is QMP's ``class``)."""
-
-    def __init__(self, command: str, error_class: str, desc: str) -> None:
-        super().__init__(f"QMP {command}: {error_class}: {desc}")
-        self.command = command
-        self.error_class = error_class
-        self.desc = desc
-
-
-class QMPClient:
-    """One connection to a QMP monitor socket, negotiated and ready for ``execute``.
+class QMPConnection:
+    """One negotiated connection to a QMP monitor socket, ready for :meth:`execute`.
 
     QEMU serves one client per monitor at a time: close this before another connects (the VM
     harness keeps a second, private monitor for itself, so tests may hold ``vm.qmp_socket``).
     """
 
-    def __init__(self, path: str | Path, timeout: float = 10.0, connect_timeout: float = 10.0) -> None:
+    def __init__(self, path: str | Path, timeout: float = 10.0) -> None:
         self.path = str(path)
         self.timeout = timeout
-        self.events: list[dict[str, Any]] = []
-        self.greeting: dict[str, Any] = {}
-        self._ids = itertools.count(1)
-        self._buffer = b""
-        self._sock = self._connect(connect_timeout)
+        self.client = QMPClient(self.path)
+        self._loop: asyncio.AbstractEventLoop | None = asyncio.new_event_loop()
         try:
-            self.greeting = self._read_message(time.monotonic() + timeout)
-            if "QMP" not in self.greeting:
-                raise ConnectionError(f"{self.path}: not a QMP greeting: {self.greeting}")
-            self.execute("qmp_capabilities")
+            self._run(lambda: self.client.connect(self.path), timeout,
+                      "no QMP greeting (does another client hold this monitor? QEMU serves one at a time)")
         except BaseException:
-            self.close()
+            self._loop.close()  # a failed connect() leaves the client idle: nothing else to undo
+            self._loop = None
             raise
 
-    def _connect(self, connect_timeout: float) -> socket.socket:
-        """Retry while QEMU is still creating the socket (it exists once QEMU has parsed -qmp)."""
-        deadline = time.monotonic() + connect_timeout
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(max(0.1, deadline - time.monotonic()))
-                sock.connect(self.path)
-                return sock
-            except (FileNotFoundError, ConnectionRefusedError):
-                sock.close()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-            except BaseException:
-                sock.close()
-                raise
+    @property
+    def greeting(self) -> dict[str, Any]:
+        greeting = self.client.greeting
+        return {} if greeting is None else greeting._asdict()
 
-    def __enter__(self) -> QMPClient:
+    def execute(self, command: str, arguments: dict[str, Any] | None = None, *,
+                timeout: float | None = None) -> Any:
+        """Run ``command`` and return its ``return`` value; raise ``ExecuteError`` on an error
+        reply and ``TimeoutError`` after ``timeout`` (default: the connection's)."""
+        return self._run(lambda: self.client.execute(command, arguments),
+                         self.timeout if timeout is None else timeout, f"no reply to {command}")
+
+    def close(self) -> None:
+        """Disconnect (idempotent).  QEMU hanging up first (``quit``) is not an error here."""
+        if self._loop is None:
+            return
+        try:
+            with contextlib.suppress(Exception):
+                self._run(self.client.disconnect, self.timeout, "disconnect")
+        finally:
+            self._loop.close()
+            self._loop = None
+
+    def __enter__(self) -> QMPConnection:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self) -> None:
-        self._sock.close()
+    def _run(self, step: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
+        if self._loop is None:
+            raise ConnectionError(f"{self.path}: this QMP connection is closed")
+        try:
+            return self._loop.run_until_complete(asyncio.wait_for(step(), timeout))
+        except TimeoutError:
+            raise TimeoutError(f"{self.path}: {what} within {timeout} s") from None
 
-    def execute(self, command: str, arguments: dict[str, Any] | None = None, *,
-                timeout: float | None = None) -> Any:
-        """Run ``command`` and return its ``return`` value; raise :class:`QMPError` on error."""
-        request_id = next(self._ids)
-        request: dict[str, Any] = {"execute": command, "id": request_id}
-        if arguments:
-            request["arguments"] = arguments
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        self._sock.settimeout(max(0.001, deadline - time.monotonic()))
-        self._sock.sendall(json.dumps(request).encode() + b"\n")
-        while True:
-            message = self._read_message(deadline)
-            if "event" in message:
-                self.events.append(message)
-                continue
-            if message.get("id") != request_id:
-                continue  # a reply to a request that timed out earlier
-            if "error" in message:
-                error = message["error"]
-                raise QMPError(command, error.get("class", "?"), error.get("desc", ""))
-            return message.get("return")
 
-    def wait_event(self, name: str, timeout: float | None = None) -> dict[str, Any]:
-        """Return (and remove) the first event called ``name``, reading until it comes."""
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        while True:
-            for i, event in enumerate(self.events):
-                if event.get("event") == name:
-                    return self.events.pop(i)
-            message = self._read_message(deadline)
-            if "event" in message:
-                self.events.append(message)
-
-    def _read_message(self, deadline: float) -> dict[str, Any]:
-        while b"\n" not in self._buffer:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"{self.path}: no QMP message in time")
-            self._sock.settimeout(remaining)
-            try:
-                data = self._sock.recv(65536)
-            except TimeoutError:
-                raise TimeoutError(f"{self.path}: no QMP message in time") from None
-            if not data:
-                raise ConnectionError(f"{self.path}: QEMU closed the QMP connection")
-            self._buffer += data
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return json.loads(line)
+def describe(error: BaseException) -> str:
+    """One line for a human; for an error reply, which command failed with which QMP class."""
+    if isinstance(error, ExecuteError):
+        return f"QMP {error.sent.get('execute', '?')}: {error.error_class}: {error}"
+    return str(error) or type(error).__name__

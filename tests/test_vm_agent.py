@@ -22,7 +22,7 @@ import pytest
 from harness import GuestImage, GuestVM
 from harness.consistency import compare, format_comparison
 from host_client import AgentCallError, AgentClient
-from host_client.qmp import QMPClient
+from host_client.qmp import QMPConnection
 from tests.support.agent_process import REPO_ROOT
 
 pytestmark = pytest.mark.root
@@ -38,7 +38,7 @@ def vm(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 def data_writes(vm: GuestVM) -> tuple[int, int]:
     """(write, flush) operations QEMU has completed on the data disk so far."""
-    with QMPClient(vm.qmp_socket) as qmp:
+    with QMPConnection(vm.qmp_socket) as qmp:
         for entry in qmp.execute("query-blockstats"):
             if entry.get("device") == "data" or entry.get("qdev", "").endswith("data"):
                 return entry["stats"]["wr_operations"], entry["stats"]["flush_operations"]

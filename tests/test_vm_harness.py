@@ -20,7 +20,7 @@ import pytest
 from harness import GuestImage, GuestVM, ensure_image
 from harness import image as image_module
 from host_client import AgentClient
-from host_client.qmp import QMPClient
+from host_client.qmp import QMPConnection
 
 pytestmark = pytest.mark.root
 
@@ -111,7 +111,7 @@ def test_data_disk_is_mounted(vm: GuestVM) -> None:
 
 
 def test_qmp_lists_root_and_data_drives(vm: GuestVM) -> None:
-    with QMPClient(vm.qmp_socket) as qmp:
+    with QMPConnection(vm.qmp_socket) as qmp:
         devices = {block["device"]: block for block in qmp.execute("query-block")}
         status = qmp.execute("query-status")
     assert {"root", "data"} <= set(devices)
