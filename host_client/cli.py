@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Any
 
+from host_client import cli_group
 from host_client.client import DEFAULT_TIMEOUT, AgentClient
 from host_client.errors import AgentCallError, AgentClientError, FreezeLost
 from host_client.guest_ops import StallResult
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  pyqga --socket S call guest-sync '{\"id\": 42}'\n"
             "  pyqga -s qga.sock snapshot --qmp qmp.sock --disk data=/vm/data-snap1.qcow2\n"
             "  pyqga -s qga.sock fault stall --mount /data --duration 5s --repeat 3 --interval 10s\n"
+            "  pyqga group snapshot --guest /run/vm1/qga.sock --guest /run/vm2/qga.sock --deadline 30s\n"
             "Exit status: 0 ok, 1 the agent returned an error, 2 usage, 3 agent unreachable or silent,\n"
             "4 a freeze did not hold until the thaw."
         ),
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="skip the freeze: a crash-consistent snapshot, for comparison")
     snap.add_argument("--freeze-timeout", type=float, default=60.0, metavar="SECONDS",
                       help="the agent thaws by itself after this long, whatever happens here (default 60)")
+    cli_group.add_parser(commands, common, parse_duration)
     call.add_argument("method", help="command name, e.g. guest-get-osinfo")
     call.add_argument("arguments", nargs="?", default=None,
                       help="arguments as a JSON object, e.g. '{\"id\": 1}'")
@@ -258,13 +261,15 @@ def parse_arguments(parser: argparse.ArgumentParser, text: str | None) -> dict[s
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    needs_agent = not (args.command == "snapshot" and args.no_freeze)
+    needs_agent = not (args.command == "snapshot" and args.no_freeze) and args.command != "group"
     if getattr(args, "socket", None) is None and needs_agent:
         parser.error("--socket ADDRESS is required (the agent's unix socket)")
     arguments = parse_arguments(parser, args.arguments) if args.command == "call" else None
     try:
         if args.command == "snapshot":
             return run_snapshot(parser, args)
+        if args.command == "group":
+            return cli_group.run(args, _print_json)
         with AgentClient(args.socket, dialect=args.dialect, timeout=args.timeout) as client:
             if args.command == "ping":
                 run_ping(client, args.json)

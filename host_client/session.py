@@ -100,14 +100,14 @@ class Session:
     # --- calls ---------------------------------------------------------------------------
 
     def call(self, method: str, params: Mapping[str, Any] | None = None,
-             timeout: float | None = None) -> Op[Any]:
+             timeout: float | None = None, dialect: Dialect | None = None) -> Op[Any]:
         """Run ``method`` in the guest; its result, or AgentCallError / AgentTimeout /
         AgentConnectionError naming the method and the address."""
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         if self.needs_resync:
             yield from self._guarded(method, limit, self._resync(deadline), "while resyncing")
-        request_id, data = self.conn.send_request(method, dict(params) if params else None)
+        request_id, data = self.conn.send_request(method, dict(params) if params else None, dialect)
         reply = yield from self._guarded(method, limit, self._exchange(data, request_id, deadline))
         if reply.error is not None:
             raise AgentCallError(reply.error, method=method, address=self.address)
@@ -243,10 +243,14 @@ class Session:
                              f"({thawed} filesystem(s))")
 
     def thaw(self, epoch: int | None = None, call_timeout: float = FREEZE_CALL_TIMEOUT) -> Op[int]:
-        """Thaw; with ``epoch``, raise :class:`FreezeLost` if that freeze had not held."""
+        """Thaw; with ``epoch``, raise :class:`FreezeLost` if that freeze had not held.
+
+        A thaw with an epoch goes to pyqga only (qemu-ga has no epochs), in JSON-RPC where the
+        channel carries it: qemu-ga's dialect has two error classes, and "lost" is neither."""
+        params = {} if epoch is None else {"epoch": epoch}
+        dialect = Dialect.JSONRPC if epoch is not None and not self.synchronised else None
         try:
-            return int((yield from self.call("guest-fsfreeze-thaw", {} if epoch is None else {"epoch": epoch},
-                                             call_timeout)))
+            return int((yield from self.call("guest-fsfreeze-thaw", params, call_timeout, dialect)))
         except AgentCallError as exc:
             if exc.error.kind is ErrorKind.FREEZE_LOST:
                 raise FreezeLost(exc.error, method="guest-fsfreeze-thaw", address=self.address) from None

@@ -67,10 +67,12 @@ class ClientConnection:
     def resyncing(self) -> bool:
         return self._sync_id is not None
 
-    def send_request(self, method: str, params: dict[str, Any] | None = None) -> tuple[int, bytes]:
-        """The bytes of a new request and the id its reply will carry."""
+    def send_request(self, method: str, params: dict[str, Any] | None = None,
+                     dialect: Dialect | None = None) -> tuple[int, bytes]:
+        """The bytes of a new request and the id its reply will carry; ``dialect`` overrides the
+        connection's for this request (pyqga answers each message in the dialect it came in)."""
         request_id = next(self._ids)
-        return request_id, encode_request(self.dialect, method, params, request_id)
+        return request_id, encode_request(dialect or self.dialect, method, params, request_id)
 
     def start_resync(self, sync_id: int) -> bytes:
         """Bytes that resynchronise the channel; replies are withheld until the sync answer."""

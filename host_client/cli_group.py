@@ -1,0 +1,59 @@
+"""``pyqga group snapshot``: a consistency group across guests (see :mod:`host_client.group`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+EXIT_OK, EXIT_AGENT_ERROR, EXIT_USAGE, EXIT_FREEZE_LOST = 0, 1, 2, 4
+
+
+def add_parser(commands: Any, common: argparse.ArgumentParser, parse_duration: Any) -> None:
+    group = commands.add_parser("group", parents=[common], help="consistency groups: group snapshot ...")
+    actions = group.add_subparsers(dest="group_action", required=True, metavar="ACTION")
+    snap = actions.add_parser(
+        "snapshot", parents=[common],
+        help="freeze several guests at once, snapshot them all, thaw; say if the group was consistent",
+        description="Freeze every --guest concurrently (each agent's auto-thaw set to the deadline "
+                    "where it has one), all or nothing: if one cannot be frozen before --deadline, "
+                    "every guest is thawed and the command fails naming it. Then each guest's disks "
+                    "are switched to new overlays through its QMP monitor, everything is thawed "
+                    "(checking each freeze held where the agent has epochs), and a report gives per "
+                    "guest the freeze, snapshot, thaw and frozen times and for the group the overlap "
+                    "window. Exit status: 0 consistent, 1 a guest could not be frozen (all thawed), "
+                    "4 frozen but not consistent (a freeze did not hold, a snapshot failed).",
+        epilog="GUEST is ADDRESS[,mount=PATH]...[,qmp=SOCKET,disk=DEVICE=OVERLAY...], e.g.\n"
+               "  --guest /run/vm1/qga.sock,qmp=/run/vm1/qmp.sock,disk=data=/vm/vm1-snap.qcow2\n"
+               "ADDRESS takes every form --socket does.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    snap.add_argument("--guest", action="append", required=True, metavar="GUEST",
+                      help="a member of the group (repeatable)")
+    snap.add_argument("--deadline", type=parse_duration, default=30.0, metavar="TIME",
+                      help="the whole group frozen within this, and the agents' auto-thaw (default 30s)")
+
+
+def run(args: argparse.Namespace, print_json: Any) -> int:
+    # Here, not at the top: asyncio and the async client load only for this command.
+    from host_client.group import GroupFailed, format_report, group_snapshot, parse_member
+
+    try:  # the qga dialect: every member may be qemu-ga
+        members = [parse_member(spec, "qga", args.timeout) for spec in args.guest]
+    except ValueError as exc:
+        print(f"pyqga: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = asyncio.run(group_snapshot(members, args.deadline, call_timeout=args.timeout))
+    except GroupFailed as failed:
+        if args.json:
+            print_json(failed.report.as_dict())
+        else:
+            print(format_report(failed.report))
+        print(f"pyqga: error: {failed}", file=sys.stderr)
+        return EXIT_AGENT_ERROR
+    if args.json:
+        print_json(report.as_dict())
+    else:
+        print(format_report(report))
+    return EXIT_OK if report.consistent else EXIT_FREEZE_LOST
