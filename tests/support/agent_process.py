@@ -45,6 +45,11 @@ class ListeningProcess:
         return self.process.pid
 
     def start(self) -> None:
+        self.start_nowait()
+        self.wait_ready()
+
+    def start_nowait(self) -> None:
+        """Start the process; :meth:`wait_ready` waits for its socket (many can start at once)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.started_at = time.perf_counter()
@@ -52,7 +57,6 @@ class ListeningProcess:
                 self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
                 start_new_session=True,
             )
-        self.wait_ready()
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
