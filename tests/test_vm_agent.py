@@ -167,3 +167,30 @@ def test_snapshot_with_freeze_is_consistent_and_without_is_not(
     report = json.loads(cli.stdout)
     assert report["quiesced"] and report["frozen_filesystems"] == 1
     assert report["disks"][0]["snapshot"].endswith("after-quiesced.qcow2")
+
+
+def test_snapshot_through_qemu_ga_is_consistent_and_never_left_frozen(vm: GuestVM, tmp_path: Path) -> None:
+    """The host helpers with the guest's real qemu-ga (no auto-thaw, no epochs, no
+    guest-fsfreeze-info): the quiesced snapshot is still clean, an error inside the freeze
+    still thaws, and the CLI says plainly that nothing but itself will thaw the guest."""
+    plain, quiesced = compare(vm, tmp_path, agent="qga-virtio")
+    print(format_comparison(plain, quiesced))
+    assert quiesced.check.consistent, quiesced.check
+    assert quiesced.report.frozen_filesystems == 1 and quiesced.report.epoch is None
+    with vm.client("qga-virtio", timeout=60) as qga:
+        assert qga.capabilities().auto_thaw is False
+        with pytest.raises(RuntimeError, match="backup tool crashed"), qga.frozen(["/data"]):
+            raise RuntimeError("backup tool crashed")
+        assert qga.call("guest-fsfreeze-status") == "thawed"
+    assert writes_during(vm, 1.0)[0] > 0, "the workload did not resume"
+    cli = subprocess.run(
+        [sys.executable, "-m", "host_client", "--dialect", "qga", "-s", str(vm.qga_socket), "snapshot",
+         "--qmp", str(vm.qmp_socket), "--disk", f"data={tmp_path / 'cli.qcow2'}", "--mountpoint", "/data",
+         "--json"],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    assert cli.returncode == 0, cli.stderr
+    assert "has no auto-thaw" in cli.stderr
+    report = json.loads(cli.stdout)
+    assert report["quiesced"] and report["frozen_filesystems"] == 1 and report["epoch"] is None
+    with vm.client("qga-virtio", timeout=60) as qga:
+        assert qga.call("guest-fsfreeze-status") == "thawed"
