@@ -2,7 +2,8 @@
 
 Addresses: ``unix:PATH`` or a bare path (a QEMU chardev socket or the agent's own socket),
 ``vsock:CID:PORT``, ``tcp:HOST:PORT``, ``serial:DEVICE[?baud=N]`` (a host pty from QEMU's
-``-serial pty``, or a real line) and any pyserial URL (``socket://``, ``rfc2217://``).
+``-serial pty``, or a real line), any pyserial URL (``socket://``, ``rfc2217://``), and
+``libvirt:URI?domain=NAME`` (:mod:`host_client.libvirt_transport`, the optional extra).
 """
 
 from __future__ import annotations
@@ -113,7 +114,10 @@ class SerialTransport:
 
 def parse_address(address: str) -> tuple[str, str]:
     """(scheme, rest): ``unix:PATH`` or a bare path, ``vsock:CID:PORT``, ``tcp:HOST:PORT``,
-    ``serial:DEVICE[?baud=N]``, or a pyserial URL such as ``socket://host:port``."""
+    ``serial:DEVICE[?baud=N]``, a pyserial URL such as ``socket://host:port``, or
+    ``libvirt:URI?domain=NAME`` (checked first: a libvirt URI contains ``://`` too)."""
+    if address.startswith("libvirt:"):
+        return "libvirt", address[len("libvirt:"):]
     if "://" in address:
         return "url", address
     scheme, sep, rest = address.partition(":")
@@ -157,6 +161,10 @@ def _open_serial(scheme: str, rest: str, address: str) -> Transport:
 def open_transport(address: str, timeout: float) -> Transport:
     """Open a channel to an agent by address; errors name the address and the reason."""
     scheme, rest = parse_address(address)
+    if scheme == "libvirt":
+        from host_client.libvirt_transport import open_libvirt  # libvirt-python is optional
+
+        return open_libvirt(address, timeout)
     if scheme == "unix":
         return _connect(socket.AF_UNIX, rest, f"unix:{rest}", timeout)
     if scheme == "tcp":
