@@ -11,6 +11,7 @@ might be frozen.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from harness import GuestImage, ImageBuildError, ensure_image
+from tests.support.libvirt import LibvirtGuest, PrivateLibvirt
 from tests.support.loopfs import LoopMounts, require_loop_support
 from tests.support.requirements import require, require_root, require_tool
 
@@ -111,3 +113,36 @@ def guest_image() -> GuestImage:
     except ImageBuildError as exc:
         require(False, f"cannot build the guest image (network? apt?): {exc}")
         raise
+
+
+@pytest.fixture(scope="session")
+def private_libvirt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvirt]:
+    """One private libvirtd for the session (tests/support/libvirt.py): its first connection
+    probes QEMU (~8 s), so the libvirt test modules share it."""
+    require_root()
+    for tool in ("libvirtd", "virsh", "unshare", "qemu-img"):
+        require_tool(tool)
+    with PrivateLibvirt(tmp_path_factory.mktemp("libvirt")) as lv:
+        yield lv
+
+
+@pytest.fixture(scope="session")
+def libvirt_guest(private_libvirt: PrivateLibvirt, guest_image: GuestImage,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[LibvirtGuest]:
+    """The test guest as a domain of ``private_libvirt``, pyqga alone on org.qemu.guest_agent.0,
+    booted once (~10 s under TCG) for every libvirt test module.  A module may end by powering it
+    off; the next one calls ``ensure_running()``."""
+    root_before = _digest(guest_image.root)
+    guest = LibvirtGuest.create(private_libvirt, guest_image, tmp_path_factory.mktemp("lv-guest"))
+    guest.wait_agent()
+    print(f"libvirt: connect {private_libvirt.connect_seconds:.1f} s, "
+          f"boot to agent {guest.boot_seconds:.1f} s")
+    yield guest
+    # The overlay's backing file is the shared cache: libvirt and QEMU must not have written it.
+    # (Its content, not its mtime: the harness touches a cached image whenever it hands it out.)
+    assert _digest(guest_image.root) == root_before
+
+
+def _digest(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha1").hexdigest()

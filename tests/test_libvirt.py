@@ -7,8 +7,9 @@ counts, no reply to ``guest-shutdown``).  Talking to pyqga through our own clien
 that, so here a private libvirtd (``tests/support/libvirt.py``) boots the test guest with pyqga
 on that channel, and each test runs the virsh command a user or backup tool would.
 
-One domain per module (libvirtd start with its QEMU probe ~8 s, TCG boot ~7 s); the tests run in
-file order and the last one powers the guest off through the agent.
+One domain for the whole session (conftest's ``libvirt_guest``: libvirtd's start with its QEMU probe
+~8 s, a TCG boot ~10 s), shared with tests/test_libvirt_transport.py; the tests run in file order
+and the last one powers the guest off through the agent.
 """
 
 from __future__ import annotations
@@ -16,15 +17,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.config import VERSION
-from harness import GuestImage
-from tests.support.libvirt import LibvirtError, LibvirtGuest, PrivateLibvirt, table_rows
-from tests.support.requirements import require_root, require_tool
+from tests.support.libvirt import LibvirtError, LibvirtGuest, table_rows
+from tests.support.requirements import require_tool
 
 pytestmark = pytest.mark.root
 
@@ -35,26 +34,11 @@ LIBVIRT_COMMANDS = ("guest-ping", "guest-sync", "guest-info", "guest-fsfreeze-fr
 
 
 @pytest.fixture(scope="module")
-def libvirt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvirt]:
-    require_root()
-    for tool in ("libvirtd", "virsh", "unshare", "qemu-img", "dumpe2fs"):
-        require_tool(tool)
-    with PrivateLibvirt(tmp_path_factory.mktemp("libvirt")) as lv:
-        yield lv
-
-
-@pytest.fixture(scope="module")
-def domain(libvirt: PrivateLibvirt, guest_image: GuestImage,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[LibvirtGuest]:
-    """The guest with only pyqga on virtio-serial, answering ``guest-ping`` through libvirt."""
-    root_before = guest_image.root.stat()
-    guest = LibvirtGuest.create(libvirt, guest_image, tmp_path_factory.mktemp("lv-guest"))
-    guest.wait_agent()
-    print(f"libvirt: connect {libvirt.connect_seconds:.1f} s, boot to agent {guest.boot_seconds:.1f} s")
-    yield guest
-    # The overlay's backing file is the shared cache: libvirt and QEMU must not have touched it.
-    root_after = guest_image.root.stat()
-    assert (root_after.st_mtime_ns, root_after.st_size) == (root_before.st_mtime_ns, root_before.st_size)
+def domain(libvirt_guest: LibvirtGuest) -> LibvirtGuest:
+    """The session's libvirt guest (conftest), running; the last test here powers it off."""
+    require_tool("dumpe2fs")
+    libvirt_guest.ensure_running()
+    return libvirt_guest
 
 
 def virsh(domain: LibvirtGuest, *args: str, timeout: float = 60.0) -> str:

@@ -338,6 +338,15 @@ class LibvirtGuest:
                                    f"{result.stderr.strip()}\n{self.diagnostics()}")
             time.sleep(0.5)
 
+    def ensure_running(self, timeout: float = 90.0) -> None:
+        """Boot the domain again if a test powered it off: one guest serves every libvirt test
+        module (conftest's ``libvirt_guest``), and more than one of them ends with a shutdown."""
+        if self.state().startswith("running"):
+            return
+        self.started_at = time.monotonic()
+        self.lv.virsh("start", self.name)
+        self.wait_agent(timeout)
+
     def wait_state(self, prefix: str, timeout: float = 30.0) -> str:
         """Wait until ``domstate --reason`` starts with ``prefix``; return the last state."""
         deadline = time.monotonic() + timeout
