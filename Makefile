@@ -45,6 +45,7 @@ bench: $(STAMP) deps
 	$(PY) bench/rpc.py
 	$(PY) bench/freeze.py
 	$(PY) bench/stall.py
+	$(PY) bench/group.py
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info
