@@ -106,6 +106,8 @@ class FreezeModel(RuleBasedStateMachine):
         self.guard = ModelGuard()
         self.generation = getattr(self, "generation", 0) + 1
         self.runner = ManualRunner(self.kernel, f"agent-{self.generation}")
+        if self.store.stale:
+            self.kernel.stale_starts.add(self.runner.tag)
         self.freezer = Freezer(planner=FreezePlanner(self.kernel), store=self.store, guard=self.guard,
                                hook="/model/hook", hook_timeout=5.0, default_timeout=DEFAULT_TIMEOUT,
                                on_agent_death="thaw", log=LOG, clock=self.clock, runner=self.runner,

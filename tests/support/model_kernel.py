@@ -51,6 +51,10 @@ class ModelKernel:
         # cannot tell "EBUSY, someone else's" from "ours"; those devices are noted here.
         self.results_lost = False
         self.unheard_busy: set[Device] = set()
+        # Runner tags of agents that started from a stale state file (its last write failed):
+        # their start-up thaw works from what was last written, which may name a superblock
+        # that turned out to be someone else's.  Documented; excused like an unheard EBUSY.
+        self.stale_starts: set[str] = set()
         # FIFREEZEs issued and not yet returned.  The real kernel makes a FITHAW of such a
         # superblock wait for the FIFREEZE (s_umount): an agent that issues one can hang with it.
         self.in_flight: dict[Device, int] = {}
@@ -62,7 +66,9 @@ class ModelKernel:
         return self.table[path]
 
     def _set(self, device: Device, holder: str | None, job: str) -> None:
-        self.log.append(Transition(device, self.holder[device], holder, job, device in self.unheard_busy))
+        excused = device in self.unheard_busy or (
+            " agent-death " in job and any(job.endswith(f"@{tag}") for tag in self.stale_starts))
+        self.log.append(Transition(device, self.holder[device], holder, job, excused))
         self.holder[device] = holder
         if holder != "foreign":
             self.unheard_busy.discard(device)
@@ -149,12 +155,14 @@ class MemoryStore:
         self.snapshot: dict[str, Any] | None = None
         self.fail: OSError | None = None
         self.failed_ever = False
+        self.stale = False     # the last write failed: what is stored is older than the state
 
     def write(self, snapshot: Mapping[str, Any]) -> None:
         if self.fail is not None:
-            self.failed_ever = True
+            self.failed_ever = self.stale = True
             raise self.fail
         self.snapshot = dict(snapshot)
+        self.stale = False
 
     def read(self) -> dict[str, Any] | None:
         return None if self.snapshot is None else dict(self.snapshot)
