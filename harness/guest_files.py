@@ -38,6 +38,11 @@ AGENT_COMMANDS: dict[str, str] = {
         "qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.1"
         " -t /run/qga -l /run/qga.log -f /run/qga.pid"
     ),
+    # qemu-ga alone on the port libvirt uses as the guest agent (a libvirt guest has only that one)
+    "qga-virtio0": (
+        "qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0"
+        " -t /run/qga -l /run/qga.log -f /run/qga.pid"
+    ),
     "pyqga-serial": (
         "python3 -B -m agent -m isa-serial -p /dev/ttyS1"
         " -t /run/pyqga-serial -l /run/pyqga-serial.log $PYQGA_ARGS"

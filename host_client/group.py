@@ -188,8 +188,10 @@ async def group_snapshot(members: Sequence[Member], deadline: float, *,
 
 
 def parse_member(spec: str, dialect: str = "qga", timeout: float = 10.0) -> Member:
-    """``ADDRESS[,mount=PATH]...[,qmp=SOCKET,disk=DEVICE=OVERLAY...]``: a guest of a group, the
-    mount points to freeze (default all), and the disks to snapshot through its QMP monitor."""
+    """``ADDRESS[,mount=PATH]...[,qmp=SOCKET][,disk=DEVICE=OVERLAY...]``: a guest of a group, the
+    mount points to freeze (default all), and the disks to snapshot: through its QMP monitor
+    (``qmp=``), or through libvirt for a ``libvirt:`` address (DEVICE is the disk's target name,
+    such as ``vdb``)."""
     address, *options = spec.split(",")
     mounts: list[str] = []
     disks: dict[str, str] = {}
@@ -206,12 +208,16 @@ def parse_member(spec: str, dialect: str = "qga", timeout: float = 10.0) -> Memb
         else:
             raise ValueError(f"--guest {spec!r}: unknown option {option!r} "
                              "(mount=PATH, qmp=SOCKET, disk=DEVICE=OVERLAY)")
-    if bool(disks) != bool(qmp_path):
+    through_libvirt = address.startswith("libvirt:") and qmp_path is None
+    if bool(disks) != bool(qmp_path or through_libvirt):
         raise ValueError(f"--guest {spec!r}: disk= and qmp= go together (the disks are switched "
-                         "to their overlays through that QMP monitor)")
+                         "to their overlays through that QMP monitor, or through libvirt for a "
+                         "libvirt: address)")
     snapshot = None
     if qmp_path is not None:
         snapshot = _qmp_snapshot(qmp_path, disks, timeout)
+    elif disks:
+        snapshot = _libvirt_snapshot(address, disks)
     return Member(address, tuple(mounts) or None, snapshot, dialect)
 
 
@@ -226,6 +232,16 @@ def _qmp_snapshot(path: str, overlays: dict[str, str], timeout: float) -> Callab
                 snapshot_disks(qmp, overlays)
 
         await asyncio.to_thread(blocking)
+
+    return take
+
+
+def _libvirt_snapshot(address: str, overlays: dict[str, str]) -> Callable[[], Awaitable[None]]:
+    async def take() -> None:
+        # Here, not at the top: libvirt-python is an optional extra.
+        from host_client.libvirt_transport import snapshot_disks
+
+        await asyncio.to_thread(snapshot_disks, address, overlays)
 
     return take
 

@@ -34,6 +34,7 @@ import queue
 import re
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -387,3 +388,40 @@ def open_libvirt(address: str, timeout: float) -> LibvirtTransport:
         worker.stop()
         raise
     return LibvirtTransport(address, target, libvirt, libvirt_qemu, conn, domain, worker)
+
+
+def snapshot_disks(address: str, overlays: dict[str, str]) -> None:
+    """An external, disk-only snapshot of the domain's disks named in ``overlays`` (target
+    name such as ``vdb`` -> the new overlay file), atomic across them, without libvirt metadata
+    and without libvirt's own quiesce: the caller froze the guest itself.  Every other disk is
+    left alone.  Blocking; a failure is an ``AgentConnectionError`` in libvirt's words."""
+    target = parse_libvirt_address(address)
+    libvirt, _ = _import_libvirt(address)
+    try:
+        conn = libvirt.open(target.uri)
+    except libvirt.libvirtError as exc:
+        raise AgentConnectionError(f"cannot connect to libvirt at {target.uri_text} for {address}: "
+                                   f"{exc}") from None
+    try:
+        domain = conn.lookupByName(target.domain)
+        present = [d.get("dev") for d in ET.fromstring(domain.XMLDesc()).iter("target")
+                   if d.get("dev") and d.get("bus") not in (None, "usb")]
+        unknown = sorted(set(overlays) - set(present))
+        if unknown:
+            raise AgentConnectionError(f"{address}: no disk {', '.join(unknown)} (the domain has "
+                                       f"{', '.join(present)})")
+        snapshot = ET.Element("domainsnapshot")
+        disks = ET.SubElement(snapshot, "disks")
+        for dev in present:
+            if dev in overlays:
+                disk = ET.SubElement(disks, "disk", name=dev, snapshot="external")
+                ET.SubElement(disk, "source", file=overlays[dev])
+            else:
+                ET.SubElement(disks, "disk", name=dev, snapshot="no")
+        flags = (libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA
+                 | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
+        domain.snapshotCreateXML(ET.tostring(snapshot, encoding="unicode"), flags)
+    except libvirt.libvirtError as exc:
+        raise AgentConnectionError(f"{address}: the disk snapshot failed: {exc}") from None
+    finally:
+        conn.close()

@@ -265,7 +265,8 @@ class LibvirtGuest:
 
     @classmethod
     def create(cls, lv: PrivateLibvirt, image: GuestImage, workdir: Path, *,
-               agents: tuple[str, ...] = ("pyqga-virtio",), memory_mb: int = 512) -> LibvirtGuest:
+               agents: tuple[str, ...] = ("pyqga-virtio",), memory_mb: int = 512,
+               kernel_args: tuple[str, ...] = ()) -> LibvirtGuest:
         """Prepare the disks, define and start the domain (not waiting for the agent)."""
         workdir = workdir.resolve()
         workdir.mkdir(parents=True, exist_ok=True)
@@ -277,7 +278,7 @@ class LibvirtGuest:
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image.root),
                         str(guest.root_disk)], check=True, capture_output=True)
         subprocess.run(["cp", "--sparse=always", str(image.data_template), str(guest.data_disk)], check=True)
-        cmdline = ["console=ttyS0", "panic=-1", f"pyqga.agents={','.join(agents)}"]
+        cmdline = ["console=ttyS0", "panic=-1", f"pyqga.agents={','.join(agents)}", *kernel_args]
         xml = guest.domain_xml(image, " ".join(cmdline), memory_mb)
         lv.define(xml, workdir / "domain.xml")
         guest.started_at = time.monotonic()
