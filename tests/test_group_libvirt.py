@@ -10,6 +10,9 @@ writer's log intact after replay).
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +22,7 @@ import pytest
 from harness import GuestImage
 from harness.consistency import check_image
 from host_client.group import GroupFailed, Member, group_snapshot, parse_member
+from tests.support.agent_process import REPO_ROOT
 from tests.support.libvirt import LibvirtGuest, PrivateLibvirt
 
 pytestmark = pytest.mark.root
@@ -53,14 +57,23 @@ def address(guest: LibvirtGuest) -> str:
 
 def test_group_across_two_libvirtds_is_consistent(hypervisors: tuple[LibvirtGuest, LibvirtGuest],
                                                   tmp_path: Path) -> None:
+    """Through the CLI, as an operator would run it."""
     a, b = hypervisors
-    members = [parse_member(f"{address(guest)},mount=/data,disk=vdb={tmp_path / f'{name}-top.qcow2'}")
-               for name, guest in (("a", a), ("b", b))]
-    report = asyncio.run(group_snapshot(members, DEADLINE, call_timeout=30))
-    assert report.consistent, report
-    assert [m.frozen_filesystems for m in report.members] == [1, 1]
-    assert [m.auto_thaw for m in report.members] == [True, False]
-    assert all(m.snapshot_seconds is not None for m in report.members)
+    specs = [f"{address(guest)},mount=/data,disk=vdb={tmp_path / f'{name}-top.qcow2'}"
+             for name, guest in (("a", a), ("b", b))]
+    assert all(parse_member(spec).snapshot is not None for spec in specs)
+    done = subprocess.run(
+        [sys.executable, "-m", "host_client", "group", "snapshot", "--deadline", f"{DEADLINE:g}s",
+         "--timeout", "30", "--json", "--guest", specs[0], "--guest", specs[1]],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["consistent"], report
+    assert [m["frozen_filesystems"] for m in report["members"]] == [1, 1]
+    assert [m["auto_thaw"] for m in report["members"]] == [True, False]
+    assert all(m["snapshot_seconds"] is not None for m in report["members"])
+    assert report["overlap_seconds"] > 0
     for guest in (a, b):  # the old top layer of the data disk is the snapshot
         check = check_image(guest.data_disk, tmp_path / f"check-{guest.name}")
         assert check.consistent, (guest.name, check)
