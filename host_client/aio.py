@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
 from host_client import guest_ops
-from host_client.client import DEFAULT_TIMEOUT
+from host_client.client import DEFAULT_TIMEOUT, resume
 from host_client.errors import AgentConnectionError, AgentTimeout
 from host_client.guest_ops import ExecResult, StallHandle, StallResult
 from host_client.session import FREEZE_CALL_TIMEOUT, Capabilities, Freeze, Op, Send, Session, Sleep
@@ -143,10 +143,9 @@ async def run_async(op: Op[T], transport: AsyncTransport) -> T:
     value: bytes | None = None
     error: BaseException | None = None
     while True:
-        try:
-            io = op.throw(error) if error is not None else op.send(value)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+        io, finished = resume(op, value, error)
+        if io is None:
+            return finished  # type: ignore[no-any-return]
         value, error = None, None
         try:
             if isinstance(io, Send):

@@ -20,6 +20,7 @@ from host_client import guest_ops
 from host_client.guest_ops import ExecResult, StallHandle, StallResult
 from host_client.session import (
     FREEZE_CALL_TIMEOUT,
+    IO,
     Capabilities,
     Freeze,
     Op,
@@ -38,6 +39,15 @@ DEFAULT_TIMEOUT = 10.0
 __all__ = ["DEFAULT_TIMEOUT", "FREEZE_CALL_TIMEOUT", "AgentClient", "Capabilities", "Freeze"]
 
 
+def resume(op: Op[T], value: bytes | None, error: BaseException | None) -> tuple[IO | None, Any]:
+    """One step of ``op``: the next I/O it wants, or (None, its result) when it is done.  Both
+    drivers (this one and :func:`host_client.aio.run_async`) step operations through here."""
+    try:
+        return (op.throw(error) if error is not None else op.send(value)), None
+    except StopIteration as done:
+        return None, done.value
+
+
 def run_blocking(op: Op[T], transport: Transport) -> T:
     """Drive ``op``: perform each I/O it yields, hand back what was received.  Whatever
     interrupts the I/O (a transport error, Ctrl-C) is thrown into the operation where it
@@ -45,10 +55,9 @@ def run_blocking(op: Op[T], transport: Transport) -> T:
     value: bytes | None = None
     error: BaseException | None = None
     while True:
-        try:
-            io = op.throw(error) if error is not None else op.send(value)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+        io, finished = resume(op, value, error)
+        if io is None:
+            return finished  # type: ignore[return-value]
         value, error = None, None
         try:
             if isinstance(io, Send):

@@ -347,35 +347,36 @@ class LibvirtTransport:
         return encode(reply_object(request.dialect, request.id, request.has_id, result, error))
 
 
+def _running_domain(address: str, target: LibvirtAddress, libvirt: Any) -> tuple[Any, Any]:
+    """(connection, domain) of a running domain; errors say what is missing and how to look."""
+    try:
+        conn = libvirt.open(target.uri)
+    except libvirt.libvirtError as exc:
+        raise AgentConnectionError(f"cannot connect to libvirt at {target.uri_text} for {address}: "
+                                   f"{exc} (is libvirtd running, and may this user use it?)") from None
+    try:
+        domain = conn.lookupByName(target.domain)
+        active = domain.isActive()
+    except libvirt.libvirtError as exc:
+        conn.close()
+        if exc.get_error_code() == VIR_ERR_NO_DOMAIN:
+            virsh = f"virsh -c '{target.uri}'" if target.uri else "virsh"
+            raise AgentConnectionError(f"{address}: libvirt at {target.uri_text} has no domain named "
+                                       f"{target.domain!r} ({virsh} list --all shows them)") from None
+        raise AgentConnectionError(f"{address}: {exc}") from None
+    if not active:
+        conn.close()
+        raise AgentConnectionError(f"{address}: domain {target.domain!r} is not running")
+    return conn, domain
+
+
 def open_libvirt(address: str, timeout: float) -> LibvirtTransport:
     """Connect to libvirt and find the running domain, within ``timeout`` seconds (a remote
     URI may hang in ssh); errors say what is missing and how to look."""
     target = parse_libvirt_address(address)
     libvirt, libvirt_qemu = _import_libvirt(address)
     worker = _Worker(f"pyqga-libvirt-{target.domain}")
-
-    def connect() -> tuple[Any, Any]:
-        try:
-            conn = libvirt.open(target.uri)
-        except libvirt.libvirtError as exc:
-            raise AgentConnectionError(f"cannot connect to libvirt at {target.uri_text} for {address}: "
-                                       f"{exc} (is libvirtd running, and may this user use it?)") from None
-        try:
-            domain = conn.lookupByName(target.domain)
-            active = domain.isActive()
-        except libvirt.libvirtError as exc:
-            conn.close()
-            if exc.get_error_code() == VIR_ERR_NO_DOMAIN:
-                virsh = f"virsh -c '{target.uri}'" if target.uri else "virsh"
-                raise AgentConnectionError(f"{address}: libvirt at {target.uri_text} has no domain named "
-                                           f"{target.domain!r} ({virsh} list --all shows them)") from None
-            raise AgentConnectionError(f"{address}: {exc}") from None
-        if not active:
-            conn.close()
-            raise AgentConnectionError(f"{address}: domain {target.domain!r} is not running")
-        return conn, domain
-
-    future = worker.submit(connect)
+    future = worker.submit(lambda: _running_domain(address, target, libvirt))
     try:
         conn, domain = future.result(timeout=timeout)
     except TimeoutError:
@@ -395,15 +396,9 @@ def snapshot_disks(address: str, overlays: dict[str, str]) -> None:
     name such as ``vdb`` -> the new overlay file), atomic across them, without libvirt metadata
     and without libvirt's own quiesce: the caller froze the guest itself.  Every other disk is
     left alone.  Blocking; a failure is an ``AgentConnectionError`` in libvirt's words."""
-    target = parse_libvirt_address(address)
     libvirt, _ = _import_libvirt(address)
+    conn, domain = _running_domain(address, parse_libvirt_address(address), libvirt)
     try:
-        conn = libvirt.open(target.uri)
-    except libvirt.libvirtError as exc:
-        raise AgentConnectionError(f"cannot connect to libvirt at {target.uri_text} for {address}: "
-                                   f"{exc}") from None
-    try:
-        domain = conn.lookupByName(target.domain)
         present = [d.get("dev") for d in ET.fromstring(domain.XMLDesc()).iter("target")
                    if d.get("dev") and d.get("bus") not in (None, "usb")]
         unknown = sorted(set(overlays) - set(present))

@@ -23,9 +23,8 @@ import pytest
 
 from host_client import AgentCallError, AgentClient
 from tests.support.agent_process import PyqgaAgent
-from tests.support.loopfs import LoopMounts, freeze_directly, require_loop_support, thaw_fully
-from tests.support.qemu_ga import IsolatedQemuGa, QemuGa, QemuGaUnavailable, ensure_qemu_ga
-from tests.support.requirements import require, require_tool
+from tests.support.loopfs import LoopMounts, freeze_directly, thaw_fully
+from tests.support.qemu_ga import IsolatedQemuGa, QemuGa
 
 pytestmark = [pytest.mark.root, pytest.mark.qemu_ga]
 
@@ -41,15 +40,8 @@ Script = Callable[[AgentClient], list[Outcome]]
 
 
 @pytest.fixture
-def loops(tmp_path: Path) -> Iterator[LoopMounts]:
-    require_loop_support()
-    require_tool("unshare")
-    try:
-        ensure_qemu_ga()
-    except QemuGaUnavailable as exc:
-        require(False, f"the real qemu-ga is not available: {exc}")
-    with LoopMounts(tmp_path / "mnt") as mounts:
-        yield mounts
+def loops(qga_loops: LoopMounts) -> LoopMounts:
+    return qga_loops
 
 
 @contextlib.contextmanager

@@ -23,24 +23,16 @@ import pytest
 from host_client.group import GroupFailed, Member, group_snapshot, parse_member
 from tests.support.agent_process import REPO_ROOT, PyqgaAgent
 from tests.support.freezing import start_writer
-from tests.support.loopfs import LoopFs, LoopMounts, require_loop_support, thaw_fully
-from tests.support.qemu_ga import IsolatedQemuGa, QemuGaUnavailable, ensure_qemu_ga
-from tests.support.requirements import require, require_tool
+from tests.support.loopfs import LoopFs, LoopMounts, thaw_fully
+from tests.support.qemu_ga import IsolatedQemuGa
 
 pytestmark = [pytest.mark.root, pytest.mark.qemu_ga]
 
 
 @pytest.fixture
-def loops(tmp_path: Path) -> Iterator[LoopMounts]:
-    require_loop_support()
-    require_tool("unshare")
-    try:
-        ensure_qemu_ga()
-    except QemuGaUnavailable as exc:
-        require(False, f"the real qemu-ga is not available: {exc}")
-    with LoopMounts(tmp_path / "mnt") as mounts:
-        yield mounts
-        assert mounts.thaw_all() == 0, "a group left a filesystem frozen"
+def loops(qga_loops: LoopMounts) -> Iterator[LoopMounts]:
+    yield qga_loops
+    assert qga_loops.thaw_all() == 0, "a group left a filesystem frozen"
 
 
 @pytest.fixture

@@ -28,9 +28,8 @@ from host_client.errors import AgentTimeout
 from tests.support.agent_process import REPO_ROOT, PyqgaAgent
 from tests.support.async_facade import BlockingAsyncClient
 from tests.support.freezing import start_writer, write_hook
-from tests.support.loopfs import LoopFs, LoopMounts, require_loop_support, thaw_fully
-from tests.support.qemu_ga import IsolatedQemuGa, QemuGaUnavailable, ensure_qemu_ga
-from tests.support.requirements import require, require_tool
+from tests.support.loopfs import LoopFs, LoopMounts, thaw_fully
+from tests.support.qemu_ga import IsolatedQemuGa
 
 pytestmark = [pytest.mark.root, pytest.mark.qemu_ga]
 
@@ -39,15 +38,8 @@ Start = Callable[..., Any]
 
 
 @pytest.fixture
-def loops(tmp_path: Path) -> Iterator[LoopMounts]:
-    require_loop_support()
-    require_tool("unshare")
-    try:
-        ensure_qemu_ga()
-    except QemuGaUnavailable as exc:
-        require(False, f"the real qemu-ga is not available: {exc}")
-    with LoopMounts(tmp_path / "mnt") as mounts:
-        yield mounts
+def loops(qga_loops: LoopMounts) -> LoopMounts:
+    return qga_loops
 
 
 @pytest.fixture(params=PEERS)
