@@ -1,5 +1,5 @@
 """Command modules; each exports ``COMMANDS``, a tuple of :class:`agent.registry.Command`."""
 
-from agent.commands import core, exec, files, fsfreeze, system
+from agent.commands import core, exec, files, fsfreeze, network, stats, system
 
-COMMAND_MODULES = (core, fsfreeze, exec, files, system)
+COMMAND_MODULES = (core, fsfreeze, exec, files, system, network, stats)
