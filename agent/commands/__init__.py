@@ -1,5 +1,5 @@
 """Command modules; each exports ``COMMANDS``, a tuple of :class:`agent.registry.Command`."""
 
-from agent.commands import core, exec, files, fsfreeze, network, stats, system
+from agent.commands import core, exec, files, fsfreeze, hardware, network, stats, system, users
 
-COMMAND_MODULES = (core, fsfreeze, exec, files, system, network, stats)
+COMMAND_MODULES = (core, fsfreeze, exec, files, system, network, stats, hardware, users)
