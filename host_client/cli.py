@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from host_client import cli_group
+from host_client import cli_group, cli_verbs
 from host_client.client import DEFAULT_TIMEOUT, AgentClient
 from host_client.errors import AgentCallError, AgentClientError, FreezeLost
 from host_client.guest_ops import StallResult
@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--freeze-timeout", type=float, default=60.0, metavar="SECONDS",
                       help="the agent thaws by itself after this long, whatever happens here (default 60)")
     cli_group.add_parser(commands, common, parse_duration)
+    cli_verbs.add_parsers(commands, common, argparse.SUPPRESS)
     call.add_argument("method", help="command name, e.g. guest-get-osinfo")
     call.add_argument("arguments", nargs="?", default=None,
                       help="arguments as a JSON object, e.g. '{\"id\": 1}'")
@@ -279,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                 run_sync(client, args.json)
             elif args.command == "fault":
                 return run_stall(client, args)
+            elif args.command in cli_verbs.VERBS:
+                return cli_verbs.run(client, args, _print_json, note_without_auto_thaw)
             else:
                 run_call(client, args.method, arguments, args.json)
     except FreezeLost as exc:

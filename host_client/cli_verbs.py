@@ -1,0 +1,334 @@
+"""``pyqga`` verbs as qemu's ``qemu-ga-client`` has them, and a few more.
+
+qemu-ga-client's ``cat``, ``fsfreeze status|freeze|thaw``, ``fstrim``, ``ifconfig``, ``powerdown``,
+``reboot``, ``halt`` and ``suspend`` (its ``info`` and ``ping`` are in :mod:`host_client.cli`),
+with similar human output, plus ``freeze``, ``thaw``, ``fsinfo``, ``vcpus``, ``users`` and
+``osinfo``.  Every verb takes ``--json`` for the agent's raw result.  Errors are raised to
+:func:`host_client.cli.main`, which maps them to its exit codes (1 agent error, 3 unreachable,
+4 freeze lost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from host_client.client import AgentClient
+from host_client.errors import AgentTimeout
+
+EXIT_OK, EXIT_USAGE = 0, 2
+
+SHUTDOWN_VERBS = ("powerdown", "reboot", "halt")
+SUSPEND_MODES = ("disk", "ram", "hybrid")
+VERBS = ("cat", "fsfreeze", "freeze", "thaw", "fsinfo", "fstrim", "ifconfig", "vcpus", "users",
+         "osinfo", "suspend", *SHUTDOWN_VERBS)
+
+PrintJson = Callable[[Any], None]
+Note = Callable[[AgentClient, str], None]
+
+
+def add_parsers(commands: Any, common: argparse.ArgumentParser, default: Any) -> None:
+    """Add the verbs to ``commands``; ``common`` holds the connection options."""
+
+    def verb(name: str, summary: str, description: str,
+             parents: list[argparse.ArgumentParser] | None = None) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common] if parents is None else parents,
+                                   help=summary, description=f"{summary[0].upper()}{summary[1:]}. "
+                                                             f"{description}")
+
+    cat = verb("cat", "print a file of the guest",
+               "Reads FILE through guest-file-open/read/close and writes its bytes unchanged to "
+               "standard output (qemu-ga-client's cat). --json gives the path, the size and the "
+               "content in base64.")
+    cat.add_argument("path", metavar="FILE", help="absolute path of the file in the guest")
+
+    fsfreeze = verb("fsfreeze", "qemu-ga-client's fsfreeze: status, freeze (all) or thaw (all)",
+                    "'status' prints thawed or frozen (guest-fsfreeze-status); 'freeze' freezes "
+                    "every filesystem the agent may freeze (guest-fsfreeze-freeze, with pyqga's "
+                    "default auto-thaw deadline) and prints how many; 'thaw' thaws everything "
+                    "(guest-fsfreeze-thaw). To freeze chosen mount points, or set the auto-thaw "
+                    "deadline, use 'pyqga freeze'.")
+    fsfreeze.add_argument("action", choices=("status", "freeze", "thaw"), help="status, freeze or thaw")
+
+    # The freeze's own --timeout (the auto-thaw deadline) replaces the per-call --timeout after
+    # the verb; the per-call one still goes before it: pyqga --timeout 30 freeze --timeout 60.
+    freeze_common = argparse.ArgumentParser(add_help=False)
+    freeze_common.add_argument("--socket", "-s", metavar="ADDRESS", default=default,
+                               help="the agent's channel (as for every command)")
+    freeze_common.add_argument("--dialect", choices=("jsonrpc", "qga"), default=default,
+                               help="wire dialect; 'qga' also talks to QEMU's qemu-ga (default jsonrpc)")
+    freeze_common.add_argument("--json", action="store_true", default=default,
+                               help="print the raw result as JSON")
+    freeze = verb("freeze", "freeze the guest's filesystems and leave them frozen",
+                  "Freezes the given mount points (guest-fsfreeze-freeze-list), or every filesystem "
+                  "the agent may freeze without --mount, and prints the count and, where the agent "
+                  "has epochs (pyqga), the epoch to give 'pyqga thaw --epoch' and when the agent "
+                  "will thaw by itself. qemu-ga has no auto-thaw: the guest then stays frozen until "
+                  "'pyqga thaw', and a note on standard error says so. The per-call timeout goes "
+                  "before the verb: pyqga --timeout 30 freeze --timeout 60.",
+                  parents=[freeze_common])
+    freeze.add_argument("--mount", action="append", metavar="PATH",
+                        help="mount point to freeze (repeatable; default: all the agent may freeze)")
+    freeze.add_argument("--timeout", dest="freeze_timeout", type=float, metavar="SECONDS",
+                        help="the agent thaws by itself after this many seconds (pyqga only; "
+                             "default: the agent's --freeze-timeout)")
+
+    thaw = verb("thaw", "thaw the guest's filesystems",
+                "Thaws everything frozen (guest-fsfreeze-thaw) and prints how many filesystems "
+                "were thawed. With --epoch (the number 'pyqga freeze' printed; pyqga agents only) "
+                "it also checks that this freeze held until now: if it had ended before (the "
+                "agent's auto-thaw, the agent died, someone else thawed), the exit status is 4 "
+                "and a snapshot taken meanwhile may be inconsistent.")
+    thaw.add_argument("--epoch", type=int, metavar="N", help="the freeze's epoch, to check it held")
+
+    verb("fsinfo", "list the guest's filesystems",
+         "One line per mounted filesystem from guest-get-fsinfo: mount point, type, device, "
+         "used and total bytes where known, and the disks under it.")
+    fstrim = verb("fstrim", "discard unused blocks on the guest's filesystems",
+                  "guest-fstrim: trims every filesystem the agent may touch (pyqga's "
+                  "--freeze-include/--freeze-exclude apply) and prints, per path, the bytes "
+                  "trimmed or the error.")
+    fstrim.add_argument("minimum", nargs="?", type=int, default=None, metavar="MINIMUM",
+                        help="only free ranges at least this many bytes long (default: all)")
+    verb("ifconfig", "the guest's network interfaces and addresses",
+         "guest-network-get-interfaces, printed as qemu-ga-client does: per interface its IPv4 "
+         "addresses with netmask, IPv6 addresses with prefix length, and MAC address.")
+    verb("vcpus", "the guest's virtual CPUs",
+         "guest-get-vcpus: per logical CPU whether it is online and whether it can be offlined.")
+    verb("users", "users logged in to the guest",
+         "guest-get-users: user name, domain (Windows guests) and login time.")
+    verb("osinfo", "the guest's operating system",
+         "guest-get-osinfo: kernel release and version, machine, and the OS name, version and id.")
+    suspend = verb("suspend", "suspend the guest to disk, RAM or both",
+                   "Sends guest-suspend-disk, -ram or -hybrid. The agent answers only on error: "
+                   "no reply within the timeout is taken as success (as qemu-ga-client does).")
+    suspend.add_argument("mode", choices=SUSPEND_MODES, help="disk, ram or hybrid")
+    for name, what in (("powerdown", "power the guest off"), ("reboot", "reboot the guest"),
+                       ("halt", "halt the guest")):
+        verb(name, what,
+             f"Sends guest-shutdown with mode {name}. The agent answers only on error: no reply "
+             "within the timeout (--timeout before or after the verb, default 10 s) is taken as "
+             "success (as qemu-ga-client does).")
+
+
+def run(client: AgentClient, args: argparse.Namespace, print_json: PrintJson, note: Note) -> int:
+    verb = args.command
+    as_json = bool(args.json)
+    if verb == "cat":
+        return run_cat(client, args.path, as_json, print_json)
+    if verb == "fsfreeze":
+        return run_fsfreeze(client, args.action, as_json, print_json, note)
+    if verb == "freeze":
+        return run_freeze(client, args.mount, args.freeze_timeout, as_json, print_json, note)
+    if verb == "thaw":
+        return run_thaw(client, args.epoch, as_json, print_json)
+    if verb == "suspend":
+        return run_no_reply(client, f"guest-suspend-{args.mode}", None, as_json, print_json)
+    if verb in SHUTDOWN_VERBS:
+        return run_no_reply(client, "guest-shutdown", {"mode": verb}, as_json, print_json)
+    method, arguments, formatter = QUERIES[verb](args)
+    result = client.call(method, arguments)
+    if as_json:
+        print_json(result)
+    else:
+        text = formatter(result)
+        if text:
+            print(text)
+    return EXIT_OK
+
+
+# --- files, freezing -----------------------------------------------------------------------------
+
+def run_cat(client: AgentClient, path: str, as_json: bool, print_json: PrintJson) -> int:
+    data = client.read_file(path)
+    if as_json:
+        print_json({"path": path, "size": len(data), "buf-b64": base64.b64encode(data).decode()})
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+def run_fsfreeze(client: AgentClient, action: str, as_json: bool, print_json: PrintJson,
+                 note: Note) -> int:
+    if action == "status":
+        status = client.call("guest-fsfreeze-status")
+        print_json(status) if as_json else print(status)
+        return EXIT_OK
+    if action == "freeze":
+        return run_freeze(client, None, None, as_json, print_json, note)
+    return run_thaw(client, None, as_json, print_json)
+
+
+def run_freeze(client: AgentClient, mounts: list[str] | None, timeout: float | None, as_json: bool,
+               print_json: PrintJson, note: Note) -> int:
+    if timeout is not None and timeout <= 0:
+        print("pyqga: error: --timeout must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    note(client, "leaves the guest frozen until 'pyqga thaw'")
+    if timeout is not None and not client.capabilities().auto_thaw:
+        print(f"pyqga: note: --timeout {timeout:g} ignored: the agent cannot thaw by itself",
+              file=sys.stderr)
+    # The session's freeze: thaws again if the outcome is unknown (no reply, lost connection).
+    freeze = client._run(client.session.enter_freeze(mounts, timeout))
+    if as_json:
+        print_json({"count": freeze.count, "epoch": freeze.epoch, "auto-thaw": freeze.auto_thaw,
+                    "info": freeze.info})
+        return EXIT_OK
+    print(f"{freeze.count} filesystems frozen")
+    if freeze.epoch is not None:
+        line = f"epoch {freeze.epoch}: thaw with 'pyqga thaw --epoch {freeze.epoch}'"
+        deadline = freeze.info.get("deadline")
+        if isinstance(deadline, int | float):
+            left = max(0.0, deadline - time.time())
+            line += (f"; the agent thaws by itself at {time.strftime('%H:%M:%S', time.localtime(deadline))}"
+                     f" (in {left:.0f} s)")
+        print(line)
+    return EXIT_OK
+
+
+def run_thaw(client: AgentClient, epoch: int | None, as_json: bool, print_json: PrintJson) -> int:
+    if epoch is not None and not client.capabilities().auto_thaw:
+        print(f"pyqga: error: the agent at {client.address} has no freeze epochs (qemu-ga); "
+              "thaw without --epoch", file=sys.stderr)
+        return EXIT_USAGE
+    count = client.thaw(epoch)  # FreezeLost (exit 4) if that freeze did not hold
+    if as_json:
+        print_json(count)
+    else:
+        held = f" (freeze {epoch} held until now)" if epoch is not None else ""
+        print(f"{count} filesystems thawed{held}")
+    return EXIT_OK
+
+
+def run_no_reply(client: AgentClient, method: str, arguments: dict[str, Any] | None, as_json: bool,
+                 print_json: PrintJson) -> int:
+    """A command that answers only on error (shutdown, suspend): silence means it went ahead."""
+    try:
+        client.call(method, arguments)
+    except AgentTimeout:
+        if as_json:
+            print_json({"method": method, "arguments": arguments, "reply": None})
+        else:
+            print(f"{method}{'' if not arguments else ' ' + arguments['mode']}: sent; no reply within "
+                  f"{client.timeout:g} s, as on success")
+        return EXIT_OK
+    # An agent that answers success anyway (pyqga in the JSON-RPC dialect may): still success.
+    if as_json:
+        print_json({"method": method, "arguments": arguments, "reply": {}})
+    else:
+        print(f"{method}: done")
+    return EXIT_OK
+
+
+# --- queries -------------------------------------------------------------------------------------
+
+def format_fsinfo(result: list[dict[str, Any]]) -> str:
+    rows = [("MOUNTPOINT", "TYPE", "NAME", "USED", "TOTAL", "DISKS")]
+    for fs in result:
+        disks = ", ".join(_disk_name(d) for d in fs.get("disk", []))
+        rows.append((fs.get("mountpoint", "?"), fs.get("type", "?"), fs.get("name", "?"),
+                     _size(fs.get("used-bytes")), _size(fs.get("total-bytes")), disks or "-"))
+    return _table(rows)
+
+
+def _disk_name(disk: dict[str, Any]) -> str:
+    return str(disk.get("dev") or disk.get("serial") or disk.get("bus-type", "?"))
+
+
+def _size(value: Any) -> str:
+    if not isinstance(value, int):
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024  # type: ignore[assignment]
+    return str(value)
+
+
+def format_fstrim(result: dict[str, Any]) -> str:
+    lines = []
+    for entry in result.get("paths", []):
+        if "error" in entry:
+            lines.append(f"{entry.get('path')}: error: {entry['error']}")
+        else:
+            lines.append(f"{entry.get('path')}: {entry.get('trimmed', 0)} bytes trimmed")
+    return "\n".join(lines) or "no filesystem trimmed"
+
+
+def ipv4_netmask(prefix: int) -> str:
+    mask = (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
+    return ".".join(str((mask >> shift) & 0xFF) for shift in (24, 16, 8, 0))
+
+
+def format_ifconfig(result: list[dict[str, Any]]) -> str:
+    """qemu-ga-client's layout: ``name:``, then ``inet A  netmask M``, ``inet6 A  prefixlen P``,
+    ``ether MAC`` lines, tab-indented."""
+    lines = []
+    for nif in result:
+        lines.append(f"{nif.get('name')}:")
+        for address in nif.get("ip-addresses", []):
+            if address.get("ip-address-type") == "ipv4":
+                netmask = ipv4_netmask(int(address["prefix"]))
+                lines.append(f"\tinet {address['ip-address']}  netmask {netmask}")
+            elif address.get("ip-address-type") == "ipv6":
+                lines.append(f"\tinet6 {address['ip-address']}  prefixlen {address['prefix']}")
+        mac = nif.get("hardware-address")
+        if mac and mac != "00:00:00:00:00:00":
+            lines.append(f"\tether {mac}")
+    return "\n".join(lines)
+
+
+def format_vcpus(result: list[dict[str, Any]]) -> str:
+    rows = [("CPU", "ONLINE", "CAN-OFFLINE")]
+    for cpu in result:
+        can = cpu.get("can-offline")
+        rows.append((str(cpu.get("logical-id")), "yes" if cpu.get("online") else "no",
+                     "-" if can is None else ("yes" if can else "no")))
+    online = sum(1 for cpu in result if cpu.get("online"))
+    return _table(rows) + f"\n{online} of {len(result)} online"
+
+
+def format_users(result: list[dict[str, Any]]) -> str:
+    if not result:
+        return "no users logged in"
+    rows = [("USER", "DOMAIN", "LOGIN-TIME")]
+    for user in result:
+        login = user.get("login-time")
+        when = "-"
+        if isinstance(login, int | float):
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(login))
+        rows.append((str(user.get("user")), str(user.get("domain", "-")), when))
+    return _table(rows)
+
+
+OSINFO_KEYS = ("name", "pretty-name", "version", "version-id", "id", "variant", "variant-id",
+               "kernel-release", "kernel-version", "machine")
+
+
+def format_osinfo(result: dict[str, Any]) -> str:
+    keys = [k for k in OSINFO_KEYS if k in result] + sorted(k for k in result if k not in OSINFO_KEYS)
+    width = max((len(k) for k in keys), default=0)
+    return "\n".join(f"{k + ':':<{width + 1}} {result[k]}" for k in keys)
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
+
+
+Query = Callable[[argparse.Namespace], tuple[str, dict[str, Any] | None, Callable[[Any], str]]]
+QUERIES: dict[str, Query] = {
+    "fsinfo": lambda a: ("guest-get-fsinfo", None, format_fsinfo),
+    "fstrim": lambda a: ("guest-fstrim", None if a.minimum is None else {"minimum": a.minimum},
+                         format_fstrim),
+    "ifconfig": lambda a: ("guest-network-get-interfaces", None, format_ifconfig),
+    "vcpus": lambda a: ("guest-get-vcpus", None, format_vcpus),
+    "users": lambda a: ("guest-get-users", None, format_users),
+    "osinfo": lambda a: ("guest-get-osinfo", None, format_osinfo),
+}
