@@ -144,27 +144,16 @@ def test_get_timezone_same_under_tz(tmp_path: Path, zone: str, monkeypatch: pyte
         assert ours["return"] == {"zone": "IST", "offset": 19800}
 
 
-def _normalised_disks(disks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """QEMU >= 8.0 (and we) leave out an empty 'dependencies'; qemu-ga 7.2 sends []."""
-    out = []
-    for disk in disks:
-        disk = dict(disk)
-        if disk.get("dependencies") == []:
-            del disk["dependencies"]
-        out.append(disk)
-    return out
-
-
 @pytest.mark.qemu_ga
 def test_get_disks_same_names_and_addresses(pair: Pair) -> None:
     # Other tests attach and detach loop devices at any time: ask again until both saw the
     # same /sys/block (the comparison itself is exact).
     for _attempt in range(10):
         qga, ours = pair.call("guest-get-disks")
-        if _normalised_disks(_ok(qga)) == _ok(ours):
+        if _ok(qga) == _ok(ours):
             break
         time.sleep(0.2)
-    assert _ok(ours) == _normalised_disks(_ok(qga))
+    assert _ok(ours) == _ok(qga)
     # At least the machine's real disks are there, with an address when they sit on PCI.
     names = {d["name"] for d in ours["return"]}
     for entry in os.listdir("/sys/block"):
@@ -492,3 +481,81 @@ def test_utmp_record_is_glibc_size() -> None:
     assert users.UTMP_RECORD.size == 384
     assert struct.calcsize("=h2xi32s4s32s256shhiii16s20x") == 384
 
+
+
+# --- disk addresses from sysfs paths, as qemu-ga reads them --------------------------------------
+
+
+def _fake_disk(root: Path, rel: str, name: str, drivers: dict[str, str],
+               siblings: tuple[str, ...] = ()) -> str:
+    """A block device directory at root/rel/block/name with a uevent, PCI functions with
+    driver links, and extra sibling directories; returns a /sys/block-style symlink to it."""
+    device = root / rel / "block" / name
+    device.mkdir(parents=True)
+    (device / "uevent").write_text(f"MAJOR=8\nMINOR=0\nDEVNAME={name}\nDEVTYPE=disk\n")
+    (device / "size").write_text("2048\n")
+    for function, driver in drivers.items():
+        (root / "bus" / driver).mkdir(parents=True, exist_ok=True)
+        (root / function / "driver").symlink_to(root / "bus" / driver)
+    for sibling in siblings:
+        (root / sibling).mkdir(parents=True, exist_ok=True)
+    link = root / "sysblock" / name
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to(device)
+    return str(link)
+
+
+def test_address_virtio_scsi_reports_the_lun_as_unit(tmp_path: Path) -> None:
+    fn = "devices/pci0000:00/0000:00:05.0"
+    link = _fake_disk(tmp_path, f"{fn}/virtio3/host2/target2:0:1/2:0:1:3", "sdb",
+                      {fn: "virtio-pci"})
+    assert hardware.real_disk_address(link) == {
+        "pci-controller": {"domain": 0, "bus": 0, "slot": 5, "function": 0},
+        "bus-type": "scsi", "bus": 0, "target": 0, "unit": 3, "dev": "/dev/sdb"}
+
+
+def test_address_ahci_counts_hosts(tmp_path: Path) -> None:
+    fn = "devices/pci0000:00/0000:00:1f.2"
+    link = _fake_disk(tmp_path, f"{fn}/ata3/host2/target2:0:0/2:0:0:0", "sda", {fn: "ahci"},
+                      siblings=(f"{fn}/ata1", f"{fn}/ata2", f"{fn}/ata5"))
+    address = hardware.real_disk_address(link)
+    assert address is not None
+    assert (address["bus-type"], address["bus"], address["unit"]) == ("sata", 0, 2)   # ata1 ata2 [ata3] ata5
+    assert address["pci-controller"] == {"domain": 0, "bus": 0, "slot": 0x1f, "function": 2}
+
+
+def test_address_ide_bus_is_the_host_index(tmp_path: Path) -> None:
+    fn = "devices/pci0000:00/0000:00:01.1"
+    link = _fake_disk(tmp_path, f"{fn}/ata2/host1/target1:0:1/1:0:1:0", "sdc", {fn: "ata_piix"},
+                      siblings=(f"{fn}/ata1",))
+    address = hardware.real_disk_address(link)
+    assert address is not None
+    assert (address["bus-type"], address["bus"], address["unit"]) == ("ide", 1, 1)
+
+
+def test_address_behind_a_bridge_is_the_controller(tmp_path: Path) -> None:
+    bridge = "devices/pci0000:00/0000:00:1c.0"
+    fn = f"{bridge}/0000:01:00.0"
+    link = _fake_disk(tmp_path, f"{fn}/nvme/nvme0", "nvme0n1", {bridge: "pcieport", fn: "nvme"})
+    address = hardware.real_disk_address(link)
+    assert address is not None
+    assert address["bus-type"] == "nvme"
+    assert address["pci-controller"] == {"domain": 0, "bus": 1, "slot": 0, "function": 0}
+
+
+def test_address_unknown_bus_still_names_the_device(tmp_path: Path) -> None:
+    fn = "devices/pci0000:00/0000:00:07.0"
+    link = _fake_disk(tmp_path, f"{fn}/host0/target0:0:0/0:0:0:0", "sdd", {fn: "megaraid_sas"})
+    unknown = {"pci-controller": {"domain": -1, "bus": -1, "slot": -1, "function": -1},
+               "bus-type": "unknown", "bus": 0, "target": 0, "unit": 0}
+    assert hardware.real_disk_address(link) == {**unknown, "dev": "/dev/sdd"}
+    mmc = _fake_disk(tmp_path, "devices/platform/mmc/mmc_host/mmc0/mmc0:0001", "mmcblk0", {})
+    assert hardware.real_disk_address(mmc) == {**unknown, "dev": "/dev/mmcblk0"}
+
+
+def test_address_ccw_virtio_blk(tmp_path: Path) -> None:
+    link = _fake_disk(tmp_path, "devices/css0/0.0.0002/0.0.0000/virtio0", "vda", {})
+    address = hardware.real_disk_address(link)
+    assert address is not None
+    assert address["ccw-address"] == {"cssid": 0, "ssid": 0, "subchno": 2, "devno": 0}
+    assert address["bus-type"] == "virtio"

@@ -11,8 +11,12 @@ the same entries in the same order:
   with "online", ``can-offline`` from its ``removable`` file;
 - a disk is a ``/sys/block`` entry of non-zero size, listed with its partitions (each depending
   on its disk) and its ``slaves`` as dependencies; a disk that is not under
-  ``/devices/virtual/block/`` gets qemu-ga's GuestDiskAddress (from
-  :func:`agent.fsfreeze.fsinfo.disk_address`). qemu-ga gets device nodes, ``serial`` and the
+  ``/devices/virtual/block/`` gets qemu-ga's GuestDiskAddress, worked out from the sysfs path
+  as qemu-ga does it (:func:`real_disk_address`: the controller is the first PCI function on the
+  path with a disk driver qemu-ga knows; IDE and SATA units count hosts; virtio-scsi reports the
+  LUN as unit). ``agent/fsfreeze/fsinfo.py``'s address code, used by ``guest-get-fsinfo``,
+  reads SCSI addresses differently (bus/target from the H:C:T:L directory, any HBA), so it is
+  not reused here. qemu-ga gets device nodes, ``serial`` and the
   ``alias`` (a device-mapper name) from udev; we read the same things where udev keeps them:
   ``DEVNAME`` in the device's ``uevent``, and ``ID_SERIAL`` and ``DM_NAME`` in udev's database
   (``/run/udev/data/bMAJ:MIN``). Without that database qemu-ga reports neither, and neither
@@ -25,8 +29,7 @@ has changes nothing and counts as success. The list arguments are checked as QAP
 element by element, in qemu's words (``Parameter 'vcpus[0].online' is missing``).
 
 Where we differ from qemu-ga: ``guest-get-disks`` never carries NVMe SMART data (qemu-ga 7.1+
-queries NVMe disks with an admin ioctl); a disk with an empty ``slaves`` directory has no
-``dependencies`` member, as in QEMU 8.0 and later (7.2 still sent ``[]``).
+queries NVMe disks with an admin ioctl, ``smart``); everything else it reports, we report.
 """
 
 from __future__ import annotations
@@ -34,10 +37,8 @@ from __future__ import annotations
 import errno
 import os
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.fsfreeze.fsinfo import disk_address
 from agent.registry import Command, Param
 from protocol.errors import command_failed, invalid_params
 
@@ -213,6 +214,9 @@ def _read_sysfs(dirfd: int, name: str, size: int) -> bytes:
     fd = os.open(name, os.O_RDONLY, dir_fd=dirfd)
     try:
         data = os.pread(fd, size, 0)
+    except OSError as exc:
+        exc.filename = "pread"   # which call failed, for the message
+        raise
     finally:
         os.close(fd)
     if not data:
@@ -258,7 +262,8 @@ def _memory_block_from_system(index: int, memory_dir: str) -> dict[str, Any]:
 def _sysfs_error(name: str, exc: OSError) -> Exception:
     if exc.errno == 0:
         return command_failed(str(exc.strerror))
-    return _oserror(f'open sysfs file "{name}"', exc)
+    call = "pread" if exc.filename == "pread" else "open"
+    return _oserror(f'{call} sysfs file "{name}"', exc)
 
 
 def _signed64(value: int) -> int:
@@ -403,29 +408,154 @@ def udev_property(syspath: str, key: str, udev_data: str = UDEV_DATA) -> str | N
     return None
 
 
-def _address(disk_dir: str) -> dict[str, Any] | None:
-    address = disk_address(Path(os.path.realpath(disk_dir)))
-    if address is None:
+# The PCI drivers qemu-ga knows a disk controller by (build_guest_fsinfo_for_pci_dev).
+_DISK_DRIVERS = frozenset({"ata_piix", "sym53c8xx", "virtio-pci", "ahci", "nvme", "xhci_hcd",
+                           "ehci-pci"})
+_HEX = "[0-9a-fA-F]+"
+_FIRST_PCI = re.compile(rf"{_HEX}:{_HEX}/({_HEX}):({_HEX}):({_HEX})\.({_HEX})")
+_NEXT_PCI = re.compile(rf"/({_HEX}):({_HEX}):({_HEX})\.({_HEX})")
+_TARGET = re.compile(r"\d+:\d+:\d+/\d+:(\d+):(\d+):(\d+)")
+_CCW = re.compile(rf"{_HEX}/({_HEX})\.({_HEX})\.({_HEX})/{_HEX}\.{_HEX}\.({_HEX})/")
+
+
+def _driver(path: str) -> str | None:
+    try:
+        return os.path.basename(os.readlink(path + "/driver"))
+    except OSError:
         return None
-    # qemu-ga takes the device node and the serial from udev, not from sysfs.
-    address.pop("serial", None)
-    dev = devnode(disk_dir)
-    if dev is None:
-        address.pop("dev", None)
+
+
+def _scsi_target(syspath: str) -> tuple[int, int, int] | None:
+    """``/targetH:C:T/H:C:T:L`` gives (C, T, L), as qemu-ga's sscanf reads it."""
+    at = syspath.find("/target")
+    match = _TARGET.match(syspath, at + 7) if at >= 0 else None
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def _hosts(parent: str, ata: bool) -> list[int]:
+    """The sorted ``ataN`` or ``hostN`` numbers beside a disk's host (at most 8, as qemu-ga)."""
+    pattern = re.compile(r"ata(-?\d+)" if ata else r"host(-?\d+)")
+    try:
+        names = os.listdir(parent)
+    except OSError as exc:
+        raise _oserror(f'opendir("{parent}")', exc) from None
+    found = [int(m[1]) for name in names if (m := pattern.match(name))][:8]
+    return sorted(found)
+
+
+def _pci_address(syspath: str, address: dict[str, Any]) -> bool:
+    """qemu-ga's build_guest_fsinfo_for_pci_dev: the first PCI function on the path whose
+    driver is a disk controller it knows, and what that driver says about bus, target, unit."""
+    at = syspath.find("/devices/pci")
+    match = _FIRST_PCI.match(syspath, at + 12) if at >= 0 else None
+    if match is None:
+        return False
+    pci = [int(x, 16) for x in match.groups()]
+    pos = match.end()
+    while True:
+        driver = _driver(syspath[:pos])
+        if driver in _DISK_DRIVERS:
+            break
+        nested = _NEXT_PCI.match(syspath, pos)
+        if nested is None:
+            return False
+        pci = [int(x, 16) for x in nested.groups()]
+        pos = nested.end()
+    target = _scsi_target(syspath)
+    host: int | None = None
+    hosts: list[int] = []
+    at, offset, ata = syspath.find("/ata"), 4, True
+    if at < 0:
+        at, offset, ata = syspath.find("/host"), 5, False
+    if at >= 0 and (number := re.match(r"\d+", syspath[at + offset:])):
+        host = int(number[0])
+        hosts = _hosts(syspath[:at], ata)
+    address["pci-controller"] = dict(zip(("domain", "bus", "slot", "function"), pci, strict=True))
+    if driver in ("ata_piix", "ahci"):
+        if host is None or target is None or host not in hosts:
+            return False
+        if driver == "ata_piix":   # a host per IDE bus, target*:0:<unit>:0
+            address.update({"bus-type": "ide", "bus": hosts.index(host), "unit": target[1]})
+        else:                      # one host per unit
+            address.update({"bus-type": "sata", "unit": hosts.index(host)})
+    elif driver == "sym53c8xx":
+        if target is None:
+            return False
+        address.update({"bus-type": "scsi", "unit": target[1]})
+    elif driver == "virtio-pci":
+        if target is not None:     # virtio-scsi: target*:0:0:<unit>
+            address.update({"bus-type": "scsi", "unit": target[2]})
+        else:                      # virtio-blk: one disk per device
+            address["bus-type"] = "virtio"
+    elif driver == "nvme":
+        address["bus-type"] = "nvme"
+    else:                          # ehci-pci, xhci_hcd
+        address["bus-type"] = "usb"
+    return True
+
+
+def _nonpci_virtio_address(syspath: str, address: dict[str, Any]) -> bool:
+    if "/virtio" not in syspath or "/block" not in syspath:
+        return False
+    target = _scsi_target(syspath)
+    if target is not None:
+        address.update({"bus-type": "scsi", "bus": target[0], "target": target[1],
+                        "unit": target[2]})
     else:
+        address["bus-type"] = "virtio"
+    return True
+
+
+def _ccw_address(syspath: str, address: dict[str, Any]) -> bool:
+    at = syspath.find("/devices/css")
+    match = _CCW.match(syspath, at + 12) if at >= 0 else None
+    if match is None:
+        return False
+    address["ccw-address"] = dict(zip(("cssid", "ssid", "subchno", "devno"),
+                                      (int(x, 16) for x in match.groups()), strict=True))
+    if "/virtio" in syspath[at:]:
+        _nonpci_virtio_address(syspath, address)
+    return True
+
+
+def real_disk_address(disk_dir: str) -> dict[str, Any] | None:
+    """qemu-ga's GuestDiskAddress for a non-virtual disk (build_guest_fsinfo_for_real_device):
+    an address whenever the bus is known or udev names a device node or serial, with
+    bus-type "unknown" and a PCI address of -1s where it cannot tell."""
+    syspath = os.path.realpath(disk_dir)
+    if not os.path.exists(syspath):
+        return None
+    address: dict[str, Any] = {
+        "pci-controller": {"domain": -1, "bus": -1, "slot": -1, "function": -1},
+        "bus-type": "unknown", "bus": 0, "target": 0, "unit": 0,
+    }
+    dev = devnode(syspath)
+    serial = udev_property(syspath, "ID_SERIAL")
+    if "/devices/pci" in syspath:
+        known = _pci_address(syspath, address)
+    elif "/devices/css" in syspath:
+        known = _ccw_address(syspath, address)
+    elif "/virtio" in syspath:
+        known = _nonpci_virtio_address(syspath, address)
+    else:
+        known = False
+    if not (known or dev or serial):
+        return None
+    if dev:
         address["dev"] = dev
-    serial = udev_property(disk_dir, "ID_SERIAL")
     if serial:
         address["serial"] = serial
     return address
 
 
-def _dependencies(disk_dir: str) -> list[str]:
+def _dependencies(disk_dir: str) -> list[str] | None:
+    """The devices a disk is built on, or None (member absent) without a ``slaves`` directory;
+    an empty directory gives ``[]``, as qemu-ga sets has_dependencies once it opened it."""
     deps_dir = f"{disk_dir}/slaves"
     try:
         names = os.listdir(deps_dir)
     except OSError:
-        return []
+        return None
     found = [dev for name in names if (dev := devnode(f"{deps_dir}/{name}")) is not None]
     return found[::-1]  # qemu-ga prepends each
 
@@ -459,11 +589,11 @@ def get_disks(block_dir: str = BLOCK_DIR) -> list[dict[str, Any]]:
         if alias:
             disk["alias"] = alias
         if "/devices/virtual/block/" not in os.path.realpath(disk_dir):
-            address = _address(disk_dir)
+            address = real_disk_address(disk_dir)
             if address is not None:
                 disk["address"] = address
         dependencies = _dependencies(disk_dir)
-        if dependencies:
+        if dependencies is not None:
             disk["dependencies"] = dependencies
         listed.append(disk)
         try:
