@@ -46,7 +46,7 @@ from urllib.parse import unquote
 from host_client.errors import AgentConnectionError, AgentTimeout
 from protocol.decoder import DecodeFailure, Message, StreamDecoder
 from protocol.dialects import Batch, Dialect, Invalid, Request, classify, encode, reply_object
-from protocol.errors import AgentError, ErrorKind, invalid_params
+from protocol.errors import FREEZE_LOST_TEXT, AgentError, ErrorKind, invalid_params
 
 SCHEME = "libvirt:"
 EXTRA = "pip install 'pyqga[libvirt]'"
@@ -122,6 +122,8 @@ def classify_libvirt_error(code: int, message: str) -> tuple[Outcome, AgentError
             kind = ErrorKind.COMMAND_NOT_FOUND
         elif _DISABLED.match(desc):
             kind = ErrorKind.COMMAND_DISABLED
+        elif FREEZE_LOST_TEXT.match(desc):
+            kind = ErrorKind.FREEZE_LOST
         else:
             kind = ErrorKind.COMMAND_FAILED
         return Outcome.AGENT_ERROR, AgentError(kind, desc, {"class": kind.qga_class})

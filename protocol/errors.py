@@ -7,6 +7,7 @@ error reads naturally to a JSON-RPC client and to libvirt, which only knows qemu
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -37,6 +38,10 @@ class ErrorKind(Enum):
 
 
 _KIND_BY_CODE = {kind.code: kind for kind in ErrorKind}
+
+# How pyqga words a FREEZE_LOST error (agent/fsfreeze/core.py).  A channel that carries only
+# qemu-ga's two error classes (the qga dialect, libvirt) gets the kind back from these words.
+FREEZE_LOST_TEXT = re.compile(r"freeze -?\d+ (did not hold|is not the freeze in force|is unknown or long over)")
 
 
 @dataclass(frozen=True)
@@ -76,10 +81,14 @@ class AgentError(Exception):
         if not isinstance(error, dict):
             return cls(ErrorKind.INVALID_REQUEST, f"malformed error object: {error!r}")
         qga_class = error.get("class")
-        kind = (
-            ErrorKind.COMMAND_NOT_FOUND if qga_class == "CommandNotFound" else ErrorKind.COMMAND_FAILED
-        )
-        return cls(kind, str(error.get("desc", "")), {"class": qga_class})
+        desc = str(error.get("desc", ""))
+        if qga_class == "CommandNotFound":
+            kind = ErrorKind.COMMAND_NOT_FOUND
+        elif FREEZE_LOST_TEXT.match(desc):
+            kind = ErrorKind.FREEZE_LOST
+        else:
+            kind = ErrorKind.COMMAND_FAILED
+        return cls(kind, desc, {"class": qga_class})
 
     @property
     def qga_class(self) -> str:

@@ -36,7 +36,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from agent.freezer import Freezer
 from agent.fsfreeze.core import MAX_TIMEOUT, DeadlineCheck, Restored, StopRequested, parse_snapshot
 from agent.fsfreeze.engine import FreezePlanner
-from protocol.errors import AgentError, ErrorKind
+from protocol.errors import FREEZE_LOST_TEXT, AgentError, ErrorKind
 from tests.support.model_kernel import (
     Device,
     Job,
@@ -322,6 +322,8 @@ class FreezeModel(RuleBasedStateMachine):
         if request.epoch is None:
             assert error is None
             return
+        if error is not None:  # recognisable on channels that carry only qemu-ga's classes too
+            assert FREEZE_LOST_TEXT.match(error.message), error.message
         held = self.held_until(request.epoch, rid)
         assert (error is None) == held, (
             f"thaw of epoch {request.epoch}: held={held}, but the agent said "

@@ -116,4 +116,5 @@ def test_a_freeze_lost_mid_group_is_reported_inconsistent(
     members = [Member(address(a), ("/data",)), Member(address(b), ("/data",), slow_snapshot)]
     report = asyncio.run(group_snapshot(members, 3, call_timeout=30))
     assert not report.consistent
+    assert report.members[0].held is False, report.members[0]  # FREEZE_LOST recognised over libvirt
     assert report.members[0].error and "did not hold" in report.members[0].error, report.members[0]
