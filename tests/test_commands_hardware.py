@@ -559,3 +559,18 @@ def test_address_ccw_virtio_blk(tmp_path: Path) -> None:
     assert address is not None
     assert address["ccw-address"] == {"cssid": 0, "ssid": 0, "subchno": 2, "devno": 0}
     assert address["bus-type"] == "virtio"
+
+
+def test_nvme_smart_log_parsed_as_qemu_ga_reports_it() -> None:
+    log = bytearray(512)
+    log[0], log[1:3], log[3], log[4], log[5] = 4, (310).to_bytes(2, "little"), 100, 10, 3
+    for i in range(10):
+        struct.pack_into("<QQ", log, 32 + 16 * i, 1000 + i, i)
+    smart = hardware.parse_nvme_smart(bytes(log))
+    assert smart["type"] == "nvme"
+    assert (smart["critical-warning"], smart["temperature"], smart["available-spare"],
+            smart["available-spare-threshold"], smart["percentage-used"]) == (4, 310, 100, 10, 3)
+    assert (smart["data-units-read-lo"], smart["data-units-read-hi"]) == (1000, 0)
+    assert (smart["number-of-error-log-entries-lo"], smart["number-of-error-log-entries-hi"]) == (1009, 9)
+    assert len(smart) == 1 + 5 + 20
+    assert hardware._NVME_ADMIN_CMD.size == 72   # struct nvme_admin_cmd

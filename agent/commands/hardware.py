@@ -28,15 +28,18 @@ vCPU it cannot change and returns how many it handled before it, failing only if
 has changes nothing and counts as success. The list arguments are checked as QAPI checks them,
 element by element, in qemu's words (``Parameter 'vcpus[0].online' is missing``).
 
-Where we differ from qemu-ga: ``guest-get-disks`` never carries NVMe SMART data (qemu-ga 7.1+
-queries NVMe disks with an admin ioctl, ``smart``); everything else it reports, we report.
+An NVMe disk carries ``smart``, its SMART log page read with the NVMe admin passthrough ioctl as
+qemu-ga 7.1+ reads it; no other disk has SMART data, as in qemu-ga.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import os
 import re
+import struct
 from typing import TYPE_CHECKING, Any
 
 from agent.registry import Command, Param
@@ -568,6 +571,55 @@ def _is_partition_of(disk: str, name: str) -> bool:
         rest[:1] == "p" and rest[1:2].isdigit() and rest[1:2].isascii())
 
 
+# NVMe SMART / health log through the admin passthrough ioctl, as qemu-ga's get_nvme_smart.
+NVME_IOCTL_ADMIN_CMD = 0xC0484E41       # _IOWR('N', 0x41, struct nvme_admin_cmd), 72 bytes
+_NVME_ADMIN_CMD = struct.Struct("=BBHIIIQQIIIIIIIIII")
+_NVME_GET_LOG_PAGE = 0x02
+_NVME_LOG_SMART = 0x02
+_NVME_SMART_LOG_SIZE = 512
+_NVME_COUNTERS = ("data-units-read", "data-units-written", "host-read-commands",
+                  "host-write-commands", "controller-busy-time", "power-cycles",
+                  "power-on-hours", "unsafe-shutdowns", "media-errors",
+                  "number-of-error-log-entries")
+
+
+def parse_nvme_smart(log: bytes) -> dict[str, Any]:
+    """GuestDiskSmart for an NVMe SMART log page (NvmeSmartLog, little-endian)."""
+    smart: dict[str, Any] = {
+        "type": "nvme",
+        "critical-warning": log[0],
+        "temperature": int.from_bytes(log[1:3], "little"),
+        "available-spare": log[3],
+        "available-spare-threshold": log[4],
+        "percentage-used": log[5],
+    }
+    for i, name in enumerate(_NVME_COUNTERS):
+        lo, hi = struct.unpack_from("<QQ", log, 32 + 16 * i)
+        smart[f"{name}-lo"] = lo
+        smart[f"{name}-hi"] = hi
+    return smart
+
+
+def nvme_smart(device: str) -> dict[str, Any] | None:
+    """The SMART log of an NVMe disk, or None if it cannot be read (qemu-ga stays silent)."""
+    log = ctypes.create_string_buffer(_NVME_SMART_LOG_SIZE)
+    cdw10 = _NVME_LOG_SMART | (1 << 15) | (((_NVME_SMART_LOG_SIZE >> 2) - 1) << 16)
+    command = bytearray(_NVME_ADMIN_CMD.pack(
+        _NVME_GET_LOG_PAGE, 0, 0, 0xFFFFFFFF, 0, 0, 0, ctypes.addressof(log), 0,
+        _NVME_SMART_LOG_SIZE, cdw10, 0, 0, 0, 0, 0, 0, 0))
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.ioctl(fd, NVME_IOCTL_ADMIN_CMD, command, True)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return parse_nvme_smart(log.raw)
+
+
 def get_disks(block_dir: str = BLOCK_DIR) -> list[dict[str, Any]]:
     try:
         entries = list(os.scandir(block_dir))
@@ -595,6 +647,10 @@ def get_disks(block_dir: str = BLOCK_DIR) -> list[dict[str, Any]]:
         dependencies = _dependencies(disk_dir)
         if dependencies is not None:
             disk["dependencies"] = dependencies
+        if disk.get("address", {}).get("bus-type") == "nvme":
+            smart = nvme_smart(dev)
+            if smart is not None:
+                disk["smart"] = smart
         listed.append(disk)
         try:
             parts = list(os.scandir(disk_dir))
