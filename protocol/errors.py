@@ -41,7 +41,8 @@ _KIND_BY_CODE = {kind.code: kind for kind in ErrorKind}
 
 # How pyqga words a FREEZE_LOST error (agent/fsfreeze/core.py).  A channel that carries only
 # qemu-ga's two error classes (the qga dialect, libvirt) gets the kind back from these words.
-FREEZE_LOST_TEXT = re.compile(r"freeze -?\d+ (did not hold|is not the freeze in force|is unknown or long over)")
+FREEZE_LOST_TEXT = re.compile(
+    r"freeze -?\d+ (did not hold|is not the freeze in force|is unknown or long over)")
 
 
 @dataclass(frozen=True)
