@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import struct
 import time
 from collections.abc import Iterator
@@ -574,3 +575,76 @@ def test_nvme_smart_log_parsed_as_qemu_ga_reports_it() -> None:
     assert (smart["number-of-error-log-entries-lo"], smart["number-of-error-log-entries-hi"]) == (1009, 9)
     assert len(smart) == 1 + 5 + 20
     assert hardware._NVME_ADMIN_CMD.size == 72   # struct nvme_admin_cmd
+
+
+def _mbr_image(path: Path, size_mib: int = 8) -> None:
+    """An image with an MBR holding two Linux partitions (no sfdisk needed)."""
+    sectors = size_mib * 2048
+    mbr = bytearray(512)
+    half = (sectors - 2048) // 2
+    for slot, (start, count) in enumerate(((2048, half - 2048), (2048 + half, half - 2048))):
+        entry = struct.pack("<B3sB3sII", 0, b"\0\0\0", 0x83, b"\0\0\0", start, count)
+        mbr[446 + 16 * slot:446 + 16 * (slot + 1)] = entry
+    mbr[510:512] = b"\x55\xaa"
+    with open(path, "wb") as image:
+        image.write(mbr)
+        image.truncate(sectors * 512)
+
+
+def _run(*argv: str) -> str:
+    import subprocess
+    proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+@pytest.mark.qemu_ga
+def test_get_disks_same_with_partitions_and_a_dm_device(pair: Pair, tmp_path: Path) -> None:
+    """A partitioned loop device and a device-mapper device on its first partition: partitions
+    (each depending on its disk) and dependencies (the dm device on the partition) must read the
+    same on both agents. Kernels without MBR partitions or device-mapper (this machine's
+    microVM kernel has neither) still compare the loop disk itself."""
+    require(os.geteuid() == 0, "loop and device-mapper devices need root")
+    require(shutil.which("losetup") is not None, "losetup is missing")
+    image = tmp_path / "disk.img"
+    _mbr_image(image)
+    loop = _run("losetup", "--find", "--show", "--partscan", str(image)).strip()
+    dm_name = f"pyqga-hwtest-{os.getpid()}"
+    dm_made = False
+    try:
+        name = os.path.basename(loop)
+        deadline = time.monotonic() + 2
+        while not os.path.isdir(f"/sys/block/{name}/{name}p2") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # Kernels without MBR support (some microVM kernels) show no partitions: the dm device
+        # then sits on the whole loop device.
+        partitioned = os.path.isdir(f"/sys/block/{name}/{name}p2")
+        base = f"/sys/block/{name}/{name}p1" if partitioned else f"/sys/block/{name}"
+        base_dev = Path(f"{base}/dev").read_text().strip()
+        sectors = int(Path(f"{base}/size").read_text())
+        dm: str | None = None
+        if shutil.which("dmsetup") and os.path.exists("/sys/class/misc/device-mapper"):
+            _run("dmsetup", "create", dm_name, "--table", f"0 {sectors} linear {base_dev} 0")
+            dm_made = True
+            dm = next(n for n in os.listdir("/sys/block") if n.startswith("dm-") and
+                      Path(f"/sys/block/{n}/dm/name").read_text().strip() == dm_name)
+        for _attempt in range(10):
+            qga, ours = pair.call("guest-get-disks")
+            if _ok(qga) == _ok(ours):
+                break
+            time.sleep(0.2)
+        assert _ok(ours) == _ok(qga)
+        by_name = {d["name"]: d for d in ours["return"]}
+        assert by_name[loop] == {"name": loop, "partition": False, "dependencies": []}
+        if partitioned:
+            assert by_name[f"{loop}p1"] == {"name": f"{loop}p1", "partition": True,
+                                            "dependencies": [loop]}
+            assert by_name[f"{loop}p2"]["dependencies"] == [loop]
+        if dm is not None:
+            assert by_name[f"/dev/{dm}"]["dependencies"] == [f"{loop}p1" if partitioned else loop]
+            assert "address" not in by_name[f"/dev/{dm}"]   # virtual: no address
+    finally:
+        if dm_made:
+            _run("dmsetup", "remove", "--retry", dm_name)
+        _run("losetup", "-d", loop)
