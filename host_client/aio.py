@@ -228,11 +228,16 @@ class AsyncAgentClient:
     async def frozen(self, mountpoints: Sequence[str] | None = None, timeout: float | None = None,
                      call_timeout: float = FREEZE_CALL_TIMEOUT) -> AsyncIterator[Freeze]:
         """As :meth:`AgentClient.frozen <host_client.client.AgentClient.frozen>`."""
-        freeze = await self._run(self.session.enter_freeze(mountpoints, timeout, call_timeout))
+        freeze = await self.freeze(mountpoints, timeout, call_timeout)
         try:
             yield freeze
         finally:
             await self.thaw(freeze.epoch, call_timeout)
+
+    async def freeze(self, mountpoints: Sequence[str] | None = None, timeout: float | None = None,
+                     call_timeout: float = FREEZE_CALL_TIMEOUT) -> Freeze:
+        """As :meth:`AgentClient.freeze <host_client.client.AgentClient.freeze>`."""
+        return await self._run(self.session.enter_freeze(mountpoints, timeout, call_timeout))
 
     async def thaw(self, epoch: int | None = None, call_timeout: float = FREEZE_CALL_TIMEOUT) -> int:
         return await self._run(self.session.thaw(epoch, call_timeout))

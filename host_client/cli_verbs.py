@@ -174,7 +174,7 @@ def run_freeze(client: AgentClient, mounts: list[str] | None, timeout: float | N
         print(f"pyqga: note: --timeout {timeout:g} ignored: the agent cannot thaw by itself",
               file=sys.stderr)
     # The session's freeze: thaws again if the outcome is unknown (no reply, lost connection).
-    freeze = client._run(client.session.enter_freeze(mounts, timeout))
+    freeze = client.freeze(mounts, timeout)
     if as_json:
         print_json({"count": freeze.count, "epoch": freeze.epoch, "auto-thaw": freeze.auto_thaw,
                     "info": freeze.info})

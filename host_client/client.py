@@ -153,11 +153,17 @@ class AgentClient:
         many seconds even if this host dies (where the agent can: qemu-ga cannot, and a warning
         says so).  Whatever fails after the freeze was sent, the guest is thawed before the
         error reaches the caller."""
-        freeze = self._run(self.session.enter_freeze(mountpoints, timeout, call_timeout))
+        freeze = self.freeze(mountpoints, timeout, call_timeout)
         try:
             yield freeze
         finally:
             self.thaw(freeze.epoch, call_timeout)
+
+    def freeze(self, mountpoints: Sequence[str] | None = None, timeout: float | None = None,
+               call_timeout: float = FREEZE_CALL_TIMEOUT) -> Freeze:
+        """Freeze and leave the guest frozen (:meth:`frozen` is the safe form); thawed again if
+        anything fails before the freeze and its epoch are known."""
+        return self._run(self.session.enter_freeze(mountpoints, timeout, call_timeout))
 
     def thaw(self, epoch: int | None = None, call_timeout: float = FREEZE_CALL_TIMEOUT) -> int:
         """Thaw; with ``epoch``, raise :class:`FreezeLost` if that freeze had not held."""
