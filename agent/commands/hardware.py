@@ -19,8 +19,10 @@ the same entries in the same order:
   not reused here. qemu-ga gets device nodes, ``serial`` and the
   ``alias`` (a device-mapper name) from udev; we read the same things where udev keeps them:
   ``DEVNAME`` in the device's ``uevent``, and ``ID_SERIAL`` and ``DM_NAME`` in udev's database
-  (``/run/udev/data/bMAJ:MIN``). Without that database qemu-ga reports neither, and neither
-  do we.
+  (``/run/udev/data/bMAJ:MIN``). Without that database qemu-ga reports no alias and no
+  serial; we still report the serial the kernel shows in sysfs (``serial``, or
+  ``device/serial``), as ``guest-get-fsinfo`` does, so libvirt's ``guestinfo`` sees the same
+  serial for a disk in both places (the one deliberate difference in these commands).
 
 The set commands keep qemu-ga's partial-success rules: ``guest-set-vcpus`` stops at the first
 vCPU it cannot change and returns how many it handled before it, failing only if that is none;
@@ -521,6 +523,15 @@ def _ccw_address(syspath: str, address: dict[str, Any]) -> bool:
     return True
 
 
+def sysfs_serial(syspath: str) -> str | None:
+    """The serial the kernel shows for a disk (virtio-blk, NVMe), as guest-get-fsinfo reads it."""
+    for name in ("serial", "device/serial"):
+        text = _read_text(os.path.join(syspath, name))
+        if text and text.strip():
+            return text.strip()
+    return None
+
+
 def real_disk_address(disk_dir: str) -> dict[str, Any] | None:
     """qemu-ga's GuestDiskAddress for a non-virtual disk (build_guest_fsinfo_for_real_device):
     an address whenever the bus is known or udev names a device node or serial, with
@@ -533,7 +544,7 @@ def real_disk_address(disk_dir: str) -> dict[str, Any] | None:
         "bus-type": "unknown", "bus": 0, "target": 0, "unit": 0,
     }
     dev = devnode(syspath)
-    serial = udev_property(syspath, "ID_SERIAL")
+    serial = udev_property(syspath, "ID_SERIAL") or sysfs_serial(syspath)
     if "/devices/pci" in syspath:
         known = _pci_address(syspath, address)
     elif "/devices/css" in syspath:
