@@ -1,5 +1,17 @@
 """Command modules; each exports ``COMMANDS``, a tuple of :class:`agent.registry.Command`."""
 
-from agent.commands import core, exec, files, fsfreeze, hardware, network, stats, system, users
+from agent.commands import (
+    accounts,
+    core,
+    exec,
+    files,
+    fsfreeze,
+    hardware,
+    network,
+    power,
+    stats,
+    system,
+    users,
+)
 
-COMMAND_MODULES = (core, fsfreeze, exec, files, system, network, stats, hardware, users)
+COMMAND_MODULES = (core, fsfreeze, exec, files, system, network, stats, hardware, users, accounts, power)
