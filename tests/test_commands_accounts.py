@@ -483,3 +483,41 @@ def test_suspend_setup_read_from_environment() -> None:
                                                  power.POWER_STATE_ENV: "/y"})
     assert setup == power.SuspendSetup(path="/x", state_file="/y")
     assert power.SuspendSetup.from_environment({}) == power.SuspendSetup(None, "/sys/power/state")
+
+
+@pytest.mark.qemu_ga
+def test_disabled_with_b_like_qemu_ga(tmp_path: Path, user: pwd.struct_passwd) -> None:
+    """-b disables each of them; nothing runs. qemu-ga refuses with its own text, pyqga with
+    "the command is not allowed" (README: where we differ); both as errors, before any action."""
+    _need_qemu_ga()
+    recorder = Recorder(tmp_path / "recorder")
+    recorder.setup({"systemctl-status": 3, "systemctl": 0}, "mem disk\n")
+    env = {power.SUSPEND_PATH_ENV: str(recorder.bin), power.POWER_STATE_ENV: str(recorder.state)}
+    args = ["-b", ",".join(NEW_COMMANDS)]
+    with mock.patch.dict(os.environ, env):
+        ours = PyqgaAgent(tmp_path / "pyqga", args)
+    shutil.rmtree(os.path.join(user.pw_dir, ".ssh"), ignore_errors=True)
+    requests = {
+        "guest-set-user-password": {"username": user.pw_name, "password": _b64("x"), "crypted": False},
+        "guest-ssh-get-authorized-keys": {"username": user.pw_name},
+        "guest-ssh-add-authorized-keys": {"username": user.pw_name, "keys": [K1]},
+        "guest-ssh-remove-authorized-keys": {"username": user.pw_name, "keys": [K1]},
+    }
+    before = _shadow_hash(user.pw_name)
+    with QemuGa(tmp_path / "qga", args) as qga, ours:
+        for name in NEW_COMMANDS:
+            request: dict[str, Any] = {"execute": name}
+            if name in requests:
+                request["arguments"] = requests[name]
+            if name.startswith("guest-suspend"):   # qemu-ga: only where it could never suspend
+                their = exchange(qga.connect, request) if _machine_cannot_sleep_by_sysfs() else None
+            else:
+                their = exchange(qga.connect, request)
+            mine = exchange(ours.connect, request)
+            assert len(mine) == 1 and mine[0]["error"]["desc"].endswith("the command is not allowed"), mine
+            if their is not None:
+                assert len(their) == 1 and "has been disabled" in their[0]["error"]["desc"], their
+                assert mine[0]["error"]["class"] == their[0]["error"]["class"]
+    assert recorder.calls() == [] and recorder.state.read_text() == "mem disk\n"
+    assert ssh_state(user.pw_dir) == {"ssh": None}
+    assert _shadow_hash(user.pw_name) == before
