@@ -23,7 +23,7 @@ import pytest
 from harness import GuestImage, ImageBuildError, ensure_image
 from tests.support.libvirt import LibvirtGuest, PrivateLibvirt
 from tests.support.loopfs import LoopMounts, require_loop_support
-from tests.support.qemu_ga import QemuGaUnavailable, ensure_qemu_ga
+from tests.support.qemu_ga import require_qemu_ga
 from tests.support.requirements import require, require_root, require_tool
 
 # Runs with `python -I -c`: self-contained, stdlib only.
@@ -109,10 +109,7 @@ def qga_loops(tmp_path: Path) -> Iterator[LoopMounts]:
     mount namespace: ``unshare``); skipped without them, failed in CI."""
     require_loop_support()
     require_tool("unshare")
-    try:
-        ensure_qemu_ga()
-    except QemuGaUnavailable as exc:
-        require(False, f"the real qemu-ga is not available: {exc}")
+    require_qemu_ga()
     with LoopMounts(tmp_path / "mnt") as mounts:
         yield mounts
 

@@ -31,8 +31,7 @@ from host_client import AgentClient
 from tests.support.agent_process import REPO_ROOT, PyqgaAgent
 from tests.support.freezing import start_writer
 from tests.support.loopfs import LoopFs, LoopMounts, thaw_fully
-from tests.support.qemu_ga import IsolatedQemuGa, QemuGa, QemuGaUnavailable, ensure_qemu_ga
-from tests.support.requirements import require
+from tests.support.qemu_ga import IsolatedQemuGa, QemuGa, QemuGaUnavailable, ensure_qemu_ga, require_qemu_ga
 
 PEERS = ("pyqga", "qemu-ga")
 
@@ -47,13 +46,6 @@ def pyqga_bytes(*args: str) -> subprocess.CompletedProcess[bytes]:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     return subprocess.run([sys.executable, "-m", "host_client", *args], capture_output=True,
                           env=env, timeout=60, cwd=REPO_ROOT)
-
-
-def qemu_ga_available() -> None:
-    try:
-        ensure_qemu_ga()
-    except QemuGaUnavailable as exc:
-        require(False, f"the real qemu-ga is not available: {exc}")
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +70,7 @@ def peer(request: pytest.FixtureRequest, agents: dict[str, str]) -> tuple[str, l
     """(name, the CLI's connection options) for one peer, qga dialect."""
     name = str(request.param)
     if name not in agents:
-        qemu_ga_available()
+        require_qemu_ga()
     return name, ["-s", agents[name], "--dialect", "qga"]
 
 

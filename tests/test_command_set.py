@@ -14,8 +14,7 @@ from agent.commands_doc import commands_markdown
 from agent.registry import build_registry
 from host_client import AgentClient
 from tests.support.agent_process import REPO_ROOT, PyqgaAgent
-from tests.support.qemu_ga import QemuGa, QemuGaUnavailable, ensure_qemu_ga
-from tests.support.requirements import require
+from tests.support.qemu_ga import QemuGa, require_qemu_ga
 
 # QEMU 11.1 qga/qapi-schema.json, the commands built on Linux.
 QEMU_LINUX_COMMANDS = {
@@ -63,10 +62,7 @@ def test_proxmox_commands_are_all_there() -> None:
 
 @pytest.fixture(scope="module")
 def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AgentClient, AgentClient]]:
-    try:
-        ensure_qemu_ga()
-    except QemuGaUnavailable as exc:
-        require(False, f"the real qemu-ga is not available: {exc}")
+    require_qemu_ga()
     with QemuGa(tmp_path_factory.mktemp("qga")) as qga, \
             PyqgaAgent(tmp_path_factory.mktemp("pyqga")) as ours, \
             AgentClient(str(qga.socket_path), dialect="qga", timeout=30) as theirs_client, \

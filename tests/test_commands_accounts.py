@@ -36,8 +36,8 @@ import pytest
 from agent.commands import accounts, power
 from agent.registry import build_registry
 from tests.support.agent_process import PyqgaAgent
-from tests.support.qemu_ga import QemuGa, QemuGaUnavailable, ensure_qemu_ga
-from tests.support.requirements import require, require_root, require_tool
+from tests.support.qemu_ga import QemuGa, require_qemu_ga
+from tests.support.requirements import require_root, require_tool
 
 NEW_COMMANDS = ("guest-set-user-password", "guest-ssh-get-authorized-keys",
                 "guest-ssh-add-authorized-keys", "guest-ssh-remove-authorized-keys",
@@ -93,10 +93,7 @@ def call(connect: Callable[[], socket.socket], command: str, arguments: dict[str
 
 
 def _need_qemu_ga() -> None:
-    try:
-        ensure_qemu_ga()
-    except QemuGaUnavailable as exc:
-        require(False, f"the real qemu-ga is not available: {exc}")
+    require_qemu_ga()
 
 
 # --- the throwaway user ------------------------------------------------------------------------

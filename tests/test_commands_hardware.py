@@ -25,7 +25,7 @@ import pytest
 from agent.commands import hardware, users
 from agent.registry import build_registry
 from tests.support.agent_process import PyqgaAgent
-from tests.support.qemu_ga import QemuGa, QemuGaUnavailable, ensure_qemu_ga
+from tests.support.qemu_ga import QemuGa, require_qemu_ga
 from tests.support.requirements import require
 
 NEW_COMMANDS = ("guest-get-vcpus", "guest-set-vcpus", "guest-get-memory-blocks",
@@ -72,10 +72,7 @@ class Pair:
 
 
 def _need_qemu_ga() -> None:
-    try:
-        ensure_qemu_ga()
-    except QemuGaUnavailable as exc:
-        require(False, f"the real qemu-ga is not available: {exc}")
+    require_qemu_ga()
 
 
 @contextlib.contextmanager

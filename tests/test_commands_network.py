@@ -30,8 +30,7 @@ import pytest
 from agent.commands import network, stats
 from agent.registry import build_registry
 from tests.support.agent_process import PyqgaAgent
-from tests.support.qemu_ga import QemuGa, QemuGaUnavailable, ensure_qemu_ga
-from tests.support.requirements import require
+from tests.support.qemu_ga import QemuGa, require_qemu_ga
 
 NEW_COMMANDS = ("guest-network-get-interfaces", "guest-network-get-route", "guest-get-diskstats",
                 "guest-get-cpustats", "guest-get-load")
@@ -55,10 +54,7 @@ def ask(sock_factory: Any, command: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
     """(qemu-ga's connect, pyqga's connect)."""
-    try:
-        ensure_qemu_ga()
-    except QemuGaUnavailable as exc:
-        require(False, f"the real qemu-ga is not available: {exc}")
+    require_qemu_ga()
     with QemuGa(tmp_path_factory.mktemp("qga")) as qga, \
             PyqgaAgent(tmp_path_factory.mktemp("pyqga")) as ours:
         yield qga.connect, ours.connect

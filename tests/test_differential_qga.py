@@ -28,8 +28,7 @@ from typing import Any
 import pytest
 
 from tests.support.agent_process import PyqgaAgent
-from tests.support.qemu_ga import QemuGa, QemuGaUnavailable, ensure_qemu_ga
-from tests.support.requirements import require
+from tests.support.qemu_ga import QemuGa, require_qemu_ga
 
 pytestmark = pytest.mark.qemu_ga
 
@@ -50,10 +49,7 @@ class Peer:
 
 
 def _qemu_ga_available() -> None:
-    try:
-        ensure_qemu_ga()
-    except QemuGaUnavailable as exc:
-        require(False, f"the real qemu-ga is not available: {exc}")
+    require_qemu_ga()
 
 
 @pytest.fixture(scope="module")

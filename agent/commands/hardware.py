@@ -109,12 +109,17 @@ def _check_struct(value: Any, where: str,
 # --- vCPUs -------------------------------------------------------------------------------------
 
 
-def _vcpu_from_system(logical_id: int, cpu_dir: str) -> dict[str, Any]:
-    dirpath = f"{cpu_dir}/cpu{logical_id}/"
+def _open_dir(dirpath: str) -> int:
+    """An fd on a sysfs directory, or qemu-ga's error naming the open that failed."""
     try:
-        dirfd = os.open(dirpath, os.O_RDONLY | os.O_DIRECTORY)
+        return os.open(dirpath, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as exc:
         raise _oserror(f'open("{dirpath}")', exc) from None
+
+
+def _vcpu_from_system(logical_id: int, cpu_dir: str) -> dict[str, Any]:
+    dirpath = f"{cpu_dir}/cpu{logical_id}/"
+    dirfd = _open_dir(dirpath)
     try:
         try:
             fd = os.open("online", os.O_RDONLY, dir_fd=dirfd)
@@ -138,10 +143,7 @@ def _vcpu_from_system(logical_id: int, cpu_dir: str) -> dict[str, Any]:
 def _vcpu_to_system(logical_id: int, online: bool, cpu_dir: str) -> None:
     """qemu-ga's transfer_vcpu towards the system: write ``online`` only if it differs."""
     dirpath = f"{cpu_dir}/cpu{logical_id}/"
-    try:
-        dirfd = os.open(dirpath, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as exc:
-        raise _oserror(f'open("{dirpath}")', exc) from None
+    dirfd = _open_dir(dirpath)
     try:
         try:
             fd = os.open("online", os.O_RDWR, dir_fd=dirfd)
@@ -239,10 +241,7 @@ def _leading_int(text: str) -> int:
 
 def _memory_block_from_system(index: int, memory_dir: str) -> dict[str, Any]:
     dirpath = f"{memory_dir}/memory{_signed64(index)}/"
-    try:
-        dirfd = os.open(dirpath, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as exc:
-        raise _oserror(f'open("{dirpath}")', exc) from None
+    dirfd = _open_dir(dirpath)
     try:
         try:
             state = _read_sysfs(dirfd, "state", 10)
@@ -348,10 +347,7 @@ def set_memory_blocks(blocks: list[Any], memory_dir: str = MEMORY_DIR) -> list[d
 
 def get_memory_block_info(memory_dir: str = MEMORY_DIR) -> dict[str, Any]:
     dirpath = memory_dir + "/"
-    try:
-        dirfd = os.open(dirpath, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError as exc:
-        raise _oserror(f'open("{dirpath}")', exc) from None
+    dirfd = _open_dir(dirpath)
     try:
         text = _read_sysfs(dirfd, "block_size_bytes", 20).decode("ascii", "replace").strip()
     except OSError as exc:

@@ -29,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.support.loopfs import LoopMounts
+from tests.support.requirements import require
 from tests.support.sockets import connect_unix
 
 __all__ = ["IsolatedQemuGa", "QemuGa", "QemuGaUnavailable", "cache_dir", "ensure_qemu_ga"]
@@ -417,3 +418,12 @@ class IsolatedQemuGa(QemuGa):
     def command(self) -> list[str]:
         inner = super().command()
         return self.loops.isolated(inner, keep=[self.workdir, inner[0], cache_dir()])
+
+
+def require_qemu_ga() -> Path:
+    """The real qemu-ga for a test that needs it as a peer: skipped without it, failed in CI."""
+    try:
+        return ensure_qemu_ga()
+    except QemuGaUnavailable as exc:
+        require(False, f"the real qemu-ga is not available: {exc}")
+        raise
