@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from agent.commands.exec import ExecTable
 from agent.commands.files import FileTable
+from agent.commands.power import SuspendSetup
 from agent.commands.system import SystemPrograms
 from agent.config import VERSION, Config, ConfigError
 from agent.freezer import Freezer
@@ -32,10 +33,11 @@ class AgentState:
     logs: LogControl | None = None
     version: str = VERSION
     # Per-agent tables of the guest-exec and guest-file commands, and the system programs
-    # (read from the environment once, at start).
+    # and the suspend helpers (both read from the environment once, at start).
     exec_table: ExecTable = field(default_factory=ExecTable)
     file_handles: FileTable = field(default_factory=FileTable)
     system: SystemPrograms = field(default_factory=SystemPrograms.from_environment)
+    suspend: SuspendSetup = field(default_factory=SuspendSetup.from_environment)
     blocked: frozenset[str] = field(init=False)
     freezer: Freezer = field(init=False)
 

@@ -19,11 +19,11 @@ stdout and stderr on /dev/null; a program not found counts as "not supported" (o
 program '...' was not found" for the suspending step); one killed by a signal counts as exit
 status 0, as qemu-ga's ``WEXITSTATUS`` of it.
 
-For tests, and guests that keep the helpers elsewhere, two environment variables, read once when
-the agent starts (when it imports its commands), redirect all of it: ``PYQGA_SUSPEND_PATH`` is
-the ``PATH`` searched for the helpers, ``PYQGA_POWER_STATE_FILE`` replaces ``/sys/power/state``.
-(:class:`SuspendSetup` is this module's counterpart of ``system.SystemPrograms``; an agent
-object with a ``suspend_setup`` attribute uses that one instead.)
+For tests, and guests that keep the helpers elsewhere, two environment variables redirect all
+of it: ``PYQGA_SUSPEND_PATH`` is the ``PATH`` searched for the helpers, ``PYQGA_POWER_STATE_FILE``
+replaces ``/sys/power/state``. They are read once, when the agent's state is built
+(:class:`SuspendSetup`, the ``AgentState.suspend`` field, as ``system.SystemPrograms`` is
+``AgentState.system``), so each agent object carries its own settings.
 
 Where **we** differ from qemu-ga, deliberately: a helper that runs longer than
 :data:`PROGRAM_TIMEOUT` is killed and reported as an error at once (qemu-ga waits forever).
@@ -70,9 +70,6 @@ class SuspendSetup:
         env = os.environ if environ is None else environ
         return cls(path=env.get(SUSPEND_PATH_ENV) or None,
                    state_file=env.get(POWER_STATE_ENV) or LINUX_SYS_STATE_FILE)
-
-
-AT_START = SuspendSetup.from_environment()
 
 
 class _HelperError(Exception):
@@ -160,7 +157,7 @@ def _sys_state_suspend(setup: SuspendSetup, word: str) -> str | None:
 
 
 def guest_suspend(agent: AgentState, mode: str) -> dict[str, Any]:
-    setup: SuspendSetup = getattr(agent, "suspend_setup", None) or AT_START
+    setup = agent.suspend
     unit, verb, pm_flag, pm_program, word = MODES[mode]
     agent.log.info("guest-suspend-%s called", mode)
     supported = False
