@@ -115,6 +115,7 @@ class Freezer:
         self._replies: dict[int, Future[tuple[Any, AgentError | None]]] = {}
         self._rids = itertools.count(1)
         self._wake = threading.Condition()
+        self._idle = threading.Condition()  # notified when the core has no op in progress
         self._deadline: float | None = None
         self._stopping = False
         self.exited = threading.Event()
@@ -154,11 +155,11 @@ class Freezer:
         if snapshot is None:
             return
         try:
-            core.parse_snapshot(snapshot)
+            state = core.parse_snapshot(snapshot)
         except CorruptState as exc:
             self._restore_corrupt(str(exc))
             return
-        self.feed(Restored(snapshot, thaw=self.on_agent_death == "thaw",
+        self.feed(Restored(state, thaw=self.on_agent_death == "thaw",
                             detail="an earlier agent died frozen; thawed at start"))
 
     def _restore_corrupt(self, why: str) -> None:
@@ -286,6 +287,9 @@ class Freezer:
                 self.logs.hold()
             else:
                 self.logs.release()
+        if self.core.op is None:
+            with self._idle:
+                self._idle.notify_all()
         deadline = self.core.deadline_mono
         if deadline != self._deadline:
             with self._wake:
@@ -434,9 +438,9 @@ class Freezer:
         self.feed(AgentDied(detail))
 
     def _wait_idle(self, timeout: float = 30.0) -> None:
-        end = time.monotonic() + timeout
-        while self.core.op is not None and time.monotonic() < end:
-            time.sleep(0.01)
+        """Until the thaw that :meth:`restore` may have started is over (it runs on the runner)."""
+        with self._idle:
+            self._idle.wait_for(lambda: self.core.op is None, timeout)
 
 
 def describe(result: HookResult, timeout: float) -> str:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent.freezer import Freezer, run_inline
-from agent.fsfreeze.core import Restored
+from agent.fsfreeze.core import CorruptState, Restored, parse_snapshot
 from agent.fsfreeze.kernel import LinuxKernel
 from agent.fsfreeze.statefile import StateFile, hold_guard_lock, wait_for_previous_guard
 
@@ -57,7 +57,11 @@ def guard(statedir: str, hook: str | None, hook_timeout: float) -> int:
     last = read_snapshots(0)
     if last is None or not (last.get("superblocks") or last.get("hook-owed")):
         return 0
-    freezer.feed(Restored(last))
+    try:
+        state = parse_snapshot(last)
+    except CorruptState:
+        return 0  # the agent wrote it, so a bug of ours; the next start reads the state file itself
+    freezer.feed(Restored(state))
     freezer.agent_died("the agent died; the guard thawed what it had frozen")
     return 0
 

@@ -135,7 +135,7 @@ class FreezeModel(RuleBasedStateMachine):
         guard = Freezer(kernel=self.kernel, store=self.store, hook="/model/hook", hook_timeout=5.0,
                         default_timeout=None, log=LOG, clock=self.clock, runner=runner,
                         hook_runner=self.hooks)
-        guard.feed(Restored(last))
+        guard.feed(Restored(parse_snapshot(last)))
         guard.agent_died("the agent died")
         runner.drain()
 

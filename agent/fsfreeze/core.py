@@ -199,10 +199,21 @@ class GuardRestarted(NamedTuple):
     detail: str
 
 
-class Restored(NamedTuple):
-    """At start (or in the guard): the state an earlier agent wrote."""
+class SavedState(NamedTuple):
+    """A snapshot read back and validated field by field."""
 
-    snapshot: Mapping[str, Any]
+    epoch: int
+    targets: tuple[Target, ...]
+    freeze: Freeze | None
+    last_thaw: ThawRecord | None
+    hook_owed: bool
+
+
+class Restored(NamedTuple):
+    """At start (or in the guard): the state an earlier agent wrote, validated by
+    :func:`parse_snapshot` (the driver decides what a corrupt one means)."""
+
+    state: SavedState
     thaw: bool = False
     detail: str = ""
 
@@ -431,27 +442,22 @@ class FreezeCore:
 
         Superblocks it froze are ours again (a FIFREEZE that was out counts as frozen: safe side).
         With ``thaw`` (``--on-agent-death thaw``) they are thawed now, reason agent-death; without
-        it the freeze stays in force, as qemu-ga would have it, deadline included.  A corrupt
-        snapshot changes nothing here (the driver validates it first and decides).
+        it the freeze stays in force, as qemu-ga would have it, deadline included.
         """
-        try:
-            state = parse_snapshot(event.snapshot)
-        except CorruptState as exc:
-            self._log("error", f"ignoring a corrupt freeze state: {exc}")
-            return
-        self.epoch = max(self.epoch, state["epoch"])
-        self.last_thaw = state["last_thaw"] or self.last_thaw
-        self.hook_owed = self.hook_owed or state["hook_owed"]
-        for target in state["targets"]:
+        state = event.state
+        self.epoch = max(self.epoch, state.epoch)
+        self.last_thaw = state.last_thaw or self.last_thaw
+        self.hook_owed = self.hook_owed or state.hook_owed
+        for target in state.targets:
             self.sbs[target.device] = Superblock(target, SbState.FROZEN)
-        if state["freeze"] is not None or self.sbs:
-            self.freeze = state["freeze"] or Freeze(self.epoch, self.clock.time(), None, None, None)
+        if state.freeze is not None or self.sbs:
+            self.freeze = state.freeze or Freeze(self.epoch, self.clock.time(), None, None, None)
             if self.freeze.deadline is not None:
                 remaining = max(0.0, self.freeze.deadline - self.clock.time())
                 self.freeze = self.freeze._replace(deadline_mono=self.clock.monotonic() + remaining)
         if self.sbs:
             self._log("warning", f"the state file says freeze {self.freeze.epoch if self.freeze else '?'} "
-                      f"is in force ({', '.join(t.path for t in state['targets'])})")
+                      f"is in force ({', '.join(t.path for t in state.targets)})")
             if event.thaw:
                 self._safety_thaw(ThawReason.AGENT_DEATH, event.detail)
 
@@ -939,7 +945,7 @@ class CorruptState(ValueError):
     """The state file or the guard's message is not what we wrote."""
 
 
-def parse_snapshot(snapshot: Mapping[str, Any]) -> dict[str, Any]:
+def parse_snapshot(snapshot: Mapping[str, Any]) -> SavedState:
     """Validate every field; raise :class:`CorruptState` naming the first bad one."""
     if not isinstance(snapshot, Mapping):
         raise CorruptState("not a JSON object")
@@ -998,5 +1004,4 @@ def parse_snapshot(snapshot: Mapping[str, Any]) -> dict[str, Any]:
                                str(last.get("detail", ""))[:1000])
         epoch = max(epoch, l_epoch)
     hook_owed = snapshot.get("hook-owed", False)
-    return {"epoch": epoch, "targets": targets, "freeze": freeze, "last_thaw": last_thaw,
-            "hook_owed": hook_owed is True}
+    return SavedState(epoch, tuple(targets), freeze, last_thaw, hook_owed is True)
