@@ -22,7 +22,7 @@ from agent.logs import LogControl
 from agent.registry import Registry, build_registry
 
 BLOCKED_REASON = "the command is not allowed"
-FROZEN_REASON = "the filesystems are frozen"
+FROZEN_REASON = "the agent is in frozen state"  # qemu-ga's words (qga/main.c)
 
 
 @dataclass

@@ -42,7 +42,7 @@ def test_freeze_list_blocks_writers_gates_commands_and_thaw_releases(
             with pytest.raises(AgentCallError) as caught:
                 client.call("guest-get-time")
             assert caught.value.error_class == "CommandNotFound"
-            assert "has been disabled: the filesystems are frozen" in str(caught.value)
+            assert "has been disabled: the agent is in frozen state" in str(caught.value)
             enabled = {c["name"] for c in client.info()["supported_commands"] if c["enabled"]}
             assert enabled == FROZEN_ALLOWED
             assert client.call("guest-fsfreeze-thaw") == 2

@@ -33,6 +33,9 @@ QEMU_LINUX_COMMANDS = {
 # guest-get-devices is Windows-only in qemu's build (CONFIG_WIN32): not a Linux command.
 QEMU_LINUX_COMMANDS.discard("guest-get-devices")
 OURS = {"guest-fsfreeze-info"}
+# qga/main.c's ga_freeze_allowlist (QEMU 11.1).
+FREEZE_ALLOWLIST = {"guest-ping", "guest-info", "guest-sync", "guest-sync-delimited", "guest-fsfreeze-status",
+                    "guest-fsfreeze-thaw"}
 # Proxmox VE's `qm guest cmd` (PVE/API2/Qemu/Agent.pm): the 20 commands it offers.
 PROXMOX = {
     "fsfreeze-freeze", "fsfreeze-status", "fsfreeze-thaw", "fstrim", "get-fsinfo", "get-host-name",
@@ -48,6 +51,13 @@ PROXMOX_READS = sorted(PROXMOX - {"fsfreeze-freeze", "fsfreeze-thaw", "fstrim", 
 def test_every_linux_command_of_qemu_11_1_and_only_those() -> None:
     assert len(QEMU_LINUX_COMMANDS) == 43
     assert set(build_registry().names()) == QEMU_LINUX_COMMANDS | OURS
+
+
+def test_only_qemu_ga_s_freeze_allowlist_runs_while_frozen() -> None:
+    """qga/main.c's ga_freeze_allowlist, plus our read-only guest-fsfreeze-info; every command
+    added since (get-load, network-get-route, ...) stays off while frozen, as in qemu-ga."""
+    allowed = {command.name for command in build_registry() if command.allowed_while_frozen}
+    assert allowed == FREEZE_ALLOWLIST | OURS
 
 
 def test_generated_command_docs_are_current() -> None:

@@ -86,7 +86,7 @@ def test_commands_refused_while_frozen(serial: AgentClient) -> None:
         for method, params in (("guest-exec", {"path": "/bin/true"}),
                                ("guest-file-open", {"path": "/tmp/x", "mode": "w"}),
                                ("guest-set-time", {}), ("guest-shutdown", {})):
-            with pytest.raises(AgentCallError, match="disabled: the filesystems are frozen") as caught:
+            with pytest.raises(AgentCallError, match="disabled: the agent is in frozen state") as caught:
                 serial.call(method, params)
             assert caught.value.error_class == "CommandNotFound"
 
