@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from host_client import cli_group, cli_verbs
+from host_client.cli_output import Output
 from host_client.client import DEFAULT_TIMEOUT, AgentClient
 from host_client.errors import AgentCallError, AgentClientError, FreezeLost
 from host_client.guest_ops import StallResult
@@ -101,51 +102,43 @@ def add_connection_options(parser: argparse.ArgumentParser, default: Any) -> Non
                         help="print the raw result as JSON")
 
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True))
-
-
-def run_ping(client: AgentClient, as_json: bool) -> None:
+def run_ping(client: AgentClient, out: Output) -> None:
     start = time.perf_counter()
     client.ping()
     elapsed = time.perf_counter() - start
-    if as_json:
-        _print_json({"ok": True, "seconds": round(elapsed, 6)})
-    else:
-        print(f"{client.address}: agent answered in {elapsed * 1000:.2f} ms")
+    out.show({"ok": True, "seconds": round(elapsed, 6)},
+             f"{client.address}: agent answered in {elapsed * 1000:.2f} ms")
 
 
-def run_info(client: AgentClient, as_json: bool) -> None:
-    info = client.info()
-    if as_json:
-        _print_json(info)
-        return
+def format_info(info: dict[str, Any]) -> str:
     commands = info.get("supported_commands", [])
     enabled = sum(1 for c in commands if c.get("enabled"))
-    print(f"agent version {info.get('version')}: {len(commands)} commands, {enabled} enabled")
+    lines = [f"agent version {info.get('version')}: {len(commands)} commands, {enabled} enabled"]
     width = max((len(c.get("name", "")) for c in commands), default=0)
     for command in commands:
         state = "enabled" if command.get("enabled") else "disabled"
         reply = "" if command.get("success-response", True) else "  (no reply on success)"
-        print(f"  {command.get('name', '?'):<{width}}  {state}{reply}")
+        lines.append(f"  {command.get('name', '?'):<{width}}  {state}{reply}")
+    return "\n".join(lines)
 
 
-def run_sync(client: AgentClient, as_json: bool) -> None:
+def run_info(client: AgentClient, out: Output) -> None:
+    info = client.info()
+    out.show(info, lambda: format_info(info))
+
+
+def run_sync(client: AgentClient, out: Output) -> None:
     start = time.perf_counter()
     sync_id = client.sync()
     elapsed = time.perf_counter() - start
-    if as_json:
-        _print_json({"id": sync_id, "seconds": round(elapsed, 6)})
-    else:
-        print(f"{client.address}: in sync (id {sync_id}, {elapsed * 1000:.2f} ms)")
+    out.show({"id": sync_id, "seconds": round(elapsed, 6)},
+             f"{client.address}: in sync (id {sync_id}, {elapsed * 1000:.2f} ms)")
 
 
-def run_call(client: AgentClient, method: str, arguments: dict[str, Any] | None, as_json: bool) -> None:
+def run_call(client: AgentClient, method: str, arguments: dict[str, Any] | None, out: Output) -> None:
     result = client.call(method, arguments)
-    if as_json or not isinstance(result, str | int | float):
-        _print_json(result)
-    else:
-        print(result)
+    # A scalar reads fine as it is; anything structured is shown as JSON either way.
+    Output(out.as_json or not isinstance(result, str | int | float)).show(result, lambda: str(result))
 
 
 def parse_duration(text: str) -> float:
@@ -170,7 +163,7 @@ def note_without_auto_thaw(client: AgentClient, what: str) -> None:
               "until someone thaws it", file=sys.stderr)
 
 
-def run_stall(client: AgentClient, args: argparse.Namespace) -> int:
+def run_stall(client: AgentClient, args: argparse.Namespace, out: Output) -> int:
     if args.duration <= 0 or args.repeat < 1:
         print("pyqga: error: --duration must be positive and --repeat at least 1", file=sys.stderr)
         return EXIT_USAGE
@@ -194,10 +187,7 @@ def run_stall(client: AgentClient, args: argparse.Namespace) -> int:
         if index + 1 < args.repeat:
             next_start = first_start + (index + 1) * args.interval
             time.sleep(max(0.0, next_start - time.monotonic()))
-    if args.json:
-        _print_json([dataclasses.asdict(r) for r in results])
-    else:
-        print(format_stalls(results))
+    out.show([dataclasses.asdict(r) for r in results], lambda: format_stalls(results))
     return EXIT_OK
 
 
@@ -210,7 +200,7 @@ def format_stalls(results: list[StallResult]) -> str:
     return "\n".join(lines)
 
 
-def run_snapshot(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def run_snapshot(parser: argparse.ArgumentParser, args: argparse.Namespace, out: Output) -> int:
     overlays: dict[str, str] = {}
     for spec in args.disk:
         device, sep, overlay = spec.partition("=")
@@ -240,10 +230,7 @@ def run_snapshot(parser: argparse.ArgumentParser, args: argparse.Namespace) -> i
         except TimeoutError as exc:  # QEMU did not answer; AgentTimeout is not a TimeoutError
             print(f"pyqga: error: snapshot failed: {exc}", file=sys.stderr)
             return EXIT_UNREACHABLE
-    if args.json:
-        _print_json(report.as_dict())
-    else:
-        print(format_report(report))
+    out.show(report.as_dict(), lambda: format_report(report))
     return EXIT_OK
 
 
@@ -266,24 +253,25 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "socket", None) is None and needs_agent:
         parser.error("--socket ADDRESS is required (the agent's unix socket)")
     arguments = parse_arguments(parser, args.arguments) if args.command == "call" else None
+    out = Output(bool(args.json))
     try:
         if args.command == "snapshot":
-            return run_snapshot(parser, args)
+            return run_snapshot(parser, args, out)
         if args.command == "group":
-            return cli_group.run(args, _print_json)
+            return cli_group.run(args, out)
         with AgentClient(args.socket, dialect=args.dialect, timeout=args.timeout) as client:
             if args.command == "ping":
-                run_ping(client, args.json)
+                run_ping(client, out)
             elif args.command == "info":
-                run_info(client, args.json)
+                run_info(client, out)
             elif args.command == "sync":
-                run_sync(client, args.json)
+                run_sync(client, out)
             elif args.command == "fault":
-                return run_stall(client, args)
+                return run_stall(client, args, out)
             elif args.command in cli_verbs.VERBS:
-                return cli_verbs.run(client, args, _print_json, note_without_auto_thaw)
+                return cli_verbs.run(client, args, out, note_without_auto_thaw)
             else:
-                run_call(client, args.method, arguments, args.json)
+                run_call(client, args.method, arguments, out)
     except FreezeLost as exc:
         print(f"pyqga: error: the freeze did not hold, the snapshot may be inconsistent: {exc}",
               file=sys.stderr)

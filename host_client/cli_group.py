@@ -7,6 +7,8 @@ import asyncio
 import sys
 from typing import Any
 
+from host_client.cli_output import Output
+
 EXIT_OK, EXIT_AGENT_ERROR, EXIT_USAGE, EXIT_FREEZE_LOST = 0, 1, 2, 4
 
 
@@ -34,7 +36,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser, parse_duration: A
                       help="the whole group frozen within this, and the agents' auto-thaw (default 30s)")
 
 
-def run(args: argparse.Namespace, print_json: Any) -> int:
+def run(args: argparse.Namespace, out: Output) -> int:
     # Here, not at the top: asyncio and the async client load only for this command.
     from host_client.group import GroupFailed, format_report, group_snapshot, parse_member
 
@@ -46,14 +48,9 @@ def run(args: argparse.Namespace, print_json: Any) -> int:
     try:
         report = asyncio.run(group_snapshot(members, args.deadline, call_timeout=args.timeout))
     except GroupFailed as failed:
-        if args.json:
-            print_json(failed.report.as_dict())
-        else:
-            print(format_report(failed.report))
+        partial = failed.report
+        out.show(partial.as_dict(), lambda: format_report(partial))
         print(f"pyqga: error: {failed}", file=sys.stderr)
         return EXIT_AGENT_ERROR
-    if args.json:
-        print_json(report.as_dict())
-    else:
-        print(format_report(report))
+    out.show(report.as_dict(), lambda: format_report(report))
     return EXIT_OK if report.consistent else EXIT_FREEZE_LOST

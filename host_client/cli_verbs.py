@@ -17,8 +17,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from host_client.cli_output import Output
 from host_client.client import AgentClient
 from host_client.errors import AgentTimeout
+from host_client.session import Freeze
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -27,7 +29,6 @@ SUSPEND_MODES = ("disk", "ram", "hybrid")
 VERBS = ("cat", "fsfreeze", "freeze", "thaw", "fsinfo", "fstrim", "ifconfig", "vcpus", "users",
          "osinfo", "suspend", *SHUTDOWN_VERBS)
 
-PrintJson = Callable[[Any], None]
 Note = Callable[[AgentClient, str], None]
 
 
@@ -115,57 +116,50 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser, default: Any) ->
              "success (as qemu-ga-client does).")
 
 
-def run(client: AgentClient, args: argparse.Namespace, print_json: PrintJson, note: Note) -> int:
+def run(client: AgentClient, args: argparse.Namespace, out: Output, note: Note) -> int:
     verb = args.command
-    as_json = bool(args.json)
     if verb == "cat":
-        return run_cat(client, args.path, as_json, print_json)
+        return run_cat(client, args.path, out)
     if verb == "fsfreeze":
-        return run_fsfreeze(client, args.action, as_json, print_json, note)
+        return run_fsfreeze(client, args.action, out, note)
     if verb == "freeze":
-        return run_freeze(client, args.mount, args.freeze_timeout, as_json, print_json, note)
+        return run_freeze(client, args.mount, args.freeze_timeout, out, note)
     if verb == "thaw":
-        return run_thaw(client, args.epoch, as_json, print_json)
+        return run_thaw(client, args.epoch, out)
     if verb == "suspend":
-        return run_no_reply(client, f"guest-suspend-{args.mode}", None, as_json, print_json)
+        return run_no_reply(client, f"guest-suspend-{args.mode}", None, out)
     if verb in SHUTDOWN_VERBS:
-        return run_no_reply(client, "guest-shutdown", {"mode": verb}, as_json, print_json)
+        return run_no_reply(client, "guest-shutdown", {"mode": verb}, out)
     method, arguments, formatter = QUERIES[verb](args)
     result = client.call(method, arguments)
-    if as_json:
-        print_json(result)
-    else:
-        text = formatter(result)
-        if text:
-            print(text)
+    out.show(result, lambda: formatter(result))
     return EXIT_OK
 
 
 # --- files, freezing -----------------------------------------------------------------------------
 
-def run_cat(client: AgentClient, path: str, as_json: bool, print_json: PrintJson) -> int:
+def run_cat(client: AgentClient, path: str, out: Output) -> int:
     data = client.read_file(path)
-    if as_json:
-        print_json({"path": path, "size": len(data), "buf-b64": base64.b64encode(data).decode()})
-    else:
+    if out.as_json:
+        out.show({"path": path, "size": len(data), "buf-b64": base64.b64encode(data).decode()}, "")
+    else:  # the bytes as they are, not text
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
     return EXIT_OK
 
 
-def run_fsfreeze(client: AgentClient, action: str, as_json: bool, print_json: PrintJson,
-                 note: Note) -> int:
+def run_fsfreeze(client: AgentClient, action: str, out: Output, note: Note) -> int:
     if action == "status":
         status = client.call("guest-fsfreeze-status")
-        print_json(status) if as_json else print(status)
+        out.show(status, str(status))
         return EXIT_OK
     if action == "freeze":
-        return run_freeze(client, None, None, as_json, print_json, note)
-    return run_thaw(client, None, as_json, print_json)
+        return run_freeze(client, None, None, out, note)
+    return run_thaw(client, None, out)
 
 
-def run_freeze(client: AgentClient, mounts: list[str] | None, timeout: float | None, as_json: bool,
-               print_json: PrintJson, note: Note) -> int:
+def run_freeze(client: AgentClient, mounts: list[str] | None, timeout: float | None, out: Output,
+               note: Note) -> int:
     if timeout is not None and timeout <= 0:
         print("pyqga: error: --timeout must be positive", file=sys.stderr)
         return EXIT_USAGE
@@ -175,11 +169,13 @@ def run_freeze(client: AgentClient, mounts: list[str] | None, timeout: float | N
               file=sys.stderr)
     # The session's freeze: thaws again if the outcome is unknown (no reply, lost connection).
     freeze = client.freeze(mounts, timeout)
-    if as_json:
-        print_json({"count": freeze.count, "epoch": freeze.epoch, "auto-thaw": freeze.auto_thaw,
-                    "info": freeze.info})
-        return EXIT_OK
-    print(f"{freeze.count} filesystems frozen")
+    out.show({"count": freeze.count, "epoch": freeze.epoch, "auto-thaw": freeze.auto_thaw,
+              "info": freeze.info}, lambda: format_freeze(freeze))
+    return EXIT_OK
+
+
+def format_freeze(freeze: Freeze) -> str:
+    lines = [f"{freeze.count} filesystems frozen"]
     if freeze.epoch is not None:
         line = f"epoch {freeze.epoch}: thaw with 'pyqga thaw --epoch {freeze.epoch}'"
         deadline = freeze.info.get("deadline")
@@ -187,41 +183,33 @@ def run_freeze(client: AgentClient, mounts: list[str] | None, timeout: float | N
             left = max(0.0, deadline - time.time())
             line += (f"; the agent thaws by itself at {time.strftime('%H:%M:%S', time.localtime(deadline))}"
                      f" (in {left:.0f} s)")
-        print(line)
-    return EXIT_OK
+        lines.append(line)
+    return "\n".join(lines)
 
 
-def run_thaw(client: AgentClient, epoch: int | None, as_json: bool, print_json: PrintJson) -> int:
+def run_thaw(client: AgentClient, epoch: int | None, out: Output) -> int:
     if epoch is not None and not client.capabilities().auto_thaw:
         print(f"pyqga: error: the agent at {client.address} has no freeze epochs (qemu-ga); "
               "thaw without --epoch", file=sys.stderr)
         return EXIT_USAGE
     count = client.thaw(epoch)  # FreezeLost (exit 4) if that freeze did not hold
-    if as_json:
-        print_json(count)
-    else:
-        held = f" (freeze {epoch} held until now)" if epoch is not None else ""
-        print(f"{count} filesystems thawed{held}")
+    held = f" (freeze {epoch} held until now)" if epoch is not None else ""
+    out.show(count, f"{count} filesystems thawed{held}")
     return EXIT_OK
 
 
-def run_no_reply(client: AgentClient, method: str, arguments: dict[str, Any] | None, as_json: bool,
-                 print_json: PrintJson) -> int:
+def run_no_reply(client: AgentClient, method: str, arguments: dict[str, Any] | None,
+                 out: Output) -> int:
     """A command that answers only on error (shutdown, suspend): silence means it went ahead."""
     try:
         client.call(method, arguments)
     except AgentTimeout:
-        if as_json:
-            print_json({"method": method, "arguments": arguments, "reply": None})
-        else:
-            print(f"{method}{'' if not arguments else ' ' + arguments['mode']}: sent; no reply within "
-                  f"{client.timeout:g} s, as on success")
+        out.show({"method": method, "arguments": arguments, "reply": None},
+                 f"{method}{'' if not arguments else ' ' + arguments['mode']}: sent; no reply within "
+                 f"{client.timeout:g} s, as on success")
         return EXIT_OK
     # An agent that answers success anyway (pyqga in the JSON-RPC dialect may): still success.
-    if as_json:
-        print_json({"method": method, "arguments": arguments, "reply": {}})
-    else:
-        print(f"{method}: done")
+    out.show({"method": method, "arguments": arguments, "reply": {}}, f"{method}: done")
     return EXIT_OK
 
 
