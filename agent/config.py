@@ -152,6 +152,7 @@ def dump(config: Config) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyqga-agent",
+        usage="%(prog)s [OPTION]...",
         description=(
             "pyqga guest agent: answers qemu-ga and JSON-RPC 2.0 requests from the host, "
             "freezes and thaws filesystems for consistent snapshots."
@@ -159,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Options marked (qemu-ga) behave as in QEMU's guest agent, so existing service files "
             "and config files keep working. The config file's [general] section takes the same "
-            "names as the long options; lists there are ';'-separated."
+            "names as the long options; lists there are ';'-separated. Under systemd (JOURNAL_STREAM "
+            "set) messages go to the journal with their priority and no timestamp of their own."
         ),
     )
     add = parser.add_argument
@@ -198,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest request accepted, up to 64 MiB (default 1 MiB)")
     add("-c", "--config", help=f"config file (qemu-ga; default {DEFAULT_CONFIG} if it exists)")
     add("-D", "--dump-conf", action="store_true", help="print the effective config file and exit (qemu-ga)")
+    add("--check-config", metavar="FILE",
+        help="validate FILE (keys, values, command names) and exit: 0 if valid, 1 with the reason if not")
     return parser
 
 

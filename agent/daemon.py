@@ -11,13 +11,14 @@ import signal
 import sys
 
 from agent import config as config_module
+from agent import statedir
 from agent.channels import Channel, ChannelError, open_channel
 from agent.config import ConfigError
 from agent.logs import LogControl
 from agent.pidfile import PidFile, PidFileError
 from agent.registry import Registry, build_registry
 from agent.server import serve
-from agent.state import AgentState
+from agent.state import AgentState, blocked_commands
 
 
 def list_commands(registry: Registry) -> str:
@@ -55,9 +56,24 @@ async def run(agent: AgentState, channel: Channel, early_signals: list[int]) -> 
     await serve(agent, channel, stop)
 
 
+def check_config(path: str) -> int:
+    """``--check-config FILE``: what the agent would refuse at start, reported without starting."""
+    args = config_module.build_parser().parse_args(["-c", path])
+    try:
+        config = config_module.from_args(args)
+        blocked_commands(build_registry(), config)
+    except ConfigError as exc:
+        sys.stderr.write(f"pyqga-agent: {exc}\n")
+        return 1
+    sys.stdout.write(f"{path}: valid\n")
+    return 0
+
+
 def run_daemon(argv: list[str] | None = None) -> int:
     parser = config_module.build_parser()
     args = parser.parse_args(argv)
+    if args.check_config is not None:
+        return check_config(args.check_config)
     for option in (args.block_rpcs or []) + (args.allow_rpcs or []):
         if option in ("help", "?"):
             sys.stdout.write(list_commands(build_registry()))
@@ -71,6 +87,10 @@ def run_daemon(argv: list[str] | None = None) -> int:
         # file's filesystem frozen (released at once when nothing is frozen).
         logs = LogControl(config.logfile, config.verbose, held=True)
         agent = AgentState(config, log=logs.log, logs=logs)
+        # Before anything is written there (the state file, the pid file).
+        problem = statedir.prepare(config.statedir, config.freeze_include, config.freeze_exclude)
+        if problem is not None:
+            raise ConfigError(problem)
     except ConfigError as exc:
         parser.exit(2, f"pyqga-agent: {exc}\n")
     # From here on a stop signal must not kill us outright (the socket may already accept
@@ -78,7 +98,6 @@ def run_daemon(argv: list[str] | None = None) -> int:
     early_signals: list[int] = []
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda signum, _frame: early_signals.append(signum))
-    os.makedirs(config.statedir, exist_ok=True)
     pidfile = PidFile(config.pidfile_path)
     try:
         # Listening sockets are bound before daemonizing: once the parent exits, hosts can

@@ -46,7 +46,8 @@ def wait_for_socket(path: Path, process: subprocess.Popen[bytes], timeout: float
 def cli_tour() -> int:
     """Part 1; returns the number of steps that misbehaved."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    with tempfile.TemporaryDirectory(prefix="pyqga-demo-") as scratch:
+    # On tmpfs: the agent refuses a state directory on a filesystem it may freeze.
+    with tempfile.TemporaryDirectory(prefix="pyqga-demo-", dir="/dev/shm") as scratch:
         work = Path(scratch)
         sock = work / "agent.sock"
         agent_cmd = [sys.executable, "-B", "-m", "agent", "-m", "unix-listen", "-p", str(sock),

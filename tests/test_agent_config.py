@@ -12,7 +12,7 @@ import pytest
 from agent import config as cfg
 from agent.registry import build_registry
 from agent.state import AgentState
-from tests.support.agent_process import REPO_ROOT
+from tests.support.agent_process import REPO_ROOT, tmpfs_statedir
 
 
 def parse(*argv: str) -> cfg.Config:
@@ -88,15 +88,22 @@ def test_cli_help_dump_and_rpc_listing() -> None:
     assert bad.returncode == 2 and "unknown command" in bad.stderr
 
 
-def test_missing_channel_device_fails_with_a_clear_message(tmp_path: Path) -> None:
+@pytest.fixture
+def shm_statedir(tmp_path: Path) -> Path:
+    """A state directory the agent accepts: on tmpfs, private."""
+    tmpfs_statedir(tmp_path / "state")
+    return tmp_path / "state"
+
+
+def test_missing_channel_device_fails_with_a_clear_message(tmp_path: Path, shm_statedir: Path) -> None:
     device = tmp_path / "no-such-port"
-    result = run_agent("-c", os.devnull, "-m", "virtio-serial", "-p", str(device), "-t", str(tmp_path))
+    result = run_agent("-c", os.devnull, "-m", "virtio-serial", "-p", str(device), "-t", str(shm_statedir))
     assert result.returncode == 1
     assert f"cannot open virtio-serial channel {device}" in result.stderr and "-r waits" in result.stderr
 
 
-def test_vsock_address_is_checked(tmp_path: Path) -> None:
-    result = run_agent("-c", os.devnull, "-m", "vsock-listen", "-p", "nonsense", "-t", str(tmp_path))
+def test_vsock_address_is_checked(shm_statedir: Path) -> None:
+    result = run_agent("-c", os.devnull, "-m", "vsock-listen", "-p", "nonsense", "-t", str(shm_statedir))
     assert result.returncode == 1 and "CID:PORT" in result.stderr
 
 
@@ -109,3 +116,20 @@ def test_registry_params_are_checked_in_qemu_words() -> None:
                          ({"id": 1, "x": 2}, "Parameter 'x' is unexpected")):
         with pytest.raises(Exception, match=text):
             sync.check_params(params)
+
+
+def test_check_config_validates_and_exits(tmp_path: Path) -> None:
+    good = tmp_path / "good.conf"
+    good.write_text("[general]\nblock-rpcs=guest-exec;guest-file-open;\nfreeze-timeout=30\n")
+    result = run_agent("--check-config", str(good))
+    assert (result.returncode, result.stdout) == (0, f"{good}: valid\n")
+    for text, reason in (("[general]\nblock-rpcs=guest-nope;\n", "unknown command(s) guest-nope"),
+                         ("[general]\nfreeze-timeout=-1\n", "freeze-timeout must be 0"),
+                         ("[general]\nverbos=1\n", "unknown key 'verbos'"),
+                         ("no section\n", "cannot read config file")):
+        good.write_text(text)
+        result = run_agent("--check-config", str(good))
+        assert result.returncode == 1 and reason in result.stderr, (text, result.stderr)
+        assert result.stdout == ""
+    result = run_agent("--check-config", str(tmp_path / "missing.conf"))
+    assert result.returncode == 1 and "cannot read config file" in result.stderr

@@ -7,11 +7,14 @@ folder.  The real qemu-ga peer lives in ``tests/support/qemu_ga.py``.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -124,10 +127,21 @@ def agent_command(workdir: Path, extra_args: Sequence[str] = (),
     ]
 
 
+def tmpfs_statedir(link: Path) -> None:
+    """Make ``link`` a symlink to a private directory on /dev/shm (removed at exit): the agent
+    refuses a state directory on a filesystem it may freeze, and the tests' folders are on /."""
+    if link.exists() or link.is_symlink():
+        return
+    target = tempfile.mkdtemp(prefix="pyqga-test-state-", dir="/dev/shm")
+    atexit.register(shutil.rmtree, target, True)
+    link.symlink_to(target)
+
+
 class PyqgaAgent(ListeningProcess):
     def __init__(self, workdir: Path, extra_args: Sequence[str] = (),
                  python_args: Sequence[str] = ()) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
+        tmpfs_statedir(workdir / "state")
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
         super().__init__(agent_command(workdir, extra_args, python_args), workdir / "agent.sock",
                          workdir / "agent.log", env)

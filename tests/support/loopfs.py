@@ -202,7 +202,8 @@ class LoopMounts:
     def tmpfs(self, target: Path, size: str = "1m") -> Path:
         """Mount a small tmpfs on ``target`` (a filesystem FIFREEZE does not support)."""
         Path(target).mkdir(parents=True, exist_ok=True)
-        _run("mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target))
+        # mode 0755, not tmpfs's 1777: the agent refuses a world-writable state directory.
+        _run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(target))
         self._mounted.append(Path(target))
         return Path(target)
 
