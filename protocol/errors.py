@@ -45,6 +45,20 @@ FREEZE_LOST_TEXT = re.compile(
     r"freeze -?\d+ (did not hold|is not the freeze in force|is unknown or long over)")
 
 
+# An error that names its input quotes at most QUOTE_LIMIT characters of it (:func:`quote`), and
+# no message is ever longer than MESSAGE_LIMIT: a 1 MB path must not become a 1 MB reply.
+QUOTE_LIMIT = 200
+MESSAGE_LIMIT = 2000
+
+
+def quote(value: object, limit: int = QUOTE_LIMIT) -> str:
+    """``value`` as an error message names it: whole when short, else a prefix and its length."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
 @dataclass(frozen=True)
 class AgentError(Exception):
     """An error as a value; also raisable so command handlers can bail out from deep inside."""
@@ -52,6 +66,14 @@ class AgentError(Exception):
     kind: ErrorKind
     message: str
     data: Any = None
+
+    def __post_init__(self) -> None:
+        # The backstop for a site that forgot quote(): cut in the middle, keep both ends (the
+        # end usually says why).
+        if len(self.message) > MESSAGE_LIMIT:
+            half = MESSAGE_LIMIT // 2 - 40
+            cut = f"{self.message[:half]} ... [{len(self.message) - 2 * half} characters cut] ... "
+            object.__setattr__(self, "message", cut + self.message[-half:])
 
     def __str__(self) -> str:
         return self.message
@@ -114,11 +136,11 @@ def not_an_object() -> AgentError:
 
 def command_not_found(name: str) -> AgentError:
     # qemu-ga's exact wording, which libvirt matches on.
-    return AgentError(ErrorKind.COMMAND_NOT_FOUND, f"The command {name} has not been found")
+    return AgentError(ErrorKind.COMMAND_NOT_FOUND, f"The command {quote(name)} has not been found")
 
 
 def command_disabled(name: str, why: str) -> AgentError:
-    return AgentError(ErrorKind.COMMAND_DISABLED, f"Command {name} has been disabled: {why}")
+    return AgentError(ErrorKind.COMMAND_DISABLED, f"Command {quote(name)} has been disabled: {why}")
 
 
 def invalid_params(reason: str) -> AgentError:

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agent.registry import Command, Param
-from protocol.errors import AgentError, command_failed, invalid_params
+from protocol.errors import AgentError, command_failed, invalid_params, quote
 
 if TYPE_CHECKING:
     from agent.state import AgentState
@@ -122,7 +122,8 @@ def _environment(entries: list[str]) -> dict[str, str]:
     for index, entry in enumerate(entries):
         key, sep, value = entry.partition("=")
         if not sep or not key:
-            raise invalid_params(f"Invalid parameter 'env[{index}]': expected KEY=VALUE, got {entry!r}")
+            raise invalid_params(f"Invalid parameter 'env[{index}]': expected KEY=VALUE, "
+                                 f"got {quote(repr(entry))}")
         env[key] = value
     return env
 
@@ -135,7 +136,7 @@ def capture_mode(value: Any) -> str:
         return "separated"
     if isinstance(value, str):
         if value not in CAPTURE_MODES:
-            raise invalid_params(f"Parameter 'capture-output' does not accept value '{value}'")
+            raise invalid_params(f"Parameter 'capture-output' does not accept value '{quote(value)}'")
         return value
     raise invalid_params("Invalid parameter type for 'capture-output', expected: GuestExecCaptureOutput")
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.commands.exec import AnyValueParam, decode_base64
 from agent.registry import Command, Param
-from protocol.errors import command_failed, invalid_params
+from protocol.errors import command_failed, invalid_params, quote
 
 if TYPE_CHECKING:
     from agent.state import AgentState
@@ -100,7 +100,8 @@ class FileTable:
             fd = os.open(path, flags | OPEN_EXTRA_FLAGS, NEW_FILE_MODE)
         except (OSError, UnicodeEncodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not valid text for the OS"
-            raise command_failed(f"failed to open file '{path}' (mode: '{mode}'): {reason}") from None
+            raise command_failed(f"failed to open file '{quote(path)}' (mode: '{quote(mode)}'): "
+                                 f"{reason}") from None
         with self._lock:
             handle = self._next
             self._next += 1
@@ -209,7 +210,7 @@ def parse_whence(value: Any) -> int:
     """qemu's GuestFileWhence: an integer QGA_SEEK_* code or its name."""
     if isinstance(value, str):
         if value not in WHENCE:
-            raise invalid_params(f"Parameter 'whence' does not accept value '{value}'")
+            raise invalid_params(f"Parameter 'whence' does not accept value '{quote(value)}'")
         return WHENCE[value]
     if isinstance(value, int) and not isinstance(value, bool):
         if value not in WHENCE_CODES:

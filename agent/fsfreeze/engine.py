@@ -24,7 +24,7 @@ from agent.fsfreeze.core import Target
 from agent.fsfreeze.kernel import Kernel, LinuxKernel
 from agent.fsfreeze.mounts import Mount, freezable, resolve_device
 from agent.fsfreeze.order import freeze_waves
-from protocol.errors import invalid_params
+from protocol.errors import invalid_params, quote
 
 
 def normalise(path: str) -> str:
@@ -86,17 +86,17 @@ class FreezePlanner:
         chosen: dict[tuple[int, int], tuple[int, Mount]] = {}
         for raw in requested:
             if not isinstance(raw, str) or not raw.startswith("/"):
-                raise invalid_params(f"{raw!r} is not an absolute path")
+                raise invalid_params(f"{quote(repr(raw))} is not an absolute path")
             path = normalise(raw)
             if path not in position:
-                raise invalid_params(f"{raw} is not a mount point")
+                raise invalid_params(f"{quote(raw)} is not a mount point")
             index = position[path]
             mount = all_mounts[index]
             resolved = resolve_device(mount, self.kernel.block_device)
             owner = canonical.get(resolved.device) if resolved is not None else None
             checked = owner.mountpoint if owner is not None else path
             if not self.selected(checked):
-                raise invalid_params(f"{raw} is excluded by the freeze filters")
+                raise invalid_params(f"{quote(raw)} is excluded by the freeze filters")
             key = resolved.device if resolved is not None else mount.device
             if key not in chosen:
                 chosen[key] = (index, resolved or mount)
