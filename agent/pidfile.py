@@ -1,10 +1,16 @@
-"""The pid file, locked for the agent's lifetime so a second instance refuses to start."""
+"""The pid file, locked for the agent's lifetime so a second instance refuses to start.
+
+Root truncates and writes it, so it is opened with ``O_NOFOLLOW`` and must be a regular file: a
+symbolic link planted in a writable directory would otherwise make the agent truncate its target.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import stat
 
 
 class PidFileError(Exception):
@@ -32,9 +38,17 @@ class PidFile:
         """The pid file, open and locked by this process (closing it drops the lock)."""
         try:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK,
+                         0o644)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise PidFileError(f"pid file {self.path} is a symbolic link; remove it, or choose "
+                                   "another -f") from None
             raise PidFileError(f"cannot open pid file {self.path}: {exc.strerror}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise PidFileError(f"pid file {self.path} is not a regular file; remove it, or choose "
+                               "another -f")
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
