@@ -25,7 +25,7 @@ def test_a_fifo_pid_file_is_refused_without_hanging(tmp_path: Path) -> None:
         PidFile(str(tmp_path / "pyqga.pid")).acquire()
 
 
-def test_a_regular_pid_file_holds_our_pid_and_locks_out_a_second(tmp_path: Path) -> None:
+def test_a_regular_pid_file_holds_our_pid_and_goes_on_release(tmp_path: Path) -> None:
     path = str(tmp_path / "pyqga.pid")
     first = PidFile(path)
     first.acquire()
