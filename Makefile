@@ -7,16 +7,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := e2fsprogs util-linux xfsprogs btrfs-progs socat qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
-	libvirt-dev pkg-config gcc python3-dev
+	libvirt-dev pkg-config gcc python3-dev mmdebstrap
+# Only for `make dist`: lintian checks the .deb (skipped where it is missing).
+DIST_APT_PACKAGES := lintian
 
-.PHONY: demo test lint deps bench clean
+.PHONY: demo test lint deps apt-install bench clean dist
 
 # Order-only on deps: the test extra's libvirt-python compiles against libvirt-dev, which deps
 # installs (as root) and which must be there before pip runs. Without root and without those
 # packages, install the rest: the libvirt tests skip (as the other root-only tests do).
 $(STAMP): pyproject.toml | deps
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip 'setuptools>=70.1'
 	$(PY) -m pip install --quiet -e '.[test]' || { [ "$$(id -u)" != 0 ] && \
 	  echo "libvirt-python could not be built (libvirt-dev missing?): installing without the libvirt extra" && \
 	  $(PY) -m pip install --quiet -e '.[test-tools]'; }
@@ -24,13 +26,24 @@ $(STAMP): pyproject.toml | deps
 
 # Debian packages the filesystem tests need; only as root (CI and the test VMs run as root).
 deps:
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(APT_PACKAGES)"
+
+apt-install:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  missing=""; for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	  if [ -z "$$(ls /var/lib/apt/lists/ 2>/dev/null | grep _Packages)" ] || [ -n "$$missing" ]; then \
 	    apt-get update -qq; fi; \
 	  if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi; \
 	else echo "deps: not root, skipping Debian packages (tests that need them will skip)"; fi
+
+# The wheel and the guest's Debian package, built offline from the tree into dist/ (the venv's
+# setuptools builds the wheel; the .deb vendors jsonrpcserver from the venv).
+dist: $(STAMP)
+	@$(MAKE) --no-print-directory apt-install PACKAGES="$(DIST_APT_PACKAGES)"
+	@$(PY) -c 'import setuptools.command.bdist_wheel' 2>/dev/null || \
+	  $(PY) -m pip install --quiet --upgrade 'setuptools>=70.1'  # a venv made before dist existed
+	$(PY) packaging/build_dist.py
 
 demo: $(STAMP) deps
 	$(PY) -m harness.demo
@@ -48,4 +61,4 @@ bench: $(STAMP) deps
 	$(PY) bench/group.py
 
 clean:
-	rm -rf $(VENV) .cache build *.egg-info
+	rm -rf $(VENV) .cache build dist *.egg-info
