@@ -21,7 +21,9 @@ by the pid libvirt recorded for it.  Nothing is installed here; the Makefile's `
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -32,6 +34,7 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from harness import GuestImage, guest_files
 
@@ -266,8 +269,12 @@ class LibvirtGuest:
     @classmethod
     def create(cls, lv: PrivateLibvirt, image: GuestImage, workdir: Path, *,
                agents: tuple[str, ...] = ("pyqga-virtio",), memory_mb: int = 512,
-               kernel_args: tuple[str, ...] = ()) -> LibvirtGuest:
-        """Prepare the disks, define and start the domain (not waiting for the agent)."""
+               kernel_args: tuple[str, ...] = (), vcpus: int = 1,
+               suspend_to_mem: bool = False) -> LibvirtGuest:
+        """Prepare the disks, define and start the domain (not waiting for the agent).
+
+        ``vcpus`` > 1 lets ``guestvcpus`` take one offline; ``suspend_to_mem`` turns S3 on
+        (``<pm><suspend-to-mem enabled='yes'/>``), which ``dompmsuspend --target mem`` needs."""
         workdir = workdir.resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         for path in (workdir, image.kernel, image.root):
@@ -279,17 +286,18 @@ class LibvirtGuest:
                         str(guest.root_disk)], check=True, capture_output=True)
         subprocess.run(["cp", "--sparse=always", str(image.data_template), str(guest.data_disk)], check=True)
         cmdline = ["console=ttyS0", "panic=-1", f"pyqga.agents={','.join(agents)}", *kernel_args]
-        xml = guest.domain_xml(image, " ".join(cmdline), memory_mb)
+        xml = guest.domain_xml(image, " ".join(cmdline), memory_mb, vcpus, suspend_to_mem)
         lv.define(xml, workdir / "domain.xml")
         guest.started_at = time.monotonic()
         lv.virsh("start", guest.name)
         return guest
 
-    def domain_xml(self, image: GuestImage, cmdline: str, memory_mb: int) -> str:
+    def domain_xml(self, image: GuestImage, cmdline: str, memory_mb: int, vcpus: int = 1,
+                   suspend_to_mem: bool = False) -> str:
         dom = ET.Element("domain", type="qemu")  # TCG: KVM is not usable for guests here
         ET.SubElement(dom, "name").text = self.name
         ET.SubElement(dom, "memory", unit="MiB").text = str(memory_mb)
-        ET.SubElement(dom, "vcpu").text = "1"
+        ET.SubElement(dom, "vcpu").text = str(vcpus)
         os_el = ET.SubElement(dom, "os")
         ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
         ET.SubElement(os_el, "kernel").text = str(image.kernel)
@@ -299,6 +307,10 @@ class LibvirtGuest:
         ET.SubElement(ET.SubElement(dom, "features"), "acpi")
         for event in ("on_poweroff", "on_reboot", "on_crash"):  # on_reboot=destroy: -no-reboot
             ET.SubElement(dom, event).text = "destroy"
+        if suspend_to_mem:  # QEMU's PIIX4 has S3 off unless libvirt is told to turn it on
+            pm = ET.SubElement(dom, "pm")
+            ET.SubElement(pm, "suspend-to-mem", enabled="yes")
+            ET.SubElement(pm, "suspend-to-disk", enabled="no")
         devices = ET.SubElement(dom, "devices")
         ET.SubElement(devices, "emulator").text = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
         for path, fmt, target, serial in ((self.root_disk, "qcow2", "vda", guest_files.ROOT_SERIAL),
@@ -338,6 +350,34 @@ class LibvirtGuest:
                 raise LibvirtError(f"the agent did not answer through libvirt ({state}): "
                                    f"{result.stderr.strip()}\n{self.diagnostics()}")
             time.sleep(0.5)
+
+    def agent(self, command: str, arguments: dict[str, Any] | None = None, timeout: int = 30) -> Any:
+        """One agent command through ``virsh qemu-agent-command``; its ``return`` value.  A test's
+        hands in the guest that work whichever agent serves the domain."""
+        request: dict[str, Any] = {"execute": command}
+        if arguments is not None:
+            request["arguments"] = arguments
+        result = self.lv.virsh("qemu-agent-command", "--timeout", str(timeout), self.name,
+                               json.dumps(request), timeout=timeout + 30)
+        return json.loads(result.stdout)["return"]
+
+    def shell(self, script: str, stdin: bytes = b"", timeout: float = 60.0) -> str:
+        """Run ``/bin/sh -c script`` in the guest with guest-exec; its stdout.  A non-zero exit
+        raises ``LibvirtError`` with the script's stderr."""
+        arguments: dict[str, Any] = {"path": "/bin/sh", "arg": ["-c", script], "capture-output": True}
+        if stdin:
+            arguments["input-data"] = base64.b64encode(stdin).decode()
+        pid = self.agent("guest-exec", arguments)["pid"]
+        deadline = time.monotonic() + timeout
+        while not (status := self.agent("guest-exec-status", {"pid": pid}))["exited"]:
+            if time.monotonic() > deadline:
+                raise LibvirtError(f"{script!r} still runs in {self.name} after {timeout} s")
+            time.sleep(0.1)
+        out, err = (base64.b64decode(status.get(key, "")).decode(errors="replace")
+                    for key in ("out-data", "err-data"))
+        if status.get("exitcode") != 0:
+            raise LibvirtError(f"{script!r} in {self.name} failed ({status}): {err.strip()}")
+        return out
 
     def ensure_running(self, timeout: float = 90.0) -> None:
         """Boot the domain again if a test powered it off: one guest serves every libvirt test
