@@ -1,19 +1,20 @@
-"""From a classified request to reply bytes, through jsonrpcserver.
+"""From a classified request to reply bytes: one lookup, the gate, the call, the encoding.
 
-jsonrpcserver does the method call: it invokes the method with the agent as context and turns
-its result or exception into a success or error result.  We skip its envelope parsing and
-JSON-schema validation (``protocol/`` has already checked the envelope, the registry the
-parameters; the schema step alone cost ~45 us a request, more than the rest of a round trip),
-and its ``inspect.signature().bind`` re-check of the parameters (~8 us), by calling its ``call``
-step directly.  Measured here: ``dispatch_to_response`` ~73 us a request, ``dispatch_request``
-~11 us, ``call`` ~2 us.
+The call goes through jsonrpcserver's ``call`` step: it invokes the method with the agent as
+context and turns any exception that is not ours into an internal error.  We skip its envelope
+parsing and JSON-schema validation (``protocol/`` has already checked the envelope, the registry
+the parameters; the schema step alone cost ~45 us a request), and its
+``inspect.signature().bind`` re-check of the parameters (~8 us).  An :class:`AgentError` travels
+through it untouched, as the data of its error result, so nothing is converted back and forth.
 
 We import only jsonrpcserver's dispatcher, not its package ``__init__``, which would also load
 its schema validator (jsonschema: 7 MB resident and ~60 ms of start-up), its async API and an
 HTTP server, none of which the agent uses: see :func:`_import_dispatcher`.
 
-Gatekeeping happens before the call, in this order, so the host hears the most useful error:
-unknown command, disabled command (blocked or frozen), bad parameters.
+Per request the command is looked up once (:meth:`Dispatcher.prepare`); the gate, the lane
+(``Command.lane``) and the call all use that one :class:`Prepared`.  Gatekeeping happens before
+the call, in this order, so the host hears the most useful error: unknown command, disabled
+command (blocked or frozen), bad parameters.
 """
 
 from __future__ import annotations
@@ -28,13 +29,12 @@ from typing import Any
 from agent.registry import Command
 from agent.state import AgentState
 from protocol.dialects import (
-    EMPTY_RETURN_LINE,
     Batch,
     Dialect,
     Incoming,
     Invalid,
     Request,
-    encode,
+    encode_reply,
     reply_object,
 )
 from protocol.errors import (
@@ -43,8 +43,6 @@ from protocol.errors import (
     command_disabled,
     command_not_found,
 )
-
-KIND_BY_CODE = {kind.code: kind for kind in ErrorKind}
 
 
 def _import_dispatcher() -> ModuleType:
@@ -63,20 +61,19 @@ def _import_dispatcher() -> ModuleType:
 
 _rpc = _import_dispatcher()
 from jsonrpcserver.request import Request as RpcRequest  # noqa: E402
-from jsonrpcserver.result import Error, Success  # noqa: E402
-from jsonrpcserver.sentinels import NODATA  # noqa: E402
-from oslash.either import Right  # noqa: E402  (jsonrpcserver's result type)
+from jsonrpcserver.result import ErrorResult, SuccessResult  # noqa: E402
+from oslash.either import Left, Right  # noqa: E402  (jsonrpcserver's result type)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Outcome:
     result: Any = None
     error: AgentError | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Prepared:
-    """A request that passed the gate, ready to run (maybe on a worker thread)."""
+    """A request that passed the gate, with its command: ready to run (maybe on a worker)."""
 
     request: Request
     command: Command
@@ -85,12 +82,13 @@ class Prepared:
 
 def _as_method(command: Command) -> Callable[..., Any]:
     handler = command.handler
+    kind_code = ErrorKind.COMMAND_FAILED.code
 
     def method(agent: AgentState, **params: Any) -> Any:
         try:
-            return Success(handler(agent, **params))
-        except AgentError as error:
-            return Error(error.kind.code, error.message, NODATA if error.data is None else error.data)
+            return Right(SuccessResult(handler(agent, **params)))
+        except AgentError as error:  # carried whole, as the data of the error result
+            return Left(ErrorResult(kind_code, error.message, error))
 
     return method
 
@@ -98,50 +96,106 @@ def _as_method(command: Command) -> Callable[..., Any]:
 class Dispatcher:
     def __init__(self, agent: AgentState) -> None:
         self.agent = agent
+        self._commands = {command.name: command for command in agent.registry}
         self._methods = {command.name: _as_method(command) for command in agent.registry}
 
     def prepare(self, request: Request) -> Prepared | Outcome:
-        """The gate: a Prepared call, or the Outcome that refuses it."""
-        command = self.agent.registry.get(request.method)
+        """The gate: a Prepared call, or the Outcome that refuses it (one lookup)."""
+        command = self._commands.get(request.method)
         if command is None:
             return Outcome(error=command_not_found(request.method))
-        reason = self.agent.disabled_reason(command.name)
-        if reason is not None:
-            return Outcome(error=command_disabled(command.name, reason))
+        refusal = self._refusal(command)
+        if refusal is not None:
+            return refusal
         try:
             params = command.check_params(request.params)
         except AgentError as error:
             return Outcome(error=error)
         return Prepared(request, command, params)
 
+    def _refusal(self, command: Command) -> Outcome | None:
+        reason = self.agent.disabled_reason(command.name)
+        return None if reason is None else Outcome(error=command_disabled(command.name, reason))
+
     def run(self, prepared: Prepared) -> Outcome:
         """Call the handler; safe on a worker thread."""
-        rpc = RpcRequest(prepared.command.name, prepared.params, prepared.request.id)
-        result = _rpc.call(rpc, self.agent, self._methods[prepared.command.name])
+        name = prepared.command.name
+        rpc = RpcRequest(name, prepared.params, prepared.request.id)
+        result = _rpc.call(rpc, self.agent, self._methods[name])
         if isinstance(result, Right):
             return Outcome(result=result._value.result)
-        failure = result._error
-        kind = KIND_BY_CODE.get(failure.code, ErrorKind.COMMAND_FAILED)
-        data = None if failure.data is NODATA else failure.data
-        if kind is ErrorKind.INTERNAL_ERROR:
-            self.agent.log.error("%s failed: %s", prepared.command.name, data)
-            return Outcome(error=AgentError(kind, f"internal error in {prepared.command.name}: {data}"))
-        return Outcome(error=AgentError(kind, failure.message, data))
+        failure = result._error.data
+        if isinstance(failure, AgentError):
+            return Outcome(error=failure)
+        self.agent.log.error("%s failed: %s", name, failure)  # jsonrpcserver caught our bug
+        return Outcome(error=AgentError(ErrorKind.INTERNAL_ERROR, f"internal error in {name}: {failure}"))
+
+    def complete(self, prepared: Prepared) -> bytes | None:
+        """Run a prepared request and encode its reply (on the loop or a worker thread)."""
+        return self.reply(prepared.request, prepared.command, self.run(prepared))
+
+    def complete_later(self, prepared: Prepared) -> bytes | None:
+        """:meth:`complete` for a request that waited for a worker: the agent may have frozen
+        meanwhile, so the gate's freeze check is asked again before the call."""
+        refusal = self._refusal(prepared.command)
+        if refusal is not None:
+            return encode_outcome(prepared.request, refusal)
+        return self.complete(prepared)
+
+    @staticmethod
+    def reply(request: Request, command: Command, outcome: Outcome) -> bytes | None:
+        if outcome.error is None and not command.success_response:
+            return None
+        return encode_outcome(request, outcome, delimited=command.delimited and outcome.error is None)
+
+    def answer(self, item: Incoming) -> bytes | None:
+        """Answer ``item`` entirely on this thread."""
+        if isinstance(item, Request):
+            prepared = self.prepare(item)
+            if isinstance(prepared, Outcome):
+                return encode_outcome(item, prepared)
+            return self.complete(prepared)
+        if isinstance(item, Batch):
+            return self._answer_batch(item)
+        return encode_outcome(item, Outcome(error=item.error))
+
+    def _answer_batch(self, batch: Batch) -> bytes | None:
+        replies: list[bytes] = []
+        delimited = False
+        for item in batch.items:
+            if isinstance(item, Invalid):
+                outcome = Outcome(error=item.error)
+            else:
+                prepared = self.prepare(item)
+                if isinstance(prepared, Outcome):
+                    outcome = prepared
+                else:
+                    outcome = self.run(prepared)
+                    delimited |= prepared.command.delimited and outcome.error is None
+            line = encode_outcome(item, outcome)
+            if line is not None:
+                replies.append(line[:-1])
+        # json.dumps's own list layout, one element at a time so a bad one spoils only itself.
+        return (b"\xff" if delimited else b"") + b"[" + b", ".join(replies) + b"]\n" if replies else None
+
+    def lane(self, item: Incoming) -> str | None:
+        """Where answering a batch or an invalid message must run (see ``Command.lane``)."""
+        lane = None
+        for request in item.items if isinstance(item, Batch) else ():
+            command = self._commands.get(request.method) if isinstance(request, Request) else None
+            if command is not None and command.lane == "urgent":
+                return "urgent"
+            lane = lane or (command.lane if command is not None else None)
+        return lane
 
 
 def encode_outcome(request: Request | Invalid, outcome: Outcome, delimited: bool = False) -> bytes | None:
-    """Reply bytes, or None when nothing is sent (a notification, a no-reply command)."""
-    if (
-        outcome.error is None
-        and request.dialect is Dialect.QGA
-        and not request.has_id
-        and not delimited
-        and type(outcome.result) is dict
-        and not outcome.result
-    ):
-        return EMPTY_RETURN_LINE  # exactly what the general path below gives, ~1.7 us sooner
-    obj = outcome_object(request, outcome)
-    return None if obj is None else encode(obj, delimited=delimited)
+    """Reply bytes, or None when nothing is sent (a notification)."""
+    if isinstance(request, Request) and not request.wants_reply:
+        return None
+    has_id = request.has_id or request.dialect is Dialect.JSONRPC
+    return encode_reply(request.dialect, request.id, has_id, outcome.result, outcome.error,
+                        delimited=delimited)
 
 
 def outcome_object(request: Request | Invalid, outcome: Outcome) -> dict[str, Any] | None:
@@ -152,49 +206,5 @@ def outcome_object(request: Request | Invalid, outcome: Outcome) -> dict[str, An
 
 
 def answer_now(dispatcher: Dispatcher, item: Incoming) -> bytes | None:
-    """Answer ``item`` on this thread (the loop's fast path, and worker threads)."""
-    if isinstance(item, Invalid):
-        return encode_outcome(item, Outcome(error=item.error))
-    if isinstance(item, Batch):
-        return answer_batch(dispatcher, item)
-    prepared = dispatcher.prepare(item)
-    if isinstance(prepared, Outcome):
-        return encode_outcome(item, prepared)
-    outcome = dispatcher.run(prepared)
-    if outcome.error is None and not prepared.command.success_response:
-        return None
-    return encode_outcome(item, outcome, delimited=prepared.command.delimited and outcome.error is None)
-
-
-def answer_batch(dispatcher: Dispatcher, batch: Batch) -> bytes | None:
-    replies: list[dict[str, Any]] = []
-    delimited = False
-    for item in batch.items:
-        if isinstance(item, Invalid):
-            outcome = Outcome(error=item.error)
-        else:
-            prepared = dispatcher.prepare(item)
-            if isinstance(prepared, Outcome):
-                outcome = prepared
-            else:
-                outcome = dispatcher.run(prepared)
-                delimited |= prepared.command.delimited and outcome.error is None
-        obj = outcome_object(item, outcome)
-        if obj is not None:
-            replies.append(obj)
-    return encode(replies, delimited=delimited) if replies else None
-
-
-def needs_worker(dispatcher: Dispatcher, item: Incoming) -> str | None:
-    """Where answering ``item`` must run: None on the connection loop (it cannot block),
-    "urgent" on the freeze commands' own threads, "worker" on the shared worker pool."""
-    requests = item.items if isinstance(item, Batch) else (item,)
-    lane = None
-    for request in requests:
-        if isinstance(request, Request):
-            command = dispatcher.agent.registry.get(request.method)
-            if command is not None and command.urgent:
-                return "urgent"
-            if command is not None and command.blocking:
-                lane = "worker"
-    return lane
+    """Answer ``item`` on this thread (tests and tools that have no loop)."""
+    return dispatcher.answer(item)

@@ -54,12 +54,22 @@ class Command:
     urgent: bool = False            # blocking, on threads of its own: never queued behind commands
                                     # that a freeze may block (a thaw must always find a thread)
     _by_name: Mapping[str, Param] = field(default_factory=dict, repr=False, compare=False)
+    # Where it runs: None on the connection loop (it cannot block), "urgent" on the freeze
+    # commands' own threads, "worker" on the shared worker pool.  Derived once, used per request.
+    lane: str | None = field(init=False, repr=False, compare=False)
+    required: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {p.name: p for p in self.params})
+        object.__setattr__(self, "required", tuple(p.name for p in self.params if p.required))
+        object.__setattr__(self, "lane", "urgent" if self.urgent else "worker" if self.blocking else None)
 
     def check_params(self, params: dict[str, Any] | list[Any]) -> dict[str, Any]:
         """Validated keyword arguments, or an INVALID_PARAMS error in qemu's words."""
+        if not params:
+            if self.required:
+                raise invalid_params(f"Parameter '{self.required[0]}' is missing")
+            return {}
         if isinstance(params, list):
             if len(params) > len(self.params):
                 raise invalid_params(f"{self.name} takes at most {len(self.params)} parameters")
@@ -72,9 +82,9 @@ class Command:
                 raise invalid_params(
                     f"Invalid parameter type for '{name}', expected: {JSON_TYPE_NAMES[spec.type]}"
                 )
-        for spec in self.params:
-            if spec.required and spec.name not in params:
-                raise invalid_params(f"Parameter '{spec.name}' is missing")
+        for name in self.required:
+            if name not in params:
+                raise invalid_params(f"Parameter '{name}' is missing")
         return params
 
     def usage(self) -> str:

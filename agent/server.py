@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from agent.channels import Channel, ListenerChannel
-from agent.dispatch import Dispatcher, answer_now, needs_worker
+from agent.dispatch import Dispatcher, Outcome, encode_outcome
 from agent.state import AgentState
-from protocol.dialects import Batch, Dialect, Incoming
+from protocol.dialects import Batch, Dialect, Incoming, Request
 from protocol.server import ServerConnection
 
 MAX_PENDING_REPLIES = 256  # per connection, before we stop reading its requests
@@ -75,22 +77,36 @@ class AgentConnection(asyncio.Protocol):
         self._update_reading()
 
     def _handle(self, item: Incoming) -> None:
-        lane = needs_worker(self._dispatcher, item)
-        if lane is not None:
-            loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(self._executors[lane], answer_now, self._dispatcher, item)
-            if _ordered(item):
-                self._queue(future)
+        dispatcher = self._dispatcher
+        if isinstance(item, Request):  # nearly always: one lookup, then here or on its lane
+            prepared = dispatcher.prepare(item)
+            if isinstance(prepared, Outcome):
+                reply = encode_outcome(item, prepared)
+            elif prepared.command.lane is None:
+                reply = dispatcher.complete(prepared)
             else:
-                future.add_done_callback(self._write_done)
-            return
-        reply = answer_now(self._dispatcher, item)
+                self._submit(prepared.command.lane, item, dispatcher.complete_later, prepared)
+                return
+        else:
+            lane = dispatcher.lane(item)
+            if lane is not None:
+                self._submit(lane, item, dispatcher.answer, item)
+                return
+            reply = dispatcher.answer(item)
         if self._pending and _ordered(item):
             done: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
             done.set_result(reply)
             self._queue(done)
         else:
             self._write(reply)
+
+    def _submit(self, lane: str, item: Incoming, work: Callable[[Any], bytes | None], arg: Any) -> None:
+        """Run ``work(arg)`` on ``lane``'s threads; its reply is written in the right order."""
+        future = asyncio.get_running_loop().run_in_executor(self._executors[lane], work, arg)
+        if _ordered(item):
+            self._queue(future)
+        else:
+            future.add_done_callback(self._write_done)
 
     def _queue(self, future: asyncio.Future[bytes | None]) -> None:
         self._pending.append(future)
@@ -106,7 +122,7 @@ class AgentConnection(asyncio.Protocol):
         self._write(self._result(future))
 
     def _result(self, future: asyncio.Future[bytes | None]) -> bytes | None:
-        """A worker's reply.  answer_now never raises for a request's own failure; anything
+        """A worker's reply.  The dispatcher never raises for a request's own failure; anything
         here is our bug: log it, and keep the connection (the host's call times out)."""
         if future.cancelled():
             return None

@@ -13,11 +13,12 @@ Classification rules (untrusted input, so every shape is checked here once):
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from protocol.errors import AgentError, invalid_request, not_an_object
+from protocol.errors import AgentError, ErrorKind, invalid_request, not_an_object
 
 RESYNC_BYTE = b"\xff"
 QGA_KEYS = frozenset(("execute", "arguments", "id"))
@@ -78,7 +79,21 @@ def classify(value: Any) -> Incoming:
     return Invalid(Dialect.QGA, not_an_object())
 
 
+_NO_ARGUMENTS: dict[str, Any] = {}  # a marker, never handed out
+
+
 def _classify_qga(obj: dict[str, Any]) -> Request | Invalid:
+    method = obj.get("execute")
+    arguments = obj.get("arguments", _NO_ARGUMENTS)
+    if isinstance(method, str) and isinstance(arguments, dict) and obj.keys() <= QGA_KEYS:
+        # Well formed (nearly every request): a few C-level checks, no loop over the members.
+        params = {} if arguments is _NO_ARGUMENTS else arguments
+        return Request(Dialect.QGA, method, params, obj.get("id"), "id" in obj)
+    return _qga_error(obj)
+
+
+def _qga_error(obj: dict[str, Any]) -> Invalid:
+    """qemu's complaint about the first bad member, in the object's order, as qemu-ga gives it."""
     has_id = "id" in obj
     request_id = obj.get("id")
 
@@ -92,9 +107,7 @@ def _classify_qga(obj: dict[str, Any]) -> Request | Invalid:
             return fail("QMP input member 'execute' must be a string")
         if key == "arguments" and not isinstance(member, dict):
             return fail("QMP input member 'arguments' must be an object")
-    if "execute" not in obj:
-        return fail("QMP input lacks member 'execute'")
-    return Request(Dialect.QGA, obj["execute"], obj.get("arguments", {}), request_id, has_id)
+    return fail("QMP input lacks member 'execute'")
 
 
 def _classify_jsonrpc(item: Any) -> Request | Invalid:
@@ -116,9 +129,8 @@ def _classify_jsonrpc(item: Any) -> Request | Invalid:
     def fail(text: str) -> Invalid:
         return Invalid(Dialect.JSONRPC, invalid_request(f"Invalid request: {text}"), request_id, True)
 
-    extra = sorted(set(item) - JSONRPC_KEYS)
-    if extra:
-        return fail(f"unexpected member '{extra[0]}'")
+    if not item.keys() <= JSONRPC_KEYS:
+        return fail(f"unexpected member '{min(item.keys() - JSONRPC_KEYS)}'")
     if item.get("jsonrpc") != "2.0":
         return fail("'jsonrpc' must be exactly \"2.0\"")
     method = item.get("method")
@@ -150,10 +162,63 @@ def reply_object(
     return {"jsonrpc": "2.0", "result": result, "id": request_id}
 
 
+def _strict_encoder() -> Callable[[Any], str]:
+    """``json.dumps`` (same bytes) that refuses NaN and infinities, built once.
+
+    ``json.dumps`` sets up a new C encoder on every call, which is most of its ~4 us for a small
+    reply; the C encoder itself can be kept.  Circular references are not checked (replies are
+    built fresh by handlers): one would end in RecursionError, which :func:`encode_reply` turns
+    into an internal error like any other unencodable reply.
+    """
+    strict = json.JSONEncoder(allow_nan=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is not None:
+        try:
+            c_encode = make(None, strict.default, json.encoder.encode_basestring_ascii, None,
+                            strict.key_separator, strict.item_separator, False, False, False)
+        except TypeError:  # a Python whose private C encoder takes other arguments
+            pass
+        else:
+            return lambda value: "".join(c_encode(value, 0))
+    return strict.encode
+
+
+_to_json = _strict_encoder()
+UNENCODABLE = (ValueError, TypeError, RecursionError)
+
+
 def encode(reply: Any, *, delimited: bool = False) -> bytes:
-    """One reply (or a batch of them) as one line; ``delimited`` prefixes the 0xFF sync byte."""
-    line = json.dumps(reply).encode() + b"\n"
+    """One reply (or a batch of them) as one line; ``delimited`` prefixes the 0xFF sync byte.
+
+    Raises ValueError for NaN or an infinity (they are not JSON), TypeError for a value JSON
+    cannot hold: :func:`encode_reply` turns either into an internal error reply.
+    """
+    line = _to_json(reply).encode() + b"\n"
     return RESYNC_BYTE + line if delimited else line
+
+
+def encode_reply(
+    dialect: Dialect, request_id: Any, has_id: bool, result: Any = None,
+    error: AgentError | None = None, *, delimited: bool = False,
+) -> bytes:
+    """The reply line in ``dialect``; never invalid JSON.
+
+    A result (or error data) JSON cannot hold, such as ``float("inf")``, becomes an internal
+    error reply instead of ``Infinity``, which no strict JSON parser accepts; an id that cannot
+    be echoed is left out (qga) or null (JSON-RPC), since the host could not have sent it.
+    """
+    try:
+        return encode(reply_object(dialect, request_id, has_id, result, error), delimited=delimited)
+    except UNENCODABLE as exc:
+        problem = AgentError(
+            ErrorKind.INTERNAL_ERROR,
+            f"internal error: the reply is not valid JSON ({exc}); it was not sent",
+        )
+        try:
+            _to_json(request_id)
+        except UNENCODABLE:
+            request_id, has_id = None, False
+        return encode(reply_object(dialect, request_id, has_id, error=problem))
 
 
 #: ``encode({"return": {}})``: qemu-ga's reply to guest-ping and every other command that returns
