@@ -4,6 +4,11 @@ Both walk the same mounts a freeze-all would consider (:func:`~agent.fsfreeze.mo
 and, like qemu-ga, list them in reverse mount order (it prepends to its result list). The disk
 addresses come from the sysfs path of the block device, which is how libvirt's
 ``virsh domfsinfo`` maps a guest filesystem back to a disk of the domain.
+
+What ``guest-get-fsinfo`` reports besides the sizes (names, disks, addresses: a walk of sysfs,
+most of its cost) only changes when something is mounted or unmounted, so :class:`FsinfoCache`
+keeps it until ``/proc/self/mountinfo`` says the mount table changed (the kernel flags an open
+mountinfo file with POLLPRI on every mount and unmount); the sizes are read on every call.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import errno
 import os
 import re
+import select
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -117,12 +124,23 @@ def disks_of(syspath: Path, depth: int = 0) -> list[dict[str, Any]]:
 
 def fsinfo_for(mount: Mount, sysfs: str = SYSFS) -> dict[str, Any]:
     """One GuestFilesystemInfo: name, mountpoint, type, used/total bytes, disks."""
+    return with_sizes(mount, _fixed_info(mount, sysfs))
+
+
+def _fixed_info(mount: Mount, sysfs: str) -> dict[str, Any]:
+    """What does not change while ``mount`` stays mounted: everything but the sizes."""
     syspath = device_syspath(mount.major, mount.minor, sysfs)
-    info: dict[str, Any] = {
+    return {
         "name": syspath.name if syspath is not None else f"{mount.major}:{mount.minor}",
         "mountpoint": mount.mountpoint,
         "type": mount.fstype,
+        "disk": disks_of(syspath) if syspath is not None else [],
     }
+
+
+def with_sizes(mount: Mount, fixed: dict[str, Any]) -> dict[str, Any]:
+    """``fixed`` with the sizes of now, in qemu-ga's member order."""
+    info = {"name": fixed["name"], "mountpoint": fixed["mountpoint"], "type": fixed["type"]}
     try:
         st = os.statvfs(mount.mountpoint)
     except OSError:
@@ -132,12 +150,73 @@ def fsinfo_for(mount: Mount, sysfs: str = SYSFS) -> dict[str, Any]:
         # qemu-ga: total excludes the blocks reserved for root, so used/total is what df shows.
         info["used-bytes"] = used * st.f_frsize
         info["total-bytes"] = (used + st.f_bavail) * st.f_frsize
-    info["disk"] = disks_of(syspath) if syspath is not None else []
+    info["disk"] = fixed["disk"]
     return info
 
 
+class FsinfoCache:
+    """``guest-get-fsinfo`` of this mount namespace, its sysfs part kept until a mount changes.
+
+    Thread-safe (the command runs on worker threads).  Where the mountinfo file cannot be
+    watched (not Linux, or no /proc), nothing is kept: every call reads everything, as before.
+    """
+
+    def __init__(self, mountinfo: str = MOUNTINFO, sysfs: str = SYSFS) -> None:
+        self._mountinfo = mountinfo
+        self._sysfs = sysfs
+        self._lock = threading.Lock()
+        self._watch: select.poll | None = None
+        self._fd: int | None = None
+        self._fixed: list[tuple[Mount, dict[str, Any]]] | None = None
+
+    def get(self) -> list[dict[str, Any]]:
+        with self._lock:
+            watching = self._watching()  # before the first read, so no change falls between
+            if self._fixed is None or not watching or self._mounts_changed():
+                mounts = freezable(read_mountinfo(self._mountinfo))
+                fixed = [(m, _fixed_info(m, self._sysfs)) for m in reversed(mounts)]
+                self._fixed = fixed if watching else None
+            else:
+                fixed = self._fixed
+        return [with_sizes(mount, info) for mount, info in fixed]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd, self._watch, self._fixed = None, None, None
+
+    def _watching(self) -> bool:
+        """Watch the mount table from now on (once); False if it cannot be watched."""
+        if self._watch is None:
+            try:
+                fd = os.open(self._mountinfo, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return False
+            self._watch = select.poll()
+            self._watch.register(fd, select.POLLPRI)
+            self._fd = fd  # kept open while watching: the kernel flags this open file
+        return True
+
+    def _mounts_changed(self) -> bool:
+        # POLLPRI (with POLLERR) once per change since the last poll; the poll itself clears it.
+        assert self._watch is not None
+        return any(events & (select.POLLPRI | select.POLLERR) for _, events in self._watch.poll(0))
+
+
+_cache: FsinfoCache | None = None
+_cache_lock = threading.Lock()
+
+
 def get_fsinfo(mounts: Iterable[Mount] | None = None, sysfs: str = SYSFS) -> list[dict[str, Any]]:
-    """``guest-get-fsinfo``: every freezable filesystem, in reverse mount order."""
+    """``guest-get-fsinfo``: every freezable filesystem, in reverse mount order.  Without
+    ``mounts``, those of this mount namespace, through the process's :class:`FsinfoCache`."""
+    global _cache
+    if mounts is None and sysfs == SYSFS:
+        with _cache_lock:
+            if _cache is None:
+                _cache = FsinfoCache()
+        return _cache.get()
     chosen = list(mounts) if mounts is not None else _default_mounts()
     return [fsinfo_for(m, sysfs) for m in reversed(chosen)]
 
