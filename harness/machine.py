@@ -50,6 +50,8 @@ DEFAULT_AGENTS = ("pyqga-virtio", "qga-virtio", "pyqga-serial")
 VSOCK_AGENT_PORT = 1024
 _SUN_PATH_MAX = 107
 _SYNC_RESEND_S = 1.0
+MEMORY_SLOTS = 2
+DISK_SERIAL_PREFIX = "pyqga-disk"
 
 
 class VMError(RuntimeError):
@@ -74,6 +76,12 @@ class GuestVM:
     ``qmp_socket`` (free for tests; the harness has its own monitor), ``console_log``,
     ``data_image`` (or None), ``vsock_cid`` (or None), ``boot_seconds`` (QEMU start to the
     last agent's first reply), ``ready_seconds`` per agent, ``exit_code`` after stop.
+
+    Machine options for the tests of commands that change the guest: ``max_memory_mb`` adds
+    :data:`MEMORY_SLOTS` DIMM slots up to that size, for ``pc-dimm`` hotplug over QMP;
+    ``s3`` True or False turns the firmware's S3 (suspend to RAM) on or off (None: QEMU's
+    default); ``disks`` are raw images attached read-write as further virtio-blk disks, with
+    serials ``pyqga-disk0``, ``pyqga-disk1``, ... (drive ids ``disk0``, ..., device ids ``vdisk0``, ...).
     """
 
     def __init__(
@@ -85,6 +93,9 @@ class GuestVM:
         data_size_mb: int = DATA_SIZE_MB,
         memory_mb: int = 512,
         cpus: int = 1,
+        max_memory_mb: int | None = None,
+        s3: bool | None = None,
+        disks: Sequence[Path] = (),
         agent_args: Sequence[str] = (),
         kernel_args: Sequence[str] = (),
         qemu_args: Sequence[str] = (),
@@ -105,6 +116,9 @@ class GuestVM:
         self.data_size_mb = data_size_mb
         self.memory_mb = memory_mb
         self.cpus = cpus
+        self.max_memory_mb = max_memory_mb
+        self.s3 = s3
+        self.disks = tuple(Path(d).resolve() for d in disks)
         self.agent_args = tuple(agent_args)
         self.kernel_args = tuple(kernel_args)
         self.qemu_args = tuple(qemu_args)
@@ -189,9 +203,12 @@ class GuestVM:
             spec = f"socket,id={chardev_id},path={_chardev_path(path)},server=on,wait=off{extra}"
             return ["-chardev", spec]
 
+        memory = str(self.memory_mb)
+        if self.max_memory_mb is not None:
+            memory += f",slots={MEMORY_SLOTS},maxmem={self.max_memory_mb}M"
         cmd = [
             QEMU, "-name", "pyqga-guest", "-machine", "pc", "-accel", "tcg",
-            "-m", str(self.memory_mb), "-smp", str(self.cpus),
+            "-m", memory, "-smp", str(self.cpus),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", " ".join(cmdline),
             # ttyS0: kernel and init messages to console.log; the host writes requests to the socket.
@@ -210,6 +227,11 @@ class GuestVM:
         if self.data_image is not None:
             cmd += ["-drive", f"file={_chardev_path(self.data_image)},format=raw,if=none,id=data",
                     "-device", f"virtio-blk-pci,drive=data,serial={guest_files.DATA_SERIAL}"]
+        for i, disk in enumerate(self.disks):
+            cmd += ["-drive", f"file={_chardev_path(disk)},format=raw,if=none,id=disk{i}",
+                    "-device", f"virtio-blk-pci,id=vdisk{i},drive=disk{i},serial={DISK_SERIAL_PREFIX}{i}"]
+        if self.s3 is not None:  # the pc machine's ACPI is PIIX4's
+            cmd += ["-global", f"PIIX4_PM.disable_s3={0 if self.s3 else 1}"]
         cmd += [*server("qmp", self.qmp_socket), "-mon", "chardev=qmp,mode=control",
                 *server("qmp-harness", self._harness_qmp_socket), "-mon", "chardev=qmp-harness,mode=control"]
         if self.vsock_cid is not None:
@@ -541,4 +563,5 @@ def qemu_available() -> bool:
     return shutil.which(QEMU) is not None
 
 
-__all__ = ["DEFAULT_AGENTS", "KNOWN_AGENTS", "GuestVM", "VMError", "qemu_available"]
+__all__ = ["DEFAULT_AGENTS", "DISK_SERIAL_PREFIX", "KNOWN_AGENTS", "MEMORY_SLOTS", "GuestVM", "VMError",
+           "qemu_available"]
