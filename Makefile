@@ -59,6 +59,7 @@ bench: $(STAMP) deps
 	$(PY) bench/freeze.py
 	$(PY) bench/stall.py
 	$(PY) bench/group.py
+	$(PY) bench/abuse.py
 
 clean:
 	rm -rf $(VENV) .cache build dist *.egg-info
