@@ -436,9 +436,9 @@ def test_set_time_error_paths_with_a_fake_hwclock(tmp_path: Path) -> None:
     agent = start_agent(tmp_path / "agent", hwclock=fake)
     try:
         with AgentClient(str(agent.socket_path), dialect="qga", timeout=30) as client:
-            for bad in (-1, 2**62):
+            for bad in (-1_000_000_001, 2**62):   # 1969 and 2116: qemu-ga's local-time years
                 error = call_error(client, "guest-set-time", {"time": bad})
-                assert str(error.error).startswith(f"Invalid time {bad}")
+                assert str(error.error) == "Invalid time"
             error = call_error(client, "guest-set-time", {"time": "now"})
             assert str(error.error) == "Invalid parameter type for 'time', expected: integer"
             assert not record.exists()  # rejected before anything ran

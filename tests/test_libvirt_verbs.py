@@ -211,15 +211,22 @@ def test_set_user_password(guests: dict[str, LibvirtGuest], user: str, encrypted
             assert crypt_in_guest(guest, PASSWORD, hashed.split("$")[2]) == hashed, name
 
 
-def test_set_user_password_of_an_unknown_user(guests: dict[str, LibvirtGuest]) -> None:
-    """chpasswd fails: qemu 9.1 and later (and pyqga) quote its output, qemu-ga 7.2 does not."""
+def test_set_user_password_errors(guests: dict[str, LibvirtGuest], user: str) -> None:
+    """Refused before chpasswd runs: the same words.  chpasswd failing: qemu 9.1 and later (and
+    pyqga) quote its output, qemu-ga 7.2 does not."""
     for guest in guests.values():
         guest.shell(INSTALL_CHPASSWD, CHPASSWD.encode())
+    prefix = f"{AGENT_ERROR} 'guest-set-user-password': "
+    for who, secret, error in (("a:b", "x", "forbidden characters in username"),
+                               (user, "two\nlines", "forbidden characters in raw password")):
+        refused = same(guests, "set-user-password", "--user", who, "--password", secret)
+        assert refused == (1, "", prefix + error), refused
     ours, theirs = (attempt(guests[name], "set-user-password", "--user", "nobody-here", "--password", "x")
                     for name in AGENTS)
-    prefix = f"{AGENT_ERROR} 'guest-set-user-password': child process has failed to set user password"
+    prefix += "child process has failed to set user password"
     assert theirs == (1, "", prefix), theirs
     assert ours == (1, "", prefix + ": chpasswd: user 'nobody-here' does not exist"), ours
+    assert [shadow_hash(guest) for guest in guests.values()] == ["!", "!"]
 
 
 def authorized_keys(guest: LibvirtGuest) -> tuple[str, str]:
@@ -270,6 +277,24 @@ def assert_same_file(guests: dict[str, LibvirtGuest], owned: str, keys: list[str
     assert [line for line in ours[1].split("\n") if line] == keys, (step, ours)
 
 
+def test_user_sshkeys_errors(guests: dict[str, LibvirtGuest], user: str, tmp_path: Path) -> None:
+    """A comment line is no key (virsh passes it on, the agent refuses it); an unknown user is
+    glib's "Success"; the same words through both agents for every ssh verb."""
+    commented = tmp_path / "commented"
+    commented.write_text(f"# a comment\n{KEYS[0]}\n")
+    keys = tmp_path / "keys"
+    keys.write_text(f"{KEYS[0]}\n")
+    for who, flags, command, error in (
+            (user, ("--file", str(commented)), "add", "invalid OpenSSH public key: '# a comment'"),
+            ("nobody-here", ("--file", str(keys)), "add", "failed to lookup user 'nobody-here': Success"),
+            ("nobody-here", ("--file", str(keys), "--remove"), "remove",
+             "failed to lookup user 'nobody-here': Success")):
+        assert same(guests, "set-user-sshkeys", "--user", who, *flags) == (
+            1, "", f"{AGENT_ERROR} 'guest-ssh-{command}-authorized-keys': {error}")
+    assert same(guests, "get-user-sshkeys", "--user", "nobody-here") == (
+        1, "", f"{AGENT_ERROR} 'guest-ssh-get-authorized-keys': failed to lookup user 'nobody-here': Success")
+
+
 def domtime(guest: LibvirtGuest) -> int:
     """The guest clock as libvirt reads it (guest-get-time), in seconds."""
     match = re.search(r"Time: (\d+)", virsh(guest, "domtime"))
@@ -286,9 +311,14 @@ def assert_clocks_near(guests: dict[str, LibvirtGuest], when: float, what: str) 
 
 
 def test_domtime_set_and_sync(guests: dict[str, LibvirtGuest]) -> None:
-    """--time sets the clock and the RTC (hwclock -w); moving the system clock alone, then
-    --sync brings it back from the RTC (hwclock -s); --now puts the host's time back."""
+    """Times qemu-ga refuses (a year past 2069) or the kernel does (0) fail alike; --time sets
+    the clock and the RTC (hwclock -w); moving the system clock alone, then --sync brings it back
+    from the RTC (hwclock -s); --now puts the host's time back."""
     set_at = 1_500_000_000
+    for seconds, error in ((4_102_444_800, "Invalid time"),   # 2100
+                           (0, "Failed to set time to guest: Invalid argument")):
+        assert same(guests, "domtime", "--time", str(seconds)) == (
+            1, "", f"{AGENT_ERROR} 'guest-set-time': {error}")
     try:
         assert same(guests, "domtime", "--time", str(set_at)) == (0, "", "")
         assert_clocks_near(guests, set_at, "--time")

@@ -14,8 +14,10 @@ Where **we** differ from qemu-ga, deliberately: a program that cannot be started
 such (qemu-ga's forked child just exits 1: "child process has failed to shutdown"); a program
 that runs longer than :data:`PROGRAM_TIMEOUT` is killed and reported (qemu-ga waits forever,
 and a hung ``shutdown`` would hang it); ``time`` is set with nanosecond precision
-(``clock_settime``; qemu-ga's ``settimeofday`` keeps microseconds), and the valid range is
-1970-2069 in UTC (qemu-ga checks the year in local time).
+(``clock_settime``; qemu-ga's ``settimeofday`` keeps microseconds).  The range check is
+qemu-ga's: the whole seconds (C's division, towards zero) must fall in a local-time year
+1970-2069, else "Invalid time" (qemu's ``error_setg_errno`` with errno 0 adds nothing; libvirt's
+``domtime --time`` shows that text).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import os
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
-from time import CLOCK_REALTIME, clock_settime_ns
+from time import CLOCK_REALTIME, clock_settime_ns, localtime
 from typing import TYPE_CHECKING, Any
 
 from agent.registry import Command, Param
@@ -40,9 +42,9 @@ DEFAULT_HWCLOCK = "/sbin/hwclock"
 SHUTDOWN_FLAGS = {"powerdown": "-P", "halt": "-H", "reboot": "-r"}
 SHUTDOWN_MESSAGE = "hypervisor initiated shutdown"
 PROGRAM_TIMEOUT = 60.0
-# qemu-ga accepts years 1970..2069: [0, 2070-01-01T00:00:00Z) in ns.
-TIME_MIN_NS = 0
-TIME_MAX_NS = 3_155_760_000 * 1_000_000_000
+# qemu-ga accepts the local-time years 1970..2069.
+YEAR_MIN, YEAR_END = 1970, 2070
+NS_PER_SECOND = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,15 @@ def guest_shutdown(agent: AgentState, mode: str | None = None) -> dict[str, Any]
     return {}
 
 
+def valid_year(time_ns: int) -> bool:
+    """qemu-ga's check: ``g_date_set_time_t(time_ns / 1000000000)`` (local time) in 1970-2069."""
+    seconds = abs(time_ns) // NS_PER_SECOND * (-1 if time_ns < 0 else 1)
+    try:
+        return YEAR_MIN <= localtime(seconds).tm_year < YEAR_END
+    except (OverflowError, OSError, ValueError):   # beyond what the C library can represent
+        return False
+
+
 def guest_set_time(agent: AgentState, time: int | None = None) -> dict[str, Any]:
     """Needs hwclock in both directions, as qemu-ga: with ``time`` the RTC must follow the new
     system time, or the next boot would undo it."""
@@ -98,8 +109,8 @@ def guest_set_time(agent: AgentState, time: int | None = None) -> dict[str, Any]
     if not os.access(hwclock, os.X_OK):
         raise command_failed(f"this feature or command is not currently supported ({hwclock} is missing)")
     if time is not None:
-        if not TIME_MIN_NS <= time < TIME_MAX_NS:
-            raise command_failed(f"Invalid time {time}: it must be within the years 1970-2069")
+        if not valid_year(time):
+            raise command_failed("Invalid time")
         try:
             clock_settime_ns(CLOCK_REALTIME, time)
         except OSError as exc:
