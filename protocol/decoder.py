@@ -7,48 +7,63 @@ What we support:
 - Recovery instead of exceptions: `feed` never raises.  A run of garbage at top level gives one
   failure and we resume at the next `{` or `[`; a message that is not valid UTF-8 or JSON gives one
   failure; the byte 0xFF (never valid in UTF-8) silently drops any partial message, so a host can
-  resync in the middle of anything, even inside a string.
-- Limits: a message larger than `max_message_size` or nested deeper than `max_depth` gives one
+  resync in the middle of anything, even inside a string.  A run of 0xFF bytes (whitespace between
+  them included) is one `Resynced` event, not one per byte.
+- JSON only: NaN, Infinity and numbers too large for a float (1e400) are parse errors, so nothing
+  non-finite ever reaches a command (qemu-ga would echo ``1e400`` back as ``inf``).
+- Limits: a message larger than `max_message_size` or nested deeper than the depth limit gives one
   failure as soon as the limit is crossed; the rest of it is skipped (structure only, not stored).
+  The depth limit is `max_depth` or, if lower, what `json`'s recursive parser is known to manage
+  here (`JSON_DEPTH_LIMIT`), so a message between the two fails in the same way and as early.
 
-Worst case on untrusted input:
-- Time: O(n) in the bytes fed, whatever the chunking, plus one JSON parse per complete message.
-  Every byte is scanned once by the general scan, and at most once more by the fast path (below),
-  which only ever looks at a whole chunk of at most `2 * max_depth + 1` bytes; a partial message is
-  never rescanned when more of it arrives.
+Worst case on untrusted input (h11 style: what one peer can make us do):
 - Memory: the partial message we hold never exceeds `max_message_size`, so we hold at most
-  `max_message_size` plus the chunk being fed.  An oversized or too-deep message costs nothing
-  beyond that while it is skipped: we only keep its depth and whether we are inside a string.
+  `max_message_size` plus the chunk being fed; a message being skipped costs nothing beyond its
+  depth.  Events: at most one per message, run of garbage, or run of 0xFF.
+- Time: O(n) in the bytes fed, whatever the chunking; every byte is looked at a bounded number of
+  times, by C code (`re`, `bytes.translate`/`count`, `json`'s scanner), never by a Python loop per
+  byte.  Python-level steps: a few per message, run of garbage, run of 0xFF, string cut by a chunk
+  boundary, and per block of brackets (blocks double in size while nothing happens in them, up to
+  `_MAX_BLOCK` bytes).  Measured (`bench/decoder.py`, BENCHMARKS.md): runs of 0xFF, `[`, `{`,
+  whitespace, garbage, digits, strings and deep nesting cost about as much per byte as the inside
+  of a long string; the dearest inputs are floods of the smallest possible messages (`{}`, about
+  one `Message` and one `json` call per 2 bytes) and alternations like `\xff{` that force one event
+  per two bytes, which cost what their events cost.
 
 Plan:
 - Keep one bytearray: the current partial message, followed (during `feed`) by the new chunk.  The
-  scanner's state (depth, in string, pending backslash, skipping, in garbage) describes everything
-  in the buffer, so each `feed` resumes scanning at the old end of the buffer.
-- Jump to the next interesting byte with compiled regexes instead of a Python loop per byte: in
-  structure mode `{ } [ ] 0xFF` and whole strings (one match per string, possessive so it is
-  linear); inside a string left open by a chunk boundary, to the next `"`, backslash or 0xFF.
-- Complete messages are decoded from the buffer in place; the buffer is compacted once per `feed`
-  (never `del buf[:k]` per message), and when nothing is pending a chunk is scanned without copying.
-- Fast path for the common chunk, one or more complete small messages: when nothing is pending and
-  the chunk is ASCII and no longer than `min(max_message_size, 2 * max_depth + 1)` (so no message
-  in it can break a limit: nesting depth is at most half a message's length), `json`'s own C
-  scanner parses each message straight from the chunk.  For valid JSON the scanner ends exactly
-  where the brackets balance, so it yields the very values and sizes the scan above would; at the
-  first thing it does not accept (garbage, bad JSON, a cut message) the scan above takes over from
-  there, as it would at a message boundary.  So such a chunk is scanned at most twice, and only a
-  chunk of bounded length: time stays linear.
+  scanner's state (depth, in string, pending backslash, skipping, in garbage, in a resync run)
+  describes everything in the buffer, so each `feed` resumes scanning at the old end of the buffer.
+- Between messages, one regex skips whitespace and 0xFF runs; another skips a garbage run.
+- At a message start, `json`'s C scanner first tries to parse the message straight from the
+  (ASCII) chunk: for valid JSON it ends exactly where the brackets balance, so it gives the very
+  value the scan would.  It is only trusted for messages of at most `2 * depth limit + 1` bytes and
+  `max_message_size` (nothing that short can break a limit); otherwise, and for anything it does
+  not accept, the scan below takes the message, so a message is parsed at most twice.
+- Inside a message, one regex jumps over everything but brackets, 0xFF and a string cut short by
+  the end of the buffer (whole strings included).  Brackets go by blocks: `translate` keeps only the
+  brackets of a block, `count` says whether the block can end the message or cross the depth
+  limit; if not, the depth moves by the block's net count in one step, and the next block is twice
+  as long.  If it can, `itertools.accumulate` gives the depth after every bracket of the block and
+  `list.index` finds the first that ends the message or crosses the limit; the scan goes on from
+  there with a short block.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+from array import array
+from bisect import bisect_left
 from dataclasses import dataclass
+from itertools import accumulate, islice
+from operator import methodcaller
 from typing import Any
 
 from protocol.errors import AgentError, not_an_object, parse_error
 
-__all__ = ["DecodeFailure", "Event", "Message", "Resynced", "StreamDecoder"]
+__all__ = ["JSON_DEPTH_LIMIT", "DecodeFailure", "Event", "Message", "Resynced", "StreamDecoder"]
 
 #: qemu-ga's own ceiling for a message; a larger limit would let one peer pin that much memory.
 MAX_MESSAGE_SIZE_LIMIT = 64 << 20
@@ -57,18 +72,27 @@ _OPENERS = (0x7B, 0x5B)  # { [
 _QUOTE, _BACKSLASH, _RESYNC = 0x22, 0x5C, 0xFF
 _SCALAR_START = frozenset(b'-0123456789"tfn')  # numbers, strings, true, false, null
 
-# Top level: skip JSON whitespace.
-_WHITESPACE = re.compile(rb"[ \t\r\n]*+")
+# Between messages: whitespace and resync bytes.
+_GAP = re.compile(rb"[ \t\r\n\xff]*+")
 # Garbage at top level runs until the next message start or resync byte.
 _GARBAGE_END = re.compile(rb"[{\[\xff]")
-# Structure mode: a bracket, a resync byte, or a string as far as it goes in the buffer.  Group 1 is
-# the closing quote, empty when the string is cut by the end of the buffer, a 0xFF, or a backslash
-# that is last in the buffer or followed by 0xFF.
-_STRUCTURE = re.compile(rb'[{}\[\]\xff]|"(?:[^"\\\xff]++|\\[^\xff])*+("?)')
+# Inside a message: a run without brackets, backslashes or 0xFF.  Its quotes delimit strings
+# exactly (no escapes in it), so their parity says whether it ends inside a string.
+_CONTENT = re.compile(rb"[^{}\[\]\\\xff]*+")
 # String mode (a string left open by the end of a chunk): its body, up to `"`, `\` or 0xFF.
 _STRING_BODY = re.compile(rb'(?:[^"\\\xff]++|\\[^\xff])*+')
-_WHITESPACE_CHARS = " \t\r\n"
-_OPENER_CHARS = "{["
+# A block of brackets: up to the next backslash or 0xFF (and then to its last complete string).
+_BLOCK = re.compile(rb"[^\\\xff]*+")
+# `translate` table for a block: openers become 1, closers 0xFF (-1 as a signed byte); the rest
+# is deleted.
+_BRACKET = re.compile(rb"[{}\[\]]")
+_SIGNS = bytes(1 if b in b"{[" else 0xFF if b in b"}]" else 0 for b in range(256))
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{}[]")
+_MIN_BLOCK = 16
+# The fast path parses from a slice of the chunk this long at most, so a message it cannot finish
+# costs it at most this much (plus the copy, once per byte or so).
+_WINDOW = 1 << 13
+_MAX_BLOCK = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +112,11 @@ class DecodeFailure:
 
 @dataclass(frozen=True, slots=True)
 class Resynced:
-    """A 0xFF byte arrived; `discarded` bytes of a partial message were dropped.
+    """A run of 0xFF bytes arrived; `discarded` bytes of a partial message were dropped.
 
     Only bytes not yet reported count: a message already failed (too large or too deep) or a run of
-    garbage contributes 0.
+    garbage contributes 0.  Whitespace and further 0xFF bytes after the first belong to the same
+    run, so a flood of 0xFF is one event.
     """
 
     discarded: int
@@ -119,18 +144,59 @@ def _too_large(max_size: int) -> DecodeFailure:
     return DecodeFailure(parse_error(f"message larger than {max_size} bytes"))
 
 
+def _too_deep(max_depth: int) -> DecodeFailure:
+    # qemu-ga's words ("JSON nesting depth limit exceeded"), and the limit.
+    return DecodeFailure(
+        parse_error(f"JSON nesting depth limit exceeded: nesting deeper than {max_depth}")
+    )
+
+
+class _NonFinite(ValueError):
+    """A number JSON cannot carry; the message is a parse error."""
+
+
 def _reject_constant(name: str) -> Any:
-    """`json` accepts NaN and Infinity; JSON (and qemu-ga) does not."""
-    raise ValueError(f"invalid JSON constant {name}")
+    """`json` accepts NaN and Infinity; JSON (and qemu-ga, which calls them stray tokens) does not."""
+    stray = "-I" if name == "-Infinity" else name[0]
+    raise _NonFinite(f"JSON parse error, stray '{stray}': {name} is not a JSON number")
+
+
+def _finite_float(literal: str) -> float:
+    """`json` turns 1e400 into inf, which no JSON encoder can send back: refuse it here."""
+    value = float(literal)
+    if math.isfinite(value):
+        return value
+    shown = literal if len(literal) <= 40 else f"{literal[:40]}... ({len(literal)} characters)"
+    raise _NonFinite(f"number {shown} is out of range: JSON numbers must be finite")
 
 
 # One parser for every message: `json.loads` with a keyword argument builds a new JSONDecoder (and
 # scanner) per call, ~1.5 us.  `decode` is exactly what `loads` does after its BOM check, and a
 # message never starts with a BOM (it starts with `{` or `[`).
-_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+_JSON = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
-def _decode(raw: bytes | bytearray, size: int) -> Event:
+def _json_depth_capacity(ceiling: int = 1 << 13) -> int:
+    """How deep `json`'s recursive C scanner nests here before RecursionError (it counts against
+    the interpreter's recursion limit, or its C recursion limit on newer versions)."""
+    low, high = 1, ceiling  # low parses; find the largest that does
+    while low < high:
+        mid = (low + high + 1) // 2
+        try:
+            _JSON.raw_decode("[" * mid + "]" * mid)
+        except RecursionError:
+            high = mid - 1
+        else:
+            low = mid
+    return low
+
+
+#: The deepest nesting we pass to `json`: what it managed at import, less a margin for a deeper
+#: call stack when `feed` runs (an event loop, a thread), rounded down to a round number.
+JSON_DEPTH_LIMIT = max(100, (_json_depth_capacity() - 64) // 100 * 100)
+
+
+def _decode(raw: bytes | bytearray, size: int, max_depth: int) -> Event:
     """Turn one complete message into a Message, or a DecodeFailure saying why it is not one."""
     try:
         text = raw.decode("utf-8")
@@ -140,43 +206,35 @@ def _decode(raw: bytes | bytearray, size: int) -> Event:
         value = _JSON.decode(text)
     except json.JSONDecodeError as exc:
         return DecodeFailure(parse_error(f"{exc.msg}: line {exc.lineno} column {exc.colno}"))
-    except ValueError as exc:  # NaN/Infinity, integers past Python's digit limit
+    except ValueError as exc:  # NaN/Infinity/1e400, integers past Python's digit limit
         return DecodeFailure(parse_error(str(exc)))
-    except RecursionError:
-        # Python's recursion limit, not ours, can be lower than max_depth.
-        return DecodeFailure(parse_error("nesting too deep for the JSON parser"))
+    except RecursionError:  # a call stack deeper than JSON_DEPTH_LIMIT allows for: same answer
+        return _too_deep(max_depth)
     return Message(value, size)
 
 
-def _complete_messages(text: str, events: list[Event]) -> int:
-    """The fast path: append the complete messages at the start of `text` (an ASCII chunk within
-    the limits, nothing pending) and return where the general scan must take over.
+_KEEP_BRACKETS = methodcaller("translate", None, _NOT_BRACKETS)
 
-    `raw_decode` accepts exactly valid JSON and ends a value where its brackets balance, so every
-    value it returns is the one the general scan would cut out and decode; anything else (between
-    messages: garbage; in a message: bad JSON or the end of the chunk) is left to the general
-    scan, starting at that message.
-    """
-    pos = 0
-    end = len(text)
-    raw_decode = _JSON.raw_decode
-    while True:
-        while pos < end and text[pos] in _WHITESPACE_CHARS:
-            pos += 1
-        if pos == end or text[pos] not in _OPENER_CHARS:
-            return pos
-        try:
-            value, after = raw_decode(text, pos)
-        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
-            return pos
-        events.append(Message(value, after - pos))
-        pos = after
+
+def _nth_bracket(block: bytes | bytearray, n: int) -> int:
+    """Offset of the `n`-th bracket (from 1) outside strings in `block` (whole strings, no
+    escapes); C-level work only, however many strings and brackets it holds."""
+    if b'"' not in block:
+        return next(islice(_BRACKET.finditer(block), n - 1, None)).start()
+    parts = block.split(b'"')
+    outside = parts[::2]  # between strings
+    counts = list(accumulate(map(len, map(_KEEP_BRACKETS, outside))))
+    i = bisect_left(counts, n)
+    before = counts[i - 1] if i else 0
+    offset = sum(map(len, parts[: 2 * i])) + 2 * i  # 2 * i quotes precede outside[i]
+    return offset + _nth_bracket(outside[i], n - before)
 
 
 class StreamDecoder:
     """Incremental splitter and decoder of a qemu-ga style JSON stream; see the module docstring."""
 
     __slots__ = (
+        "_block",
         "_buf",
         "_depth",
         "_escape",
@@ -185,6 +243,7 @@ class StreamDecoder:
         "_in_string",
         "_max_depth",
         "_max_size",
+        "_resync",
         "_skipping",
     )
 
@@ -196,12 +255,17 @@ class StreamDecoder:
         if max_depth < 1:
             raise ValueError(f"max_depth must be at least 1, not {max_depth}")
         self._max_size = max_message_size
-        self._max_depth = max_depth
-        # Chunks up to this length may take the fast path: no message in them can be too large
-        # or too deep (depth <= length // 2).
-        self._fast_limit = min(max_message_size, 2 * max_depth + 1)
+        self._max_depth = min(max_depth, JSON_DEPTH_LIMIT)
+        # Messages up to this length may take the fast path: none can be too large or too deep
+        # (depth <= length // 2).
+        self._fast_limit = min(max_message_size, 2 * self._max_depth + 1)
         self._buf = bytearray()
         self.reset()
+
+    @property
+    def max_depth(self) -> int:
+        """The depth limit in force: `max_depth`, or `JSON_DEPTH_LIMIT` if lower."""
+        return self._max_depth
 
     def reset(self) -> None:
         """Forget partial input, e.g. for a new connection (qemu-ga does not; we do)."""
@@ -211,6 +275,8 @@ class StreamDecoder:
         self._escape = False  # the last byte buffered was a backslash inside a string
         self._skipping = False  # the current message has failed; track its end only
         self._garbage = False  # inside a run of top-level garbage already reported
+        self._resync = False  # inside a run of 0xFF (and whitespace) already reported
+        self._block = _MIN_BLOCK  # bytes of brackets to take in one step in this message
 
     @property
     def buffered(self) -> int:
@@ -226,6 +292,9 @@ class StreamDecoder:
             data = bytes(data)
         buf = self._buf
         pos = len(buf)  # everything before this has been scanned by an earlier feed
+        # The fast path parses from text: the chunk, if it is ASCII (then offsets are the same).
+        text = data.decode("ascii") if data.isascii() else None
+        text_at = pos  # work[text_at + i] is text[i]
         if pos:
             buf += data
             work: bytes | bytearray = buf
@@ -233,25 +302,21 @@ class StreamDecoder:
         else:
             work = data  # nothing pending: scan the chunk in place, copy only a leftover
             start = -1
-            if (
-                not self._depth
-                and not self._garbage
-                and len(data) <= self._fast_limit
-                and data.isascii()
-            ):
-                pos = _complete_messages(data.decode("ascii"), events)
-                if pos == len(data):
-                    return events
         end = len(work)
         max_size = self._max_size
         max_depth = self._max_depth
+        fast_limit = self._fast_limit
         depth = self._depth
         in_string = self._in_string
         escape = self._escape
         skipping = self._skipping
         garbage = self._garbage
-        structure = _STRUCTURE
-        string_body = _STRING_BODY
+        resync = self._resync
+        raw_decode = _JSON.raw_decode
+        block = self._block
+        window = ""
+        window_at = window_end = -1  # window[i] is work[window_at + i]
+        window_size = max(_WINDOW, 4 * fast_limit)
 
         while pos < end:
             if depth == 0:
@@ -262,18 +327,43 @@ class StreamDecoder:
                         break
                     pos = m.start()
                     garbage = False
-                pos = _WHITESPACE.match(work, pos).end()  # type: ignore[union-attr]
-                if pos == end:
-                    break
-                byte = work[pos]
-                if byte in _OPENERS:
-                    start = pos
-                    depth = 1
-                elif byte == _RESYNC:
-                    events.append(Resynced(0))
-                else:
+                gap_end = _GAP.match(work, pos).end()  # type: ignore[union-attr]
+                if gap_end != pos:
+                    if not resync and work.find(b"\xff", pos, gap_end) >= 0:
+                        events.append(Resynced(0))
+                        resync = True
+                    pos = gap_end
+                    if pos == end:
+                        break
+                resync = False
+                if work[pos] not in _OPENERS:
                     events.append(DecodeFailure(_garbage_error(work, pos)))
                     garbage = True
+                    pos += 1
+                    continue
+                if text is not None:
+                    # The fast path, in a loop of its own for back-to-back messages.
+                    first = pos
+                    while True:
+                        if pos + fast_limit > window_end != end:
+                            window = text[pos - text_at : pos - text_at + window_size]
+                            window_at, window_end = pos, pos + len(window)
+                        try:
+                            value, after = raw_decode(window, pos - window_at)
+                        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+                            break
+                        size = after + window_at - pos
+                        if size > fast_limit:
+                            break
+                        events.append(Message(value, size))
+                        pos += size
+                        if pos == end or work[pos] not in _OPENERS:
+                            break
+                    if pos != first:
+                        continue
+                start = pos
+                depth = 1
+                block = _MIN_BLOCK
                 pos += 1
                 continue
 
@@ -284,7 +374,7 @@ class StreamDecoder:
                     if work[pos] != _RESYNC:
                         pos += 1  # the escaped byte, whatever it is
                         continue
-                pos = string_body.match(work, pos).end()  # type: ignore[union-attr]
+                pos = _STRING_BODY.match(work, pos).end()  # type: ignore[union-attr]
                 if pos == end:
                     break
                 byte = work[pos]
@@ -299,53 +389,95 @@ class StreamDecoder:
                         escape = True
                     continue
                 # byte == 0xFF: fall through to the resync below.
-                p = pos
             else:
-                m = structure.search(work, pos)
-                if m is None:
-                    pos = end
+                run_end = _CONTENT.match(work, pos).end()  # type: ignore[union-attr]
+                if work.count(b'"', pos, run_end) & 1:
+                    in_string = True  # the run ends inside a string: string mode takes it
+                    pos = run_end
+                    continue
+                pos = run_end
+                if pos == end:
                     break
-                p = m.start()
-                byte = work[p]
-                if byte == _QUOTE:
-                    pos = m.end()
-                    if not m.group(1):
-                        in_string = True  # cut short: string mode takes it from here
+                byte = work[pos]
+                if byte == _BACKSLASH:  # outside a string: bad JSON, for json to report
+                    pos += 1
                     continue
-                if not skipping and p - start > max_size:
-                    events.append(_too_large(max_size))
-                    skipping = True
-                if byte in _OPENERS:
-                    depth += 1
-                    if not skipping and depth > max_depth:
-                        events.append(
-                            DecodeFailure(parse_error(f"nesting deeper than {max_depth}"))
-                        )
-                        skipping = True
-                    pos = p + 1
-                    continue
-                if byte != _RESYNC:  # a closing bracket
-                    depth -= 1
-                    pos = p + 1
-                    if depth == 0:
-                        if skipping:
-                            skipping = False
-                        elif pos - start > max_size:
+                if byte != _RESYNC:
+                    # A block of brackets and whatever is between them, strings whole.  `room`
+                    # bytes cannot end the message or cross the depth limit, whatever they are.
+                    room = depth - 1 if skipping else min(depth - 1, max_depth - depth)
+                    if room > block:
+                        block = room
+                    block_end = _BLOCK.match(work, pos, min(end, pos + block)).end()  # type: ignore[union-attr]
+                    if work.count(b'"', pos, block_end) & 1:
+                        block_end = work.rfind(b'"', pos, block_end)  # the last string is cut
+                    region = work[pos:block_end]
+                    if b'"' in region:
+                        region = b"".join(region.split(b'"')[::2])
+                    signs = region.translate(_SIGNS, _NOT_BRACKETS)
+                    closers = signs.count(b"\xff")
+                    if depth > closers and (skipping or depth + len(signs) - closers <= max_depth):
+                        # Nothing can happen in this block: move the depth by its net count.
+                        depth += len(signs) - 2 * closers
+                        pos = block_end
+                        if not skipping and pos - start > max_size:
                             events.append(_too_large(max_size))
-                        else:
-                            events.append(_decode(work[start:pos], pos - start))
-                        start = -1
+                            skipping = True
+                        block = min(2 * block, _MAX_BLOCK)
+                        continue
+                    if room >= _MIN_BLOCK:
+                        block = room  # a shorter block that moves the depth in one step
+                        continue
+                    depths = list(accumulate(array("b", signs), initial=depth))
+                    try:
+                        nth = depths.index(0, 1)
+                    except ValueError:
+                        nth = len(depths)
+                    if not skipping and max_depth + 1 in depths:
+                        nth = min(nth, depths.index(max_depth + 1, 1))
+                    if nth == len(depths):  # the count was too cautious: nothing happens
+                        depth = depths[-1]
+                        pos = block_end
+                        if not skipping and pos - start > max_size:
+                            events.append(_too_large(max_size))
+                            skipping = True
+                        block = min(2 * block, _MAX_BLOCK)
+                        continue
+                    # The nth bracket ends the message or crosses the depth limit.
+                    if len(signs) != block_end - pos:
+                        pos += _nth_bracket(work[pos:block_end], nth)
+                    else:
+                        pos += nth - 1
+                    depth = depths[nth]
+                    block = _MIN_BLOCK
+                    if not skipping and pos - start > max_size:
+                        events.append(_too_large(max_size))
+                        skipping = True
+                    pos += 1
+                    if depth:  # deeper than the limit
+                        if not skipping:
+                            events.append(_too_deep(max_depth))
+                            skipping = True
+                        continue
+                    if skipping:
+                        skipping = False
+                    elif pos - start > max_size:
+                        events.append(_too_large(max_size))
+                    else:
+                        events.append(_decode(work[start:pos], pos - start, max_depth))
+                    start = -1
                     continue
 
-            # A 0xFF at `p` inside a message: drop the message, report what was not yet reported.
-            if not skipping and p - start > max_size:
+            # A 0xFF at `pos` inside a message: drop the message, report what was not yet reported.
+            if not skipping and pos - start > max_size:
                 events.append(_too_large(max_size))
                 skipping = True
-            events.append(Resynced(0 if skipping else p - start))
+            events.append(Resynced(0 if skipping else pos - start))
+            resync = True
             depth = 0
             in_string = escape = skipping = False
             start = -1
-            pos = p + 1
+            pos += 1
 
         # The chunk is scanned to its end; keep only a partial message that may still succeed.
         if depth and not skipping and end - start > max_size:
@@ -364,4 +496,6 @@ class StreamDecoder:
         self._escape = escape
         self._skipping = skipping
         self._garbage = garbage
+        self._resync = resync
+        self._block = block
         return events
