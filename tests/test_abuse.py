@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from agent.server import MAX_PENDING_REPLIES
 from tests.support.agent_process import PyqgaAgent
 from tests.support.flood import PATTERNS, FloodProcess, Pinger, fd_count, status_kib
 
@@ -239,8 +240,8 @@ def _send_while_stopped(agent: PyqgaAgent, payload: bytes, clients: int) -> int:
 
 def test_requests_of_a_closed_client_are_dropped_not_run(agent: PyqgaAgent) -> None:
     """Thousands of guest-file-open requests from a client that closed before the agent read
-    them: no more than one connection's in-flight allowance (256 requests, agent/server.py's
-    MAX_PENDING_REPLIES) may run.  Observable: every open that ran holds an fd in the agent
+    them: no more than one connection's in-flight allowance (agent/server.py's
+    MAX_PENDING_REPLIES, 256 today) may run.  Observable: every open that ran holds an fd in the agent
     (handles outlive connections, as in qemu-ga), so the agent's fd count grows by the opens run."""
     request = b'{"execute":"guest-file-open","arguments":{"path":"/dev/null"}}'
     assert ask(agent, b'{"execute":"guest-ping"}') == b'{"return": {}}\n'
@@ -257,7 +258,8 @@ def test_requests_of_a_closed_client_are_dropped_not_run(agent: PyqgaAgent) -> N
 
     settle(stable, "agent fds stop changing")
     ran = fds[-1] - fds_before
-    assert ran <= 256, f"{ran} of {sent} requests of a closed client were run (1,024 is the handle limit)"
+    assert ran <= MAX_PENDING_REPLIES, \
+        f"{ran} of {sent} requests of a closed client were run (1,024 is the handle limit)"
 
 
 def test_error_replies_for_a_closed_client_are_not_built(agent: PyqgaAgent) -> None:
