@@ -8,7 +8,7 @@ even be parsed carries no dialect of its own and its error must still read natur
 from __future__ import annotations
 
 from protocol.decoder import DecodeFailure, Message, StreamDecoder
-from protocol.dialects import Batch, Dialect, Incoming, Invalid, Request, classify
+from protocol.dialects import Batch, Dialect, Incoming, Invalid, classify
 
 
 class ServerConnection:
@@ -24,10 +24,7 @@ class ServerConnection:
         for event in self._decoder.feed(data):
             if isinstance(event, Message):
                 item = classify(event.value)
-                if isinstance(item, Request | Invalid):
-                    self.dialect = item.dialect
-                elif isinstance(item, Batch):
-                    self.dialect = Dialect.JSONRPC
+                self.dialect = Dialect.JSONRPC if isinstance(item, Batch) else item.dialect
                 incoming.append(item)
             elif isinstance(event, DecodeFailure):
                 incoming.append(Invalid(self.dialect, event.error))
