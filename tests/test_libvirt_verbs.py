@@ -174,14 +174,14 @@ def shadow_hash(guest: LibvirtGuest) -> str:
 
 
 def crypt_in_guest(guest: LibvirtGuest, password: str, salt: str) -> str:
-    """The SHA-512 crypt(3) of ``password`` with ``salt``, as the guest's libc-free busybox makes it."""
+    """The SHA-512 crypt(3) of ``password`` with ``salt``, made by the guest's busybox mkpasswd."""
     return guest.shell(f'mkpasswd -m sha512 -S {salt} "$(cat)"', password.encode()).strip()
 
 
 def test_set_user_password_without_chpasswd(guests: dict[str, LibvirtGuest], user: str) -> None:
     """As the guest is: no chpasswd.  Both fail, each in its version's words: qemu-ga 7.2 looks
-    chpasswd up itself; qemu 9.1 and later (whose words pyqga uses) exec it and pass on the
-    child's perror()."""
+    chpasswd up itself; newer qemu-ga (``ga_run_command``, whose words pyqga uses) execs it and
+    passes on the child's perror()."""
     for guest in guests.values():
         guest.shell("rm -f /usr/sbin/chpasswd")
     ours, theirs = (attempt(guests[name], "set-user-password", "--user", user, "--password", "x")
@@ -194,6 +194,8 @@ def test_set_user_password_without_chpasswd(guests: dict[str, LibvirtGuest], use
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
 def test_set_user_password(guests: dict[str, LibvirtGuest], user: str, encrypted: bool) -> None:
+    """The user starts locked ("!"); afterwards /etc/shadow holds the given hash (--encrypted) or
+    a SHA-512 hash that the password itself reproduces: the agent passed it on intact."""
     for guest in guests.values():
         guest.shell(INSTALL_CHPASSWD, CHPASSWD.encode())
         assert shadow_hash(guest) == "!"
@@ -212,8 +214,8 @@ def test_set_user_password(guests: dict[str, LibvirtGuest], user: str, encrypted
 
 
 def test_set_user_password_errors(guests: dict[str, LibvirtGuest], user: str) -> None:
-    """Refused before chpasswd runs: the same words.  chpasswd failing: qemu 9.1 and later (and
-    pyqga) quote its output, qemu-ga 7.2 does not."""
+    """Refused before chpasswd runs: the same words.  chpasswd failing: newer qemu-ga (and pyqga)
+    quote its output, qemu-ga 7.2 does not."""
     for guest in guests.values():
         guest.shell(INSTALL_CHPASSWD, CHPASSWD.encode())
     prefix = f"{AGENT_ERROR} 'guest-set-user-password': "
