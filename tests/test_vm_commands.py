@@ -46,6 +46,8 @@ CALL_TIMEOUT = 120.0
 STATE_TIMEOUT = 60.0       # QEMU state changes under TCG on a busy host
 DIMM_MB = 128              # one memory block (the guest's block_size_bytes is 128 MiB)
 ONLINE_POLICY = "memory_hotplug.online_policy=auto-movable"
+# QEMU's run-state events; any of them other than SUSPEND and WAKEUP would be a surprise here.
+LIFECYCLE_EVENTS = {"SUSPEND", "WAKEUP", "RESUME", "STOP", "RESET", "SHUTDOWN", "POWERDOWN"}
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +62,12 @@ def vm(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield machine
 
 
-def clients(vm: GuestVM) -> dict[str, AgentClient]:
-    return {agent: vm.client(agent, timeout=CALL_TIMEOUT) for agent in AGENTS}
+@pytest.fixture
+def peers(vm: GuestVM) -> Iterator[tuple[AgentClient, AgentClient]]:
+    """(pyqga, qemu-ga), connected for one test."""
+    with vm.client("pyqga-virtio", timeout=CALL_TIMEOUT) as ours, \
+            vm.client("qga-virtio", timeout=CALL_TIMEOUT) as qga:
+        yield ours, qga
 
 
 def outcome(client: AgentClient, command: str, arguments: dict[str, Any] | None = None) -> Any:
@@ -107,18 +113,13 @@ def vcpu_round(client: AgentClient, other: AgentClient, pyqga: AgentClient) -> l
     return seen
 
 
-def test_set_vcpus_offlines_a_vcpu_and_brings_it_back(vm: GuestVM) -> None:
-    peers = clients(vm)
-    ours, qga = peers["pyqga-virtio"], peers["qga-virtio"]
-    try:
-        before = by_id(ours.call("guest-get-vcpus"))
-        assert before == by_id(qga.call("guest-get-vcpus")) == {
-            0: {"logical-id": 0, "online": True, "can-offline": False},
-            1: {"logical-id": 1, "online": True, "can-offline": True}}
-        mine, theirs = vcpu_round(ours, qga, ours), vcpu_round(qga, ours, ours)
-    finally:
-        for client in peers.values():
-            client.close()
+def test_set_vcpus_offlines_a_vcpu_and_brings_it_back(peers: tuple[AgentClient, AgentClient]) -> None:
+    ours, qga = peers
+    before = by_id(ours.call("guest-get-vcpus"))
+    assert before == by_id(qga.call("guest-get-vcpus")) == {
+        0: {"logical-id": 0, "online": True, "can-offline": False},
+        1: {"logical-id": 1, "online": True, "can-offline": True}}
+    mine, theirs = vcpu_round(ours, qga, ours), vcpu_round(qga, ours, ours)
     assert mine == theirs
     offline = {0: before[0], 1: {"logical-id": 1, "online": False, "can-offline": True}}
     assert mine == [
@@ -146,45 +147,42 @@ def hot_add_dimm(vm: GuestVM) -> None:
         qmp.execute("device_add", {"driver": "pc-dimm", "id": "dimm-hot0", "memdev": "mem-hot0"})
 
 
-def test_set_memory_blocks_onlines_and_offlines_a_hot_added_block(vm: GuestVM) -> None:
-    peers = clients(vm)
-    try:
-        ours, qga = peers["pyqga-virtio"], peers["qga-virtio"]
-        boot = blocks_by_index(ours)
-        assert ours.call("guest-get-memory-block-info") == qga.call("guest-get-memory-block-info") \
-            == {"size": DIMM_MB << 20}
-        hot_add_dimm(vm)
-        deadline = time.monotonic() + STATE_TIMEOUT
-        while not (new := sorted(set(blocks_by_index(ours)) - set(boot))):
-            assert time.monotonic() < deadline, "the hot-added DIMM shows no memory block"
-            time.sleep(0.5)
-        [index] = new
-        now = blocks_by_index(ours)
-        assert now == blocks_by_index(qga)
-        assert now[index] == {"phys-index": index, "online": False, "can-offline": True}
-        state = f"/sys/devices/system/memory/memory{index}/state"
-        for agent, client in peers.items():
-            for online, word in ((True, "online"), (False, "offline")):
-                reply = client.call("guest-set-memory-blocks",
-                                    {"mem-blks": [{"phys-index": index, "online": online}]})
-                assert reply == [{"phys-index": index, "response": "success"}], agent
-                assert guest_cat(ours, state) == [word], agent
-                assert blocks_by_index(ours)[index]["online"] is online
-                assert blocks_by_index(qga)[index]["online"] is online
+def test_set_memory_blocks_onlines_and_offlines_a_hot_added_block(
+        vm: GuestVM, peers: tuple[AgentClient, AgentClient]) -> None:
+    ours, qga = peers
+    boot = blocks_by_index(ours)
+    assert ours.call("guest-get-memory-block-info") == qga.call("guest-get-memory-block-info") \
+        == {"size": DIMM_MB << 20}
+    hot_add_dimm(vm)
+    deadline = time.monotonic() + STATE_TIMEOUT
+    while not (new := sorted(set(blocks_by_index(ours)) - set(boot))):
+        assert time.monotonic() < deadline, "the hot-added DIMM shows no memory block"
+        time.sleep(0.5)
+    [index] = new
+    now = blocks_by_index(ours)
+    assert now == blocks_by_index(qga)
+    assert now[index] == {"phys-index": index, "online": False, "can-offline": True}
+    state = f"/sys/devices/system/memory/memory{index}/state"
+    for agent, client in zip(AGENTS, peers, strict=True):
+        for online, word in ((True, "online"), (False, "offline")):
+            reply = client.call("guest-set-memory-blocks",
+                                {"mem-blks": [{"phys-index": index, "online": online}]})
+            assert reply == [{"phys-index": index, "response": "success"}], agent
+            assert guest_cat(ours, state) == [word], agent
+            assert blocks_by_index(ours)[index]["online"] is online
+            assert blocks_by_index(qga)[index]["online"] is online
 
-        # Refusals: a boot block the kernel cannot offline, and one that does not exist.
-        zones = guest_cat(ours, *(f"/sys/devices/system/memory/memory{i}/valid_zones" for i in sorted(boot)))
-        stuck = [i for i, z in zip(sorted(boot), zones, strict=True) if z == "none"]
-        assert stuck, f"no boot block spans zones here: {dict(zip(sorted(boot), zones, strict=True))}"
-        request = {"mem-blks": [{"phys-index": stuck[0], "online": False},
-                                {"phys-index": 4096, "online": False},
-                                {"phys-index": index, "online": False}]}
-        mine = ours.call("guest-set-memory-blocks", request)
-        theirs = qga.call("guest-set-memory-blocks", request)
-        assert guest_cat(ours, f"/sys/devices/system/memory/memory{stuck[0]}/state") == ["online"]
-    finally:
-        for client in peers.values():
-            client.close()
+    # Refusals: a boot block the kernel cannot offline, and one that does not exist.
+    zones = dict(zip(sorted(boot), guest_cat(ours, *(f"/sys/devices/system/memory/memory{i}/valid_zones"
+                                                     for i in sorted(boot))), strict=True))
+    stuck = [i for i, zone in zones.items() if zone == "none"]
+    assert stuck, f"no boot block spans zones here: {zones}"
+    request = {"mem-blks": [{"phys-index": stuck[0], "online": False},
+                            {"phys-index": 4096, "online": False},
+                            {"phys-index": index, "online": False}]}
+    mine = ours.call("guest-set-memory-blocks", request)
+    theirs = qga.call("guest-set-memory-blocks", request)
+    assert guest_cat(ours, f"/sys/devices/system/memory/memory{stuck[0]}/state") == ["online"]
     assert mine == theirs
     assert mine == [{"phys-index": stuck[0], "response": "operation-failed", "error-code": 22},  # EINVAL
                     {"phys-index": 4096, "response": "not-found", "error-code": 2},              # ENOENT
@@ -194,32 +192,38 @@ def test_set_memory_blocks_onlines_and_offlines_a_hot_added_block(vm: GuestVM) -
 # --- disks ---------------------------------------------------------------------------------------
 
 
-def test_get_disks_partitions_and_dependencies_as_sysfs_says(vm: GuestVM) -> None:
-    with vm.client("pyqga-virtio", timeout=CALL_TIMEOUT) as ours:
-        disk = sh(ours, f"for d in /sys/block/vd*; do [ \"$(cat $d/serial)\" = {DISK_SERIAL_PREFIX}0 ] "
-                        "&& echo ${d##*/}; done").strip()
-        assert disk, "the partitioned disk is not in the guest"
-        sectors = int(guest_cat(ours, f"/sys/block/{disk}/{disk}1/size")[0])
-        sh(ours, "modprobe dm-mod && dmsetup create pyqga-vmtest --table "
-                 f"'0 {sectors} linear /dev/{disk}1 0'")
-        try:
-            dm = sh(ours, "for d in /sys/block/dm-*; do [ \"$(cat $d/dm/name)\" = pyqga-vmtest ] "
-                          "&& echo ${d##*/}; done").strip()
-            # Where the kernel puts the disk: its PCI function, in the guest and in QEMU.
-            syspath = sh(ours, f"readlink -f /sys/block/{disk}").strip()
-            serial = guest_cat(ours, f"/sys/block/{disk}/serial")[0]
-            mine = ours.call("guest-get-disks")
-            with vm.client("qga-virtio", timeout=CALL_TIMEOUT) as qga:
-                theirs = qga.call("guest-get-disks")
-        finally:
-            sh(ours, "dmsetup remove pyqga-vmtest")
+def guest_names(pyqga: AgentClient, script: str) -> list[str]:
+    """The words a guest shell loop prints (its status is that of its last test: ignored)."""
+    return sh(pyqga, script + "\ntrue").split()
+
+
+def test_get_disks_partitions_and_dependencies_as_sysfs_says(
+        vm: GuestVM, peers: tuple[AgentClient, AgentClient]) -> None:
+    ours, qga = peers
+    [disk] = guest_names(ours, "for d in /sys/block/vd*; do "
+                               f"[ \"$(cat $d/serial)\" = {DISK_SERIAL_PREFIX}0 ] && echo ${{d##*/}}; done")
+    sectors = int(guest_cat(ours, f"/sys/block/{disk}/{disk}1/size")[0])
+    sh(ours, f"modprobe dm-mod && dmsetup create pyqga-vmtest --table '0 {sectors} linear /dev/{disk}1 0'")
+    try:
+        [dm] = guest_names(ours, "for d in /sys/block/dm-*; do "
+                                 "[ \"$(cat $d/dm/name)\" = pyqga-vmtest ] && echo ${d##*/}; done")
+        # Every block device of non-zero size and its partitions, as the guest's sysfs lists them.
+        listed = guest_names(ours, "for d in /sys/block/*; do [ \"$(cat $d/size)\" != 0 ] || continue; "
+                                   "echo /dev/${d##*/}; for p in $d/*/partition; do [ -e $p ] && "
+                                   "q=${p%/partition} && echo /dev/${q##*/}; done; done")
+        syspath = sh(ours, f"readlink -f /sys/block/{disk}").strip()
+        mine = ours.call("guest-get-disks")
+        theirs = qga.call("guest-get-disks")
+    finally:
+        sh(ours, "dmsetup remove pyqga-vmtest")
     by_name = {d["name"]: d for d in mine}
+    assert sorted(by_name) == sorted(listed)
     pci = pci_function(syspath)
+    assert pci == qemu_pci_function(vm, "disk0")
     assert by_name[f"/dev/{disk}"] == {
         "name": f"/dev/{disk}", "partition": False, "dependencies": [],
         "address": {"pci-controller": pci, "bus-type": "virtio", "bus": 0, "target": 0, "unit": 0,
-                    "dev": f"/dev/{disk}", "serial": serial}}
-    assert pci == qemu_pci_function(vm, "disk0")
+                    "dev": f"/dev/{disk}", "serial": f"{DISK_SERIAL_PREFIX}0"}}
     for part in (f"/dev/{disk}1", f"/dev/{disk}2"):
         assert by_name[part] == {"name": part, "partition": True, "dependencies": [f"/dev/{disk}"]}
     assert by_name[f"/dev/{dm}"] == {"name": f"/dev/{dm}", "partition": False,
@@ -321,7 +325,8 @@ def suspend_and_wake(vm: GuestVM, agent: str) -> list[str]:
             assert raw.pending() == b"", "a reply arrived for guest-suspend-ram"
             qmp.execute("system_wakeup")
             woke = wait_status(qmp, "running")
-            events = [e["event"] for e in qmp.client.events.history[seen:]]
+            events = [e["event"] for e in qmp.client.events.history[seen:]
+                      if e["event"] in LIFECYCLE_EVENTS]
         raw.send("guest-sync", {"id": 1002})
         assert raw.line(CALL_TIMEOUT) == {"return": 1002}, "not the first reply after the wake-up"
         raw.send("guest-ping")
