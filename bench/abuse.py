@@ -141,11 +141,11 @@ def build_report(runs: list[Run], clients: int, seconds: float) -> str:
                f"(p99 < {P99_MAX * 1e3:.0f} ms with no ping lost, peak RSS < {PEAK_MAX_BYTES / 1e6:.0f} MB, "
                f"RSS back within {BACK_WITHIN_BYTES / 1e6:.0f} MB).")
     method = (f"{clients} flood clients for {seconds:g} s per pattern and agent, each connection sending "
-              "up to 1 MiB of the pattern in 256 KiB writes (replies read and dropped) before it closes "
-              "and reconnects (close-flood: half a message, then close); a fresh-connection "
-              f"`guest-ping` every 20 ms, failed if not answered within {PING_TIMEOUT:g} s (counted as "
-              f"{PING_TIMEOUT:g} s in p50/p99/max). RSS after: {SETTLE_SECONDS:g} s after the flood ends. "
-              "MB = 10^6 bytes.")
+              "up to 1 MiB of the pattern (an endless line 4 MiB) in 256 KiB writes (replies read and "
+              "dropped) before it closes and reconnects (close-flood: half a message, then close); "
+              "a fresh-connection `guest-ping` every 20 ms, failed if not answered within "
+              f"{PING_TIMEOUT:g} s or answered wrongly (counted as {PING_TIMEOUT:g} s in p50/p99/max). "
+              f"RSS after: {SETTLE_SECONDS:g} s after the flood ends. MB = 10^6 bytes.")
     return "\n\n".join([machine_line(ensure_qemu_ga()), method, "\n".join(rows), summary]) + "\n"
 
 

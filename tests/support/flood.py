@@ -6,8 +6,9 @@ threads never compete with the measuring pings for this process's GIL: a slow pi
 agent's doing, not ours.
 
 Each flood client connects, sends its pattern in 256 KiB chunks (reading and discarding any
-replies, so the agent never waits on us) until it has sent ``CONNECTION_BYTES``, closes, and
-starts again; the close-flood client sends half a message and closes at once.
+replies, so the agent never waits on us) until it has sent ``CONNECTION_BYTES`` (an endless
+line: ``ENDLESS_BYTES``, past the message size limit), closes, and starts again; the
+close-flood client sends half a message and closes at once.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 256 << 10
 CONNECTION_BYTES = 1 << 20
+ENDLESS_BYTES = 4 << 20  # an endless line must cross the agent's 1 MiB message limit
 PING = b'{"execute":"guest-ping"}\n'
 PING_TIMEOUT = 30.0
 
@@ -82,7 +84,8 @@ def _one_connection(path: str, pattern: str, deadline: float) -> int:
                 sent = sock.send(first)
             return sent
         view = memoryview(first)
-        while sent < CONNECTION_BYTES and time.monotonic() < deadline:
+        limit = ENDLESS_BYTES if pattern == "endless line" else CONNECTION_BYTES
+        while sent < limit and time.monotonic() < deadline:
             readable, writable, _ = select.select([sock], [sock], [], 0.2)
             try:
                 if readable and not sock.recv(1 << 20):
