@@ -16,6 +16,7 @@ test) and QEMU (QMP events, ``query-status``, ``query-pci``) then say.
 - ``guest-suspend-ram``: the guest really enters S3 (QEMU's SUSPEND event, status
   ``suspended``), no reply comes, ``system_wakeup`` brings it back (WAKEUP event; QEMU has no
   RESUME event for S3) and the agent answers the next request as the first thing it sends.
+  ``guest-suspend-disk`` without swap and ``guest-suspend-hybrid`` end in errors on both.
 - ``guest-get-disks``: the partitioned disk, its partitions and a dm-linear device on a
   partition: names, partition flags, dependencies and PCI addresses as sysfs and QMP say.
 """
@@ -347,3 +348,17 @@ def test_suspend_ram_sleeps_without_reply_and_wakes(vm: GuestVM) -> None:
         log = sh(ours, "dmesg").splitlines()
     assert sum("PM: suspend entry (deep)" in line for line in log) == 2
     assert sum("PM: suspend exit" in line for line in log) == 2
+
+
+def test_suspend_disk_without_swap_and_hybrid_are_errors(peers: tuple[AgentClient, AgentClient]) -> None:
+    """The guest offers "disk" but has no swap: the kernel makes its image, then refuses
+    (ENODEV); hybrid has no sysfs form and no helper here. Both agents answer with errors."""
+    ours, qga = peers
+    mine = outcome(ours, "guest-suspend-disk")
+    theirs = outcome(qga, "guest-suspend-disk")
+    assert mine == ("error", "GenericError",
+                    "suspend: cannot write to '/sys/power/state': No such device")
+    assert theirs[:2] == mine[:2]   # qemu-ga 7.2: "child process has failed to suspend"
+    assert "PM: Cannot find swap device" in sh(ours, "dmesg")
+    assert outcome(ours, "guest-suspend-hybrid") == outcome(qga, "guest-suspend-hybrid") == (
+        "error", "GenericError", "the requested suspend mode is not supported by the guest")

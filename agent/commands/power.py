@@ -27,6 +27,13 @@ replaces ``/sys/power/state``. They are read once, when the agent's state is bui
 
 Where **we** differ from qemu-ga, deliberately: a helper that runs longer than
 :data:`PROGRAM_TIMEOUT` is killed and reported as an error at once (qemu-ga waits forever).
+The sysfs word is written to the file itself, as qemu-ga up to 9.0 did (in a child); qemu 9.1+
+calls ``g_file_set_contents``, which first creates a temporary file beside it, and sysfs refuses
+that (glib 2.74, Debian 12's, in the test guest: "Failed to create file
+“/sys/power/state.XXXXXX”: Permission denied"), so its last resort never suspends.  A write the
+kernel refuses keeps qemu's wording with the kernel's reason ("suspend: cannot write to
+'/sys/power/state': No such device" for hibernation without swap; qemu-ga 7.2 says "child
+process has failed to suspend").
 """
 
 from __future__ import annotations
