@@ -25,6 +25,7 @@ import pytest
 from agent.commands import hardware, users
 from agent.registry import build_registry
 from tests.support.agent_process import PyqgaAgent
+from tests.support.disk_images import mbr_image
 from tests.support.qemu_ga import QemuGa, require_qemu_ga
 from tests.support.requirements import require
 
@@ -599,20 +600,6 @@ def test_nvme_smart_log_parsed_as_qemu_ga_reports_it() -> None:
     assert hardware._NVME_ADMIN_CMD.size == 72   # struct nvme_admin_cmd
 
 
-def _mbr_image(path: Path, size_mib: int = 8) -> None:
-    """An image with an MBR holding two Linux partitions (no sfdisk needed)."""
-    sectors = size_mib * 2048
-    mbr = bytearray(512)
-    half = (sectors - 2048) // 2
-    for slot, (start, count) in enumerate(((2048, half - 2048), (2048 + half, half - 2048))):
-        entry = struct.pack("<B3sB3sII", 0, b"\0\0\0", 0x83, b"\0\0\0", start, count)
-        mbr[446 + 16 * slot:446 + 16 * (slot + 1)] = entry
-    mbr[510:512] = b"\x55\xaa"
-    with open(path, "wb") as image:
-        image.write(mbr)
-        image.truncate(sectors * 512)
-
-
 def _run(*argv: str) -> str:
     import subprocess
     proc = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
@@ -630,7 +617,7 @@ def test_get_disks_same_with_partitions_and_a_dm_device(pair: Pair, tmp_path: Pa
     require(os.geteuid() == 0, "loop and device-mapper devices need root")
     require(shutil.which("losetup") is not None, "losetup is missing")
     image = tmp_path / "disk.img"
-    _mbr_image(image)
+    mbr_image(image)
     loop = _run("losetup", "--find", "--show", "--partscan", str(image)).strip()
     dm_name = f"pyqga-hwtest-{os.getpid()}"
     dm_made = False

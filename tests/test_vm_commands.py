@@ -37,8 +37,8 @@ from harness import GuestImage, GuestVM
 from harness.machine import DISK_SERIAL_PREFIX
 from host_client import AgentCallError, AgentClient
 from host_client.qmp import QMPConnection
-from tests.test_commands_hardware import _mbr_image
-from tests.test_vm_stacked import sh
+from tests.support.disk_images import mbr_image
+from tests.support.guest_shell import sh
 
 pytestmark = pytest.mark.root
 
@@ -55,7 +55,7 @@ LIFECYCLE_EVENTS = {"SUSPEND", "WAKEUP", "RESUME", "STOP", "RESET", "SHUTDOWN", 
 def vm(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestVM]:
     workdir = tmp_path_factory.mktemp("vm-commands")
     disk = workdir / "parts.img"
-    _mbr_image(disk)
+    mbr_image(disk)
     started = time.monotonic()
     with GuestVM(workdir, agents=AGENTS, image=guest_image, cpus=2, s3=True, max_memory_mb=1024,
                  data_disk=False, disks=[disk], kernel_args=(ONLINE_POLICY,)) as machine:

@@ -24,13 +24,12 @@ import pytest
 from harness import GuestImage, GuestVM
 from host_client import AgentClient
 from host_client.errors import AgentClientError, AgentTimeout
+from tests.support.guest_shell import sh
 
 pytestmark = pytest.mark.root
 
 FREEZE_CALL_S = 60.0  # a freeze-all in the TCG guest takes about a second; longer is a deadlock
 RESUME_LIMIT_S = 2.0  # the guard thaws within a second of the agent's death; allow TCG's slowness
-GUEST_SHELL = "export PATH=/usr/sbin:/usr/bin DM_DISABLE_UDEV=1; "
-
 # The waves the agent's own code computes in the guest, from the guest's sysfs.
 GUEST_ORDER = """
 import json
@@ -76,14 +75,6 @@ def vm(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory) -> Ite
 def serial(vm: GuestVM) -> Iterator[AgentClient]:
     with vm.client("pyqga-serial", timeout=120) as client:
         yield client
-
-
-def sh(client: AgentClient, script: str, timeout: float = 90.0) -> str:
-    """Run ``script`` with the guest's /bin/sh (set -e); its stdout, or fail with its output."""
-    result = client.exec(["/bin/sh", "-c", GUEST_SHELL + "set -e\n" + script], timeout=timeout)
-    output = (result.stdout + result.stderr).decode(errors="replace")
-    assert result.exitcode == 0, f"guest script failed ({result.exitcode}/{result.signal}):{script}\n{output}"
-    return result.stdout.decode()
 
 
 def wait_exit(client: AgentClient, pid: int, limit: float) -> dict[str, Any] | None:
