@@ -42,7 +42,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.report import machine_line, verdict, write_section  # noqa: E402
-from tests.support.agent_process import PyqgaAgent, agent_command  # noqa: E402
+from tests.support.agent_process import PyqgaAgent, agent_command, tmpfs_statedir  # noqa: E402
 from tests.support.qemu_ga import QemuGa, QemuGaUnavailable, ensure_qemu_ga  # noqa: E402
 from tests.support.sockets import connect_unix  # noqa: E402
 
@@ -384,7 +384,8 @@ def measure_start(workdir: Path) -> dict[str, list[float]]:
                 env = dict(os.environ, QGA_CONF=str(peer.conf_path))
                 times[name].append(first_reply_seconds(peer.command(), peer.socket_path, env, where))
             else:
-                # Exactly PyqgaAgent's command line: sys.executable -B -m agent ...
+                # Exactly PyqgaAgent's command line (sys.executable -B -m agent ...), its state on tmpfs.
+                tmpfs_statedir(where / "state")
                 command = agent_command(where)
                 times[name].append(first_reply_seconds(command, where / "agent.sock", pyqga_env, where))
     return times
@@ -427,13 +428,18 @@ def request_table(results: list[CaseResult]) -> str:
     return "\n".join(lines)
 
 
+def load_average() -> str:
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
 def build_report(results: list[CaseResult], rss: dict[str, int] | None, start: dict[str, list[float]] | None,
-                 seconds: float, rounds: int) -> str:
+                 seconds: float, rounds: int, loads: tuple[str, str]) -> str:
     parts = [machine_line(ensure_qemu_ga()), request_table(results)]
     parts.append(
         f"{rounds} rounds of {seconds:g} s per request and agent; rates are the median over rounds, "
         "ratios the median of the per-round ratios. \"n/a\" marks a request one side answers with "
-        "an error (its text shown): there is nothing to compare."
+        "an error (its text shown): there is nothing to compare. Load average (1 min) before and "
+        f"after the request runs: {loads[0]} and {loads[1]} on {os.cpu_count()} CPUs."
     )
     if rss is not None and start is not None:
         start_qga, start_ours = statistics.median(start["qemu-ga"]), statistics.median(start["pyqga"])
@@ -485,13 +491,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pyqga-bench-") as tmp:
         workdir = Path(tmp)
         print(f"requests: {len(cases)} requests, {args.rounds} rounds x {args.seconds:g} s each", flush=True)
+        load_before = load_average()
         results = measure_requests(workdir, cases, args.seconds, args.rounds)
+        loads = (load_before, load_average())
+        print(request_table(results), flush=True)  # at once: the rest takes a while and may fail
         if not args.only:
             print(f"memory: VmRSS after {MEMORY_REQUESTS:,} requests", flush=True)
             rss = measure_memory(workdir)
             print(f"start to first reply: {START_TRIALS} starts each", flush=True)
             start = measure_start(workdir)
-    report = build_report(results, rss, start, args.seconds, args.rounds)
+    report = build_report(results, rss, start, args.seconds, args.rounds, loads)
     print()
     print(report)
     if not (args.no_write or args.only):
