@@ -81,17 +81,12 @@ _GARBAGE_END = re.compile(rb"[{\[\xff]")
 _CONTENT = re.compile(rb"[^{}\[\]\\\xff]*+")
 # String mode (a string left open by the end of a chunk): its body, up to `"`, `\` or 0xFF.
 _STRING_BODY = re.compile(rb'(?:[^"\\\xff]++|\\[^\xff])*+')
-# A block of brackets: up to the next backslash or 0xFF (and then to its last complete string).
-_BLOCK = re.compile(rb"[^\\\xff]*+")
 # `translate` table for a block: openers become 1, closers 0xFF (-1 as a signed byte); the rest
 # is deleted.
 _BRACKET = re.compile(rb"[{}\[\]]")
 _SIGNS = bytes(1 if b in b"{[" else 0xFF if b in b"}]" else 0 for b in range(256))
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{}[]")
 _MIN_BLOCK = 16
-# The fast path parses from a slice of the chunk this long at most, so a message it cannot finish
-# costs it at most this much (plus the copy, once per byte or so).
-_WINDOW = 1 << 13
 _MAX_BLOCK = 1 << 16
 
 
@@ -196,6 +191,13 @@ def _json_depth_capacity(ceiling: int = 1 << 13) -> int:
 JSON_DEPTH_LIMIT = max(100, (_json_depth_capacity() - 64) // 100 * 100)
 
 
+# The fast path parses from an ASCII slice of the buffer this long, taken afresh when a message
+# starts in its second half: each byte is copied about twice, a message the fast path cannot
+# finish costs it at most this much, and `json` can never nest deeper than JSON_DEPTH_LIMIT in it
+# (RecursionError is dear: it unwinds a thousand levels).
+_WINDOW = JSON_DEPTH_LIMIT
+
+
 def _decode(raw: bytes | bytearray, size: int, max_depth: int) -> Event:
     """Turn one complete message into a Message, or a DecodeFailure saying why it is not one."""
     try:
@@ -211,6 +213,25 @@ def _decode(raw: bytes | bytearray, size: int, max_depth: int) -> Event:
     except RecursionError:  # a call stack deeper than JSON_DEPTH_LIMIT allows for: same answer
         return _too_deep(max_depth)
     return Message(value, size)
+
+
+def _first_event(signs: bytes | bytearray, depth: int, limit: int) -> tuple[int, int]:
+    """Follow the depth from `depth` over a block's bracket signs (1 opens, -1 closes) to the
+    first bracket that ends the message (depth 0) or reaches `limit` (0: no limit).  Returns its
+    number (from 1) and the depth after it, or 0 and the depth after the block.  In C, by pieces
+    that double in size, so an event near the start costs little."""
+    done, piece = 0, _MIN_BLOCK
+    while done < len(signs):
+        depths = list(accumulate(array("b", signs[done : done + piece]), initial=depth))
+        nth = depths.index(0) if 0 in depths else len(depths)  # depths[0] is depth, never 0
+        if limit and limit in depths:
+            nth = min(nth, depths.index(limit))
+        if nth < len(depths):
+            return done + nth, depths[nth]
+        depth = depths[-1]
+        done += piece
+        piece *= 2
+    return 0, depth
 
 
 _KEEP_BRACKETS = methodcaller("translate", None, _NOT_BRACKETS)
@@ -292,9 +313,6 @@ class StreamDecoder:
             data = bytes(data)
         buf = self._buf
         pos = len(buf)  # everything before this has been scanned by an earlier feed
-        # The fast path parses from text: the chunk, if it is ASCII (then offsets are the same).
-        text = data.decode("ascii") if data.isascii() else None
-        text_at = pos  # work[text_at + i] is text[i]
         if pos:
             buf += data
             work: bytes | bytearray = buf
@@ -314,9 +332,8 @@ class StreamDecoder:
         resync = self._resync
         raw_decode = _JSON.raw_decode
         block = self._block
-        window = ""
+        window: str | None = None  # the fast path's text: an ASCII slice of `work`
         window_at = window_end = -1  # window[i] is work[window_at + i]
-        window_size = max(_WINDOW, 4 * fast_limit)
 
         while pos < end:
             if depth == 0:
@@ -341,26 +358,28 @@ class StreamDecoder:
                     garbage = True
                     pos += 1
                     continue
-                if text is not None:
-                    # The fast path, in a loop of its own for back-to-back messages.
-                    first = pos
-                    while True:
-                        if pos + fast_limit > window_end != end:
-                            window = text[pos - text_at : pos - text_at + window_size]
-                            window_at, window_end = pos, pos + len(window)
-                        try:
-                            value, after = raw_decode(window, pos - window_at)
-                        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
-                            break
-                        size = after + window_at - pos
-                        if size > fast_limit:
-                            break
-                        events.append(Message(value, size))
-                        pos += size
-                        if pos == end or work[pos] not in _OPENERS:
-                            break
-                    if pos != first:
-                        continue
+                # The fast path, in a loop of its own for back-to-back messages.
+                first = pos
+                while True:
+                    if pos + _WINDOW // 2 > window_end != end:
+                        raw = work[pos : pos + _WINDOW]
+                        window = raw.decode("ascii") if raw.isascii() else None
+                        window_at, window_end = pos, pos + len(raw)
+                    if window is None:
+                        break
+                    try:
+                        value, after = raw_decode(window, pos - window_at)
+                    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+                        break
+                    size = after + window_at - pos
+                    if size > fast_limit:
+                        break
+                    events.append(Message(value, size))
+                    pos += size
+                    if pos == end or work[pos] not in _OPENERS:
+                        break
+                if pos != first:
+                    continue
                 start = pos
                 depth = 1
                 block = _MIN_BLOCK
@@ -408,7 +427,11 @@ class StreamDecoder:
                     room = depth - 1 if skipping else min(depth - 1, max_depth - depth)
                     if room > block:
                         block = room
-                    block_end = _BLOCK.match(work, pos, min(end, pos + block)).end()  # type: ignore[union-attr]
+                    block_end = min(end, pos + block)
+                    for stop in b"\\\xff":  # memchr, far faster than a regex over a class
+                        found = work.find(stop, pos, block_end)
+                        if found >= 0:
+                            block_end = found
                     if work.count(b'"', pos, block_end) & 1:
                         block_end = work.rfind(b'"', pos, block_end)  # the last string is cut
                     region = work[pos:block_end]
@@ -428,15 +451,8 @@ class StreamDecoder:
                     if room >= _MIN_BLOCK:
                         block = room  # a shorter block that moves the depth in one step
                         continue
-                    depths = list(accumulate(array("b", signs), initial=depth))
-                    try:
-                        nth = depths.index(0, 1)
-                    except ValueError:
-                        nth = len(depths)
-                    if not skipping and max_depth + 1 in depths:
-                        nth = min(nth, depths.index(max_depth + 1, 1))
-                    if nth == len(depths):  # the count was too cautious: nothing happens
-                        depth = depths[-1]
+                    nth, depth = _first_event(signs, depth, 0 if skipping else max_depth + 1)
+                    if not nth:  # the count was too cautious: nothing happens
                         pos = block_end
                         if not skipping and pos - start > max_size:
                             events.append(_too_large(max_size))
@@ -448,7 +464,6 @@ class StreamDecoder:
                         pos += _nth_bracket(work[pos:block_end], nth)
                     else:
                         pos += nth - 1
-                    depth = depths[nth]
                     block = _MIN_BLOCK
                     if not skipping and pos - start > max_size:
                         events.append(_too_large(max_size))

@@ -334,7 +334,7 @@ class TestFastPath:
     def test_complete_messages_never_reach_the_general_scan(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        for name in ("_CONTENT", "_STRING_BODY", "_BLOCK", "_GARBAGE_END"):
+        for name in ("_CONTENT", "_STRING_BODY", "_BRACKET", "_GARBAGE_END"):
             monkeypatch.setattr(decoder_module, name, None)  # any use would raise
         decoder = StreamDecoder()
         assert decoder.feed(b'{"execute":"guest-ping"}\n') == [Message({"execute": "guest-ping"}, 24)]
