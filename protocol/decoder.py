@@ -86,7 +86,8 @@ _STRING_BODY = re.compile(rb'(?:[^"\\\xff]++|\\[^\xff])*+')
 _BRACKET = re.compile(rb"[{}\[\]]")
 _SIGNS = bytes(1 if b in b"{[" else 0xFF if b in b"}]" else 0 for b in range(256))
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{}[]")
-_MIN_BLOCK = 16
+_MIN_BLOCK = 16  # the first piece `_first_event` looks at
+_FIRST_BLOCK = 256  # the first block of a message, or after an event (copying it is cheap)
 _MAX_BLOCK = 1 << 16
 
 
@@ -260,6 +261,8 @@ class StreamDecoder:
         "_depth",
         "_escape",
         "_fast_limit",
+        "_fast_misses",
+        "_fast_skip",
         "_garbage",
         "_in_string",
         "_max_depth",
@@ -297,7 +300,9 @@ class StreamDecoder:
         self._skipping = False  # the current message has failed; track its end only
         self._garbage = False  # inside a run of top-level garbage already reported
         self._resync = False  # inside a run of 0xFF (and whitespace) already reported
-        self._block = _MIN_BLOCK  # bytes of brackets to take in one step in this message
+        self._block = _FIRST_BLOCK  # bytes of brackets to take in one step in this message
+        self._fast_misses = 0  # messages the fast path failed on in a row, capped
+        self._fast_skip = 0  # message starts left before the fast path is tried again
 
     @property
     def buffered(self) -> int:
@@ -358,31 +363,43 @@ class StreamDecoder:
                     garbage = True
                     pos += 1
                     continue
-                # The fast path, in a loop of its own for back-to-back messages.
+                # The fast path, in a loop of its own for back-to-back messages.  After a miss it
+                # sits out 1, 2, 4 ... 64 messages, so a flood it cannot parse costs it little.
                 first = pos
-                while True:
-                    if pos + _WINDOW // 2 > window_end != end:
-                        raw = work[pos : pos + _WINDOW]
-                        window = raw.decode("ascii") if raw.isascii() else None
-                        window_at, window_end = pos, pos + len(raw)
-                    if window is None:
-                        break
-                    try:
-                        value, after = raw_decode(window, pos - window_at)
-                    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
-                        break
-                    size = after + window_at - pos
-                    if size > fast_limit:
-                        break
-                    events.append(Message(value, size))
-                    pos += size
-                    if pos == end or work[pos] not in _OPENERS:
-                        break
+                if self._fast_skip:
+                    self._fast_skip -= 1
+                else:
+                    tried = False
+                    while True:
+                        if pos + _WINDOW // 2 > window_end != end:
+                            raw = work[pos : pos + _WINDOW]
+                            window = raw.decode("ascii") if raw.isascii() else None
+                            window_at, window_end = pos, pos + len(raw)
+                        if window is None:
+                            break
+                        tried = True
+                        try:
+                            value, after = raw_decode(window, pos - window_at)
+                        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+                            break
+                        size = after + window_at - pos
+                        if size > fast_limit:
+                            break
+                        events.append(Message(value, size))
+                        pos += size
+                        if pos == end or work[pos] not in _OPENERS:
+                            break
+                    if tried:
+                        if pos != end and work[pos] in _OPENERS:  # a miss
+                            self._fast_misses = min(2 * self._fast_misses or 1, 64)
+                            self._fast_skip = self._fast_misses
+                        else:
+                            self._fast_misses = 0
                 if pos != first:
                     continue
                 start = pos
                 depth = 1
-                block = _MIN_BLOCK
+                block = _FIRST_BLOCK
                 pos += 1
                 continue
 
@@ -446,7 +463,7 @@ class StreamDecoder:
                         if not skipping and pos - start > max_size:
                             events.append(_too_large(max_size))
                             skipping = True
-                        block = min(2 * block, _MAX_BLOCK)
+                        block = min(4 * block, _MAX_BLOCK)
                         continue
                     if room >= _MIN_BLOCK:
                         block = room  # a shorter block that moves the depth in one step
@@ -457,14 +474,14 @@ class StreamDecoder:
                         if not skipping and pos - start > max_size:
                             events.append(_too_large(max_size))
                             skipping = True
-                        block = min(2 * block, _MAX_BLOCK)
+                        block = min(4 * block, _MAX_BLOCK)
                         continue
                     # The nth bracket ends the message or crosses the depth limit.
                     if len(signs) != block_end - pos:
                         pos += _nth_bracket(work[pos:block_end], nth)
                     else:
                         pos += nth - 1
-                    block = _MIN_BLOCK
+                    block = _FIRST_BLOCK
                     if not skipping and pos - start > max_size:
                         events.append(_too_large(max_size))
                         skipping = True
