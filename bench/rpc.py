@@ -396,6 +396,8 @@ def measure_start(workdir: Path) -> dict[str, list[float]]:
 
 def _ratio_cell(series: Series, theirs: Series, ratios: list[float], target: float) -> tuple[str, str]:
     """(ratio, verdict) cells; no ratio where either side answered with an error."""
+    if theirs.problem is not None and series.problem is not None:
+        return "n/a", "both fail: " + theirs.problem
     if theirs.problem is not None:
         return "n/a", "qemu-ga: " + theirs.problem
     if series.problem is not None:
