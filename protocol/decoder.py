@@ -335,7 +335,9 @@ class StreamDecoder:
         skipping = self._skipping
         garbage = self._garbage
         resync = self._resync
-        raw_decode = _JSON.raw_decode
+        # `raw_decode` minus its Python frame: the C scanner, which raises StopIteration where
+        # `raw_decode` would say "Expecting value".
+        scan_once = _JSON.scan_once
         block = self._block
         window: str | None = None  # the fast path's text: an ASCII slice of `work`
         window_at = window_end = -1  # window[i] is work[window_at + i]
@@ -379,8 +381,8 @@ class StreamDecoder:
                             break
                         tried = True
                         try:
-                            value, after = raw_decode(window, pos - window_at)
-                        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+                            value, after = scan_once(window, pos - window_at)
+                        except (StopIteration, ValueError, RecursionError):
                             break
                         size = after + window_at - pos
                         if size > fast_limit:
