@@ -19,34 +19,40 @@ What we support:
 Worst case on untrusted input (h11 style: what one peer can make us do):
 - Memory: the partial message we hold never exceeds `max_message_size`, so we hold at most
   `max_message_size` plus the chunk being fed; a message being skipped costs nothing beyond its
-  depth.  Events: at most one per message, run of garbage, or run of 0xFF.
-- Time: O(n) in the bytes fed, whatever the chunking; every byte is looked at a bounded number of
-  times, by C code (`re`, `bytes.translate`/`count`, `json`'s scanner), never by a Python loop per
-  byte.  Python-level steps: a few per message, run of garbage, run of 0xFF, string cut by a chunk
-  boundary, and per block of brackets (blocks double in size while nothing happens in them, up to
-  `_MAX_BLOCK` bytes).  Measured (`bench/decoder.py`, BENCHMARKS.md): runs of 0xFF, `[`, `{`,
-  whitespace, garbage, digits, strings and deep nesting cost about as much per byte as the inside
-  of a long string; the dearest inputs are floods of the smallest possible messages (`{}`, about
-  one `Message` and one `json` call per 2 bytes) and alternations like `\xff{` that force one event
-  per two bytes, which cost what their events cost.
+  depth.  Events: at most one per message, per run of garbage and per run of 0xFF.
+- Time: O(n) in the bytes fed, whatever the chunking.  No Python loop runs per byte: bytes are
+  walked by C (`re`, `bytes.find`/`count`/`translate`, `itertools.accumulate`, `json`'s scanner),
+  each a bounded number of times (about twice at most; a block searched for an event is at most
+  four times what the message has moved since its start or its last event).  Python-level steps
+  are a few per event (message, failure, run of garbage or 0xFF), per string cut by a chunk
+  boundary or holding a bracket or backslash, and per block of brackets; blocks start at 256 bytes
+  and grow 4x while nothing happens in them (up to 64 KiB, or more while the depth allows).
+- Constants, from `bench/decoder.py` (BENCHMARKS.md, 256 KiB floods): runs of 0xFF, `[`, `{`,
+  `"`, whitespace, garbage, digits and an endless message cost about what plain string bytes
+  cost, deep nesting a few times that.  What stays dear is what gives an event per couple of
+  bytes: floods of the smallest messages (`{}`: one `Message` and one `json` call per 2 bytes,
+  about a microsecond each), `\xff{` (a `Resynced` each) or `{]` (a failure each); the caller
+  must budget events, not bytes.  Brackets packed at a shallow depth (`{[][][]...`) cost a C-level
+  `accumulate` element each, a few times plain bytes.
 
 Plan:
 - Keep one bytearray: the current partial message, followed (during `feed`) by the new chunk.  The
   scanner's state (depth, in string, pending backslash, skipping, in garbage, in a resync run)
   describes everything in the buffer, so each `feed` resumes scanning at the old end of the buffer.
 - Between messages, one regex skips whitespace and 0xFF runs; another skips a garbage run.
-- At a message start, `json`'s C scanner first tries to parse the message straight from the
-  (ASCII) chunk: for valid JSON it ends exactly where the brackets balance, so it gives the very
-  value the scan would.  It is only trusted for messages of at most `2 * depth limit + 1` bytes and
-  `max_message_size` (nothing that short can break a limit); otherwise, and for anything it does
-  not accept, the scan below takes the message, so a message is parsed at most twice.
-- Inside a message, one regex jumps over everything but brackets, 0xFF and a string cut short by
-  the end of the buffer (whole strings included).  Brackets go by blocks: `translate` keeps only the
-  brackets of a block, `count` says whether the block can end the message or cross the depth
-  limit; if not, the depth moves by the block's net count in one step, and the next block is twice
-  as long.  If it can, `itertools.accumulate` gives the depth after every bracket of the block and
-  `list.index` finds the first that ends the message or crosses the limit; the scan goes on from
-  there with a short block.
+- At a message start, `json`'s C scanner first tries to parse the message from an ASCII slice of
+  the buffer (`_WINDOW` bytes, so it can neither recurse past its limit nor waste more than that):
+  for valid JSON it ends exactly where the brackets balance, so it gives the very value the scan
+  would.  It is only trusted for messages of at most `2 * depth limit + 1` bytes and
+  `max_message_size` (nothing that short can break a limit); anything else goes to the scan
+  below, and after such a miss the fast path sits out 1, 2, 4 ... 64 message starts.
+- Inside a message, one regex skips a run without brackets, backslashes or 0xFF; the parity of
+  its quotes says whether it ends inside a string (string mode then takes over).  Brackets go by
+  blocks, which end at a backslash or 0xFF (`bytes.find`) and before a cut string: strings are
+  split out, `translate` keeps the brackets, and `count` says whether the block can end the message
+  or cross the depth limit.  If not, the depth moves by the block's net count in one step.  If it
+  can, `accumulate` gives the depth after each bracket, by pieces that double from 16, and
+  `list.index` finds the first that ends the message or crosses the limit.
 """
 
 from __future__ import annotations
@@ -444,17 +450,17 @@ class StreamDecoder:
                     # A block of brackets and whatever is between them, strings whole.  `room`
                     # bytes cannot end the message or cross the depth limit, whatever they are.
                     room = depth - 1 if skipping else min(depth - 1, max_depth - depth)
-                    if room > block:
-                        block = room
-                    block_end = min(end, pos + block)
+                    size = room if room >= _FIRST_BLOCK else block
+                    block_end = min(end, pos + size)
                     for stop in b"\\\xff":  # memchr, far faster than a regex over a class
                         found = work.find(stop, pos, block_end)
                         if found >= 0:
                             block_end = found
-                    if work.count(b'"', pos, block_end) & 1:
+                    quoted = work.find(b'"', pos, block_end) >= 0
+                    if quoted and work.count(b'"', pos, block_end) & 1:
                         block_end = work.rfind(b'"', pos, block_end)  # the last string is cut
                     region = work[pos:block_end]
-                    if b'"' in region:
+                    if quoted:
                         region = b"".join(region.split(b'"')[::2])
                     signs = region.translate(_SIGNS, _NOT_BRACKETS)
                     closers = signs.count(b"\xff")
@@ -465,10 +471,11 @@ class StreamDecoder:
                         if not skipping and pos - start > max_size:
                             events.append(_too_large(max_size))
                             skipping = True
-                        block = min(4 * block, _MAX_BLOCK)
+                        if size == block:
+                            block = min(4 * block, _MAX_BLOCK)
                         continue
-                    if room >= _MIN_BLOCK:
-                        block = room  # a shorter block that moves the depth in one step
+                    if room >= _MIN_BLOCK:  # try `room` bytes, which move the depth in one step
+                        block = room
                         continue
                     nth, depth = _first_event(signs, depth, 0 if skipping else max_depth + 1)
                     if not nth:  # the count was too cautious: nothing happens
