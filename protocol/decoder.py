@@ -222,6 +222,18 @@ def _decode(raw: bytes | bytearray, size: int, max_depth: int) -> Event:
     return Message(value, size)
 
 
+def _balanced_inside(signs: bytes | bytearray, depth: int, headroom: int | None) -> bool:
+    """Whether the block surely neither ends the message nor climbs more than `headroom` levels
+    (None: no limit), once adjacent open-close pairs are cut out (up to 3 rounds, in C): a pair
+    leaves the lowest depth of the walk as it was and its highest at most one level lower."""
+    for rounds in range(1, 4):
+        signs = signs.replace(b"\x01\xff", b"")
+        closers = signs.count(b"\xff")
+        if depth > closers and (headroom is None or len(signs) - closers + rounds <= headroom):
+            return True
+    return False
+
+
 def _first_event(signs: bytes | bytearray, depth: int, limit: int) -> tuple[int, int]:
     """Follow the depth from `depth` over a block's bracket signs (1 opens, -1 closes) to the
     first bracket that ends the message (depth 0) or reaches `limit` (0: no limit).  Returns its
@@ -476,6 +488,14 @@ class StreamDecoder:
                         continue
                     if room >= _MIN_BLOCK:  # try `room` bytes, which move the depth in one step
                         block = room
+                        continue
+                    if _balanced_inside(signs, depth, None if skipping else max_depth - depth):
+                        depth += len(signs) - 2 * closers
+                        pos = block_end
+                        if not skipping and pos - start > max_size:
+                            events.append(_too_large(max_size))
+                            skipping = True
+                        block = min(4 * block, _MAX_BLOCK)
                         continue
                     nth, depth = _first_event(signs, depth, 0 if skipping else max_depth + 1)
                     if not nth:  # the count was too cautious: nothing happens

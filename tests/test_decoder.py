@@ -272,6 +272,19 @@ class TestLimits:
         assert_failure(events[0], "nesting deeper than 8")
         assert events[1] == Message([1], 3)
 
+    @pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 20])
+    def test_pairs_at_the_depth_limit_cross_it(self, chunk: int) -> None:
+        # Pairs like `[]` leave the depth where it was, but their inside is one level deeper.
+        at_limit = b"[[" + b"[1]" * 500 + b"]]"
+        inside = b"[[" + b"[]," * 500 + b"1]]"
+        for data in (at_limit, inside):
+            events = feed_all(StreamDecoder(max_depth=2), split(data, range(0, len(data), chunk)))
+            assert len(events) == 1
+            assert_failure(events[0], "nesting deeper than 2")
+        ok = b"[" + b"[1]," * 500 + b"[]]"
+        events = feed_all(StreamDecoder(max_depth=2), split(ok, range(0, len(ok), chunk)))
+        assert events == [Message(json.loads(ok), len(ok))]
+
     def test_very_deep_nesting_never_raises(self) -> None:
         depth = 200_000
         data = b"[" * depth + b"]" * depth + b'{"a": 1}'
