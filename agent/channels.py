@@ -235,6 +235,9 @@ def _is_hangup(exc: Exception) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EIO)
 
 
+ACCEPT_BATCH = 16
+
+
 class ListenerChannel:
     """unix-listen, vsock-listen or a systemd-activated socket: one connection per client."""
 
@@ -245,7 +248,10 @@ class ListenerChannel:
 
     async def serve(self, factory: ProtocolFactory, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(factory, sock=self.sock)
+        # asyncio accepts up to `backlog` clients per loop turn, and a client counts against the
+        # connection cap until its EOF is read a few turns later: a small batch keeps a
+        # connect-and-close flood from filling the cap (the rest wait in the kernel's queue).
+        server = await loop.create_server(factory, sock=self.sock, backlog=ACCEPT_BATCH)
         try:
             await stop.wait()
         finally:

@@ -2,18 +2,28 @@
 
 Guarantees, each because a host depends on it:
 - every connection has its own decoder, so a client that dies mid-message harms no other;
-- a client that stops reading gets its reading paused once its unsent replies pass the
-  transport's high-water mark, so it cannot make the agent buffer without bound;
+- fair turns: a connection's bytes are decoded and answered TURN_BYTES / TURN_ITEMS at a time,
+  then the loop serves everyone else before its next turn, and its reading stays paused while it
+  has a backlog; so a flood of tiny requests (or of garbage) from some clients costs every other
+  client one turn per flooder, and the agent holds at most one read chunk per connection;
+- a client that stops reading gets no more turns once its unsent replies (error replies
+  included) pass the transport's high-water mark, so it cannot make the agent buffer without
+  bound;
+- a connection that has gone gets no more work: its backlog is dropped, never answered;
+- at most MAX_CONNECTIONS clients at once (qemu-ga serves one); one more is closed at once with a
+  log line, and those already connected are served as before;
 - on a qemu-ga-dialect connection replies leave in request order (qemu-ga hosts match by
   order); JSON-RPC replies leave as they complete (hosts match by id);
 - commands marked ``blocking`` run on a worker thread so pings keep being answered meanwhile;
-- the replies answered at once to the requests of one chunk leave in one write (one system call
-  instead of one per reply), in the order above: nothing else writes during ``data_received``.
+- the replies answered at once in one turn leave in one write (one system call instead of one
+  per reply), in the order above: nothing else writes during a turn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +36,14 @@ from protocol.dialects import Batch, Dialect, Incoming, Request
 from protocol.server import ServerConnection
 
 MAX_PENDING_REPLIES = 256  # per connection, before we stop reading its requests
+# Simultaneous clients of a listening socket.  Closed clients count until their EOF is read, and
+# a connect-send-close flood keeps a hundred or so in that state: room for them and the real ones.
+MAX_CONNECTIONS = 128
+READ_SIZE = 16384  # bytes taken from the socket at a time (asyncio's default is 256 KiB)
+# One turn of one connection: this many bytes decoded, this many requests answered at most.
+TURN_BYTES = 4096
+TURN_ITEMS = 64
+REFUSAL_LOG_INTERVAL = 10.0  # seconds between two log lines about refused connections
 # Threads for freeze/thaw requests.  They only wait for the freeze state machine, which answers a
 # second freeze at once (busy) and queues thaws, so a few are plenty.
 URGENT_THREADS = 8
@@ -35,38 +53,109 @@ def _ordered(item: Incoming) -> bool:
     return not isinstance(item, Batch) and item.dialect is Dialect.QGA
 
 
-class AgentConnection(asyncio.Protocol):
-    def __init__(self, dispatcher: Dispatcher, executors: dict[str, ThreadPoolExecutor]) -> None:
+class ConnectionLimit:
+    """How many clients are connected; refuses one over :data:`MAX_CONNECTIONS`."""
+
+    def __init__(self, log: logging.Logger, limit: int = MAX_CONNECTIONS) -> None:
+        self.log = log
+        self.limit = limit
+        self.active = 0
+        self._refused = 0
+        self._last_log = -REFUSAL_LOG_INTERVAL
+
+    def admit(self) -> bool:
+        if self.active < self.limit:
+            self.active += 1
+            return True
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._last_log >= REFUSAL_LOG_INTERVAL:  # a connect flood must not flood the log
+            self.log.warning("refused %d connection(s): already serving %d clients, the most at once",
+                             self._refused, self.limit)
+            self._refused, self._last_log = 0, now
+        return False
+
+    def release(self) -> None:
+        self.active -= 1
+
+
+class AgentConnection(asyncio.BufferedProtocol):
+    def __init__(self, dispatcher: Dispatcher, executors: dict[str, ThreadPoolExecutor],
+                 limit: ConnectionLimit | None = None) -> None:
         self._dispatcher = dispatcher
         self._executors = executors
+        self._limit = limit
+        self._admitted = False
         self._protocol = ServerConnection(dispatcher.agent.config.max_message_size)
         self._transport: asyncio.Transport | None = None
         self._pending: deque[asyncio.Future[bytes | None]] = deque()
         self._write_paused = False
-        self._batch: list[bytes] | None = None  # replies held back during data_received
+        self._batch: list[bytes] | None = None  # replies held back during a turn
+        self._inbox = bytearray()  # received, not yet decoded
+        self._read_buffer = bytearray(READ_SIZE)
+        self._items: deque[Incoming] = deque()  # decoded, not yet answered
+        self._turn_due = False  # a turn is scheduled on the loop
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        if self._limit is not None:
+            if not self._limit.admit():
+                transport.abort()
+                return
+            self._admitted = True
         self._transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._pending.clear()
+        self._inbox.clear()
+        self._items.clear()
+        if self._admitted:
+            self._admitted = False
+            self._limit.release()  # type: ignore[union-attr]
+
+    # A socket transport reads into our buffer (so at most READ_SIZE at a time); the device
+    # transport of agent/channels.py hands over bytes.
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self._read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(bytes(memoryview(self._read_buffer)[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
-        items = self._protocol.receive_data(data)
-        if len(items) > 1:
-            self._batch = []  # collects what _write gets until the end of this chunk
+        if self._transport is None:
+            return
+        self._inbox += data
+        if not self._turn_due:
+            self._turn()
+
+    def _turn(self) -> None:
+        """Decode and answer one turn's worth, then let every other connection have its turn."""
+        self._turn_due = False
+        if self._transport is None or self._blocked():
+            return  # gone, or resume_writing / _flush starts the next turn
+        self._batch = []  # collects what _write gets until the end of this turn
         try:
-            for item in items:
+            if len(self._items) < TURN_ITEMS and self._inbox:
+                chunk = bytes(self._inbox[:TURN_BYTES])
+                del self._inbox[:TURN_BYTES]
+                self._items.extend(self._protocol.receive_data(chunk))
+            for _ in range(min(TURN_ITEMS, len(self._items))):
+                item = self._items.popleft()
                 try:
                     self._handle(item)
                 except Exception:  # our bug: log it, keep serving this and every other client
                     self._dispatcher.agent.log.exception("internal error answering %r", item)
+                if self._transport is None or self._blocked():
+                    break
         finally:
-            if self._batch is not None:
-                batch, self._batch = self._batch, None
-                self._write(b"".join(batch) or None)
+            batch, self._batch = self._batch, None
+            self._write(b"".join(batch) or None)
+        self._update_reading()
+
+    def _blocked(self) -> bool:
+        """No turns while the client does not read its replies or too many are in flight."""
+        return self._write_paused or len(self._pending) >= MAX_PENDING_REPLIES
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -141,12 +230,18 @@ class AgentConnection(asyncio.Protocol):
             self._transport.write(reply)
 
     def _update_reading(self) -> None:
-        if self._transport is None:
+        """Read more only when all that was read is answered; else schedule the next turn."""
+        transport = self._transport
+        if transport is None:
             return
-        if self._write_paused or len(self._pending) >= MAX_PENDING_REPLIES:
-            self._transport.pause_reading()
-        elif self._transport.is_reading() is False:
-            self._transport.resume_reading()
+        backlog = bool(self._inbox or self._items)
+        if self._blocked() or backlog:
+            transport.pause_reading()
+            if backlog and not self._blocked() and not self._turn_due:
+                self._turn_due = True
+                asyncio.get_running_loop().call_soon(self._turn)
+        elif transport.is_reading() is False:
+            transport.resume_reading()
 
 
 async def serve(agent: AgentState, channel: Channel, stop: asyncio.Event) -> None:
@@ -161,6 +256,7 @@ async def serve(agent: AgentState, channel: Channel, stop: asyncio.Event) -> Non
             agent.log.info("listening on %s", channel.description)
         asyncio.get_running_loop().run_in_executor(executor, agent.freezer.prestart_guard)
         executors = {"worker": executor, "urgent": urgent}
-        await channel.serve(lambda: AgentConnection(dispatcher, executors), stop)
+        limit = ConnectionLimit(agent.log)
+        await channel.serve(lambda: AgentConnection(dispatcher, executors, limit), stop)
         # Before the pools close: undoing our freeze also answers a freeze request still waiting.
         await asyncio.to_thread(agent.freezer.shutdown)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from agent.server import MAX_PENDING_REPLIES
+from agent.server import MAX_CONNECTIONS, MAX_PENDING_REPLIES
 from tests.support.agent_process import PyqgaAgent
 from tests.support.flood import PATTERNS, FloodProcess, Pinger, fd_count, status_kib
 
@@ -345,3 +345,49 @@ def test_an_error_naming_huge_input_quotes_a_prefix_and_its_length(shared_agent:
     lengths = {len(given), len(given.encode())}
     assert any(str(n) in text or f"{n:,}" in text for n in lengths), \
         f"the error does not say how long the input was ({sorted(lengths)}): {text!r}"
+
+
+def test_connections_over_the_cap_are_refused_and_the_first_keeps_being_served(agent: PyqgaAgent) -> None:
+    """MAX_CONNECTIONS idle clients fill the agent; one more is closed at once with one log line;
+    the first client is still answered; once one leaves, a new client is served again."""
+    first = agent.connect(30)
+    held = [agent.connect(30) for _ in range(MAX_CONNECTIONS - 1)]
+    try:
+        assert _ping_on(first) == 1
+        with agent.connect(30) as extra:
+            assert _answer(extra, 2) == b"", "a client over the cap was served"
+        assert _ping_on(first) == 1
+        held.pop().close()
+        deadline = time.monotonic() + 10
+        while True:  # the agent notices the departure when it reads its EOF
+            with agent.connect(30) as again:
+                reply = _answer(again, 3)
+            if reply or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert json.loads(reply) == {"return": {}, "id": 3}
+    finally:
+        first.close()
+        for sock in held:
+            sock.close()
+    log = agent.log_path.read_text()
+    assert f"already serving {MAX_CONNECTIONS} clients, the most at once" in log
+
+
+def _answer(sock: socket.socket, request_id: int) -> bytes:
+    """A ping's reply, or b"" if the agent closed the connection (reset or EOF)."""
+    try:
+        sock.sendall(b'{"execute":"guest-ping","id":%d}\n' % request_id)
+        return sock.recv(4096)
+    except (ConnectionResetError, BrokenPipeError):
+        return b""
+
+
+def _ping_on(sock: socket.socket) -> int:
+    sock.sendall(b'{"execute":"guest-ping","id":1}\n')
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        assert chunk, "the first client was dropped"
+        data += chunk
+    return json.loads(data)["id"]
