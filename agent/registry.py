@@ -50,7 +50,11 @@ class Command:
     success_response: bool = True   # False: no reply on success (guest-shutdown)
     allowed_while_frozen: bool = False
     delimited: bool = False         # reply is prefixed with 0xFF (guest-sync-delimited)
-    blocking: bool = False          # runs on a worker thread, off the connection loop
+    # Runs on a worker thread, off the connection loop: anything that may wait on a device, a
+    # filesystem or a process (writes, statvfs, ioctls to disks, exec, sleeps).  Reads of procfs
+    # and sysfs never wait, not even on a frozen filesystem, and stay on the loop as in qemu-ga:
+    # a hand-off to a thread costs several times what they do.
+    blocking: bool = False
     urgent: bool = False            # blocking, on threads of its own: never queued behind commands
                                     # that a freeze may block (a thaw must always find a thread)
     _by_name: Mapping[str, Param] = field(default_factory=dict, repr=False, compare=False)

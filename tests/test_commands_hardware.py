@@ -378,13 +378,15 @@ def test_each_can_be_disabled_with_b(tmp_path: Path) -> None:
             assert ours["error"]["desc"].startswith(qga["error"]["desc"]), name
 
 
-def test_registered_blocking_and_not_allowed_while_frozen() -> None:
-    """qemu-ga's freeze allowlist (qga/main.c) has none of them; all read or write files."""
+def test_registered_where_they_run_and_not_allowed_while_frozen() -> None:
+    """qemu-ga's freeze allowlist (qga/main.c) has none of them.  Those that write sysfs, or ask
+    disks (SMART), run on a worker; those that only read sysfs stay on the connection loop."""
     registry = build_registry()
     for name in NEW_COMMANDS:
         command = registry.get(name)
         assert command is not None, name
-        assert command.blocking and not command.allowed_while_frozen, name
+        assert not command.allowed_while_frozen, name
+        assert command.blocking == (name.startswith("guest-set-") or name == "guest-get-disks"), name
 
 
 # --- the same code on a fake sysfs: the paths that would change this machine --------------------

@@ -682,17 +682,17 @@ MEM_BLKS = Param("mem-blks", list, doc="[{phys-index, online, can-offline?}]: th
 
 COMMANDS = (
     Command("guest-get-vcpus", guest_get_vcpus,
-            "The guest's logical processors: logical-id, online, can-offline.", blocking=True),
+            "The guest's logical processors: logical-id, online, can-offline."),
     Command("guest-set-vcpus", guest_set_vcpus,
             "Bring logical processors online or offline; returns how many were handled before the "
             "first failure (an error if the first one fails).", (VCPUS,), blocking=True),
     Command("guest-get-memory-blocks", guest_get_memory_blocks,
-            "The guest's memory blocks: phys-index, online, can-offline.", blocking=True),
+            "The guest's memory blocks: phys-index, online, can-offline."),
     Command("guest-set-memory-blocks", guest_set_memory_blocks,
             "Bring memory blocks online or offline; one response per block.", (MEM_BLKS,),
             blocking=True),
     Command("guest-get-memory-block-info", guest_get_memory_block_info,
-            "The size of a memory block in bytes.", blocking=True),
+            "The size of a memory block in bytes."),
     Command("guest-get-disks", guest_get_disks,
             "The guest's disks and partitions: name, partition, dependencies, alias, address.",
             blocking=True),

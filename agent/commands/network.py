@@ -267,9 +267,7 @@ def guest_network_get_route(agent: AgentState) -> list[dict[str, Any]]:
 COMMANDS = (
     Command("guest-network-get-interfaces", guest_network_get_interfaces,
             "Network interfaces: name, hardware-address, ip-addresses (ip-address, "
-            "ip-address-type, prefix) and statistics (rx/tx bytes, packets, errs, dropped).",
-            blocking=True),
+            "ip-address-type, prefix) and statistics (rx/tx bytes, packets, errs, dropped)."),
     Command("guest-network-get-route", guest_network_get_route,
-            "The IPv4 and IPv6 routing tables (/proc/net/route, /proc/net/ipv6_route).",
-            blocking=True),
+            "The IPv4 and IPv6 routing tables (/proc/net/route, /proc/net/ipv6_route)."),
 )

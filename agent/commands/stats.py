@@ -158,11 +158,10 @@ COMMANDS = (
     Command("guest-get-diskstats", guest_get_diskstats,
             "Block device I/O counters from /proc/diskstats: name, major, minor and stats "
             "(read/write/discard/flush ios, merges, sectors, ticks; ios-pgr, total-ticks, "
-            "weight-ticks).", blocking=True),
+            "weight-ticks)."),
     Command("guest-get-cpustats", guest_get_cpustats,
             "Per-CPU times from /proc/stat in milliseconds: type linux, cpu, user, nice, system, "
-            "idle, iowait, irq, softirq, steal, guest, guestnice.", blocking=True),
+            "idle, iowait, irq, softirq, steal, guest, guestnice."),
     Command("guest-get-load", guest_get_load,
-            "The load averages over 1, 5 and 15 minutes: load1m, load5m, load15m.",
-            blocking=True),
+            "The load averages over 1, 5 and 15 minutes: load1m, load5m, load15m."),
 )

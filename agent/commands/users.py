@@ -82,9 +82,7 @@ def guest_get_timezone(agent: AgentState) -> dict[str, Any]:
 
 COMMANDS = (
     Command("guest-get-users", guest_get_users,
-            "Users logged in (utmp): user, login-time in seconds since the epoch.",
-            blocking=True),
+            "Users logged in (utmp): user, login-time in seconds since the epoch."),
     Command("guest-get-timezone", guest_get_timezone,
-            "The local time zone: its abbreviation (zone) and offset from UTC in seconds.",
-            blocking=True),
+            "The local time zone: its abbreviation (zone) and offset from UTC in seconds."),
 )
