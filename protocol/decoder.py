@@ -21,19 +21,22 @@ Worst case on untrusted input (h11 style: what one peer can make us do):
   `max_message_size` plus the chunk being fed; a message being skipped costs nothing beyond its
   depth.  Events: at most one per message, per run of garbage and per run of 0xFF.
 - Time: O(n) in the bytes fed, whatever the chunking.  No Python loop runs per byte: bytes are
-  walked by C (`re`, `bytes.find`/`count`/`translate`, `itertools.accumulate`, `json`'s scanner),
-  each a bounded number of times (about twice at most; a block searched for an event is at most
-  four times what the message has moved since its start or its last event).  Python-level steps
+  walked by C (`re`, `bytes.find`/`count`/`translate`/`replace`, `itertools.accumulate`, `json`'s
+  scanner).  A byte is walked again only in a block that could hold an event (the end of the
+  message, the depth limit): the scan resumes after the event and the next block starts at 256
+  bytes, and a block is at most 4x the one before it that moved the depth without an event, so
+  the extra walking is bounded by what came before it.  The fast path walks a message at most once
+  more, in a window of at most `_WINDOW` bytes, and sits out after a miss.  Python-level steps
   are a few per event (message, failure, run of garbage or 0xFF), per string cut by a chunk
-  boundary or holding a bracket or backslash, and per block of brackets; blocks start at 256 bytes
-  and grow 4x while nothing happens in them (up to 64 KiB, or more while the depth allows).
+  boundary or holding a bracket or backslash, and per block; blocks start at 256 bytes and grow
+  4x while nothing happens in them, up to 64 KiB or to as many bytes as the depth leaves room for.
 - Constants, from `bench/decoder.py` (BENCHMARKS.md, 256 KiB floods): runs of 0xFF, `[`, `{`,
-  `"`, whitespace, garbage, digits and an endless message cost about what plain string bytes
-  cost, deep nesting a few times that.  What stays dear is what gives an event per couple of
-  bytes: floods of the smallest messages (`{}`: one `Message` and one `json` call per 2 bytes,
-  about a microsecond each), `\xff{` (a `Resynced` each) or `{]` (a failure each); the caller
-  must budget events, not bytes.  Brackets packed at a shallow depth (`{[][][]...`) cost a C-level
-  `accumulate` element each, a few times plain bytes.
+  `"`, whitespace, garbage, digits, an endless message and brackets that pair up cost at most
+  about what plain string bytes cost, deep nesting (2000 levels) about twice that.  What stays
+  dear is what makes an event every few bytes: floods of the smallest messages (`{}`: one `json`
+  call and one `Message` per 2 bytes, over a microsecond each here), `\xff{` (a `Resynced`
+  each) or `{]` (a failure each).  Those cost what their events cost, so a caller must budget
+  events, not only bytes.
 
 Plan:
 - Keep one bytearray: the current partial message, followed (during `feed`) by the new chunk.  The
@@ -51,8 +54,11 @@ Plan:
   blocks, which end at a backslash or 0xFF (`bytes.find`) and before a cut string: strings are
   split out, `translate` keeps the brackets, and `count` says whether the block can end the message
   or cross the depth limit.  If not, the depth moves by the block's net count in one step.  If it
-  can, `accumulate` gives the depth after each bracket, by pieces that double from 16, and
-  `list.index` finds the first that ends the message or crosses the limit.
+  can, a shorter block the depth leaves room for is tried; failing that, adjacent open-close
+  pairs are cut out with `replace` (they leave the lowest depth as it was), and only if the
+  block can still hold an event does `accumulate` give the depth after each bracket, by pieces
+  that double from 16, for `list.index` to find the first that ends the message or crosses the
+  limit.
 """
 
 from __future__ import annotations
