@@ -125,18 +125,24 @@ class AgentConnection(asyncio.BufferedProtocol):
     def data_received(self, data: bytes) -> None:
         if self._transport is None:
             return
-        self._inbox += data
+        if self._inbox or self._items or self._turn_due or len(data) > TURN_BYTES:
+            self._inbox += data  # behind a backlog, or more than one turn's worth
+            data = b""
         if not self._turn_due:
-            self._turn()
+            self._turn(data)
 
-    def _turn(self) -> None:
-        """Decode and answer one turn's worth, then let every other connection have its turn."""
+    def _turn(self, data: bytes = b"") -> None:
+        """Decode and answer one turn's worth, then let every other connection have its turn.
+        ``data``: a request that came alone, decoded as it is (the common case, no copies)."""
         self._turn_due = False
         if self._transport is None or self._blocked():
+            self._inbox += data
             return  # gone, or resume_writing / _flush starts the next turn
         self._batch = []  # collects what _write gets until the end of this turn
         try:
-            if len(self._items) < TURN_ITEMS and self._inbox:
+            if data:
+                self._items.extend(self._protocol.receive_data(data))
+            elif len(self._items) < TURN_ITEMS and self._inbox:
                 chunk = bytes(self._inbox[:TURN_BYTES])
                 del self._inbox[:TURN_BYTES]
                 self._items.extend(self._protocol.receive_data(chunk))
