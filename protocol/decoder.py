@@ -495,15 +495,19 @@ class StreamDecoder:
                     if room >= _MIN_BLOCK:  # try `room` bytes, which move the depth in one step
                         block = room
                         continue
-                    if _balanced_inside(signs, depth, None if skipping else max_depth - depth):
-                        depth += len(signs) - 2 * closers
-                        pos = block_end
-                        if not skipping and pos - start > max_size:
-                            events.append(_too_large(max_size))
-                            skipping = True
-                        block = min(4 * block, _MAX_BLOCK)
-                        continue
-                    nth, depth = _first_event(signs, depth, 0 if skipping else max_depth + 1)
+                    limit = 0 if skipping else max_depth + 1
+                    nth, after = _first_event(signs[:_MIN_BLOCK], depth, limit)  # an event at once?
+                    if not nth and len(signs) > _MIN_BLOCK:
+                        if _balanced_inside(signs, depth, None if skipping else max_depth - depth):
+                            depth += len(signs) - 2 * closers
+                            pos = block_end
+                            if not skipping and pos - start > max_size:
+                                events.append(_too_large(max_size))
+                                skipping = True
+                            block = min(4 * block, _MAX_BLOCK)
+                            continue
+                        nth, after = _first_event(signs, depth, limit)
+                    depth = after
                     if not nth:  # the count was too cautious: nothing happens
                         pos = block_end
                         if not skipping and pos - start > max_size:
