@@ -93,9 +93,9 @@ _GARBAGE_END = re.compile(rb"[{\[\xff]")
 _CONTENT = re.compile(rb"[^{}\[\]\\\xff]*+")
 # String mode (a string left open by the end of a chunk): its body, up to `"`, `\` or 0xFF.
 _STRING_BODY = re.compile(rb'(?:[^"\\\xff]++|\\[^\xff])*+')
+_BRACKET = re.compile(rb"[{}\[\]]")
 # `translate` table for a block: openers become 1, closers 0xFF (-1 as a signed byte); the rest
 # is deleted.
-_BRACKET = re.compile(rb"[{}\[\]]")
 _SIGNS = bytes(1 if b in b"{[" else 0xFF if b in b"}]" else 0 for b in range(256))
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"{}[]")
 _MIN_BLOCK = 16  # the first piece `_first_event` looks at
