@@ -48,8 +48,10 @@ class SystemdGuest:
         return self.control.check(["sh", "-c", script], timeout=timeout)
 
     def show(self, *props: str) -> dict[str, str]:
+        """Unit properties; values with backslashes come quoted and escaped: undone here."""
         out = self.control.check(["systemctl", "show", UNIT, *(f"-p{p}" for p in props)])
-        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        pairs = (line.split("=", 1) for line in out.splitlines() if "=" in line)
+        return {key: value.strip('"').replace("\\\\", "\\") for key, value in pairs}
 
     def wait_answering(self, timeout: float = SLOW) -> None:
         deadline = time.monotonic() + timeout
@@ -136,11 +138,14 @@ def test_agent_came_up_at_boot_from_its_udev_rule(guest: SystemdGuest) -> None:
     assert props["ActiveState"] == "active"
     # static (no [Install], never enabled): only the device's SYSTEMD_WANTS can have started it.
     assert props["UnitFileState"] == "static"
-    assert "x2dports-vport" in props["WantedBy"] and props["WantedBy"].endswith('.device"'), props
-    # The port's device (systemd names it by its sysfs path; DEVICE_UNIT is its alias) wants it.
-    device = props["WantedBy"].strip('"').replace("\\\\", "\\")
-    wants = guest.control.check(["systemctl", "show", device, "-pWants", "-pNames"])
-    assert "Wants=pyqga-agent.service" in wants and DEVICE_UNIT in wants, wants
+    # The port's device (systemd names it by its sysfs path; DEVICE_UNIT is an alias) wants it.
+    device = props["WantedBy"]
+    assert "x2dports-vport" in device and device.endswith(".device"), props
+    wants = guest.control.check(["systemctl", "show", device, "-pWants"])
+    assert wants.strip() == "Wants=pyqga-agent.service", wants
+    port = device.removesuffix(".device").rsplit("-", 1)[-1]
+    assert guest.sh(f"cat /sys/class/virtio-ports/{port}/name").strip() == "org.qemu.guest_agent.0"
+    assert guest.show("BindsTo")["BindsTo"] == DEVICE_UNIT
     assert props["NRestarts"] == "0"
     info = guest.client.info()
     assert info["version"] and any(c["name"] == "guest-fsfreeze-info" for c in info["supported_commands"])
@@ -176,6 +181,10 @@ def test_sigkill_restarts_the_agent_and_the_guard_thaws(guest: SystemdGuest) -> 
     guest.wait_answering()
     info = guest.client.call("guest-fsfreeze-info")
     assert info["status"] == "thawed" and info["last-thaw"]["reason"] == "agent-death", info
+    # The guard thawed, before systemd started the next agent: that one found nothing to thaw.
+    log = guest.sh(f"journalctl --no-pager -b -u {UNIT} -o cat _COMM=pyqga-agent").splitlines()
+    last_start = max(i for i, line in enumerate(log) if "starting" in line)
+    assert not [line for line in log[last_start:] if "at start" in line], log[last_start:]
     assert not guest.frozen("/") and not guest.frozen("/data")
 
 
