@@ -41,8 +41,8 @@ MAX_PENDING_REPLIES = 256  # per connection, before we stop reading its requests
 MAX_CONNECTIONS = 128
 READ_SIZE = 16384  # bytes taken from the socket at a time (asyncio's default is 256 KiB)
 # One turn of one connection: this many bytes decoded, this many requests answered at most.
-TURN_BYTES = 4096
-TURN_ITEMS = 64
+TURN_BYTES = 1024
+TURN_ITEMS = 32
 REFUSAL_LOG_INTERVAL = 10.0  # seconds between two log lines about refused connections
 # Threads for freeze/thaw requests.  They only wait for the freeze state machine, which answers a
 # second freeze at once (busy) and queues thaws, so a few are plenty.
