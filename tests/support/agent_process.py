@@ -119,7 +119,10 @@ class ListeningProcess:
 
 def agent_command(workdir: Path, extra_args: Sequence[str] = (),
                   python_args: Sequence[str] = ()) -> list[str]:
-    """``pyqga-agent`` on a unix socket with every file it writes inside ``workdir``."""
+    """``pyqga-agent`` on a unix socket with every file it writes inside ``workdir`` (the state
+    directory through a symlink to tmpfs, see :func:`tmpfs_statedir`)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmpfs_statedir(workdir / "state")
     return [
         sys.executable, "-B", *python_args, "-m", "agent",
         "-m", "unix-listen", "-p", str(workdir / "agent.sock"),
@@ -140,8 +143,6 @@ def tmpfs_statedir(link: Path) -> None:
 class PyqgaAgent(ListeningProcess):
     def __init__(self, workdir: Path, extra_args: Sequence[str] = (),
                  python_args: Sequence[str] = ()) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        tmpfs_statedir(workdir / "state")
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
         super().__init__(agent_command(workdir, extra_args, python_args), workdir / "agent.sock",
                          workdir / "agent.log", env)
