@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import os
+import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +29,11 @@ import serial
 
 from agent.config import Config
 
-HUP_BACKOFF = 0.1          # seconds between sessions while no host is connected
+# While no host is connected, a virtio-serial port reads as EOF at once.  qemu-ga polls it every
+# 0.1 s; we start there and back off to HUP_BACKOFF_MAX (a Python wake-up costs far more than
+# qemu-ga's), and the kernel's SIGIO on the port (host connected) ends the wait at once.
+HUP_BACKOFF = 0.1
+HUP_BACKOFF_MAX = 2.0
 RETRY_INTERVAL = 1.0       # seconds between attempts to open a missing device (-r)
 READ_SIZE = 65536
 WRITE_HIGH_WATER = 1 << 20
@@ -55,6 +61,7 @@ class DeviceTransport(asyncio.Transport):
         self._reading = True
         self._closing = False
         self._protocol_paused = False
+        self.received = False  # a host sent something in this session
         protocol.connection_made(self)
         loop.add_reader(fd, self._read_ready)
 
@@ -69,6 +76,7 @@ class DeviceTransport(asyncio.Transport):
         if not data:
             self._end(None)  # virtio-serial: the host is not connected (any more)
             return
+        self.received = True
         self._protocol.data_received(data)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -213,22 +221,62 @@ class DeviceChannel:
     async def _sessions(self, loop: asyncio.AbstractEventLoop, fd: int, factory: ProtocolFactory,
                         stopping: asyncio.Future[Any]) -> Exception | None:
         """Run sessions until stop (None) or a device error (returned, to reopen)."""
-        while not stopping.done():
-            ended: asyncio.Future[Exception | None] = loop.create_future()
+        host_changed = asyncio.Event()
+        notified = self.method == "virtio-serial" and _notify_on_sigio(loop, fd, host_changed.set)
+        idle = HUP_BACKOFF
+        try:
+            while not stopping.done():
+                ended: asyncio.Future[Exception | None] = loop.create_future()
 
-            def on_end(exc: Exception | None, ended: asyncio.Future[Exception | None] = ended) -> None:
-                if not ended.done():
-                    ended.set_result(exc)
+                def on_end(exc: Exception | None, ended: asyncio.Future[Exception | None] = ended) -> None:
+                    if not ended.done():
+                        ended.set_result(exc)
 
-            transport = DeviceTransport(loop, fd, factory(), on_end)
-            await asyncio.wait({ended, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            transport.close()
-            error = ended.result() if ended.done() else None
-            if error is not None and not _is_hangup(error):
-                return error
-            if not stopping.done():
-                await asyncio.wait({stopping}, timeout=HUP_BACKOFF)  # host absent: don't spin
+                host_changed.clear()
+                transport = DeviceTransport(loop, fd, factory(), on_end)
+                await asyncio.wait({ended, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                transport.close()
+                error = ended.result() if ended.done() else None
+                if error is not None and not _is_hangup(error):
+                    return error
+                # Host absent: don't spin.  Back off while nobody talks; a host that did may
+                # come back at once (a per-command client such as Proxmox's).
+                idle = HUP_BACKOFF if transport.received else min(2 * idle, HUP_BACKOFF_MAX)
+                if not stopping.done() and not host_changed.is_set():
+                    waiter = asyncio.ensure_future(host_changed.wait())
+                    await asyncio.wait({stopping, waiter}, timeout=idle if notified else HUP_BACKOFF,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+        finally:
+            if notified:
+                _stop_sigio(loop, fd)
         return None
+
+
+def _notify_on_sigio(loop: asyncio.AbstractEventLoop, fd: int, callback: Callable[[], None]) -> bool:
+    """Ask the kernel for SIGIO on ``fd`` (virtio-serial sends it when the host connects and when
+    data arrives).  The handler goes in before O_ASYNC: SIGIO's default action kills.  False if
+    this loop cannot take signals (not the main thread); the wait then stays at HUP_BACKOFF."""
+    try:
+        loop.add_signal_handler(signal.SIGIO, callback)
+    except (RuntimeError, ValueError):
+        return False
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+    except OSError:
+        loop.remove_signal_handler(signal.SIGIO)
+        return False
+    return True
+
+
+def _stop_sigio(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """O_ASYNC off before the handler goes (the fd may be closed already: then no more SIGIO),
+    and SIGIO ignored rather than back at its default, which would kill us for a late one."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_ASYNC)
+    loop.remove_signal_handler(signal.SIGIO)
+    signal.signal(signal.SIGIO, signal.SIG_IGN)
 
 
 def _is_hangup(exc: Exception) -> bool:
