@@ -41,8 +41,11 @@ MAX_PENDING_REPLIES = 256  # per connection, before we stop reading its requests
 MAX_CONNECTIONS = 128
 READ_SIZE = 16384  # bytes taken from the socket at a time (asyncio's default is 256 KiB)
 # One turn of one connection: this many bytes decoded, this many requests answered at most.
-TURN_BYTES = 1024
+TURN_BYTES = 4096
 TURN_ITEMS = 32
+# Decoded in steps of this many bytes, stopping once TURN_ITEMS requests wait: input dense in
+# messages (`{}` floods: one per 2 bytes) never decodes more than ~DECODE_STEP / 2 of them in a turn.
+DECODE_STEP = 256
 REFUSAL_LOG_INTERVAL = 10.0  # seconds between two log lines about refused connections
 # Threads for freeze/thaw requests.  They only wait for the freeze state machine, which answers a
 # second freeze at once (busy) and queues thaws, so a few are plenty.
@@ -125,8 +128,8 @@ class AgentConnection(asyncio.BufferedProtocol):
     def data_received(self, data: bytes) -> None:
         if self._transport is None:
             return
-        if self._inbox or self._items or self._turn_due or len(data) > TURN_BYTES:
-            self._inbox += data  # behind a backlog, or more than one turn's worth
+        if self._inbox or self._items or self._turn_due or len(data) > DECODE_STEP:
+            self._inbox += data  # behind a backlog, or more than one decode step
             data = b""
         if not self._turn_due:
             self._turn(data)
@@ -142,9 +145,11 @@ class AgentConnection(asyncio.BufferedProtocol):
         try:
             if data:
                 self._items.extend(self._protocol.receive_data(data))
-            elif len(self._items) < TURN_ITEMS and self._inbox:
-                chunk = bytes(self._inbox[:TURN_BYTES])
-                del self._inbox[:TURN_BYTES]
+            budget = TURN_BYTES
+            while self._inbox and budget > 0 and len(self._items) < TURN_ITEMS:
+                chunk = bytes(self._inbox[:DECODE_STEP])
+                del self._inbox[:DECODE_STEP]
+                budget -= len(chunk)
                 self._items.extend(self._protocol.receive_data(chunk))
             for _ in range(min(TURN_ITEMS, len(self._items))):
                 item = self._items.popleft()
