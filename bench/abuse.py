@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,10 +32,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.report import machine_line, verdict, write_section  # noqa: E402
+from bench.report import machine_line, qemu_ga_problem, unwind_on_sigterm, verdict, write_section  # noqa: E402
 from tests.support.agent_process import PyqgaAgent  # noqa: E402
 from tests.support.flood import PATTERNS, FloodProcess, Latencies, Pinger, status_kib  # noqa: E402
-from tests.support.qemu_ga import QemuGa, QemuGaUnavailable, ensure_qemu_ga  # noqa: E402
+from tests.support.qemu_ga import QemuGa, ensure_qemu_ga  # noqa: E402
 
 SECTION = "bench/abuse.py"
 PING_TIMEOUT = 10.0
@@ -158,14 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)  # unwind, so every `with` stops its process
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        ensure_qemu_ga()
-    except QemuGaUnavailable as exc:
-        print(f"bench/abuse.py: the real qemu-ga is not available: {exc}", file=sys.stderr)
+    unwind_on_sigterm()
+    if problem := qemu_ga_problem():
+        print(f"bench/abuse.py: {problem}", file=sys.stderr)
         return 2
     runs = []
     with tempfile.TemporaryDirectory(prefix="pyqga-abuse-") as tmp:

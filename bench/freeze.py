@@ -29,7 +29,6 @@ import ctypes
 import json
 import os
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -42,10 +41,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.report import BENCHMARKS_MD, machine_line, write_section  # noqa: E402
+from bench.report import BENCHMARKS_MD, machine_line, qemu_ga_problem, unwind_on_sigterm, write_section  # noqa: E402
 from tests.support.agent_process import ListeningProcess, agent_command  # noqa: E402
 from tests.support.loopfs import LoopMounts  # noqa: E402
-from tests.support.qemu_ga import IsolatedQemuGa, QemuGaUnavailable, ensure_qemu_ga  # noqa: E402
+from tests.support.qemu_ga import IsolatedQemuGa, ensure_qemu_ga  # noqa: E402
 from tests.support.sockets import connect_unix  # noqa: E402
 
 SECTION = "bench/freeze.py"
@@ -277,11 +276,7 @@ def preflight() -> str | None:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         return f"missing programs: {', '.join(missing)} (Debian: e2fsprogs, util-linux; `make deps`)"
-    try:
-        ensure_qemu_ga()
-    except QemuGaUnavailable as exc:
-        return f"the real qemu-ga is not available: {exc}"
-    return None
+    return qemu_ga_problem()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,10 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/freeze.py: {problem}", file=sys.stderr)
         return 2
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)  # unwind, so every `with` thaws, stops and unmounts
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    unwind_on_sigterm()
     started = time.monotonic()
     with (
         tempfile.TemporaryDirectory(prefix="pyqga-bench-freeze-") as tmp,

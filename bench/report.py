@@ -13,6 +13,7 @@ import datetime
 import fcntl
 import os
 import platform
+import signal
 import subprocess
 from pathlib import Path
 
@@ -78,3 +79,24 @@ def machine_line(qemu_ga: Path | str) -> str:
 
 def verdict(ok: bool) -> str:
     return "pass" if ok else "**FAIL**"
+
+
+def unwind_on_sigterm() -> None:
+    """SIGTERM raises SystemExit, so every ``with`` in a benchmark stops its agents, thaws and
+    unmounts (the default action would leave them behind)."""
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def qemu_ga_problem() -> str | None:
+    """Why the real qemu-ga cannot be used here, or None (it is fetched if need be)."""
+    from tests.support.qemu_ga import QemuGaUnavailable, ensure_qemu_ga
+
+    try:
+        ensure_qemu_ga()
+    except QemuGaUnavailable as exc:
+        return f"the real qemu-ga is not available: {exc}"
+    return None

@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -41,9 +40,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.report import machine_line, verdict, write_section  # noqa: E402
+from bench.report import machine_line, qemu_ga_problem, unwind_on_sigterm, verdict, write_section  # noqa: E402
 from tests.support.agent_process import PyqgaAgent, agent_command, tmpfs_statedir  # noqa: E402
-from tests.support.qemu_ga import QemuGa, QemuGaUnavailable, ensure_qemu_ga  # noqa: E402
+from tests.support.qemu_ga import QemuGa, ensure_qemu_ga  # noqa: E402
 from tests.support.sockets import connect_unix  # noqa: E402
 
 PING = b'{"execute":"guest-ping","id":1}\n'
@@ -480,14 +479,9 @@ def main(argv: list[str] | None = None) -> int:
             known = ", ".join(sorted({c.command for c in all_cases()}))
             parser.error(f"--only matches no request; commands: {known}")
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)  # unwind, so every `with` stops its process
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        ensure_qemu_ga()
-    except QemuGaUnavailable as exc:
-        print(f"bench/rpc.py: the real qemu-ga is not available: {exc}", file=sys.stderr)
+    unwind_on_sigterm()
+    if problem := qemu_ga_problem():
+        print(f"bench/rpc.py: {problem}", file=sys.stderr)
         return 2
     rss = start = None
     with tempfile.TemporaryDirectory(prefix="pyqga-bench-") as tmp:

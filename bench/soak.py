@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import signal
 import statistics
 import sys
 import tempfile
@@ -28,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.report import write_section  # noqa: E402
+from bench.report import unwind_on_sigterm, write_section  # noqa: E402
 from harness import GuestVM, ensure_image  # noqa: E402
 from host_client import AgentClient  # noqa: E402
 from host_client.qmp import QMPConnection  # noqa: E402
@@ -149,10 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)  # unwind, so the VM is powered off
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    unwind_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="pyqga-soak-") as tmp:
         report = soak(args.cycles, Path(tmp))
     print()

@@ -41,7 +41,6 @@ import json
 import os
 import select
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -63,10 +62,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.report import BENCHMARKS_MD, machine_line, verdict, write_section  # noqa: E402
+from bench.report import (  # noqa: E402
+    BENCHMARKS_MD,
+    machine_line,
+    qemu_ga_problem,
+    unwind_on_sigterm,
+    verdict,
+    write_section,
+)
 from tests.support.agent_process import PyqgaAgent  # noqa: E402
 from tests.support.loopfs import LoopMounts, thaw_fully  # noqa: E402
-from tests.support.qemu_ga import IsolatedQemuGa, QemuGaUnavailable, ensure_qemu_ga  # noqa: E402
+from tests.support.qemu_ga import IsolatedQemuGa, ensure_qemu_ga  # noqa: E402
 from tests.support.sockets import connect_unix  # noqa: E402
 
 FILESYSTEMS = 4
@@ -710,16 +716,10 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"bench/stall.py needs {', '.join(missing)} on PATH", file=sys.stderr)
         return 2
-    try:
-        ensure_qemu_ga()
-    except QemuGaUnavailable as exc:
-        print(f"bench/stall.py: the real qemu-ga is not available: {exc}", file=sys.stderr)
+    if problem := qemu_ga_problem():
+        print(f"bench/stall.py: {problem}", file=sys.stderr)
         return 2
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)  # unwind, so every cleanup runs
-
-    signal.signal(signal.SIGTERM, on_sigterm)
+    unwind_on_sigterm()
     limits = DirtyLimits(FILESYSTEMS * args.size_mb * 2**20)
     began = time.monotonic()
     results: dict[str, list[FreezeResult]] = {a: [] for a in AGENTS}
