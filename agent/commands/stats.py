@@ -103,8 +103,11 @@ CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "ste
 def parse_cpustats(text: str, clk_tck: int = CLK_TCK) -> list[dict[str, Any]]:
     cpus = []
     for line in text.splitlines():
+        # Test before splitting: /proc/stat's intr line has a field per interrupt (thousands).
+        if not line.startswith("cpu"):
+            continue
         fields = line.split()
-        if not fields or not fields[0].startswith("cpu") or fields[0] == "cpu":
+        if fields[0] == "cpu":
             continue
         n = _leading_numbers(fields[1:11])
         count = 1 + len(n)  # what qemu's sscanf returns
