@@ -32,7 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.report import machine_line, qemu_ga_problem, unwind_on_sigterm, verdict, write_section  # noqa: E402
+from bench.report import machine_line, publish, qemu_ga_problem, unwind_on_sigterm, verdict  # noqa: E402
 from tests.support.agent_process import PyqgaAgent  # noqa: E402
 from tests.support.flood import PATTERNS, FloodProcess, Latencies, Pinger, status_kib  # noqa: E402
 from tests.support.qemu_ga import QemuGa, ensure_qemu_ga  # noqa: E402
@@ -171,11 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
                 runs.append(run)
     report = build_report(runs, args.clients, args.seconds)
-    print()
-    print(report)
-    if not args.no_write:
-        write_section(SECTION, f"## Abuse: `bench/abuse.py`\n\n{report}")
-        print("wrote BENCHMARKS.md")
+    publish(SECTION, "Abuse: `bench/abuse.py`", report, write=not args.no_write)
     return 0
 
 

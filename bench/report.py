@@ -100,3 +100,12 @@ def qemu_ga_problem() -> str | None:
     except QemuGaUnavailable as exc:
         return f"the real qemu-ga is not available: {exc}"
     return None
+
+
+def publish(section: str, heading: str, report: str, write: bool) -> None:
+    """Print ``report``; with ``write``, also put it in BENCHMARKS.md under ``heading``."""
+    print()
+    print(report)
+    if write:
+        write_section(section, f"## {heading}\n\n{report}")
+        print("wrote BENCHMARKS.md")

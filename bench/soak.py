@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from bench.report import unwind_on_sigterm, write_section  # noqa: E402
+from bench.report import publish, unwind_on_sigterm  # noqa: E402
 from harness import GuestVM, ensure_image  # noqa: E402
 from host_client import AgentClient  # noqa: E402
 from host_client.qmp import QMPConnection  # noqa: E402
@@ -151,11 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     unwind_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="pyqga-soak-") as tmp:
         report = soak(args.cycles, Path(tmp))
-    print()
-    print(report)
-    if not args.no_write:
-        write_section(SECTION, f"## Soak: `bench/soak.py`\n\n{report}")
-        print("wrote BENCHMARKS.md")
+    publish(SECTION, "Soak: `bench/soak.py`", report, write=not args.no_write)
     return 0
 
 
