@@ -44,6 +44,7 @@ import re
 import struct
 from typing import TYPE_CHECKING, Any
 
+from agent.commands.kernel_files import read_kernel_file
 from agent.registry import Command, Param
 from protocol.errors import command_failed, invalid_params
 
@@ -379,8 +380,7 @@ def guest_get_memory_block_info(agent: AgentState) -> dict[str, Any]:
 
 def _read_text(path: str) -> str | None:
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
+        return read_kernel_file(path)
     except OSError:
         return None
 

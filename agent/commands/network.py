@@ -30,6 +30,7 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
+from agent.commands.kernel_files import read_kernel_file
 from agent.registry import Command
 from protocol.errors import command_failed
 
@@ -93,8 +94,7 @@ def read_net_dev(path: str = PROC_NET_DEV) -> dict[str, dict[str, int]]:
     16 numbers of which it keeps the 4 receive and 4 transmit counters it reports."""
     stats: dict[str, dict[str, int]] = {}
     try:
-        with open(path) as f:
-            lines = f.read().splitlines()
+        lines = read_kernel_file(path).splitlines()
     except OSError:
         return stats
     for line in lines:
@@ -242,8 +242,7 @@ def _ipv6_routes(lines: list[str]) -> list[dict[str, Any]]:
 
 def _read_lines(path: str) -> list[str]:
     try:
-        with open(path) as f:
-            return f.read().splitlines()
+        return read_kernel_file(path).splitlines()
     except OSError as exc:
         raise command_failed(f'open("{path}"): {exc.strerror}') from None
 

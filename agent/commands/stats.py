@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from agent.commands.kernel_files import read_kernel_file
 from agent.registry import Command
 from protocol.errors import command_failed
 
@@ -36,8 +37,7 @@ _ULONG = 0xFFFFFFFFFFFFFFFF
 
 def _read(path: str) -> str:
     try:
-        with open(path) as f:
-            return f.read()
+        return read_kernel_file(path)
     except OSError as exc:
         raise command_failed(f'open("{path}"): {exc.strerror}') from None
 
