@@ -35,7 +35,6 @@ from protocol.dialects import (
     Invalid,
     Request,
     encode_reply,
-    reply_object,
 )
 from protocol.errors import (
     AgentError,
@@ -197,14 +196,3 @@ def encode_outcome(request: Request | Invalid, outcome: Outcome, delimited: bool
     return encode_reply(request.dialect, request.id, has_id, outcome.result, outcome.error,
                         delimited=delimited)
 
-
-def outcome_object(request: Request | Invalid, outcome: Outcome) -> dict[str, Any] | None:
-    if isinstance(request, Request) and not request.wants_reply:
-        return None
-    has_id = request.has_id or request.dialect is Dialect.JSONRPC
-    return reply_object(request.dialect, request.id, has_id, outcome.result, outcome.error)
-
-
-def answer_now(dispatcher: Dispatcher, item: Incoming) -> bytes | None:
-    """Answer ``item`` on this thread (tests and tools that have no loop)."""
-    return dispatcher.answer(item)

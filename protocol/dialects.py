@@ -243,10 +243,6 @@ def encode_reply(
         return encode(reply_object(dialect, request_id, has_id, error=problem))
 
 
-#: ``encode({"return": {}})``: qemu-ga's reply to guest-ping and every other command that returns
-#: nothing, without an id.  The most frequent reply, so it is encoded once, here.
-EMPTY_RETURN_LINE = encode({"return": {}})
-
 
 def encode_request(
     dialect: Dialect, method: str, params: dict[str, Any] | None, request_id: Any

@@ -1,4 +1,5 @@
-"""The dispatcher's shortcuts must give exactly the bytes of the general path."""
+"""The dispatcher's encoder must give exactly the bytes of the general path (reply object, then
+``json.dumps``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from agent.dispatch import Outcome, encode_outcome, outcome_object
-from protocol.dialects import EMPTY_RETURN_LINE, Dialect, Invalid, Request, encode
+from agent.dispatch import Outcome, encode_outcome
+from protocol.dialects import Dialect, Invalid, Request, encode, reply_object
 from protocol.errors import command_not_found
 
 REQUESTS = [
@@ -32,13 +33,17 @@ OUTCOMES = [
 
 
 def general_path(request: Request | Invalid, outcome: Outcome, delimited: bool) -> bytes | None:
-    obj = outcome_object(request, outcome)
-    return None if obj is None else encode(obj, delimited=delimited)
+    if isinstance(request, Request) and not request.wants_reply:
+        return None
+    has_id = request.has_id or request.dialect is Dialect.JSONRPC
+    obj = reply_object(request.dialect, request.id, has_id, outcome.result, outcome.error)
+    return encode(obj, delimited=delimited)
 
 
 def test_empty_return_line_is_the_encoded_reply() -> None:
-    assert EMPTY_RETURN_LINE == b'{"return": {}}\n'
-    assert json.loads(EMPTY_RETURN_LINE) == {"return": {}}
+    line = encode({"return": {}})
+    assert line == b'{"return": {}}\n'
+    assert json.loads(line) == {"return": {}}
 
 
 @pytest.mark.parametrize("delimited", [False, True])
