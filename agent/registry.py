@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.errors import invalid_params
+from protocol.errors import invalid_params, quote
 
 JSON_TYPE_NAMES: Mapping[type, str] = {
     int: "integer",
@@ -81,7 +81,7 @@ class Command:
         for name, value in params.items():
             spec = self._by_name.get(name)
             if spec is None:
-                raise invalid_params(f"Parameter '{name}' is unexpected")
+                raise invalid_params(f"Parameter '{quote(name)}' is unexpected")
             if not spec.accepts(value):
                 raise invalid_params(
                     f"Invalid parameter type for '{name}', expected: {JSON_TYPE_NAMES[spec.type]}"

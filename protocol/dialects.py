@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from protocol.errors import AgentError, ErrorKind, invalid_request, not_an_object
+from protocol.errors import AgentError, ErrorKind, invalid_request, not_an_object, quote
 
 RESYNC_BYTE = b"\xff"
 QGA_KEYS = frozenset(("execute", "arguments", "id"))
@@ -104,7 +104,7 @@ def _qga_error(obj: dict[str, Any]) -> Invalid:
 
     for key, member in obj.items():
         if key not in QGA_KEYS:
-            return fail(f"QMP input member '{key}' is unexpected")
+            return fail(f"QMP input member '{quote(key)}' is unexpected")
         if key == "execute" and not isinstance(member, str):
             return fail("QMP input member 'execute' must be a string")
         if key == "arguments" and not isinstance(member, dict):
@@ -152,7 +152,7 @@ def _jsonrpc_checked(item: Any) -> Request | Invalid:
         return Invalid(Dialect.JSONRPC, invalid_request(f"Invalid request: {text}"), request_id, True)
 
     if not item.keys() <= JSONRPC_KEYS:
-        return fail(f"unexpected member '{min(item.keys() - JSONRPC_KEYS)}'")
+        return fail(f"unexpected member '{quote(min(item.keys() - JSONRPC_KEYS))}'")
     if item.get("jsonrpc") != "2.0":
         return fail("'jsonrpc' must be exactly \"2.0\"")
     method = item.get("method")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from protocol.errors import MESSAGE_LIMIT, QUOTE_LIMIT, AgentError, ErrorKind, command_not_found, quote
 
 
@@ -31,3 +33,20 @@ def test_any_message_is_capped_keeping_both_ends() -> None:
     assert error.message.startswith("failed to open file 'aaa")
     assert error.message.endswith("': No such file")
     assert "characters cut" in error.message
+
+
+def test_unknown_parameter_and_member_names_are_quoted() -> None:
+    """Names that come from the request are input too (registry, JSON-RPC and qemu-ga members)."""
+    from agent.registry import build_registry
+    from protocol.dialects import classify
+
+    huge = "k" * 100_000
+    ping = build_registry().get("guest-ping")
+    assert ping is not None
+    with pytest.raises(AgentError) as caught:
+        ping.check_params({huge: 1})
+    assert caught.value.message == f"Parameter '{quote(huge)}' is unexpected"
+    for message in ({"jsonrpc": "2.0", "method": "guest-ping", "id": 1, huge: 1},
+                    {"execute": "guest-ping", huge: 1}):
+        error = classify(message).error  # type: ignore[union-attr]
+        assert f"'{quote(huge)}'" in error.message and len(error.message) < 2 * QUOTE_LIMIT

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.commands.kernel_files import read_kernel_file
 from agent.registry import Command, Param
-from protocol.errors import command_failed, invalid_params
+from protocol.errors import command_failed, invalid_params, quote
 
 if TYPE_CHECKING:
     from agent.state import AgentState
@@ -103,7 +103,7 @@ def _check_struct(value: Any, where: str,
     known = {name for name, _kind, _required in members}
     for name in value:
         if name not in known:
-            raise invalid_params(f"Parameter '{where}.{name}' is unexpected")
+            raise invalid_params(f"Parameter '{where}.{quote(name)}' is unexpected")
     return value
 
 
