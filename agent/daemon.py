@@ -88,7 +88,7 @@ def run_daemon(argv: list[str] | None = None) -> int:
         logs = LogControl(config.logfile, config.verbose, held=True)
         agent = AgentState(config, log=logs.log, logs=logs)
         # Before anything is written there (the state file, the pid file).
-        problem = statedir.prepare(config.statedir, config.freeze_include, config.freeze_exclude)
+        problem = statedir.prepare(config.statedir, planner=agent.freezer.planner)
         if problem is not None:
             raise ConfigError(problem)
     except ConfigError as exc:
