@@ -129,16 +129,23 @@ def _vcpu_from_system(logical_id: int, cpu_dir: str) -> dict[str, Any]:
         except OSError as exc:
             raise _oserror(f'open("{dirpath}/online")', exc) from None
         try:
-            status = os.pread(fd, 1, 0)
-        except OSError as exc:
-            raise _oserror(f'pread("{dirpath}/online")', exc) from None
+            online = _read_online(fd, dirpath)
         finally:
             os.close(fd)
-        if not status:
-            raise command_failed(f'pread("{dirpath}/online"): unexpected EOF')
-        return {"logical-id": logical_id, "online": status != b"0", "can-offline": True}
+        return {"logical-id": logical_id, "online": online, "can-offline": True}
     finally:
         os.close(dirfd)
+
+
+def _read_online(fd: int, dirpath: str) -> bool:
+    """A vCPU's ``online`` file, as qemu-ga's transfer_vcpu reads it (one byte, "0" or not)."""
+    try:
+        status = os.pread(fd, 1, 0)
+    except OSError as exc:
+        raise _oserror(f'pread("{dirpath}/online")', exc) from None
+    if not status:
+        raise command_failed(f'pread("{dirpath}/online"): unexpected EOF')
+    return status != b"0"
 
 
 def _vcpu_to_system(logical_id: int, online: bool, cpu_dir: str) -> None:
@@ -155,13 +162,7 @@ def _vcpu_to_system(logical_id: int, online: bool, cpu_dir: str) -> None:
         except OSError as exc:
             raise _oserror(f'open("{dirpath}/online")', exc) from None
         try:
-            try:
-                status = os.pread(fd, 1, 0)
-            except OSError as exc:
-                raise _oserror(f'pread("{dirpath}/online")', exc) from None
-            if not status:
-                raise command_failed(f'pread("{dirpath}/online"): unexpected EOF')
-            if online != (status != b"0"):
+            if online != _read_online(fd, dirpath):
                 try:
                     os.pwrite(fd, b"1" if online else b"0", 0)
                 except OSError as exc:
