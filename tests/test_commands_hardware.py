@@ -162,16 +162,22 @@ def _without_sysfs_serials(disks: list[dict[str, Any]], qga: list[dict[str, Any]
     return out
 
 
-@pytest.mark.qemu_ga
-def test_get_disks_same_names_and_addresses(pair: Pair) -> None:
-    # Other tests attach and detach loop devices at any time: ask again until both saw the
-    # same /sys/block (the comparison itself is exact).
+def _same_disks(pair: Pair) -> dict[str, Any]:
+    """guest-get-disks from both agents, equal but for pyqga's sysfs serials; pyqga's reply.
+    Other tests attach and detach loop devices at any time: ask again until both saw the same
+    /sys/block (the comparison itself is exact)."""
     for _attempt in range(10):
         qga, ours = pair.call("guest-get-disks")
         if _ok(qga) == _without_sysfs_serials(_ok(ours), qga["return"]):
             break
         time.sleep(0.2)
     assert _without_sysfs_serials(_ok(ours), qga["return"]) == _ok(qga)
+    return ours
+
+
+@pytest.mark.qemu_ga
+def test_get_disks_same_names_and_addresses(pair: Pair) -> None:
+    ours = _same_disks(pair)
     # At least the machine's real disks are there, with an address when they sit on PCI.
     names = {d["name"] for d in ours["return"]}
     for entry in os.listdir("/sys/block"):
@@ -640,12 +646,7 @@ def test_get_disks_same_with_partitions_and_a_dm_device(pair: Pair, tmp_path: Pa
             dm_made = True
             dm = next(n for n in os.listdir("/sys/block") if n.startswith("dm-") and
                       Path(f"/sys/block/{n}/dm/name").read_text().strip() == dm_name)
-        for _attempt in range(10):
-            qga, ours = pair.call("guest-get-disks")
-            if _ok(qga) == _without_sysfs_serials(_ok(ours), qga["return"]):
-                break
-            time.sleep(0.2)
-        assert _without_sysfs_serials(_ok(ours), qga["return"]) == _ok(qga)
+        ours = _same_disks(pair)
         by_name = {d["name"]: d for d in ours["return"]}
         assert by_name[loop] == {"name": loop, "partition": False, "dependencies": []}
         if partitioned:
