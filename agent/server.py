@@ -141,6 +141,16 @@ class AgentConnection(asyncio.BufferedProtocol):
         if self._transport is None or self._blocked():
             self._inbox += data
             return  # gone, or resume_writing / _flush starts the next turn
+        if data and not self._items:
+            items = self._protocol.receive_data(data)
+            if len(items) == 1 and not self._inbox:
+                # Nearly every turn: one request, nothing behind it, so its reply (if answered
+                # here) is the turn's only write and reading stays as it is; a hand-off to a
+                # worker or a paused transport updates the reading itself (_queue, pause_writing).
+                self._answer(items[0])
+                return
+            self._items.extend(items)
+            data = b""
         self._batch = []  # collects what _write gets until the end of this turn
         try:
             if data:
@@ -152,11 +162,7 @@ class AgentConnection(asyncio.BufferedProtocol):
                 budget -= len(chunk)
                 self._items.extend(self._protocol.receive_data(chunk))
             for _ in range(min(TURN_ITEMS, len(self._items))):
-                item = self._items.popleft()
-                try:
-                    self._handle(item)
-                except Exception:  # our bug: log it, keep serving this and every other client
-                    self._dispatcher.agent.log.exception("internal error answering %r", item)
+                self._answer(self._items.popleft())
                 if self._transport is None or self._blocked():
                     break
         finally:
@@ -175,6 +181,12 @@ class AgentConnection(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         self._update_reading()
+
+    def _answer(self, item: Incoming) -> None:
+        try:
+            self._handle(item)
+        except Exception:  # our bug: log it, keep serving this and every other client
+            self._dispatcher.agent.log.exception("internal error answering %r", item)
 
     def _handle(self, item: Incoming) -> None:
         dispatcher = self._dispatcher
