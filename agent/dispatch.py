@@ -131,7 +131,12 @@ class Dispatcher:
 
     def complete(self, prepared: Prepared) -> bytes | None:
         """Run a prepared request and encode its reply (on the loop or a worker thread)."""
-        return self.reply(prepared.request, prepared.command, self.run(prepared))
+        outcome = self.run(prepared)
+        command = prepared.command
+        if outcome.error is None and not command.success_response:
+            return None
+        return encode_outcome(prepared.request, outcome,
+                              delimited=command.delimited and outcome.error is None)
 
     def complete_later(self, prepared: Prepared) -> bytes | None:
         """:meth:`complete` for a request that waited for a worker: the agent may have frozen
@@ -140,12 +145,6 @@ class Dispatcher:
         if refusal is not None:
             return encode_outcome(prepared.request, refusal)
         return self.complete(prepared)
-
-    @staticmethod
-    def reply(request: Request, command: Command, outcome: Outcome) -> bytes | None:
-        if outcome.error is None and not command.success_response:
-            return None
-        return encode_outcome(request, outcome, delimited=command.delimited and outcome.error is None)
 
     def answer(self, item: Incoming) -> bytes | None:
         """Answer ``item`` entirely on this thread."""

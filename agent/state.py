@@ -53,7 +53,7 @@ class AgentState:
         """Why ``name`` may not run now, or None.  Checked on every request."""
         if name in self.blocked:
             return BLOCKED_REASON
-        if self.frozen:
+        if self.freezer.frozen:
             command = self.registry.get(name)
             if command is not None and not command.allowed_while_frozen:
                 return FROZEN_REASON

@@ -13,7 +13,7 @@ Classification rules (untrusted input, so every shape is checked here once):
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -184,11 +184,12 @@ def reply_object(
     return {"jsonrpc": "2.0", "result": result, "id": request_id}
 
 
-def _strict_encoder() -> Callable[[Any], str]:
-    """``json.dumps`` (same bytes) that refuses NaN and infinities, built once.
+def _strict_encoder() -> Callable[[Any, int], Iterable[str]]:
+    """``json.dumps``'s pieces (same bytes once joined), refusing NaN and infinities, built once.
 
     ``json.dumps`` sets up a new C encoder on every call, which is most of its ~4 us for a small
-    reply; the C encoder itself can be kept.  Circular references are not checked (replies are
+    reply; the C encoder itself can be kept, and called as ``chunks(value, 0)`` like the pure
+    Python ``iterencode`` it falls back to.  Circular references are not checked (replies are
     built fresh by handlers): one would end in RecursionError, which :func:`encode_reply` turns
     into an internal error like any other unencodable reply.
     """
@@ -201,11 +202,11 @@ def _strict_encoder() -> Callable[[Any], str]:
         except TypeError:  # a Python whose private C encoder takes other arguments
             pass
         else:
-            return lambda value: "".join(c_encode(value, 0))
-    return strict.encode
+            return c_encode  # type: ignore[no-any-return]
+    return strict.iterencode
 
 
-_to_json = _strict_encoder()
+_json_chunks = _strict_encoder()
 UNENCODABLE = (ValueError, TypeError, RecursionError)
 
 
@@ -215,7 +216,7 @@ def encode(reply: Any, *, delimited: bool = False) -> bytes:
     Raises ValueError for NaN or an infinity (they are not JSON), TypeError for a value JSON
     cannot hold: :func:`encode_reply` turns either into an internal error reply.
     """
-    line = _to_json(reply).encode() + b"\n"
+    line = "".join(_json_chunks(reply, 0)).encode() + b"\n"
     return RESYNC_BYTE + line if delimited else line
 
 
@@ -237,7 +238,7 @@ def encode_reply(
             f"internal error: the reply is not valid JSON ({exc}); it was not sent",
         )
         try:
-            _to_json(request_id)
+            "".join(_json_chunks(request_id, 0))
         except UNENCODABLE:
             request_id, has_id = None, False
         return encode(reply_object(dialect, request_id, has_id, error=problem))
