@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import socket
@@ -41,7 +42,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.report import machine_line, qemu_ga_problem, unwind_on_sigterm, verdict, write_section  # noqa: E402
-from tests.support.agent_process import PyqgaAgent, agent_command, tmpfs_statedir  # noqa: E402
+from tests.support.agent_process import PyqgaAgent, agent_command, agent_env, tmpfs_statedir  # noqa: E402
 from tests.support.qemu_ga import QemuGa, ensure_qemu_ga  # noqa: E402
 from tests.support.sockets import connect_unix  # noqa: E402
 
@@ -50,6 +51,9 @@ PING_REPLY = b'{"return": {}, "id": 1}\n'
 MEMORY_REQUESTS = 10_000
 START_TRIALS = 5
 START_TIMEOUT = 15.0
+# What the Debian package runs the agent with (packaging/pyqga-agent: #!/usr/bin/python3 -IB).
+PACKAGED_PYTHON = "/usr/bin/python3"
+DEPENDENCIES = ("jsonrpcserver", "oslash", "serial")  # pure Python: any 3.11+ can import them
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
 SECTION = "bench/rpc.py"  # name of our section of BENCHMARKS.md (bench/report.py)
 
@@ -152,9 +156,52 @@ def running_qemu_ga(workdir: Path) -> Iterator[Agent]:
         yield Agent("qemu-ga", peer.socket_path, peer.pid)
 
 
+@dataclass(frozen=True)
+class Interpreter:
+    """The Python pyqga runs under here, and the folders its dependencies come from."""
+
+    path: str
+    version: str
+    module_paths: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.path == PACKAGED_PYTHON:
+            return (f"pyqga runs under {self.path} (Python {self.version}), the interpreter its Debian "
+                    "package runs it with, its dependencies imported from this checkout's venv")
+        return f"pyqga runs under {self.path} (Python {self.version})"
+
+
+def _version(python: str) -> tuple[int, ...] | None:
+    try:
+        proc = subprocess.run([python, "-c", "import sys; print(*sys.version_info[:3])"],
+                              capture_output=True, text=True, timeout=30)
+    except OSError:
+        return None
+    return tuple(int(part) for part in proc.stdout.split()) if proc.returncode == 0 else None
+
+
+def pick_interpreter(requested: str | None) -> Interpreter:
+    """``requested``, else the packaged interpreter where it is a 3.11+, else this one."""
+    here = ".".join(map(str, sys.version_info[:3]))
+    candidate = requested or PACKAGED_PYTHON
+    version = _version(candidate)
+    if version is None or version < (3, 11):
+        if requested:
+            raise SystemExit(f"bench/rpc.py: --python {requested}: not a Python 3.11 or later")
+        return Interpreter(sys.executable, here)
+    if Path(candidate).resolve() == Path(sys.executable).resolve():
+        return Interpreter(sys.executable, here)
+    modules = [importlib.import_module(name) for name in DEPENDENCIES]
+    paths = tuple(dict.fromkeys(str(Path(module.__file__).parents[1]) for module in modules))
+    return Interpreter(candidate, ".".join(map(str, version)), paths)
+
+
+INTERPRETER = Interpreter(sys.executable, ".".join(map(str, sys.version_info[:3])))  # set by main()
+
+
 @contextlib.contextmanager
 def running_pyqga(workdir: Path) -> Iterator[Agent]:
-    with PyqgaAgent(workdir) as agent:
+    with PyqgaAgent(workdir, python=INTERPRETER.path, module_paths=INTERPRETER.module_paths) as agent:
         yield Agent("pyqga", agent.socket_path, agent.pid)
 
 
@@ -371,7 +418,7 @@ def first_reply_seconds(command: list[str], socket_path: Path, env: dict[str, st
 
 def measure_start(workdir: Path) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {"qemu-ga": [], "pyqga": []}
-    pyqga_env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    pyqga_env = agent_env(INTERPRETER.module_paths)
     for trial in range(START_TRIALS):
         for name in ("qemu-ga", "pyqga") if trial % 2 == 0 else ("pyqga", "qemu-ga"):
             where = workdir / f"start-{name}-{trial}"
@@ -385,7 +432,7 @@ def measure_start(workdir: Path) -> dict[str, list[float]]:
             else:
                 # Exactly PyqgaAgent's command line (sys.executable -B -m agent ...), its state on tmpfs.
                 tmpfs_statedir(where / "state")
-                command = agent_command(where)
+                command = agent_command(where, python=INTERPRETER.path)
                 times[name].append(first_reply_seconds(command, where / "agent.sock", pyqga_env, where))
     return times
 
@@ -435,7 +482,7 @@ def load_average() -> str:
 
 def build_report(results: list[CaseResult], rss: dict[str, int] | None, start: dict[str, list[float]] | None,
                  seconds: float, rounds: int, loads: tuple[str, str]) -> str:
-    parts = [machine_line(ensure_qemu_ga()), request_table(results)]
+    parts = [f"{machine_line(ensure_qemu_ga())} {INTERPRETER.describe()}.", request_table(results)]
     parts.append(
         f"{rounds} rounds of {seconds:g} s per request and agent; rates are the median over rounds, "
         "ratios the median of the per-round ratios. \"n/a\" marks a request one side answers with "
@@ -468,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated commands to measure (default: all); "
                         "skips memory and start-up, implies --no-write")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    parser.add_argument("--python", default=None,
+                        help=f"interpreter to run pyqga with (default: {PACKAGED_PYTHON}, what the Debian "
+                        "package runs it with, where it is a Python 3.11+; else this one)")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.rounds < 1:
         parser.error("--seconds must be > 0 and --rounds >= 1")
@@ -479,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
             known = ", ".join(sorted({c.command for c in all_cases()}))
             parser.error(f"--only matches no request; commands: {known}")
 
+    global INTERPRETER
+    INTERPRETER = pick_interpreter(args.python)
     unwind_on_sigterm()
     if problem := qemu_ga_problem():
         print(f"bench/rpc.py: {problem}", file=sys.stderr)

@@ -118,13 +118,13 @@ class ListeningProcess:
 
 
 def agent_command(workdir: Path, extra_args: Sequence[str] = (),
-                  python_args: Sequence[str] = ()) -> list[str]:
+                  python_args: Sequence[str] = (), python: str = sys.executable) -> list[str]:
     """``pyqga-agent`` on a unix socket with every file it writes inside ``workdir`` (the state
     directory through a symlink to tmpfs, see :func:`tmpfs_statedir`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     tmpfs_statedir(workdir / "state")
     return [
-        sys.executable, "-B", *python_args, "-m", "agent",
+        python, "-B", *python_args, "-m", "agent",
         "-m", "unix-listen", "-p", str(workdir / "agent.sock"),
         "-t", str(workdir / "state"), "-c", os.devnull, *extra_args,
     ]
@@ -140,12 +140,18 @@ def tmpfs_statedir(link: Path) -> None:
     link.symlink_to(target)
 
 
+def agent_env(module_paths: Sequence[str] = ()) -> dict[str, str]:
+    """The environment an agent from this checkout runs in: the repository (and, for another
+    interpreter than this one, the folders of its dependencies) on its module path."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), *module_paths]))
+
+
 class PyqgaAgent(ListeningProcess):
     def __init__(self, workdir: Path, extra_args: Sequence[str] = (),
-                 python_args: Sequence[str] = ()) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-        super().__init__(agent_command(workdir, extra_args, python_args), workdir / "agent.sock",
-                         workdir / "agent.log", env)
+                 python_args: Sequence[str] = (), python: str = sys.executable,
+                 module_paths: Sequence[str] = ()) -> None:
+        super().__init__(agent_command(workdir, extra_args, python_args, python), workdir / "agent.sock",
+                         workdir / "agent.log", agent_env(module_paths))
         self.statedir = workdir / "state"
 
     def __enter__(self) -> PyqgaAgent:
