@@ -56,6 +56,7 @@ test: $(STAMP) deps lint
 
 bench: $(STAMP) deps
 	$(PY) bench/rpc.py
+	$(PY) bench/floor.py
 	$(PY) bench/freeze.py
 	$(PY) bench/stall.py
 	$(PY) bench/group.py

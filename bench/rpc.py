@@ -1,10 +1,12 @@
 """pyqga against the real qemu-ga, request by request, as hosts send them; memory; start-up.
 
-    python bench/rpc.py [--seconds 0.3] [--rounds 5] [--only guest-ping,...] [--no-write]
+    python bench/rpc.py [--seconds 0.3] [--rounds 5] [--only guest-ping,...] [--python PATH] [--no-write]
 
 Run from the repository root (``make bench`` does). Both agents listen on unix sockets in a
 private temporary folder and are measured in the same run, each through one persistent
-connection, as a host holds one:
+connection, as a host holds one. pyqga runs under the interpreter its Debian package runs it
+with (``/usr/bin/python3``) where that is a 3.11+. During the request runs the client is pinned
+to one CPU and both agents to another (see :class:`Placement`).
 
 - requests: every read-only command, ``guest-ping`` and ``guest-sync`` with ids (what libvirt
   sends before each command) and ``guest-ping`` without one, in qemu-ga's dialect to both agents
@@ -94,8 +96,15 @@ pyqga measured against the real qemu-ga (Debian's build, fetched by `tests/suppo
 on the same machine in the same run. Regenerate the results below with `make bench` or, from the
 repository root, `python bench/rpc.py` (`--seconds S --rounds N` per request and agent,
 `--only guest-ping,guest-sync` to measure a few requests, `--no-write` to only print). The
-script starts and stops every agent itself.
+script starts and stops every agent itself. `python bench/floor.py` measures pyqga and qemu-ga
+beside servers that do nothing (the least a CPython agent can cost; section below).
 
+- **Interpreter and CPUs**: pyqga runs under `/usr/bin/python3` (Debian's build, what the
+  `.deb` runs it with; the checkout's venv Python here is a pyenv build without PGO/LTO, ~10%
+  slower per request), its pure-Python dependencies taken from the venv. During the request
+  runs the client is pinned to one CPU and both agents (all their threads) to the other: left
+  to the scheduler, two identical agents side by side differed by up to 20% in rate depending
+  on which CPU each landed on; pinned, by 2-4%.
 - **Requests**: what hosts send, one request at a time over one persistent unix-socket
   connection per agent, with one minimal raw-socket client loop for every agent (send one line,
   read one line), so the client's own cost is the same on both sides (it is part of every round
@@ -330,9 +339,55 @@ class CaseResult:
     rpc_ratios: list[float] = field(default_factory=list)
 
 
-def measure_requests(workdir: Path, cases: list[Case], seconds: float, rounds: int) -> list[CaseResult]:
+@dataclass(frozen=True)
+class Placement:
+    """Which CPUs the client and the agents run on during the request runs.
+
+    Left to the scheduler, two identical agents measured side by side differed by up to 20% in
+    rate, depending on whether each landed on the client's CPU or the other one (the wake-up of
+    a task on another CPU costs more than a switch on the same one); pinned, by 2-4%.  Both
+    agents share one CPU and the client has another, as a host talks to a guest's agent.
+    """
+
+    client: frozenset[int]
+    agents: frozenset[int]
+
+    @classmethod
+    def choose(cls) -> Placement | None:
+        cpus = sorted(os.sched_getaffinity(0))
+        return cls(frozenset(cpus[:1]), frozenset(cpus[1:2])) if len(cpus) >= 2 else None
+
+    def describe(self) -> str:
+        return (f"the client runs on CPU {min(self.client)} and every server measured (all its "
+                f"threads) on CPU {min(self.agents)}")
+
+    def pin_agent(self, pid: int) -> None:
+        # Every thread there is now; threads started later inherit their creator's CPUs.
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(task), self.agents)
+
+    @contextlib.contextmanager
+    def pinned_client(self) -> Iterator[None]:
+        before = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, self.client)
+        try:
+            yield
+        finally:
+            os.sched_setaffinity(0, before)
+
+
+PLACEMENT_NOTE = "fewer than 2 CPUs: the client and the agents are not pinned"
+
+
+def measure_requests(workdir: Path, cases: list[Case], seconds: float, rounds: int,
+                     placement: Placement | None) -> list[CaseResult]:
     results = [CaseResult(c, Series(), Series(), Series() if c.rpc else None) for c in cases]
-    with running_qemu_ga(workdir / "qga") as qga, running_pyqga(workdir / "pyqga") as ours:
+    with running_qemu_ga(workdir / "qga") as qga, running_pyqga(workdir / "pyqga") as ours, \
+            placement.pinned_client() if placement else contextlib.nullcontext():
+        if placement is not None:
+            placement.pin_agent(qga.pid)
+            placement.pin_agent(ours.pid)
         theirs_conn, our_conn = Connection(qga.socket_path), Connection(ours.socket_path)
         try:
             for result in results:  # warm-up, and which replies are errors
@@ -481,13 +536,14 @@ def load_average() -> str:
 
 
 def build_report(results: list[CaseResult], rss: dict[str, int] | None, start: dict[str, list[float]] | None,
-                 seconds: float, rounds: int, loads: tuple[str, str]) -> str:
+                 seconds: float, rounds: int, loads: tuple[str, str], placement: str) -> str:
     parts = [f"{machine_line(ensure_qemu_ga())} {INTERPRETER.describe()}.", request_table(results)]
     parts.append(
         f"{rounds} rounds of {seconds:g} s per request and agent; rates are the median over rounds, "
         "ratios the median of the per-round ratios. \"n/a\" marks a request one side answers with "
         "an error (its text shown): there is nothing to compare. Load average (1 min) before and "
-        f"after the request runs: {loads[0]} and {loads[1]} on {os.cpu_count()} CPUs."
+        f"after the request runs: {loads[0]} and {loads[1]} on {os.cpu_count()} CPUs. During the "
+        f"request runs {placement}."
     )
     if rss is not None and start is not None:
         start_qga, start_ours = statistics.median(start["qemu-ga"]), statistics.median(start["pyqga"])
@@ -540,7 +596,8 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         print(f"requests: {len(cases)} requests, {args.rounds} rounds x {args.seconds:g} s each", flush=True)
         load_before = load_average()
-        results = measure_requests(workdir, cases, args.seconds, args.rounds)
+        placement = Placement.choose()
+        results = measure_requests(workdir, cases, args.seconds, args.rounds, placement)
         loads = (load_before, load_average())
         print(request_table(results), flush=True)  # at once: the rest takes a while and may fail
         if not args.only:
@@ -548,7 +605,8 @@ def main(argv: list[str] | None = None) -> int:
             rss = measure_memory(workdir)
             print(f"start to first reply: {START_TRIALS} starts each", flush=True)
             start = measure_start(workdir)
-    report = build_report(results, rss, start, args.seconds, args.rounds, loads)
+    report = build_report(results, rss, start, args.seconds, args.rounds, loads,
+                          placement.describe() if placement else PLACEMENT_NOTE)
     print()
     print(report)
     if not (args.no_write or args.only):
