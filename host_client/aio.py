@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 
 from host_client import guest_ops
 from host_client.client import DEFAULT_TIMEOUT, resume
-from host_client.errors import AgentConnectionError, AgentTimeout
+from host_client.errors import AgentConnectionError, channel_failed, closed_by_agent, timed_out
 from host_client.guest_ops import ExecResult, StallHandle, StallResult
 from host_client.session import FREEZE_CALL_TIMEOUT, Capabilities, Freeze, Op, Send, Session, Sleep
 from host_client.transport import RECV_SIZE, Transport, host_port, open_transport, parse_address
@@ -48,7 +48,7 @@ class AsyncTransport(Protocol):
 def _remaining(deadline: float, address: str, doing: str) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
-        raise AgentTimeout(f"{address}: timed out {doing}")
+        raise timed_out(address, doing)
     return left
 
 
@@ -64,9 +64,9 @@ class StreamTransport:
             self.writer.write(data)
             await asyncio.wait_for(self.writer.drain(), left)
         except TimeoutError:
-            raise AgentTimeout(f"{self.address}: timed out sending") from None
+            raise timed_out(self.address, "sending") from None
         except OSError as exc:
-            raise AgentConnectionError(f"{self.address}: send failed: {exc.strerror or exc}") from None
+            raise channel_failed(self.address, "send", exc) from None
 
     async def recv(self, deadline: float) -> bytes:
         doing = "waiting for a reply"
@@ -74,13 +74,13 @@ class StreamTransport:
             left = _remaining(deadline, self.address, doing)
             data = await asyncio.wait_for(self.reader.read(RECV_SIZE), left)
         except TimeoutError:
-            raise AgentTimeout(f"{self.address}: timed out {doing}") from None
+            raise timed_out(self.address, doing) from None
         except ConnectionResetError:
             data = b""
         except OSError as exc:
-            raise AgentConnectionError(f"{self.address}: receive failed: {exc.strerror or exc}") from None
+            raise channel_failed(self.address, "receive", exc) from None
         if not data:
-            raise AgentConnectionError(f"{self.address}: the agent closed the connection")
+            raise closed_by_agent(self.address)
         return data
 
     async def close(self) -> None:

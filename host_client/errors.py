@@ -22,6 +22,21 @@ class AgentTimeout(AgentClientError):
     """No reply in time; the client resyncs before its next call."""
 
 
+def channel_failed(address: str, doing: str, exc: BaseException) -> AgentConnectionError:
+    """``<address>: send failed: <reason>``, in the system's words where it has them."""
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+    return AgentConnectionError(f"{address}: {doing} failed: {reason}")
+
+
+def closed_by_agent(address: str) -> AgentConnectionError:
+    return AgentConnectionError(f"{address}: the agent closed the connection")
+
+
+def timed_out(address: str, doing: str) -> AgentTimeout:
+    """``doing``: what was under way, such as "sending" or "waiting for a reply"."""
+    return AgentTimeout(f"{address}: timed out {doing}")
+
+
 class AgentCallError(AgentClientError):
     """The agent answered with an error; ``error`` has its class/code and message."""
 

@@ -43,7 +43,7 @@ from enum import Enum
 from typing import Any
 from urllib.parse import unquote
 
-from host_client.errors import AgentConnectionError, AgentTimeout
+from host_client.errors import AgentConnectionError, AgentTimeout, timed_out
 from protocol.decoder import DecodeFailure, Message, StreamDecoder
 from protocol.dialects import Batch, Dialect, Invalid, Request, classify, encode, reply_object
 from protocol.errors import FREEZE_LOST_TEXT, AgentError, ErrorKind, invalid_params
@@ -245,12 +245,12 @@ class LibvirtTransport:
         while True:
             if not self._pending:  # nothing will come: like a silent agent on a socket
                 time.sleep(max(0.0, deadline - time.monotonic()))
-                raise AgentTimeout(f"{self.address}: timed out waiting for a reply")
+                raise timed_out(self.address, "waiting for a reply")
             future = self._pending[0]
             try:
                 reply = future.result(timeout=max(0.0, deadline - time.monotonic()))
             except TimeoutError:
-                raise AgentTimeout(f"{self.address}: timed out waiting for a reply") from None
+                raise timed_out(self.address, "waiting for a reply") from None
             except (AgentTimeout, AgentConnectionError):
                 self._pending.popleft()
                 if future is self._latest:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import serial
 
-from host_client.errors import AgentConnectionError, AgentTimeout
+from host_client.errors import AgentConnectionError, channel_failed, closed_by_agent, timed_out
 
 RECV_SIZE = 65536
 
@@ -48,7 +48,7 @@ class SocketTransport:
             except BlockingIOError:
                 continue
             except OSError as exc:
-                raise AgentConnectionError(f"{self.address}: send failed: {exc.strerror}") from None
+                raise channel_failed(self.address, "send", exc) from None
             view = view[sent:]
 
     def recv(self, deadline: float) -> bytes:
@@ -61,9 +61,9 @@ class SocketTransport:
             except ConnectionResetError:
                 data = b""
             except OSError as exc:
-                raise AgentConnectionError(f"{self.address}: receive failed: {exc.strerror}") from None
+                raise channel_failed(self.address, "receive", exc) from None
             if not data:
-                raise AgentConnectionError(f"{self.address}: the agent closed the connection")
+                raise closed_by_agent(self.address)
             return data
 
     def _wait(self, events: int, deadline: float, doing: str) -> None:
@@ -71,7 +71,7 @@ class SocketTransport:
         poller.register(self.sock, events)
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not poller.poll(remaining * 1000):
-            raise AgentTimeout(f"{self.address}: timed out {doing}")
+            raise timed_out(self.address, doing)
 
     def close(self) -> None:
         self.sock.close()
@@ -91,20 +91,20 @@ class SerialTransport:
             self.port.write(data)
             self.port.flush()
         except serial.SerialTimeoutException:
-            raise AgentTimeout(f"{self.address}: timed out sending") from None
+            raise timed_out(self.address, "sending") from None
         except (serial.SerialException, OSError) as exc:
-            raise AgentConnectionError(f"{self.address}: send failed: {exc}") from None
+            raise channel_failed(self.address, "send", exc) from None
 
     def recv(self, deadline: float) -> bytes:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AgentTimeout(f"{self.address}: timed out waiting for a reply")
+                raise timed_out(self.address, "waiting for a reply")
             self.port.timeout = min(remaining, 0.5)
             try:
                 data = self.port.read(max(1, self.port.in_waiting))
             except (serial.SerialException, OSError) as exc:
-                raise AgentConnectionError(f"{self.address}: receive failed: {exc}") from None
+                raise channel_failed(self.address, "receive", exc) from None
             if data:
                 return bytes(data) + bytes(self.port.read(self.port.in_waiting))
 
