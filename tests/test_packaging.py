@@ -17,7 +17,7 @@ from agent import config as cfg
 from agent.registry import build_registry
 from agent.state import blocked_commands
 from tests.support.agent_process import REPO_ROOT
-from tests.support.requirements import require_tool
+from tests.support.requirements import require, require_tool
 
 PACKAGING = REPO_ROOT / "packaging"
 
@@ -74,8 +74,7 @@ def test_deb_control_data(dist: tuple[Path, subprocess.CompletedProcess[str]]) -
 def test_lintian_clean_where_it_runs(dist: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     _out, result = dist
     assert result.returncode == 0, result.stdout + result.stderr
-    if "lintian not installed" in result.stdout:
-        pytest.skip("lintian is not installed (make dist installs it)")
+    require("lintian not installed" not in result.stdout, "lintian is not installed (make deps installs it)")
     assert "dist: lintian clean" in result.stdout, result.stdout
 
 
