@@ -25,7 +25,13 @@ from typing import Any, Protocol, TypeVar
 
 from host_client import guest_ops
 from host_client.client import DEFAULT_TIMEOUT, resume
-from host_client.errors import AgentConnectionError, channel_failed, closed_by_agent, timed_out
+from host_client.errors import (
+    AgentConnectionError,
+    channel_failed,
+    closed_by_agent,
+    receive_failed,
+    timed_out,
+)
 from host_client.guest_ops import ExecResult, StallHandle, StallResult
 from host_client.session import FREEZE_CALL_TIMEOUT, Capabilities, Freeze, Op, Send, Session, Sleep
 from host_client.transport import RECV_SIZE, Transport, host_port, open_transport, parse_address
@@ -75,10 +81,8 @@ class StreamTransport:
             data = await asyncio.wait_for(self.reader.read(RECV_SIZE), left)
         except TimeoutError:
             raise timed_out(self.address, doing) from None
-        except ConnectionResetError:
-            data = b""
         except OSError as exc:
-            raise channel_failed(self.address, "receive", exc) from None
+            raise receive_failed(self.address, exc) from None
         if not data:
             raise closed_by_agent(self.address)
         return data

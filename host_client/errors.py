@@ -32,6 +32,13 @@ def closed_by_agent(address: str) -> AgentConnectionError:
     return AgentConnectionError(f"{address}: the agent closed the connection")
 
 
+def receive_failed(address: str, exc: OSError) -> AgentConnectionError:
+    """A reset is the agent going away, as an EOF is; anything else is the channel's failure."""
+    if isinstance(exc, ConnectionResetError):
+        return closed_by_agent(address)
+    return channel_failed(address, "receive", exc)
+
+
 def timed_out(address: str, doing: str) -> AgentTimeout:
     """``doing``: what was under way, such as "sending" or "waiting for a reply"."""
     return AgentTimeout(f"{address}: timed out {doing}")

@@ -16,7 +16,13 @@ from typing import Any, Protocol
 
 import serial
 
-from host_client.errors import AgentConnectionError, channel_failed, closed_by_agent, timed_out
+from host_client.errors import (
+    AgentConnectionError,
+    channel_failed,
+    closed_by_agent,
+    receive_failed,
+    timed_out,
+)
 
 RECV_SIZE = 65536
 
@@ -58,10 +64,8 @@ class SocketTransport:
                 data = self.sock.recv(RECV_SIZE)
             except BlockingIOError:
                 continue
-            except ConnectionResetError:
-                data = b""
             except OSError as exc:
-                raise channel_failed(self.address, "receive", exc) from None
+                raise receive_failed(self.address, exc) from None
             if not data:
                 raise closed_by_agent(self.address)
             return data
@@ -104,7 +108,7 @@ class SerialTransport:
             try:
                 data = self.port.read(max(1, self.port.in_waiting))
             except (serial.SerialException, OSError) as exc:
-                raise channel_failed(self.address, "receive", exc) from None
+                raise receive_failed(self.address, exc) from None
             if data:
                 return bytes(data) + bytes(self.port.read(self.port.in_waiting))
 
