@@ -103,7 +103,7 @@ beside servers that do nothing (the least a CPython agent can cost; section belo
   `.deb` runs it with; the checkout's venv Python here is a pyenv build without PGO/LTO, ~10%
   slower per request), its pure-Python dependencies taken from the venv. During the request
   runs the client is pinned to one CPU and both agents (all their threads) to the other: left
-  to the scheduler, two identical agents side by side differed by up to 20% in rate depending
+  to the scheduler, two identical agents side by side differed by up to 23% in rate depending
   on which CPU each landed on; pinned, by 2-4%.
 - **Requests**: what hosts send, one request at a time over one persistent unix-socket
   connection per agent, with one minimal raw-socket client loop for every agent (send one line,
@@ -343,7 +343,7 @@ class CaseResult:
 class Placement:
     """Which CPUs the client and the agents run on during the request runs.
 
-    Left to the scheduler, two identical agents measured side by side differed by up to 20% in
+    Left to the scheduler, two identical agents measured side by side differed by up to 23% in
     rate, depending on whether each landed on the client's CPU or the other one (the wake-up of
     a task on another CPU costs more than a switch on the same one); pinned, by 2-4%.  Both
     agents share one CPU and the client has another, as a host talks to a guest's agent.
