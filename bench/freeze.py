@@ -42,7 +42,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.report import BENCHMARKS_MD, machine_line, qemu_ga_problem, unwind_on_sigterm, write_section  # noqa: E402
-from tests.support.agent_process import ListeningProcess, agent_command  # noqa: E402
+from tests.support.agent_process import ListeningProcess, agent_command, agent_env  # noqa: E402
 from tests.support.loopfs import LoopMounts  # noqa: E402
 from tests.support.qemu_ga import IsolatedQemuGa, ensure_qemu_ga  # noqa: E402
 from tests.support.sockets import connect_unix  # noqa: E402
@@ -77,7 +77,7 @@ def running_pyqga(workdir: Path, loops: LoopMounts) -> Iterator[Path]:
     # State on tmpfs, as in production (default /run/pyqga): its fsyncs cost nothing there.
     with tempfile.TemporaryDirectory(prefix="pyqga-bench-state-", dir="/dev/shm") as statedir:
         command = agent_command(workdir, ["--freeze-include", loops.glob(), "-t", statedir])
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        env = agent_env()
         agent = ListeningProcess(loops.isolated(command, keep=[workdir, REPO_ROOT, sys.prefix, statedir]),
                                  workdir / "agent.sock", workdir / "agent.log", env)
         agent.start()

@@ -12,7 +12,7 @@ import pytest
 from agent import config as cfg
 from agent.registry import build_registry
 from agent.state import AgentState
-from tests.support.agent_process import REPO_ROOT, tmpfs_statedir
+from tests.support.agent_process import agent_env, tmpfs_statedir
 
 
 def parse(*argv: str) -> cfg.Config:
@@ -20,7 +20,7 @@ def parse(*argv: str) -> cfg.Config:
 
 
 def run_agent(*argv: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    env = agent_env()
     return subprocess.run([sys.executable, "-B", "-m", "agent", *argv], capture_output=True, text=True,
                           env=env, timeout=30)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from host_client import AgentCallError, AgentClient
-from tests.support.agent_process import ProcessFailed, PyqgaAgent
+from tests.support.agent_process import ProcessFailed, PyqgaAgent, agent_env
 
 QGA_SAFE_WHILE_FROZEN = {"guest-ping", "guest-info", "guest-sync", "guest-sync-delimited"}
 
@@ -278,12 +278,12 @@ def test_daemonize_returns_at_once_and_serves_with_a_pid_file(tmp_path: Path) ->
     import signal as _signal
     import subprocess as _subprocess
 
-    from tests.support.agent_process import REPO_ROOT, agent_command
+    from tests.support.agent_process import agent_command
 
     pidfile = tmp_path / "agent.pid"
     command = [*agent_command(tmp_path, ["-d", "-f", str(pidfile)])]
     launched = _subprocess.run(command, capture_output=True, timeout=30,
-                               env=dict(_os.environ, PYTHONPATH=str(REPO_ROOT)))
+                               env=agent_env())
     assert launched.returncode == 0, launched.stderr
     deadline = time.monotonic() + 15
     while not (pidfile.exists() and pidfile.read_text().strip()):

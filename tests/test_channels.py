@@ -8,7 +8,6 @@ transports.  socat links two ptys as a null-modem cable would.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 
 from host_client import AgentClient, AgentConnectionError
 from host_client.transport import parse_address
-from tests.support.agent_process import REPO_ROOT, ListeningProcess, PyqgaAgent, agent_command
+from tests.support.agent_process import ListeningProcess, PyqgaAgent, agent_command, agent_env
 from tests.support.requirements import require_tool
 
 
@@ -57,7 +56,7 @@ def serial_agent(workdir: Path, device: Path, *extra: str) -> subprocess.Popen[b
     workdir.mkdir(parents=True, exist_ok=True)
     log = open(workdir / "agent.log", "wb")  # noqa: SIM115 - the child owns it
     return subprocess.Popen([*command, *extra], stdout=log, stderr=log,
-                            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+                            env=agent_env())
 
 
 def stop(process: subprocess.Popen[bytes]) -> int:
@@ -173,7 +172,7 @@ def test_systemd_socket_activation(tmp_path: Path) -> None:
         f"os.execv(sys.executable, {json.dumps(command)})\n"
     )
     runner = ListeningProcess([sys.executable, "-c", launcher], path, tmp_path / "agent.log",
-                              env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+                              env=agent_env())
     with runner:
         with AgentClient(str(path)) as client:
             assert client.call("guest-sync", id=9) == 9

@@ -28,7 +28,7 @@ import pytest
 
 from agent.config import VERSION
 from host_client import AgentClient
-from tests.support.agent_process import REPO_ROOT, PyqgaAgent
+from tests.support.agent_process import REPO_ROOT, PyqgaAgent, agent_env
 from tests.support.freezing import start_writer
 from tests.support.loopfs import LoopFs, LoopMounts, thaw_fully
 from tests.support.qemu_ga import IsolatedQemuGa, QemuGa, QemuGaUnavailable, ensure_qemu_ga, require_qemu_ga
@@ -37,13 +37,13 @@ PEERS = ("pyqga", "qemu-ga")
 
 
 def pyqga(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    env = agent_env()
     return subprocess.run([sys.executable, "-m", "host_client", *args], capture_output=True, text=True,
                           env=env, timeout=timeout, cwd=REPO_ROOT)
 
 
 def pyqga_bytes(*args: str) -> subprocess.CompletedProcess[bytes]:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    env = agent_env()
     return subprocess.run([sys.executable, "-m", "host_client", *args], capture_output=True,
                           env=env, timeout=60, cwd=REPO_ROOT)
 

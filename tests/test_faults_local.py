@@ -6,7 +6,6 @@ devices, so a broken stall is caught without booting a guest.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from host_client import AgentClient
-from tests.support.agent_process import REPO_ROOT
+from tests.support.agent_process import agent_env
 from tests.support.freezing import start_agent, start_writer
 from tests.support.loopfs import LoopMounts, thaw_fully
 
@@ -62,7 +61,7 @@ def test_cli_repeated_stalls_follow_the_schedule_and_summarise(tmp_path: Path, l
             [sys.executable, "-m", "host_client", "-s", str(agent.socket_path), "fault", "stall",
              "--mount", str(a), "--mount", str(b), "--duration", "500ms", "--repeat", "3",
              "--interval", "1.5s"],
-            capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+            capture_output=True, text=True, timeout=60, env=agent_env())
         elapsed = time.monotonic() - started
     finally:
         agent.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from agent.config import VERSION
 from host_client import AgentCallError, AgentClient, AgentConnectionError, AgentTimeout
 from protocol.client import ClientConnection
 from protocol.dialects import Dialect
-from tests.support.agent_process import REPO_ROOT, PyqgaAgent
+from tests.support.agent_process import PyqgaAgent, agent_env
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +149,7 @@ def test_client_connection_matches_ids_and_ignores_others() -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    env = agent_env()
     return subprocess.run([sys.executable, "-m", "host_client", *args], capture_output=True,
                           text=True, env=env, timeout=30)
 

@@ -4,7 +4,6 @@ control data, configuration and unit.  The guest test (tests/test_vm_systemd.py)
 from __future__ import annotations
 
 import configparser
-import os
 import subprocess
 import sys
 import zipfile
@@ -16,7 +15,7 @@ import pytest
 from agent import config as cfg
 from agent.registry import build_registry
 from agent.state import blocked_commands
-from tests.support.agent_process import REPO_ROOT
+from tests.support.agent_process import REPO_ROOT, agent_env
 from tests.support.requirements import require, require_tool
 
 PACKAGING = REPO_ROOT / "packaging"
@@ -92,7 +91,7 @@ def test_wheel_has_host_and_guest(dist: tuple[Path, subprocess.CompletedProcess[
 
 
 def run_agent(*argv: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    env = agent_env()
     return subprocess.run([sys.executable, "-B", "-m", "agent", *argv], capture_output=True, text=True,
                           env=env, timeout=30)
 

@@ -8,7 +8,6 @@ block statistics: while /data is frozen no write may reach its disk.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from harness import GuestImage, GuestVM
 from harness.consistency import compare, format_comparison
 from host_client import AgentCallError, AgentClient
 from host_client.qmp import QMPConnection
-from tests.support.agent_process import REPO_ROOT
+from tests.support.agent_process import agent_env
 
 pytestmark = pytest.mark.root
 ALL_AGENTS = ("pyqga-virtio", "qga-virtio", "pyqga-serial")
@@ -159,7 +158,7 @@ def test_snapshot_with_freeze_is_consistent_and_without_is_not(
             [sys.executable, "-m", "host_client", "-s", str(machine.pyqga_socket), "snapshot",
              "--qmp", str(machine.qmp_socket), "--disk", f"data={tmp_path / 'cli.qcow2'}",
              "--mountpoint", "/data", "--json"],
-            capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+            capture_output=True, text=True, timeout=120, env=agent_env())
     assert quiesced.check.consistent, quiesced.check
     assert quiesced.report.frozen_filesystems == 1 and quiesced.report.frozen_seconds > 0
     assert plain.check.needs_recovery, "a snapshot of a busy ext4 without a freeze should need recovery"
@@ -187,7 +186,7 @@ def test_snapshot_through_qemu_ga_is_consistent_and_never_left_frozen(vm: GuestV
         [sys.executable, "-m", "host_client", "--dialect", "qga", "-s", str(vm.qga_socket), "snapshot",
          "--qmp", str(vm.qmp_socket), "--disk", f"data={tmp_path / 'cli.qcow2'}", "--mountpoint", "/data",
          "--json"],
-        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+        capture_output=True, text=True, timeout=120, env=agent_env())
     assert cli.returncode == 0, cli.stderr
     assert "has no auto-thaw" in cli.stderr
     report = json.loads(cli.stdout)

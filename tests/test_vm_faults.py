@@ -17,7 +17,7 @@ import pytest
 
 from harness import GuestImage, GuestVM
 from host_client import AgentCallError, AgentClient
-from tests.support.agent_process import REPO_ROOT
+from tests.support.agent_process import agent_env
 
 pytestmark = pytest.mark.root
 
@@ -117,7 +117,7 @@ def test_repeated_stalls_follow_the_schedule(vm: GuestVM, serial: AgentClient) -
         [sys.executable, "-m", "host_client", "-s", vm.agent_address("pyqga-serial"), "--timeout", "60",
          "fault", "stall", "--mount", "/data", "--duration", "1s", "--repeat", "2", "--interval", "4s",
          "--json"],
-        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+        capture_output=True, text=True, timeout=120, env=agent_env())
     assert cli.returncode == 0, cli.stderr
     stalls = json.loads(cli.stdout)
     assert [s["reason"] for s in stalls] == ["timeout", "timeout"]

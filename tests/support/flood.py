@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.agent_process import agent_env
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 256 << 10
 CONNECTION_BYTES = 1 << 20
@@ -126,7 +128,7 @@ class FloodProcess:
     """The flood in a child process; :meth:`wait` returns its totals."""
 
     def __init__(self, socket_path: Path, pattern: str, clients: int, seconds: float) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        env = agent_env()
         self.process = subprocess.Popen(
             [sys.executable, "-B", "-m", "tests.support.flood", str(socket_path), pattern, str(clients),
              str(seconds)],
