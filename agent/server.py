@@ -141,20 +141,17 @@ class AgentConnection(asyncio.BufferedProtocol):
         if self._transport is None or self._blocked():
             self._inbox += data
             return  # gone, or resume_writing / _flush starts the next turn
-        if data and not self._items:
+        if data:
             items = self._protocol.receive_data(data)
-            if len(items) == 1 and not self._inbox:
+            if len(items) == 1 and not self._items and not self._inbox:
                 # Nearly every turn: one request, nothing behind it, so its reply (if answered
                 # here) is the turn's only write and reading stays as it is; a hand-off to a
                 # worker or a paused transport updates the reading itself (_queue, pause_writing).
                 self._answer(items[0])
                 return
             self._items.extend(items)
-            data = b""
         self._batch = []  # collects what _write gets until the end of this turn
         try:
-            if data:
-                self._items.extend(self._protocol.receive_data(data))
             budget = TURN_BYTES
             while self._inbox and budget > 0 and len(self._items) < TURN_ITEMS:
                 chunk = bytes(self._inbox[:DECODE_STEP])

@@ -45,10 +45,6 @@ class AgentState:
         self.blocked = blocked_commands(self.registry, self.config)
         self.freezer = build_freezer(self.config, self.log, self.logs)
 
-    @property
-    def frozen(self) -> bool:
-        return self.freezer.frozen
-
     def disabled_reason(self, name: str) -> str | None:
         """Why ``name`` may not run now, or None.  Checked on every request."""
         if name in self.blocked:

@@ -29,7 +29,6 @@ from pathlib import Path
 
 from tests.support.agent_process import agent_env
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 256 << 10
 CONNECTION_BYTES = 1 << 20
 ENDLESS_BYTES = 4 << 20  # an endless line must cross the agent's 1 MiB message limit
