@@ -72,10 +72,7 @@ def measure(workdir: Path, seconds: float, rounds: int,
                    stack.enter_context(rpc.running_pyqga(workdir / "pyqga"))]
         servers += [stack.enter_context(reference_server(kind, workdir / kind.replace(" ", "-")))
                     for kind in REFERENCES]
-        if placement is not None:
-            stack.enter_context(placement.pinned_client())
-            for server in servers:
-                placement.pin_agent(server.pid)
+        stack.enter_context(rpc.pinned(placement, [server.pid for server in servers]))
         connections = [(server.name, rpc.Connection(server.socket_path)) for server in servers]
         for _, connection in connections:
             stack.callback(connection.close)
@@ -126,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     placement = rpc.Placement.choose()
     with tempfile.TemporaryDirectory(prefix="pyqga-floor-") as tmp:
         rates = measure(Path(tmp), args.seconds, args.rounds, placement)
-    text = report(rates, args.seconds, args.rounds, placement.describe() if placement else rpc.PLACEMENT_NOTE)
+    text = report(rates, args.seconds, args.rounds, rpc.describe_placement(placement))
     print()
     print(text)
     if not args.no_write:

@@ -28,6 +28,7 @@ import contextlib
 import importlib
 import json
 import os
+import platform
 import socket
 import statistics
 import subprocess
@@ -189,23 +190,25 @@ def _version(python: str) -> tuple[int, ...] | None:
     return tuple(int(part) for part in proc.stdout.split()) if proc.returncode == 0 else None
 
 
+THIS_PYTHON = Interpreter(sys.executable, platform.python_version())
+
+
 def pick_interpreter(requested: str | None) -> Interpreter:
     """``requested``, else the packaged interpreter where it is a 3.11+, else this one."""
-    here = ".".join(map(str, sys.version_info[:3]))
     candidate = requested or PACKAGED_PYTHON
     version = _version(candidate)
     if version is None or version < (3, 11):
         if requested:
             raise SystemExit(f"bench/rpc.py: --python {requested}: not a Python 3.11 or later")
-        return Interpreter(sys.executable, here)
+        return THIS_PYTHON
     if Path(candidate).resolve() == Path(sys.executable).resolve():
-        return Interpreter(sys.executable, here)
+        return THIS_PYTHON
     modules = [importlib.import_module(name) for name in DEPENDENCIES]
     paths = tuple(dict.fromkeys(str(Path(module.__file__).parents[1]) for module in modules))
     return Interpreter(candidate, ".".join(map(str, version)), paths)
 
 
-INTERPRETER = Interpreter(sys.executable, ".".join(map(str, sys.version_info[:3])))  # set by main()
+INTERPRETER = THIS_PYTHON  # set by main()
 
 
 @contextlib.contextmanager
@@ -377,17 +380,28 @@ class Placement:
             os.sched_setaffinity(0, before)
 
 
-PLACEMENT_NOTE = "fewer than 2 CPUs: the client and the agents are not pinned"
+def describe_placement(placement: Placement | None) -> str:
+    return placement.describe() if placement else "fewer than 2 CPUs: nothing is pinned"
+
+
+@contextlib.contextmanager
+def pinned(placement: Placement | None, pids: list[int]) -> Iterator[None]:
+    """This process on the client's CPU and ``pids`` on the agents' for the block (no-op
+    without a placement)."""
+    if placement is None:
+        yield
+        return
+    for pid in pids:
+        placement.pin_agent(pid)
+    with placement.pinned_client():
+        yield
 
 
 def measure_requests(workdir: Path, cases: list[Case], seconds: float, rounds: int,
                      placement: Placement | None) -> list[CaseResult]:
     results = [CaseResult(c, Series(), Series(), Series() if c.rpc else None) for c in cases]
     with running_qemu_ga(workdir / "qga") as qga, running_pyqga(workdir / "pyqga") as ours, \
-            placement.pinned_client() if placement else contextlib.nullcontext():
-        if placement is not None:
-            placement.pin_agent(qga.pid)
-            placement.pin_agent(ours.pid)
+            pinned(placement, [qga.pid, ours.pid]):
         theirs_conn, our_conn = Connection(qga.socket_path), Connection(ours.socket_path)
         try:
             for result in results:  # warm-up, and which replies are errors
@@ -485,7 +499,7 @@ def measure_start(workdir: Path) -> dict[str, list[float]]:
                 env = dict(os.environ, QGA_CONF=str(peer.conf_path))
                 times[name].append(first_reply_seconds(peer.command(), peer.socket_path, env, where))
             else:
-                # Exactly PyqgaAgent's command line (sys.executable -B -m agent ...), its state on tmpfs.
+                # Exactly PyqgaAgent's command line (INTERPRETER -B -m agent ...), its state on tmpfs.
                 tmpfs_statedir(where / "state")
                 command = agent_command(where, python=INTERPRETER.path)
                 times[name].append(first_reply_seconds(command, where / "agent.sock", pyqga_env, where))
@@ -606,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"start to first reply: {START_TRIALS} starts each", flush=True)
             start = measure_start(workdir)
     report = build_report(results, rss, start, args.seconds, args.rounds, loads,
-                          placement.describe() if placement else PLACEMENT_NOTE)
+                          describe_placement(placement))
     print()
     print(report)
     if not (args.no_write or args.only):
