@@ -1,5 +1,5 @@
 import sys
 
-from agent.main import main
+from pyqga.agent.main import main
 
 sys.exit(main())

@@ -27,7 +27,7 @@ from typing import Any
 
 import serial
 
-from agent.config import Config
+from pyqga.agent.config import Config
 
 # While no host is connected, a virtio-serial port reads as EOF at once.  qemu-ga polls it every
 # 0.1 s; we start there and back off to HUP_BACKOFF_MAX (a Python wake-up costs far more than

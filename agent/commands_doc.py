@@ -1,17 +1,17 @@
 """``docs/commands.md``, generated from the command registry (the one source for dispatch,
 ``guest-info`` and ``-b help``): every command with its parameters, what it does, and whether it
-answers while filesystems are frozen.  ``python -m agent.commands_doc > docs/commands.md``
+answers while filesystems are frozen.  ``python -m pyqga.agent.commands_doc > docs/commands.md``
 rewrites it; a test fails when it is out of date."""
 
 from __future__ import annotations
 
 import sys
 
-from agent.registry import JSON_TYPE_NAMES, Registry, build_registry
+from pyqga.agent.registry import JSON_TYPE_NAMES, Registry, build_registry
 
 HEADER = """# Commands
 
-Generated from the agent's command registry by `python -m agent.commands_doc > docs/commands.md`
+Generated from the agent's command registry by `python -m pyqga.agent.commands_doc > docs/commands.md`
 (a test checks it is current). Names, parameters and replies are qemu-ga's (QEMU 11.1's
 `qga/qapi-schema.json`), plus `guest-fsfreeze-info` and the freeze commands' `timeout`/`epoch`,
 which are pyqga's. `pyqga-agent -b help` prints the same list; `-b NAME,...` disables commands.

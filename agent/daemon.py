@@ -10,15 +10,15 @@ import os
 import signal
 import sys
 
-from agent import config as config_module
-from agent import statedir
-from agent.channels import Channel, ChannelError, open_channel
-from agent.config import ConfigError
-from agent.logs import LogControl
-from agent.pidfile import PidFile, PidFileError
-from agent.registry import Registry, build_registry
-from agent.server import serve
-from agent.state import AgentState, blocked_commands
+from pyqga.agent import config as config_module
+from pyqga.agent import statedir
+from pyqga.agent.channels import Channel, ChannelError, open_channel
+from pyqga.agent.config import ConfigError
+from pyqga.agent.logs import LogControl
+from pyqga.agent.pidfile import PidFile, PidFileError
+from pyqga.agent.registry import Registry, build_registry
+from pyqga.agent.server import serve
+from pyqga.agent.state import AgentState, blocked_commands
 
 
 def list_commands(registry: Registry) -> str:

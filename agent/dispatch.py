@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from agent.registry import Command
-from agent.state import AgentState
-from protocol.dialects import (
+from pyqga.agent.registry import Command
+from pyqga.agent.state import AgentState
+from pyqga.protocol.dialects import (
     Batch,
     Dialect,
     Incoming,
@@ -36,7 +36,7 @@ from protocol.dialects import (
     Request,
     encode_reply,
 )
-from protocol.errors import (
+from pyqga.protocol.errors import (
     AgentError,
     ErrorKind,
     command_disabled,

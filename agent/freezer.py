@@ -28,8 +28,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent.fsfreeze import core
-from agent.fsfreeze.core import (
+from pyqga.agent.fsfreeze import core
+from pyqga.agent.fsfreeze.core import (
     AgentDied,
     CorruptState,
     DeadlineCheck,
@@ -47,14 +47,14 @@ from agent.fsfreeze.core import (
     ThawRequested,
     ThawResults,
 )
-from agent.fsfreeze.hooks import HookResult, run_hook
-from agent.fsfreeze.kernel import FLUSH_THRESHOLD, Kernel, LinuxKernel, flush, strerror, thaw_fully
-from agent.fsfreeze.mounts import resolve_device
-from protocol.errors import AgentError, ErrorKind
+from pyqga.agent.fsfreeze.hooks import HookResult, run_hook
+from pyqga.agent.fsfreeze.kernel import FLUSH_THRESHOLD, Kernel, LinuxKernel, flush, strerror, thaw_fully
+from pyqga.agent.fsfreeze.mounts import resolve_device
+from pyqga.protocol.errors import AgentError, ErrorKind
 
 if TYPE_CHECKING:  # the guard imports this module: it needs neither planning nor the log switch
-    from agent.fsfreeze.engine import FreezePlanner
-    from agent.logs import LogControl
+    from pyqga.agent.fsfreeze.engine import FreezePlanner
+    from pyqga.agent.logs import LogControl
 
 Runner = Callable[[Callable[[], None], str], None]   # (job, label): run it now or later
 HookRunner = Callable[[str, str, float], HookResult]

@@ -33,10 +33,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from agent.freezer import Freezer, run_inline
-from agent.fsfreeze.core import CorruptState, Restored, parse_snapshot
-from agent.fsfreeze.kernel import LinuxKernel
-from agent.fsfreeze.statefile import StateFile, hold_guard_lock, wait_for_previous_guard
+import pyqga
+from pyqga.agent.freezer import Freezer, run_inline
+from pyqga.agent.fsfreeze.core import CorruptState, Restored, parse_snapshot
+from pyqga.agent.fsfreeze.kernel import LinuxKernel
+from pyqga.agent.fsfreeze.statefile import StateFile, hold_guard_lock, wait_for_previous_guard
 
 MAX_LINE = 1 << 20
 # A Python start-up: ~0.2 s here, but tens of seconds in a busy TCG guest (measured 26 s).
@@ -125,11 +126,11 @@ class GuardProcess:
             self._start(timeout)
 
     def _start(self, timeout: float) -> None:
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(pyqga.__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         process = subprocess.Popen(
-            [sys.executable, "-B", "-m", "agent.guard", *self.args],
+            [sys.executable, "-B", "-m", "pyqga.agent.guard", *self.args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/", start_new_session=True,
         )
         assert process.stdout is not None

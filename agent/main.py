@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     # which the agent never speaks.  None in sys.modules makes `import ssl` fail, and asyncio
     # is written to carry on without it.  Only the agent's process is affected.
     sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
-    from agent.daemon import run_daemon
+    from pyqga.agent.daemon import run_daemon
 
     return run_daemon(argv)
 

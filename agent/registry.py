@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.errors import invalid_params, quote
+from pyqga.protocol.errors import invalid_params, quote
 
 JSON_TYPE_NAMES: Mapping[type, str] = {
     int: "integer",
@@ -126,6 +126,6 @@ class Registry:
 
 def build_registry() -> Registry:
     """Every command the agent knows, from every commands module."""
-    from agent.commands import COMMAND_MODULES
+    from pyqga.agent.commands import COMMAND_MODULES
 
     return Registry(command for module in COMMAND_MODULES for command in module.COMMANDS)

@@ -29,11 +29,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from agent.channels import Channel, ListenerChannel
-from agent.dispatch import Dispatcher, Outcome, encode_outcome
-from agent.state import AgentState
-from protocol.dialects import Batch, Dialect, Incoming, Request
-from protocol.server import ServerConnection
+from pyqga.agent.channels import Channel, ListenerChannel
+from pyqga.agent.dispatch import Dispatcher, Outcome, encode_outcome
+from pyqga.agent.state import AgentState
+from pyqga.protocol.dialects import Batch, Dialect, Incoming, Request
+from pyqga.protocol.server import ServerConnection
 
 MAX_PENDING_REPLIES = 256  # per connection, before we stop reading its requests
 # Simultaneous clients of a listening socket.  Closed clients count until their EOF is read, and

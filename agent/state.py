@@ -9,17 +9,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from agent.commands.exec import ExecTable
-from agent.commands.files import FileTable
-from agent.commands.power import SuspendSetup
-from agent.commands.system import SystemPrograms
-from agent.config import VERSION, Config, ConfigError
-from agent.freezer import Freezer
-from agent.fsfreeze.engine import FreezePlanner
-from agent.fsfreeze.statefile import StateFile
-from agent.guard import GuardProcess
-from agent.logs import LogControl
-from agent.registry import Registry, build_registry
+from pyqga.agent.commands.exec import ExecTable
+from pyqga.agent.commands.files import FileTable
+from pyqga.agent.commands.power import SuspendSetup
+from pyqga.agent.commands.system import SystemPrograms
+from pyqga.agent.config import VERSION, Config, ConfigError
+from pyqga.agent.freezer import Freezer
+from pyqga.agent.fsfreeze.engine import FreezePlanner
+from pyqga.agent.fsfreeze.statefile import StateFile
+from pyqga.agent.guard import GuardProcess
+from pyqga.agent.logs import LogControl
+from pyqga.agent.registry import Registry, build_registry
 
 BLOCKED_REASON = "the command is not allowed"
 FROZEN_REASON = "the agent is in frozen state"  # qemu-ga's words (qga/main.c)

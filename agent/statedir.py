@@ -12,8 +12,8 @@ import os
 import stat
 from collections.abc import Sequence
 
-from agent.fsfreeze.engine import FreezePlanner
-from agent.fsfreeze.mounts import Mount, resolve_device
+from pyqga.agent.fsfreeze.engine import FreezePlanner
+from pyqga.agent.fsfreeze.mounts import Mount, resolve_device
 
 FIX_HINT = "use a directory on tmpfs owned by the agent's user, such as the default /run/pyqga"
 

@@ -28,8 +28,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.report import machine_line, write_section  # noqa: E402
-from host_client import AgentClient  # noqa: E402
-from host_client.group import Member, group_snapshot  # noqa: E402
+from pyqga.host_client import AgentClient  # noqa: E402
+from pyqga.host_client.group import Member, group_snapshot  # noqa: E402
 from tests.support.agent_process import ListeningProcess, agent_command  # noqa: E402
 from tests.support.loopfs import LoopMounts  # noqa: E402
 from tests.support.qemu_ga import ensure_qemu_ga  # noqa: E402

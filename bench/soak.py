@@ -29,8 +29,8 @@ if str(REPO_ROOT) not in sys.path:
 
 from bench.report import publish, unwind_on_sigterm  # noqa: E402
 from harness import GuestVM, ensure_image  # noqa: E402
-from host_client import AgentClient  # noqa: E402
-from host_client.qmp import QMPConnection  # noqa: E402
+from pyqga.host_client import AgentClient  # noqa: E402
+from pyqga.host_client.qmp import QMPConnection  # noqa: E402
 
 SECTION = "bench/soak.py"
 WARM_UP_CYCLES = 5

@@ -23,8 +23,8 @@ from typing import Any
 
 from harness.guest_files import WORKLOAD_LINE_WIDTH, WORKLOAD_LOG
 from harness.machine import GuestVM
-from host_client.qmp import QMPConnection
-from host_client.snapshot import SnapshotReport, take_snapshot
+from pyqga.host_client.qmp import QMPConnection
+from pyqga.host_client.snapshot import SnapshotReport, take_snapshot
 
 DATA_DEVICE = "data"
 

@@ -50,7 +50,7 @@ def cli_tour() -> int:
     with tempfile.TemporaryDirectory(prefix="pyqga-demo-", dir="/dev/shm") as scratch:
         work = Path(scratch)
         sock = work / "agent.sock"
-        agent_cmd = [sys.executable, "-B", "-m", "agent", "-m", "unix-listen", "-p", str(sock),
+        agent_cmd = [sys.executable, "-B", "-m", "pyqga.agent", "-m", "unix-listen", "-p", str(sock),
                      "-t", str(work / "state"), "-c", os.devnull]
         print(f"$ pyqga-agent -m unix-listen -p {sock} -t {work / 'state'} &")
         with open(work / "agent.log", "wb") as log:
@@ -61,7 +61,7 @@ def cli_tour() -> int:
             for title, args in STEPS:
                 argv = ["--socket", str(sock), *args]
                 print(f"\n# {title}\n$ pyqga {shlex.join(argv)}", flush=True)
-                result = subprocess.run([sys.executable, "-m", "host_client", *argv], env=env,
+                result = subprocess.run([sys.executable, "-m", "pyqga.host_client", *argv], env=env,
                                         capture_output=True, text=True, timeout=30)
                 sys.stdout.write(result.stdout + result.stderr)
                 print(f"(exit status {result.returncode})")

@@ -31,7 +31,7 @@ LOGS_END = "pyqga-vm-logs-end"
 # arguments from ``pyqga.args=`` (comma-separated on the kernel command line).
 AGENT_COMMANDS: dict[str, str] = {
     "pyqga-virtio": (
-        "python3 -B -m agent -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0"
+        "python3 -B -m pyqga.agent -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0"
         " -t /run/pyqga -l /run/pyqga.log $PYQGA_ARGS"
     ),
     "qga-virtio": (
@@ -44,11 +44,11 @@ AGENT_COMMANDS: dict[str, str] = {
         " -t /run/qga -l /run/qga.log -f /run/qga.pid"
     ),
     "pyqga-serial": (
-        "python3 -B -m agent -m isa-serial -p /dev/ttyS1"
+        "python3 -B -m pyqga.agent -m isa-serial -p /dev/ttyS1"
         " -t /run/pyqga-serial -l /run/pyqga-serial.log $PYQGA_ARGS"
     ),
     "pyqga-vsock": (
-        "python3 -B -m agent -m vsock-listen -p -1:1024"
+        "python3 -B -m pyqga.agent -m vsock-listen -p -1:1024"
         " -t /run/pyqga-vsock -l /run/pyqga-vsock.log $PYQGA_ARGS"
     ),
 }

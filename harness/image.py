@@ -66,7 +66,9 @@ VSOCK_MODULES = ("vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio
 # dependencies come along.
 ROOT_MODULES = ("loop", "dm-mod")
 # pyqga's own packages (from this checkout) and its pure-Python dependencies (from the host).
-REPO_PYTHON_PACKAGES = ("agent", "protocol")
+# (guest path in the site dir, folder of this checkout): the pyqga package's own files (its parts
+# are symlinks, which the copy skips) and the parts the guest runs.
+REPO_PYTHON_PACKAGES = (("pyqga", "pyqga"), ("pyqga/agent", "agent"), ("pyqga/protocol", "protocol"))
 HOST_PYTHON_PACKAGES = ("jsonrpcserver", "oslash", "serial")
 GUEST_SITE = "usr/lib/python3/dist-packages"
 ROOT_SIZE_MB = 256
@@ -178,7 +180,7 @@ def _builder_texts() -> list[bytes]:
 
 def _python_sources() -> list[tuple[str, Path]]:
     """(guest package name, host directory) for everything copied into the guest's site dir."""
-    sources = [(name, REPO_ROOT / name) for name in REPO_PYTHON_PACKAGES]
+    sources = [(name, REPO_ROOT / folder) for name, folder in REPO_PYTHON_PACKAGES]
     for name in HOST_PYTHON_PACKAGES:
         spec = importlib.util.find_spec(name)
         if spec is None or not spec.submodule_search_locations:

@@ -41,8 +41,8 @@ from typing import Any
 
 from harness import guest_files
 from harness.image import DATA_SIZE_MB, GuestImage, ensure_image, make_data_disk
-from host_client.client import AgentClient
-from host_client.qmp import ConnectError, QMPConnection
+from pyqga.host_client.client import AgentClient
+from pyqga.host_client.qmp import ConnectError, QMPConnection
 
 QEMU = "qemu-system-x86_64"
 KNOWN_AGENTS = tuple(guest_files.AGENT_COMMANDS)

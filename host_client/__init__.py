@@ -1,14 +1,14 @@
 """Host side of pyqga: the AgentClient library and the pyqga CLI."""
 
-from host_client.client import AgentClient, Freeze
-from host_client.errors import (
+from pyqga.host_client.client import AgentClient, Freeze
+from pyqga.host_client.errors import (
     AgentCallError,
     AgentClientError,
     AgentConnectionError,
     AgentTimeout,
     FreezeLost,
 )
-from host_client.guest_ops import ExecResult, StallResult
+from pyqga.host_client.guest_ops import ExecResult, StallResult
 
 __all__ = ["AgentCallError", "AgentClient", "AgentClientError", "AgentConnectionError", "AgentTimeout",
            "ExecResult", "Freeze", "FreezeLost", "StallResult"]

@@ -1,5 +1,5 @@
 import sys
 
-from host_client.cli import main
+from pyqga.host_client.cli import main
 
 sys.exit(main())

@@ -23,19 +23,19 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
-from host_client import guest_ops
-from host_client.client import DEFAULT_TIMEOUT, resume
-from host_client.errors import (
+from pyqga.host_client import guest_ops
+from pyqga.host_client.client import DEFAULT_TIMEOUT, resume
+from pyqga.host_client.errors import (
     AgentConnectionError,
     channel_failed,
     closed_by_agent,
     receive_failed,
     timed_out,
 )
-from host_client.guest_ops import ExecResult, StallHandle, StallResult
-from host_client.session import FREEZE_CALL_TIMEOUT, Capabilities, Freeze, Op, Send, Session, Sleep
-from host_client.transport import RECV_SIZE, Transport, host_port, open_transport, parse_address
-from protocol.dialects import Dialect
+from pyqga.host_client.guest_ops import ExecResult, StallHandle, StallResult
+from pyqga.host_client.session import FREEZE_CALL_TIMEOUT, Capabilities, Freeze, Op, Send, Session, Sleep
+from pyqga.host_client.transport import RECV_SIZE, Transport, host_port, open_transport, parse_address
+from pyqga.protocol.dialects import Dialect
 
 T = TypeVar("T")
 log = logging.getLogger("pyqga.client")

@@ -15,12 +15,12 @@ import sys
 import time
 from typing import Any
 
-from host_client import cli_group, cli_verbs
-from host_client.cli_output import Output
-from host_client.client import DEFAULT_TIMEOUT, AgentClient
-from host_client.errors import AgentCallError, AgentClientError, FreezeLost
-from host_client.guest_ops import StallResult
-from host_client.snapshot import format_report, take_snapshot
+from pyqga.host_client import cli_group, cli_verbs
+from pyqga.host_client.cli_output import Output
+from pyqga.host_client.client import DEFAULT_TIMEOUT, AgentClient
+from pyqga.host_client.errors import AgentCallError, AgentClientError, FreezeLost
+from pyqga.host_client.guest_ops import StallResult
+from pyqga.host_client.snapshot import format_report, take_snapshot
 
 EXIT_OK, EXIT_AGENT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_FREEZE_LOST = 0, 1, 2, 3, 4
 
@@ -208,7 +208,7 @@ def run_snapshot(parser: argparse.ArgumentParser, args: argparse.Namespace, out:
             parser.error(f"--disk takes DEVICE=OVERLAY (e.g. data=/vm/data-snap1.qcow2), not {spec!r}")
         overlays[device] = os.path.abspath(overlay)
     # Imported here: qemu.qmp brings asyncio, which no other command needs (~50 ms at start).
-    from host_client.qmp import QMPConnection, QMPError, describe
+    from pyqga.host_client.qmp import QMPConnection, QMPError, describe
 
     try:
         qmp = QMPConnection(args.qmp, timeout=args.timeout)

@@ -7,7 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
-from host_client.cli_output import Output
+from pyqga.host_client.cli_output import Output
 
 EXIT_OK, EXIT_AGENT_ERROR, EXIT_USAGE, EXIT_FREEZE_LOST = 0, 1, 2, 4
 
@@ -38,7 +38,7 @@ def add_parser(commands: Any, common: argparse.ArgumentParser, parse_duration: A
 
 def run(args: argparse.Namespace, out: Output) -> int:
     # Here, not at the top: asyncio and the async client load only for this command.
-    from host_client.group import GroupFailed, format_report, group_snapshot, parse_member
+    from pyqga.host_client.group import GroupFailed, format_report, group_snapshot, parse_member
 
     try:  # the qga dialect: every member may be qemu-ga
         members = [parse_member(spec, "qga", args.timeout) for spec in args.guest]

@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from host_client.cli_output import Output
-from host_client.client import AgentClient
-from host_client.errors import AgentTimeout
-from host_client.session import Freeze
+from pyqga.host_client.cli_output import Output
+from pyqga.host_client.client import AgentClient
+from pyqga.host_client.errors import AgentTimeout
+from pyqga.host_client.session import Freeze
 
 EXIT_OK, EXIT_USAGE = 0, 2
 

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from host_client import guest_ops
-from host_client.guest_ops import ExecResult, StallHandle, StallResult
-from host_client.session import (
+from pyqga.host_client import guest_ops
+from pyqga.host_client.guest_ops import ExecResult, StallHandle, StallResult
+from pyqga.host_client.session import (
     FREEZE_CALL_TIMEOUT,
     IO,
     Capabilities,
@@ -28,8 +28,8 @@ from host_client.session import (
     Session,
     Sleep,
 )
-from host_client.transport import Transport, open_transport
-from protocol.dialects import Dialect
+from pyqga.host_client.transport import Transport, open_transport
+from pyqga.protocol.dialects import Dialect
 
 T = TypeVar("T")
 log = logging.getLogger("pyqga.client")

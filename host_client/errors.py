@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from protocol.errors import AgentError
+from pyqga.protocol.errors import AgentError
 
 
 class AgentClientError(Exception):

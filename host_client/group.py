@@ -26,8 +26,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from host_client.aio import AsyncAgentClient
-from host_client.errors import AgentClientError, FreezeLost
+from pyqga.host_client.aio import AsyncAgentClient
+from pyqga.host_client.errors import AgentClientError, FreezeLost
 
 
 @dataclass(frozen=True)
@@ -224,8 +224,8 @@ def parse_member(spec: str, dialect: str = "qga", timeout: float = 10.0) -> Memb
 def _qmp_snapshot(path: str, overlays: dict[str, str], timeout: float) -> Callable[[], Awaitable[None]]:
     async def take() -> None:
         # Here, not at the top: qemu.qmp is needed only by groups that snapshot through QMP.
-        from host_client.qmp import QMPConnection
-        from host_client.snapshot import snapshot_disks
+        from pyqga.host_client.qmp import QMPConnection
+        from pyqga.host_client.snapshot import snapshot_disks
 
         def blocking() -> None:
             with QMPConnection(path, timeout) as qmp:
@@ -239,7 +239,7 @@ def _qmp_snapshot(path: str, overlays: dict[str, str], timeout: float) -> Callab
 def _libvirt_snapshot(address: str, overlays: dict[str, str]) -> Callable[[], Awaitable[None]]:
     async def take() -> None:
         # Here, not at the top: libvirt-python is an optional extra.
-        from host_client.libvirt_transport import snapshot_disks
+        from pyqga.host_client.libvirt_transport import snapshot_disks
 
         await asyncio.to_thread(snapshot_disks, address, overlays)
 

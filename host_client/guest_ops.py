@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from host_client.errors import AgentClientError
-from host_client.session import Op, Session, Sleep
+from pyqga.host_client.errors import AgentClientError
+from pyqga.host_client.session import Op, Session, Sleep
 
 FILE_CHUNK = 1 << 20          # bytes per guest-file-read/write request
 POLL_FIRST, POLL_MAX = 0.01, 0.25

@@ -43,10 +43,10 @@ from enum import Enum
 from typing import Any
 from urllib.parse import unquote
 
-from host_client.errors import AgentConnectionError, AgentTimeout, timed_out
-from protocol.decoder import DecodeFailure, Message, StreamDecoder
-from protocol.dialects import Batch, Dialect, Invalid, Request, classify, encode, reply_object
-from protocol.errors import FREEZE_LOST_TEXT, AgentError, ErrorKind, invalid_params
+from pyqga.host_client.errors import AgentConnectionError, AgentTimeout, timed_out
+from pyqga.protocol.decoder import DecodeFailure, Message, StreamDecoder
+from pyqga.protocol.dialects import Batch, Dialect, Invalid, Request, classify, encode, reply_object
+from pyqga.protocol.errors import FREEZE_LOST_TEXT, AgentError, ErrorKind, invalid_params
 
 SCHEME = "libvirt:"
 EXTRA = "pip install 'pyqga[libvirt]'"

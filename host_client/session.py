@@ -21,10 +21,10 @@ from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from host_client.errors import AgentCallError, AgentConnectionError, AgentTimeout, FreezeLost
-from protocol.client import ClientConnection, Reply
-from protocol.dialects import Dialect
-from protocol.errors import ErrorKind
+from pyqga.host_client.errors import AgentCallError, AgentConnectionError, AgentTimeout, FreezeLost
+from pyqga.protocol.client import ClientConnection, Reply
+from pyqga.protocol.dialects import Dialect
+from pyqga.protocol.errors import ErrorKind
 
 T = TypeVar("T")
 

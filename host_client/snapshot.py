@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from host_client.client import AgentClient
-from host_client.errors import FreezeLost
+from pyqga.host_client.client import AgentClient
+from pyqga.host_client.errors import FreezeLost
 
 DEFAULT_FREEZE_TIMEOUT = 60.0
 

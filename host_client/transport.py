@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import serial
 
-from host_client.errors import (
+from pyqga.host_client.errors import (
     AgentConnectionError,
     channel_failed,
     closed_by_agent,
@@ -166,7 +166,7 @@ def open_transport(address: str, timeout: float) -> Transport:
     """Open a channel to an agent by address; errors name the address and the reason."""
     scheme, rest = parse_address(address)
     if scheme == "libvirt":
-        from host_client.libvirt_transport import open_libvirt  # libvirt-python is optional
+        from pyqga.host_client.libvirt_transport import open_libvirt  # libvirt-python is optional
 
         return open_libvirt(address, timeout)
     if scheme == "unix":

@@ -28,11 +28,12 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PACKAGE = "pyqga-agent"
 LIBDIR = "usr/lib/pyqga-agent"
-OWN_PACKAGES = ("agent", "protocol")
+# (path under LIBDIR, source folder): the pyqga package (its own files; the parts are symlinks) and its parts
+OWN_PACKAGES = (("pyqga", "pyqga"), ("pyqga/agent", "agent"), ("pyqga/protocol", "protocol"))
 VENDORED = ("jsonrpcserver", "oslash")
 MAN_SOURCES = {  # page -> (section, module run with --help, one-line description)
-    "pyqga-agent": ("8", "agent", "guest agent for QEMU virtual machines, in Python"),
-    "pyqga": ("1", "host_client", "talk to a guest agent (pyqga or qemu-ga) from the host"),
+    "pyqga-agent": ("8", "pyqga.agent", "guest agent for QEMU virtual machines, in Python"),
+    "pyqga": ("1", "pyqga.host_client", "talk to a guest agent (pyqga or qemu-ga) from the host"),
 }
 MAN_FILES = """\
 .TP
@@ -194,8 +195,8 @@ def install(stage: Path, relative: str, data: bytes | str, mode: int = 0o644) ->
 
 
 def stage_tree(stage: Path, when: int) -> None:
-    for name in OWN_PACKAGES:
-        copy_python_package(REPO / name, stage / LIBDIR / name)
+    for target, source in OWN_PACKAGES:
+        copy_python_package(REPO / source, stage / LIBDIR / target)
     for name in VENDORED:
         copy_python_package(vendored_source(name), stage / LIBDIR / "vendor" / name)
     install(stage, "usr/sbin/pyqga-agent", (HERE / "pyqga-agent").read_text(), 0o755)

@@ -14,9 +14,9 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.decoder import Message, StreamDecoder
-from protocol.dialects import RESYNC_BYTE, Dialect, encode_request
-from protocol.errors import AgentError, ErrorKind
+from pyqga.protocol.decoder import Message, StreamDecoder
+from pyqga.protocol.dialects import RESYNC_BYTE, Dialect, encode_request
+from pyqga.protocol.errors import AgentError, ErrorKind
 
 MAX_REPLY_SIZE = 64 << 20  # qemu-ga's own limit; guest-file-read replies can be large
 

@@ -73,7 +73,7 @@ from itertools import accumulate, islice
 from operator import methodcaller
 from typing import Any
 
-from protocol.errors import AgentError, not_an_object, parse_error
+from pyqga.protocol.errors import AgentError, not_an_object, parse_error
 
 __all__ = ["JSON_DEPTH_LIMIT", "DecodeFailure", "Event", "Message", "Resynced", "StreamDecoder"]
 

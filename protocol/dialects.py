@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from protocol.errors import AgentError, ErrorKind, invalid_request, not_an_object, quote
+from pyqga.protocol.errors import AgentError, ErrorKind, invalid_request, not_an_object, quote
 
 RESYNC_BYTE = b"\xff"
 QGA_KEYS = frozenset(("execute", "arguments", "id"))

@@ -7,8 +7,8 @@ even be parsed carries no dialect of its own and its error must still read natur
 
 from __future__ import annotations
 
-from protocol.decoder import DecodeFailure, Message, StreamDecoder
-from protocol.dialects import Batch, Dialect, Incoming, Invalid, classify
+from pyqga.protocol.decoder import DecodeFailure, Message, StreamDecoder
+from pyqga.protocol.dialects import Batch, Dialect, Incoming, Invalid, classify
 
 
 class ServerConnection:

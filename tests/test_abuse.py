@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from agent.server import MAX_CONNECTIONS, MAX_PENDING_REPLIES
+from pyqga.agent.server import MAX_CONNECTIONS, MAX_PENDING_REPLIES
 from tests.support.agent_process import PyqgaAgent
 from tests.support.flood import PATTERNS, FloodProcess, Pinger, fd_count, status_kib
 

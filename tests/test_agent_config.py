@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import config as cfg
-from agent.registry import build_registry
-from agent.state import AgentState
+from pyqga.agent import config as cfg
+from pyqga.agent.registry import build_registry
+from pyqga.agent.state import AgentState
 from tests.support.agent_process import agent_env, tmpfs_statedir
 
 
@@ -21,7 +21,7 @@ def parse(*argv: str) -> cfg.Config:
 
 def run_agent(*argv: str) -> subprocess.CompletedProcess[str]:
     env = agent_env()
-    return subprocess.run([sys.executable, "-B", "-m", "agent", *argv], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-B", "-m", "pyqga.agent", *argv], capture_output=True, text=True,
                           env=env, timeout=30)
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from agent.dispatch import Outcome, encode_outcome
-from protocol.dialects import Dialect, Invalid, Request, encode, reply_object
-from protocol.errors import command_not_found
+from pyqga.agent.dispatch import Outcome, encode_outcome
+from pyqga.protocol.dialects import Dialect, Invalid, Request, encode, reply_object
+from pyqga.protocol.errors import command_not_found
 
 REQUESTS = [
     Request(Dialect.QGA, "guest-ping", {}),

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from agent.config import Config
-from agent.dispatch import Dispatcher
-from agent.registry import Command, Param, Registry
-from agent.state import AgentState
-from protocol.dialects import Dialect, encode, encode_reply
-from protocol.server import ServerConnection
+from pyqga.agent.config import Config
+from pyqga.agent.dispatch import Dispatcher
+from pyqga.agent.registry import Command, Param, Registry
+from pyqga.agent.state import AgentState
+from pyqga.protocol.dialects import Dialect, encode, encode_reply
+from pyqga.protocol.server import ServerConnection
 from tests.support.agent_process import PyqgaAgent
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from host_client import AgentCallError, AgentClient
+from pyqga.host_client import AgentCallError, AgentClient
 from tests.support.agent_process import PyqgaAgent
 from tests.support.freezing import start_agent, start_writer, write_hook
 from tests.support.loopfs import LoopMounts, freeze_directly, thaw_fully

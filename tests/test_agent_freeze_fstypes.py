@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from host_client import AgentClient
+from pyqga.host_client import AgentClient
 from tests.support.freezing import start_agent, start_writer
 from tests.support.loopfs import LoopMounts, thaw_fully
 from tests.support.requirements import require_tool

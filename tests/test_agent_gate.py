@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from agent.config import Config
-from agent.dispatch import Dispatcher, Prepared
-from agent.registry import Command, Registry
-from agent.state import AgentState
-from protocol.server import ServerConnection
+from pyqga.agent.config import Config
+from pyqga.agent.dispatch import Dispatcher, Prepared
+from pyqga.agent.registry import Command, Registry
+from pyqga.agent.state import AgentState
+from pyqga.protocol.server import ServerConnection
 
 
 def test_a_freeze_while_waiting_for_a_worker_refuses_the_request(tmp_path: Path) -> None:

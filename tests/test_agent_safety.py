@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from host_client import AgentCallError, AgentClient, FreezeLost
+from pyqga.host_client import AgentCallError, AgentClient, FreezeLost
 from tests.support.freezing import assert_freeze_ended, start_agent, start_writer, write_hook
 from tests.support.loopfs import LoopMounts, thaw_fully
 

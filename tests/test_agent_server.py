@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from agent.config import Config
-from agent.dispatch import Dispatcher
-from agent.registry import Command, Param, Registry
-from agent.server import AgentConnection
-from agent.state import AgentState
+from pyqga.agent.config import Config
+from pyqga.agent.dispatch import Dispatcher
+from pyqga.agent.registry import Command, Param, Registry
+from pyqga.agent.server import AgentConnection
+from pyqga.agent.state import AgentState
 
 
 class FakeTransport(asyncio.Transport):

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import statedir
-from agent.fsfreeze.engine import FreezePlanner
-from agent.fsfreeze.mounts import parse_mountinfo
-from agent.logs import LogControl, journal_stream
+from pyqga.agent import statedir
+from pyqga.agent.fsfreeze.engine import FreezePlanner
+from pyqga.agent.fsfreeze.mounts import parse_mountinfo
+from pyqga.agent.logs import LogControl, journal_stream
 from tests.support.agent_process import REPO_ROOT, tmpfs_statedir
 
 MOUNTINFO = """\
@@ -92,7 +92,7 @@ def test_statedir_that_is_a_file_is_refused(tmp_path: Path) -> None:
 
 def run_agent(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(env or os.environ, PYTHONPATH=str(REPO_ROOT))
-    return subprocess.run([sys.executable, "-B", "-m", "agent", "-c", os.devnull, "-m", "unix-listen",
+    return subprocess.run([sys.executable, "-B", "-m", "pyqga.agent", "-c", os.devnull, "-m", "unix-listen",
                            *argv], capture_output=True, text=True, env=env, timeout=30)
 
 

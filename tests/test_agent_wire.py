@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from host_client import AgentCallError, AgentClient
+from pyqga.host_client import AgentCallError, AgentClient
 from tests.support.agent_process import ProcessFailed, PyqgaAgent, agent_env
 
 QGA_SAFE_WHILE_FROZEN = {"guest-ping", "guest-info", "guest-sync", "guest-sync-delimited"}

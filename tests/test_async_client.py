@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import VERSION
-from host_client.aio import AsyncAgentClient, ThreadedTransport, run_async
-from host_client.errors import AgentCallError, AgentConnectionError, AgentTimeout
-from host_client.session import Session
-from host_client.transport import open_transport
-from protocol.dialects import Dialect
+from pyqga.agent.config import VERSION
+from pyqga.host_client.aio import AsyncAgentClient, ThreadedTransport, run_async
+from pyqga.host_client.errors import AgentCallError, AgentConnectionError, AgentTimeout
+from pyqga.host_client.session import Session
+from pyqga.host_client.transport import open_transport
+from pyqga.protocol.dialects import Dialect
 from tests.support.agent_process import PyqgaAgent
 from tests.support.freezing import start_agent, write_hook
 from tests.support.loopfs import LoopMounts, thaw_fully

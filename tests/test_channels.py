@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from host_client import AgentClient, AgentConnectionError
-from host_client.transport import parse_address
+from pyqga.host_client import AgentClient, AgentConnectionError
+from pyqga.host_client.transport import parse_address
 from tests.support.agent_process import ListeningProcess, PyqgaAgent, agent_command, agent_env
 from tests.support.requirements import require_tool
 

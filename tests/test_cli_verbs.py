@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from agent.config import VERSION
-from host_client import AgentClient
+from pyqga.agent.config import VERSION
+from pyqga.host_client import AgentClient
 from tests.support.agent_process import REPO_ROOT, PyqgaAgent, agent_env
 from tests.support.freezing import start_writer
 from tests.support.loopfs import LoopFs, LoopMounts, thaw_fully
@@ -38,13 +38,13 @@ PEERS = ("pyqga", "qemu-ga")
 
 def pyqga(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = agent_env()
-    return subprocess.run([sys.executable, "-m", "host_client", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "pyqga.host_client", *args], capture_output=True, text=True,
                           env=env, timeout=timeout, cwd=REPO_ROOT)
 
 
 def pyqga_bytes(*args: str) -> subprocess.CompletedProcess[bytes]:
     env = agent_env()
-    return subprocess.run([sys.executable, "-m", "host_client", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pyqga.host_client", *args], capture_output=True,
                           env=env, timeout=60, cwd=REPO_ROOT)
 
 

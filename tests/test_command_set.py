@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from agent.commands_doc import commands_markdown
-from agent.registry import build_registry
-from host_client import AgentClient
+from pyqga.agent.commands_doc import commands_markdown
+from pyqga.agent.registry import build_registry
+from pyqga.host_client import AgentClient
 from tests.support.agent_process import REPO_ROOT, PyqgaAgent
 from tests.support.qemu_ga import QemuGa, require_qemu_ga
 
@@ -63,7 +63,7 @@ def test_only_qemu_ga_s_freeze_allowlist_runs_while_frozen() -> None:
 def test_generated_command_docs_are_current() -> None:
     current = (REPO_ROOT / "docs" / "commands.md").read_text()
     assert current == commands_markdown(build_registry()), \
-        "docs/commands.md is out of date: python -m agent.commands_doc > docs/commands.md"
+        "docs/commands.md is out of date: python -m pyqga.agent.commands_doc > docs/commands.md"
 
 
 def test_proxmox_commands_are_all_there() -> None:

@@ -33,8 +33,8 @@ from unittest import mock
 
 import pytest
 
-from agent.commands import accounts, power
-from agent.registry import build_registry
+from pyqga.agent.commands import accounts, power
+from pyqga.agent.registry import build_registry
 from tests.support.agent_process import PyqgaAgent
 from tests.support.qemu_ga import QemuGa, require_qemu_ga
 from tests.support.requirements import require_root, require_tool

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from agent.commands import hardware, users
-from agent.registry import build_registry
+from pyqga.agent.commands import hardware, users
+from pyqga.agent.registry import build_registry
 from tests.support.agent_process import PyqgaAgent
 from tests.support.disk_images import mbr_image
 from tests.support.qemu_ga import QemuGa, require_qemu_ga

@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from agent.commands import network, stats
-from agent.registry import build_registry
+from pyqga.agent.commands import network, stats
+from pyqga.agent.registry import build_registry
 from tests.support.agent_process import PyqgaAgent
 from tests.support.qemu_ga import QemuGa, require_qemu_ga
 

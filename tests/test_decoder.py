@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import decoder as decoder_module
-from protocol.decoder import DecodeFailure, Event, Message, Resynced, StreamDecoder
-from protocol.errors import ErrorKind
+from pyqga.protocol import decoder as decoder_module
+from pyqga.protocol.decoder import DecodeFailure, Event, Message, Resynced, StreamDecoder
+from pyqga.protocol.errors import ErrorKind
 
 
 def feed_all(decoder: StreamDecoder, chunks: Iterable[bytes]) -> list[Event]:

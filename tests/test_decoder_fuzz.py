@@ -24,8 +24,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import decoder as decoder_module
-from protocol.decoder import DecodeFailure, Event, Message, Resynced, StreamDecoder
+from pyqga.protocol import decoder as decoder_module
+from pyqga.protocol.decoder import DecodeFailure, Event, Message, Resynced, StreamDecoder
 from tests.test_decoder import byte_soup, chunkings, feed_all, split
 
 # --- fuzzing ---------------------------------------------------------------------------------

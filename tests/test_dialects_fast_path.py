@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.dialects import (
+from pyqga.protocol.dialects import (
     Dialect,
     Invalid,
     Request,

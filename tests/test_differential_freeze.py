@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from host_client import AgentCallError, AgentClient
+from pyqga.host_client import AgentCallError, AgentClient
 from tests.support.agent_process import PyqgaAgent
 from tests.support.loopfs import LoopMounts, freeze_directly, thaw_fully
 from tests.support.qemu_ga import IsolatedQemuGa, QemuGa

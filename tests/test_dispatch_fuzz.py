@@ -18,13 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.config import Config
-from agent.dispatch import Dispatcher
-from agent.registry import build_registry
-from agent.state import AgentState
-from protocol.dialects import Dialect, Request
-from protocol.errors import MESSAGE_LIMIT, AgentError, ErrorKind
-from protocol.server import ServerConnection
+from pyqga.agent.config import Config
+from pyqga.agent.dispatch import Dispatcher
+from pyqga.agent.registry import build_registry
+from pyqga.agent.state import AgentState
+from pyqga.protocol.dialects import Dialect, Request
+from pyqga.protocol.errors import MESSAGE_LIMIT, AgentError, ErrorKind
+from pyqga.protocol.server import ServerConnection
 
 CHANGES_THE_MACHINE = (
     "guest-shutdown", "guest-set-time", "guest-file-open", "guest-fsfreeze-freeze",

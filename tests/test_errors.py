@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from protocol.errors import MESSAGE_LIMIT, QUOTE_LIMIT, AgentError, ErrorKind, command_not_found, quote
+from pyqga.protocol.errors import MESSAGE_LIMIT, QUOTE_LIMIT, AgentError, ErrorKind, command_not_found, quote
 
 
 def test_quote_keeps_short_input_whole() -> None:
@@ -37,8 +37,8 @@ def test_any_message_is_capped_keeping_both_ends() -> None:
 
 def test_unknown_parameter_and_member_names_are_quoted() -> None:
     """Names that come from the request are input too (registry, JSON-RPC and qemu-ga members)."""
-    from agent.registry import build_registry
-    from protocol.dialects import classify
+    from pyqga.agent.registry import build_registry
+    from pyqga.protocol.dialects import classify
 
     huge = "k" * 100_000
     ping = build_registry().get("guest-ping")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from host_client import AgentClient
+from pyqga.host_client import AgentClient
 from tests.support.agent_process import agent_env
 from tests.support.freezing import start_agent, start_writer
 from tests.support.loopfs import LoopMounts, thaw_fully
@@ -58,7 +58,7 @@ def test_cli_repeated_stalls_follow_the_schedule_and_summarise(tmp_path: Path, l
     try:
         started = time.monotonic()
         result = subprocess.run(
-            [sys.executable, "-m", "host_client", "-s", str(agent.socket_path), "fault", "stall",
+            [sys.executable, "-m", "pyqga.host_client", "-s", str(agent.socket_path), "fault", "stall",
              "--mount", str(a), "--mount", str(b), "--duration", "500ms", "--repeat", "3",
              "--interval", "1.5s"],
             capture_output=True, text=True, timeout=60, env=agent_env())

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from host_client import AgentCallError, AgentClient
+from pyqga.host_client import AgentCallError, AgentClient
 from tests.support.agent_process import PyqgaAgent
 from tests.support.freezing import assert_freeze_ended, freeze_through, start_agent, start_writer, wait_until
 from tests.support.loopfs import LoopFs, LoopMounts, freeze_directly, thaw_fully
@@ -36,7 +36,7 @@ def guard_pid(agent: PyqgaAgent) -> int:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == agent.pid and b"agent.guard" in cmdline:
+        if int(stat.rsplit(")", 1)[1].split()[1]) == agent.pid and b"pyqga.agent.guard" in cmdline:
             return int(entry.name)
     raise AssertionError("the agent has no guard process")
 

@@ -33,10 +33,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from agent.freezer import Freezer
-from agent.fsfreeze.core import MAX_TIMEOUT, DeadlineCheck, Restored, StopRequested, parse_snapshot
-from agent.fsfreeze.engine import FreezePlanner
-from protocol.errors import FREEZE_LOST_TEXT, AgentError, ErrorKind
+from pyqga.agent.freezer import Freezer
+from pyqga.agent.fsfreeze.core import MAX_TIMEOUT, DeadlineCheck, Restored, StopRequested, parse_snapshot
+from pyqga.agent.fsfreeze.engine import FreezePlanner
+from pyqga.protocol.errors import FREEZE_LOST_TEXT, AgentError, ErrorKind
 from tests.support.model_kernel import (
     Device,
     Job,

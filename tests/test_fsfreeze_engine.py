@@ -23,15 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.freezer import Freezer
-from agent.fsfreeze.core import CorruptState
-from agent.fsfreeze.engine import FreezePlanner
-from agent.fsfreeze.fsinfo import fsinfo_for, fstrim, get_fsinfo
-from agent.fsfreeze.hooks import OUTPUT_LIMIT, run_hook
-from agent.fsfreeze.kernel import LinuxKernel, flush
-from agent.fsfreeze.mounts import Mount, read_mountinfo
-from agent.fsfreeze.statefile import StateFile
-from protocol.errors import AgentError, ErrorKind
+from pyqga.agent.freezer import Freezer
+from pyqga.agent.fsfreeze.core import CorruptState
+from pyqga.agent.fsfreeze.engine import FreezePlanner
+from pyqga.agent.fsfreeze.fsinfo import fsinfo_for, fstrim, get_fsinfo
+from pyqga.agent.fsfreeze.hooks import OUTPUT_LIMIT, run_hook
+from pyqga.agent.fsfreeze.kernel import LinuxKernel, flush
+from pyqga.agent.fsfreeze.mounts import Mount, read_mountinfo
+from pyqga.agent.fsfreeze.statefile import StateFile
+from pyqga.protocol.errors import AgentError, ErrorKind
 from tests.support.loopfs import LoopMounts, freeze_directly, require_loop_support, thaw_fully
 from tests.support.requirements import require_tool
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.fsfreeze.mounts import (
+from pyqga.agent.fsfreeze.mounts import (
     Mount,
     freezable,
     parse_mountinfo,

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.fsfreeze import order
-from agent.fsfreeze.mounts import Mount, freezable, read_mountinfo
-from agent.fsfreeze.order import MAX_STACK_NODES, backing_files, freeze_waves, is_within, must_precede
-from host_client import AgentClient
-from host_client.errors import AgentTimeout
+from pyqga.agent.fsfreeze import order
+from pyqga.agent.fsfreeze.mounts import Mount, freezable, read_mountinfo
+from pyqga.agent.fsfreeze.order import MAX_STACK_NODES, backing_files, freeze_waves, is_within, must_precede
+from pyqga.host_client import AgentClient
+from pyqga.host_client.errors import AgentTimeout
 from tests.support.freezing import start_agent
 from tests.support.loopfs import LoopFs, LoopMounts, thaw_fully
 

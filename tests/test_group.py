@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from host_client.group import GroupFailed, Member, group_snapshot, parse_member
+from pyqga.host_client.group import GroupFailed, Member, group_snapshot, parse_member
 from tests.support.agent_process import REPO_ROOT, PyqgaAgent
 from tests.support.freezing import start_writer
 from tests.support.loopfs import LoopFs, LoopMounts, thaw_fully
@@ -166,7 +166,7 @@ def test_cli_group_snapshot(tmp_path: Path, loops: LoopMounts, agents: list[Any]
         b = own.add("b")
         q1 = qemu_ga_on(tmp_path, own, agents, "q1")
         done = subprocess.run(
-            [sys.executable, "-m", "host_client", "group", "snapshot", "--deadline", "20s",
+            [sys.executable, "-m", "pyqga.host_client", "group", "snapshot", "--deadline", "20s",
              "--guest", f"{p1.socket_path},mount={a.mountpoint}",
              "--guest", f"{q1.socket_path},mount={b.mountpoint}"],
             capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
@@ -176,7 +176,7 @@ def test_cli_group_snapshot(tmp_path: Path, loops: LoopMounts, agents: list[Any]
     assert "group CONSISTENT" in done.stdout and "overlap window" in done.stdout
     missing = tmp_path / "nobody.sock"
     failed = subprocess.run(
-        [sys.executable, "-m", "host_client", "group", "snapshot", "--deadline", "5s",
+        [sys.executable, "-m", "pyqga.host_client", "group", "snapshot", "--deadline", "5s",
          "--guest", f"{p1.socket_path},mount={a.mountpoint}", "--guest", str(missing)],
         capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
     )

@@ -21,7 +21,7 @@ import pytest
 
 from harness import GuestImage
 from harness.consistency import check_image
-from host_client.group import GroupFailed, Member, group_snapshot, parse_member
+from pyqga.host_client.group import GroupFailed, Member, group_snapshot, parse_member
 from tests.support.agent_process import REPO_ROOT
 from tests.support.libvirt import LibvirtGuest, PrivateLibvirt
 
@@ -63,7 +63,7 @@ def test_group_across_two_libvirtds_is_consistent(hypervisors: tuple[LibvirtGues
              for name, guest in (("a", a), ("b", b))]
     assert all(parse_member(spec).snapshot is not None for spec in specs)
     done = subprocess.run(
-        [sys.executable, "-m", "host_client", "group", "snapshot", "--deadline", f"{DEADLINE:g}s",
+        [sys.executable, "-m", "pyqga.host_client", "group", "snapshot", "--deadline", f"{DEADLINE:g}s",
          "--timeout", "30", "--json", "--guest", specs[0], "--guest", specs[1]],
         capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
     )

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from agent.commands.exec import ExecTable
-from agent.commands.files import FileTable
-from host_client import AgentCallError, AgentClient
-from protocol.errors import AgentError
+from pyqga.agent.commands.exec import ExecTable
+from pyqga.agent.commands.files import FileTable
+from pyqga.host_client import AgentCallError, AgentClient
+from pyqga.protocol.errors import AgentError
 from tests.support.agent_process import PyqgaAgent
 from tests.support.loopfs import LoopMounts, require_loop_support
 

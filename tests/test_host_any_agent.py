@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from host_client import AgentClient
-from host_client.errors import AgentTimeout
+from pyqga.host_client import AgentClient
+from pyqga.host_client.errors import AgentTimeout
 from tests.support.agent_process import REPO_ROOT, PyqgaAgent
 from tests.support.async_facade import BlockingAsyncClient
 from tests.support.freezing import start_writer, write_hook
@@ -159,7 +159,7 @@ def test_cli_fault_stall(peer: str, start: Start, loops: LoopMounts) -> None:
     a = loops.add("a")
     agent = start()
     done = subprocess.run(
-        [sys.executable, "-m", "host_client", "--socket", str(agent.socket_path), "--dialect", "qga",
+        [sys.executable, "-m", "pyqga.host_client", "--socket", str(agent.socket_path), "--dialect", "qga",
          "fault", "stall", "--mount", str(a), "--duration", "1s"],
         capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
     )

@@ -14,11 +14,11 @@ from types import SimpleNamespace
 
 import pytest
 
-import host_client.session
-from agent.config import VERSION
-from host_client import AgentCallError, AgentClient, AgentConnectionError, AgentTimeout
-from protocol.client import ClientConnection
-from protocol.dialects import Dialect
+import pyqga.host_client.session
+from pyqga.agent.config import VERSION
+from pyqga.host_client import AgentCallError, AgentClient, AgentConnectionError, AgentTimeout
+from pyqga.protocol.client import ClientConnection
+from pyqga.protocol.dialects import Dialect
 from tests.support.agent_process import PyqgaAgent, agent_env
 
 
@@ -35,7 +35,7 @@ def test_typed_helpers(agent: PyqgaAgent, dialect: str, monkeypatch: pytest.Monk
         assert client.call("guest-sync", id=77) == 77
         # sync() returns only once the agent has echoed the id it sent: fix that id, then check it.
         fixed = SimpleNamespace(getrandbits=lambda bits: 0x2BAD_F00D_1234)
-        monkeypatch.setattr(host_client.session, "random", fixed)
+        monkeypatch.setattr(pyqga.host_client.session, "random", fixed)
         assert client.sync() == 0x2BAD_F00D_1235
         monkeypatch.undo()
         info = client.info()
@@ -98,12 +98,12 @@ class _EchoSyncPeer:
     """Just enough of an agent to answer sync-delimited and ping, through our own protocol code."""
 
     def __init__(self) -> None:
-        from protocol.server import ServerConnection
+        from pyqga.protocol.server import ServerConnection
 
         self.conn = ServerConnection()
 
     def answer(self, data: bytes) -> bytes:
-        from protocol.dialects import Request, encode, reply_object
+        from pyqga.protocol.dialects import Request, encode, reply_object
 
         out = b""
         for item in self.conn.receive_data(data):
@@ -150,7 +150,7 @@ def test_client_connection_matches_ids_and_ignores_others() -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = agent_env()
-    return subprocess.run([sys.executable, "-m", "host_client", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pyqga.host_client", *args], capture_output=True,
                           text=True, env=env, timeout=30)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import VERSION
+from pyqga.agent.config import VERSION
 from tests.support.libvirt import LibvirtError, LibvirtGuest, table_rows
 from tests.support.requirements import require_tool
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import VERSION
-from host_client import AgentClient
-from host_client.errors import AgentCallError, AgentConnectionError, AgentTimeout
-from host_client.libvirt_transport import (
+from pyqga.agent.config import VERSION
+from pyqga.host_client import AgentClient
+from pyqga.host_client.errors import AgentCallError, AgentConnectionError, AgentTimeout
+from pyqga.host_client.libvirt_transport import (
     VIR_ERR_AGENT_UNRESPONSIVE,
     VIR_ERR_OPERATION_INVALID,
     LibvirtAddress,
@@ -33,8 +33,8 @@ from host_client.libvirt_transport import (
     classify_libvirt_error,
     parse_libvirt_address,
 )
-from host_client.transport import open_transport, parse_address
-from protocol.errors import ErrorKind
+from pyqga.host_client.transport import open_transport, parse_address
+from pyqga.protocol.errors import ErrorKind
 from tests.support.libvirt import LibvirtGuest, PrivateLibvirt
 from tests.support.requirements import require
 
@@ -120,9 +120,9 @@ def test_without_libvirt_python_the_error_names_the_extra(monkeypatch: pytest.Mo
 
 def test_host_client_imports_without_libvirt_python() -> None:
     """Every module of the host library imports with libvirt-python unavailable."""
-    code = ("import sys, pkgutil, importlib, host_client\n"
+    code = ("import sys, pkgutil, importlib, pyqga.host_client as host_client\n"
             "sys.modules['libvirt'] = sys.modules['libvirt_qemu'] = None\n"
-            "names = [m.name for m in pkgutil.walk_packages(host_client.__path__, 'host_client.')\n"
+            "names = [m.name for m in pkgutil.walk_packages(host_client.__path__, 'pyqga.host_client.')\n"
             "         if not m.name.endswith('__main__')]\n"
             "for name in names: importlib.import_module(name)\n"
             "print(len(names))")
@@ -268,8 +268,8 @@ def test_unknown_domain_is_a_clear_connection_error(domain: LibvirtGuest) -> Non
 @pytest.mark.root
 def test_cli_through_libvirt(domain: LibvirtGuest, address: str) -> None:
     def pyqga(*args: str, socket: str = address) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "host_client", "--socket", socket, *args], cwd=REPO,
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run([sys.executable, "-m", "pyqga.host_client", "--socket", socket, *args],
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
 
     ping = pyqga("ping")
     assert ping.returncode == 0, ping.stderr

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import config as cfg
-from agent.registry import build_registry
-from agent.state import blocked_commands
+from pyqga.agent import config as cfg
+from pyqga.agent.registry import build_registry
+from pyqga.agent.state import blocked_commands
 from tests.support.agent_process import REPO_ROOT, agent_env
 from tests.support.requirements import require, require_tool
 
@@ -92,7 +92,7 @@ def test_wheel_has_host_and_guest(dist: tuple[Path, subprocess.CompletedProcess[
 
 def run_agent(*argv: str) -> subprocess.CompletedProcess[str]:
     env = agent_env()
-    return subprocess.run([sys.executable, "-B", "-m", "agent", *argv], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-B", "-m", "pyqga.agent", *argv], capture_output=True, text=True,
                           env=env, timeout=30)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.pidfile import PidFile, PidFileError
+from pyqga.agent.pidfile import PidFile, PidFileError
 
 
 def test_a_symlink_pid_file_is_refused_and_its_target_untouched(tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from host_client import cli
-from host_client.qmp import ConnectError, ExecuteError, QMPConnection, describe
+from pyqga.host_client import cli
+from pyqga.host_client.qmp import ConnectError, ExecuteError, QMPConnection, describe
 from tests.support.requirements import require_tool
 
 

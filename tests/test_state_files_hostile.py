@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from host_client import AgentClient
+from pyqga.host_client import AgentClient
 from tests.support.agent_process import ProcessFailed, PyqgaAgent
 from tests.support.freezing import wait_until
 from tests.support.loopfs import LoopMounts, freeze_directly, thaw_fully

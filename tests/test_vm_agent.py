@@ -20,8 +20,8 @@ import pytest
 
 from harness import GuestImage, GuestVM
 from harness.consistency import compare, format_comparison
-from host_client import AgentCallError, AgentClient
-from host_client.qmp import QMPConnection
+from pyqga.host_client import AgentCallError, AgentClient
+from pyqga.host_client.qmp import QMPConnection
 from tests.support.agent_process import agent_env
 
 pytestmark = pytest.mark.root
@@ -155,7 +155,7 @@ def test_snapshot_with_freeze_is_consistent_and_without_is_not(
         plain, quiesced = compare(machine, tmp_path)
         print(format_comparison(plain, quiesced))
         cli = subprocess.run(
-            [sys.executable, "-m", "host_client", "-s", str(machine.pyqga_socket), "snapshot",
+            [sys.executable, "-m", "pyqga.host_client", "-s", str(machine.pyqga_socket), "snapshot",
              "--qmp", str(machine.qmp_socket), "--disk", f"data={tmp_path / 'cli.qcow2'}",
              "--mountpoint", "/data", "--json"],
             capture_output=True, text=True, timeout=120, env=agent_env())
@@ -183,7 +183,7 @@ def test_snapshot_through_qemu_ga_is_consistent_and_never_left_frozen(vm: GuestV
         assert qga.call("guest-fsfreeze-status") == "thawed"
     assert writes_during(vm, 1.0)[0] > 0, "the workload did not resume"
     cli = subprocess.run(
-        [sys.executable, "-m", "host_client", "--dialect", "qga", "-s", str(vm.qga_socket), "snapshot",
+        [sys.executable, "-m", "pyqga.host_client", "--dialect", "qga", "-s", str(vm.qga_socket), "snapshot",
          "--qmp", str(vm.qmp_socket), "--disk", f"data={tmp_path / 'cli.qcow2'}", "--mountpoint", "/data",
          "--json"],
         capture_output=True, text=True, timeout=120, env=agent_env())

@@ -35,8 +35,8 @@ import pytest
 
 from harness import GuestImage, GuestVM
 from harness.machine import DISK_SERIAL_PREFIX
-from host_client import AgentCallError, AgentClient
-from host_client.qmp import QMPConnection
+from pyqga.host_client import AgentCallError, AgentClient
+from pyqga.host_client.qmp import QMPConnection
 from tests.support.disk_images import mbr_image
 from tests.support.guest_shell import sh
 

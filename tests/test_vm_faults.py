@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness import GuestImage, GuestVM
-from host_client import AgentCallError, AgentClient
+from pyqga.host_client import AgentCallError, AgentClient
 from tests.support.agent_process import agent_env
 
 pytestmark = pytest.mark.root
@@ -114,7 +114,7 @@ def test_repeated_stalls_follow_the_schedule(vm: GuestVM, serial: AgentClient) -
     time.sleep(3.0)
     serial.close()  # the serial line now belongs to the CLI
     cli = subprocess.run(
-        [sys.executable, "-m", "host_client", "-s", vm.agent_address("pyqga-serial"), "--timeout", "60",
+        [sys.executable, "-m", "pyqga.host_client", "-s", vm.agent_address("pyqga-serial"), "--timeout", "60",
          "fault", "stall", "--mount", "/data", "--duration", "1s", "--repeat", "2", "--interval", "4s",
          "--json"],
         capture_output=True, text=True, timeout=120, env=agent_env())

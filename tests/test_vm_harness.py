@@ -19,8 +19,8 @@ import pytest
 
 from harness import GuestImage, GuestVM, ensure_image
 from harness import image as image_module
-from host_client import AgentClient
-from host_client.qmp import QMPConnection
+from pyqga.host_client import AgentClient
+from pyqga.host_client.qmp import QMPConnection
 
 pytestmark = pytest.mark.root
 

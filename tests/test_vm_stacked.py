@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from harness import GuestImage, GuestVM
-from host_client import AgentClient
-from host_client.errors import AgentClientError, AgentTimeout
+from pyqga.host_client import AgentClient
+from pyqga.host_client.errors import AgentClientError, AgentTimeout
 from tests.support.guest_shell import sh
 
 pytestmark = pytest.mark.root
@@ -33,8 +33,8 @@ RESUME_LIMIT_S = 2.0  # the guard thaws within a second of the agent's death; al
 # The waves the agent's own code computes in the guest, from the guest's sysfs.
 GUEST_ORDER = """
 import json
-from agent.fsfreeze.mounts import freezable, read_mountinfo
-from agent.fsfreeze.order import backing_files, freeze_waves
+from pyqga.agent.fsfreeze.mounts import freezable, read_mountinfo
+from pyqga.agent.fsfreeze.order import backing_files, freeze_waves
 plan = list(reversed(freezable(read_mountinfo())))
 print(json.dumps({"files": {m.mountpoint: backing_files(m) for m in plan},
                   "waves": [[m.mountpoint for m in wave] for wave in freeze_waves(plan)]}))

@@ -23,8 +23,8 @@ import pytest
 from harness import GuestVM
 from harness.image import ImageBuildError
 from harness.systemd_image import Control, ControlError, ensure_systemd_image
-from host_client import AgentClient
-from host_client.errors import AgentClientError
+from pyqga.host_client import AgentClient
+from pyqga.host_client.errors import AgentClientError
 from tests.support.agent_process import REPO_ROOT
 from tests.support.requirements import require, require_root, require_tool
 

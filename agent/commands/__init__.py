@@ -1,6 +1,6 @@
 """Command modules; each exports ``COMMANDS``, a tuple of :class:`agent.registry.Command`."""
 
-from agent.commands import (
+from pyqga.agent.commands import (
     accounts,
     core,
     exec,

@@ -35,12 +35,12 @@ import pwd
 import subprocess
 from typing import TYPE_CHECKING, Any
 
-from agent.commands.exec import BASE64_CHARS
-from agent.registry import Command, Param
-from protocol.errors import AgentError, command_failed, invalid_params
+from pyqga.agent.commands.exec import BASE64_CHARS
+from pyqga.agent.registry import Command, Param
+from pyqga.protocol.errors import AgentError, command_failed, invalid_params
 
 if TYPE_CHECKING:
-    from agent.state import AgentState
+    from pyqga.agent.state import AgentState
 
 PROGRAM_TIMEOUT = 60.0
 AUTHORIZED_KEYS = "authorized_keys"

@@ -7,10 +7,10 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from agent.registry import Command, Param
+from pyqga.agent.registry import Command, Param
 
 if TYPE_CHECKING:
-    from agent.state import AgentState
+    from pyqga.agent.state import AgentState
 
 OS_RELEASE_FILES = ("/etc/os-release", "/usr/lib/os-release")
 OS_RELEASE_KEYS = {

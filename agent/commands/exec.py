@@ -47,11 +47,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.registry import Command, Param
-from protocol.errors import AgentError, command_failed, invalid_params, quote
+from pyqga.agent.registry import Command, Param
+from pyqga.protocol.errors import AgentError, command_failed, invalid_params, quote
 
 if TYPE_CHECKING:
-    from agent.state import AgentState
+    from pyqga.agent.state import AgentState
 
 EXEC_IO_SIZE = 64 * 1024          # one read or write on a pipe
 EXIT_DRAIN_GRACE = 1.0            # seconds the output may stay open after the program ended

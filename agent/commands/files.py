@@ -33,12 +33,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.commands.exec import AnyValueParam, decode_base64
-from agent.registry import Command, Param
-from protocol.errors import command_failed, invalid_params, quote
+from pyqga.agent.commands.exec import AnyValueParam, decode_base64
+from pyqga.agent.registry import Command, Param
+from pyqga.protocol.errors import command_failed, invalid_params, quote
 
 if TYPE_CHECKING:
-    from agent.state import AgentState
+    from pyqga.agent.state import AgentState
 
 MAX_HANDLES = 1024
 READ_COUNT_DEFAULT = 4096           # qemu-ga's QGA_READ_COUNT_DEFAULT

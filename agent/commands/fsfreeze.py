@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from agent.fsfreeze.fsinfo import fstrim, get_fsinfo
-from agent.registry import Command, Param
+from pyqga.agent.fsfreeze.fsinfo import fstrim, get_fsinfo
+from pyqga.agent.registry import Command, Param
 
 if TYPE_CHECKING:
-    from agent.state import AgentState
+    from pyqga.agent.state import AgentState
 
 
 def guest_fsfreeze_status(agent: AgentState) -> str:

@@ -44,12 +44,12 @@ import re
 import struct
 from typing import TYPE_CHECKING, Any
 
-from agent.commands.kernel_files import read_kernel_file
-from agent.registry import Command, Param
-from protocol.errors import command_failed, invalid_params, quote
+from pyqga.agent.commands.kernel_files import read_kernel_file
+from pyqga.agent.registry import Command, Param
+from pyqga.protocol.errors import command_failed, invalid_params, quote
 
 if TYPE_CHECKING:
-    from agent.state import AgentState
+    from pyqga.agent.state import AgentState
 
 CPU_DIR = "/sys/devices/system/cpu"
 MEMORY_DIR = "/sys/devices/system/memory"

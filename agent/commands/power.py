@@ -45,11 +45,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agent.registry import Command
-from protocol.errors import command_failed
+from pyqga.agent.registry import Command
+from pyqga.protocol.errors import command_failed
 
 if TYPE_CHECKING:
-    from agent.state import AgentState
+    from pyqga.agent.state import AgentState
 
 SUSPEND_PATH_ENV = "PYQGA_SUSPEND_PATH"
 POWER_STATE_ENV = "PYQGA_POWER_STATE_FILE"

@@ -21,12 +21,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from agent.commands.kernel_files import read_kernel_file
-from agent.registry import Command
-from protocol.errors import command_failed
+from pyqga.agent.commands.kernel_files import read_kernel_file
+from pyqga.agent.registry import Command
+from pyqga.protocol.errors import command_failed
 
 if TYPE_CHECKING:
-    from agent.state import AgentState
+    from pyqga.agent.state import AgentState
 
 PROC_DISKSTATS = "/proc/diskstats"
 PROC_STAT = "/proc/stat"

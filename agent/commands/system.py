@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from time import CLOCK_REALTIME, clock_settime_ns, localtime
 from typing import TYPE_CHECKING, Any
 
-from agent.registry import Command, Param
-from protocol.errors import command_failed
+from pyqga.agent.registry import Command, Param
+from pyqga.protocol.errors import command_failed
 
 if TYPE_CHECKING:
-    from agent.state import AgentState
+    from pyqga.agent.state import AgentState
 
 SHUTDOWN_ENV = "PYQGA_SHUTDOWN_PROGRAM"
 HWCLOCK_ENV = "PYQGA_HWCLOCK_PROGRAM"

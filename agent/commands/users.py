@@ -18,10 +18,10 @@ import struct
 import time
 from typing import TYPE_CHECKING, Any
 
-from agent.registry import Command
+from pyqga.agent.registry import Command
 
 if TYPE_CHECKING:
-    from agent.state import AgentState
+    from pyqga.agent.state import AgentState
 
 UTMP_PATH = "/var/run/utmp"
 USER_PROCESS = 7

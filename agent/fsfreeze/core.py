@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple, Protocol
 
-from protocol.errors import AgentError, ErrorKind, command_failed, invalid_params
+from pyqga.protocol.errors import AgentError, ErrorKind, command_failed, invalid_params
 
 Device = tuple[int, int]
 

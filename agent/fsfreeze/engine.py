@@ -20,11 +20,11 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Sequence
 
-from agent.fsfreeze.core import Target
-from agent.fsfreeze.kernel import Kernel, LinuxKernel
-from agent.fsfreeze.mounts import Mount, freezable, resolve_device
-from agent.fsfreeze.order import freeze_waves
-from protocol.errors import invalid_params, quote
+from pyqga.agent.fsfreeze.core import Target
+from pyqga.agent.fsfreeze.kernel import Kernel, LinuxKernel
+from pyqga.agent.fsfreeze.mounts import Mount, freezable, resolve_device
+from pyqga.agent.fsfreeze.order import freeze_waves
+from pyqga.protocol.errors import invalid_params, quote
 
 
 def normalise(path: str) -> str:

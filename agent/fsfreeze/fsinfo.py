@@ -22,9 +22,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from agent.fsfreeze.ioctls import fitrim, open_mountpoint
-from agent.fsfreeze.mounts import MOUNTINFO, Mount, freezable, read_mountinfo
-from protocol.errors import invalid_params
+from pyqga.agent.fsfreeze.ioctls import fitrim, open_mountpoint
+from pyqga.agent.fsfreeze.mounts import MOUNTINFO, Mount, freezable, read_mountinfo
+from pyqga.protocol.errors import invalid_params
 
 SYSFS = "/sys"
 

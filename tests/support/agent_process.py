@@ -124,7 +124,7 @@ def agent_command(workdir: Path, extra_args: Sequence[str] = (),
     workdir.mkdir(parents=True, exist_ok=True)
     tmpfs_statedir(workdir / "state")
     return [
-        python, "-B", *python_args, "-m", "agent",
+        python, "-B", *python_args, "-m", "pyqga.agent",
         "-m", "unix-listen", "-p", str(workdir / "agent.sock"),
         "-t", str(workdir / "state"), "-c", os.devnull, *extra_args,
     ]

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import Any
 
-from host_client.aio import AsyncAgentClient
+from pyqga.host_client.aio import AsyncAgentClient
 
 
 class BlockingAsyncClient:

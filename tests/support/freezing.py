@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from host_client import AgentClient, FreezeLost
+from pyqga.host_client import AgentClient, FreezeLost
 from tests.support.agent_process import PyqgaAgent
 from tests.support.loopfs import LoopMounts
 

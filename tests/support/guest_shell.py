@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from host_client import AgentClient
+from pyqga.host_client import AgentClient
 
 # The guest's tools live in /usr/sbin and /usr/bin; dmsetup there has no udev to wait for.
 GUEST_SHELL = "export PATH=/usr/sbin:/usr/bin DM_DISABLE_UDEV=1; "
