@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := e2fsprogs util-linux xfsprogs btrfs-progs socat qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
 	libvirt-dev pkg-config gcc python3-dev mmdebstrap
 # lintian checks the .deb: `make dist` installs it, and so does `deps`, because
-# tests/test_packaging.py runs it (a skip elsewhere, a failure in CI).
+# tests/process/test_packaging.py runs it (a skip elsewhere, a failure in CI).
 DIST_APT_PACKAGES := lintian
 APT_PACKAGES += $(DIST_APT_PACKAGES)
 
@@ -48,7 +48,7 @@ dist: $(STAMP)
 	$(PY) packaging/build_dist.py
 
 demo: $(STAMP) deps
-	$(PY) -m harness.demo
+	$(PY) -m tests.rig.demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -57,12 +57,12 @@ test: $(STAMP) deps lint
 	$(PY) -m pytest -q -ra tests
 
 bench: $(STAMP) deps
-	$(PY) bench/rpc.py
-	$(PY) bench/floor.py
-	$(PY) bench/freeze.py
-	$(PY) bench/stall.py
-	$(PY) bench/group.py
-	$(PY) bench/abuse.py
+	$(PY) -m bench.rpc
+	$(PY) -m bench.floor
+	$(PY) -m bench.freeze
+	$(PY) -m bench.stall
+	$(PY) -m bench.group
+	$(PY) -m bench.abuse
 
 clean:
 	rm -rf $(VENV) .cache build dist *.egg-info

@@ -1,8 +1,8 @@
 """pyqga against the real qemu-ga under hostile load: ping latency and memory while flooded.
 
-    python bench/abuse.py [--seconds 5] [--clients 16] [--pattern NAME ...] [--no-write]
+    python -m bench.abuse [--seconds 5] [--clients 16] [--pattern NAME ...] [--no-write]
 
-For each flood pattern of ``tests/support/flood.py`` (0xFF, ``[``, ``{}``, garbage, deep nesting,
+For each flood pattern of ``tests/rig/flood.py`` (0xFF, ``[``, ``{}``, garbage, deep nesting,
 an endless line, a close-flood) a fresh agent of each kind listens on a unix socket; ``--clients``
 clients flood it for ``--seconds`` (from a child process) while this process pings on a fresh
 connection every 20 ms.  Reported per agent and pattern: ping p50/p99/max (a ping not answered
@@ -28,14 +28,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from bench.report import machine_line, publish, qemu_ga_problem, unwind_on_sigterm, verdict  # noqa: E402
-from tests.support.agent_process import PyqgaAgent  # noqa: E402
-from tests.support.flood import PATTERNS, FloodProcess, Latencies, Pinger, status_kib  # noqa: E402
-from tests.support.qemu_ga import QemuGa, ensure_qemu_ga  # noqa: E402
+from bench.report import machine_line, publish, qemu_ga_problem, unwind_on_sigterm, verdict
+from tests.rig.agent_process import PyqgaAgent
+from tests.rig.flood import PATTERNS, FloodProcess, Latencies, Pinger, status_kib
+from tests.rig.qemu_ga import QemuGa, ensure_qemu_ga
 
 SECTION = "bench/abuse.py"
 PING_TIMEOUT = 10.0

@@ -1,6 +1,6 @@
 """The stream decoder's cost per byte for each class of bytes an abusive peer can send (issue 13).
 
-    python bench/decoder.py [--before REV] [--rounds 7] [--chunk 262144] [--no-write]
+    python -m bench.decoder [--before REV] [--rounds 7] [--chunk 262144] [--no-write]
 
 Each flood is 256 KiB, fed to a fresh `StreamDecoder` in chunks of ``--chunk`` bytes (asyncio
 hands the agent up to 256 KiB per read).  ``--before`` is a git revision whose
@@ -30,11 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from bench.report import cpu_model, verdict, write_section  # noqa: E402
+from bench.report import cpu_model, verdict, write_section
+from tests.rig.paths import REPO_ROOT
 
 SECTION = "bench/decoder.py"
 BEFORE = "e163a7d~1"  # main before the decoder rework of issue 13

@@ -1,6 +1,6 @@
 """How fast can any CPython agent answer here?  pyqga and qemu-ga beside servers that do nothing.
 
-    python bench/floor.py [--seconds 0.3] [--rounds 9] [--python PATH] [--no-write]
+    python -m bench.floor [--seconds 0.3] [--rounds 9] [--python PATH] [--no-write]
 
 ``bench/rpc.py`` compares pyqga with qemu-ga.  This script asks what the comparison can reach at
 all: in the same run, under the same interpreter and CPU placement as pyqga there, it measures
@@ -28,14 +28,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from bench import rpc  # noqa: E402
-from bench.report import machine_line, qemu_ga_problem, unwind_on_sigterm, write_section  # noqa: E402
-from tests.support.agent_process import ListeningProcess  # noqa: E402
-from tests.support.qemu_ga import ensure_qemu_ga  # noqa: E402
+from bench import rpc
+from bench.report import machine_line, qemu_ga_problem, unwind_on_sigterm, write_section
+from tests.rig.agent_process import ListeningProcess
+from tests.rig.paths import REPO_ROOT
+from tests.rig.qemu_ga import ensure_qemu_ga
 
 SECTION = "bench/floor.py"
 REQUESTS = (

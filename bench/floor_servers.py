@@ -1,6 +1,6 @@
 """The reference servers of ``bench/floor.py``: what a CPython agent costs at the least.
 
-    python bench/floor_servers.py KIND SOCKET      (KIND: "epoll echo", "asyncio echo", "epoll parse")
+    python -m bench.floor_servers KIND SOCKET      (KIND: "epoll echo", "asyncio echo", "epoll parse")
 
 Standard library only, so any interpreter runs it.  Each serves one request per read (the
 benchmark's client sends one request and waits for its reply), until killed.

@@ -1,6 +1,6 @@
 """pyqga against the real qemu-ga: freeze-list and thaw of 16 loop-mounted ext4 filesystems.
 
-    python bench/freeze.py [--rounds 7] [--cycles 5] [--filesystems 16] [--no-write]
+    python -m bench.freeze [--rounds 7] [--cycles 5] [--filesystems 16] [--no-write]
 
 Run from the repository root, as root (loop devices, mount, FIFREEZE). Both agents run at the same
 time on unix sockets in a private temporary folder; the filesystems are made once and used by
@@ -37,15 +37,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from bench.report import BENCHMARKS_MD, machine_line, qemu_ga_problem, unwind_on_sigterm, write_section  # noqa: E402
-from tests.support.agent_process import ListeningProcess, agent_command, agent_env  # noqa: E402
-from tests.support.loopfs import LoopMounts  # noqa: E402
-from tests.support.qemu_ga import IsolatedQemuGa, ensure_qemu_ga  # noqa: E402
-from tests.support.sockets import connect_unix  # noqa: E402
+from bench.report import BENCHMARKS_MD, machine_line, qemu_ga_problem, unwind_on_sigterm, write_section
+from tests.rig.agent_process import ListeningProcess, agent_command, agent_env
+from tests.rig.loopfs import LoopMounts
+from tests.rig.paths import REPO_ROOT
+from tests.rig.qemu_ga import IsolatedQemuGa, ensure_qemu_ga
+from tests.rig.sockets import connect_unix
 
 SECTION = "bench/freeze.py"
 AGENTS = ("qemu-ga", "pyqga")
@@ -239,7 +236,7 @@ def build_report(settled: dict[str, Samples], back_to_back: dict[str, Samples], 
         "goes first; rounds per mode below) after one unrecorded warm-up cycle each. Both agents "
         "run in the same private mount namespace (same mount table; pyqga with `--freeze-include` "
         "on the bench's mounts, qemu-ga has no filter, so its thaw also tries `/`). Run: "
-        "`python bench/freeze.py` as root from the repository root.",
+        "`python -m bench.freeze` as root from the repository root.",
         machine,
         f"### Settled: {settle * 1000:.0f} ms pause between a thaw and the next freeze (the target); "
         f"{rounds['settled']} rounds, {rounds['settled'] * cycles} cycles per agent",
@@ -272,7 +269,7 @@ def build_report(settled: dict[str, Samples], back_to_back: dict[str, Samples], 
 def preflight() -> str | None:
     """Why this machine cannot run the benchmark, or None."""
     if os.geteuid() != 0:
-        return "needs root (loop devices, mount, FIFREEZE); run it as root, e.g. sudo python bench/freeze.py"
+        return "needs root (loop devices, mount, FIFREEZE); run it as root, e.g. sudo python -m bench.freeze"
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         return f"missing programs: {', '.join(missing)} (Debian: e2fsprogs, util-linux; `make deps`)"

@@ -1,6 +1,6 @@
 """Consistency groups at scale: N local pyqga agents, one loop filesystem each, frozen as a group.
 
-    sudo python bench/group.py [--sizes 1,8,32,128] [--rounds 3] [--no-write]
+    sudo python -m bench.group [--sizes 1,8,32,128] [--rounds 3] [--no-write]
 
 Run as root from the repository root.  Each agent sees only its own loop-mounted ext4 image
 (``--freeze-include``), so each stands for one guest.  For each group size N, ``--rounds``
@@ -23,16 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from bench.report import machine_line, write_section  # noqa: E402
-from pyqga.host_client import AgentClient  # noqa: E402
-from pyqga.host_client.group import Member, group_snapshot  # noqa: E402
-from tests.support.agent_process import ListeningProcess, agent_command  # noqa: E402
-from tests.support.loopfs import LoopMounts  # noqa: E402
-from tests.support.qemu_ga import ensure_qemu_ga  # noqa: E402
+from bench.report import machine_line, write_section
+from pyqga.host_client import AgentClient
+from pyqga.host_client.group import Member, group_snapshot
+from tests.rig.agent_process import ListeningProcess, agent_command
+from tests.rig.loopfs import LoopMounts
+from tests.rig.qemu_ga import ensure_qemu_ga
 
 SECTION = "bench/group.py"
 DEADLINE = 120.0

@@ -17,7 +17,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.rig.paths import REPO_ROOT
+
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
 DEFAULT_INTRO = (
     "# Benchmarks\n\npyqga measured against the real qemu-ga on the same machine in the same run.\n"
@@ -93,7 +94,7 @@ def unwind_on_sigterm() -> None:
 
 def qemu_ga_problem() -> str | None:
     """Why the real qemu-ga cannot be used here, or None (it is fetched if need be)."""
-    from tests.support.qemu_ga import QemuGaUnavailable, ensure_qemu_ga
+    from tests.rig.qemu_ga import QemuGaUnavailable, ensure_qemu_ga
 
     try:
         ensure_qemu_ga()

@@ -1,6 +1,6 @@
 """pyqga against the real qemu-ga, request by request, as hosts send them; memory; start-up.
 
-    python bench/rpc.py [--seconds 0.3] [--rounds 5] [--only guest-ping,...] [--python PATH] [--no-write]
+    python -m bench.rpc [--seconds 0.3] [--rounds 5] [--only guest-ping,...] [--python PATH] [--no-write]
 
 Run from the repository root (``make bench`` does). Both agents listen on unix sockets in a
 private temporary folder and are measured in the same run, each through one persistent
@@ -40,14 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from bench.report import machine_line, qemu_ga_problem, unwind_on_sigterm, verdict, write_section  # noqa: E402
-from tests.support.agent_process import PyqgaAgent, agent_command, agent_env, tmpfs_statedir  # noqa: E402
-from tests.support.qemu_ga import QemuGa, ensure_qemu_ga  # noqa: E402
-from tests.support.sockets import connect_unix  # noqa: E402
+from bench.report import machine_line, qemu_ga_problem, unwind_on_sigterm, verdict, write_section
+from tests.rig.agent_process import PyqgaAgent, agent_command, agent_env, tmpfs_statedir
+from tests.rig.paths import REPO_ROOT
+from tests.rig.qemu_ga import QemuGa, ensure_qemu_ga
+from tests.rig.sockets import connect_unix
 
 PING = b'{"execute":"guest-ping","id":1}\n'
 PING_REPLY = b'{"return": {}, "id": 1}\n'
@@ -93,11 +90,11 @@ READ_COMMANDS: tuple[tuple[str, dict[str, Any] | None], ...] = (
 
 INTRO = """# Benchmarks
 
-pyqga measured against the real qemu-ga (Debian's build, fetched by `tests/support/qemu_ga.py`)
+pyqga measured against the real qemu-ga (Debian's build, fetched by `tests/rig/qemu_ga.py`)
 on the same machine in the same run. Regenerate the results below with `make bench` or, from the
-repository root, `python bench/rpc.py` (`--seconds S --rounds N` per request and agent,
+repository root, `python -m bench.rpc` (`--seconds S --rounds N` per request and agent,
 `--only guest-ping,guest-sync` to measure a few requests, `--no-write` to only print). The
-script starts and stops every agent itself. `python bench/floor.py` measures pyqga and qemu-ga
+script starts and stops every agent itself. `python -m bench.floor` measures pyqga and qemu-ga
 beside servers that do nothing (the least a CPython agent can cost; section below).
 
 - **Interpreter and CPUs**: pyqga runs under `/usr/bin/python3` (Debian's build, what the

@@ -1,6 +1,6 @@
 """Soak: many freeze/thaw cycles of /data in a real guest with a writer running (issue 13).
 
-    python bench/soak.py [--cycles 1000] [--no-write]
+    python -m bench.soak [--cycles 1000] [--no-write]
 
 Boots the test guest (``harness.GuestVM``, pyqga on virtio-serial, the busy workload writing to
 /data), warms up with a few cycles, then runs ``--cycles`` of ``guest-fsfreeze-freeze-list
@@ -23,14 +23,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from bench.report import publish, unwind_on_sigterm  # noqa: E402
-from harness import GuestVM, ensure_image  # noqa: E402
-from pyqga.host_client import AgentClient  # noqa: E402
-from pyqga.host_client.qmp import QMPConnection  # noqa: E402
+from bench.report import publish, unwind_on_sigterm
+from pyqga.host_client import AgentClient
+from pyqga.host_client.qmp import QMPConnection
+from tests.rig.image import ensure_image
+from tests.rig.machine import GuestVM
 
 SECTION = "bench/soak.py"
 WARM_UP_CYCLES = 5

@@ -1,6 +1,6 @@
 """How long applications stall during a freeze: pyqga against the real qemu-ga.
 
-    sudo python bench/stall.py [--rounds 5] [--size-mb 200] [--no-write]
+    sudo python -m bench.stall [--rounds 5] [--size-mb 200] [--no-write]
 
 Run as root from the repository root. Four loop-mounted ext4 images are made (four times
 ``--size-mb``, see IMAGE_FACTOR; on tmpfs and fully allocated when there is room, so the flush
@@ -54,13 +54,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT_ONLY = ("bench/stall.py must run as root: it makes loop devices, mounts them and freezes them "
-             "(try: sudo python bench/stall.py)")
+             "(try: sudo python -m bench.stall)")
 if __name__ == "__main__" and os.geteuid() != 0:
     sys.exit(ROOT_ONLY)  # before importing the test helpers, which need more than a plain user has
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 from bench.report import (  # noqa: E402
     BENCHMARKS_MD,
@@ -70,10 +66,11 @@ from bench.report import (  # noqa: E402
     verdict,
     write_section,
 )
-from tests.support.agent_process import PyqgaAgent  # noqa: E402
-from tests.support.loopfs import LoopMounts, thaw_fully  # noqa: E402
-from tests.support.qemu_ga import IsolatedQemuGa, ensure_qemu_ga  # noqa: E402
-from tests.support.sockets import connect_unix  # noqa: E402
+from tests.rig.agent_process import PyqgaAgent  # noqa: E402
+from tests.rig.loopfs import LoopMounts, thaw_fully  # noqa: E402
+from tests.rig.paths import REPO_ROOT  # noqa: E402
+from tests.rig.qemu_ga import IsolatedQemuGa, ensure_qemu_ga  # noqa: E402
+from tests.rig.sockets import connect_unix  # noqa: E402
 
 FILESYSTEMS = 4
 WARMUP = 2  # freezes with data per agent before the counted rounds

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import GuestImage, ImageBuildError, ensure_image
-from tests.support.libvirt import LibvirtGuest, PrivateLibvirt
-from tests.support.loopfs import LoopMounts, require_loop_support
-from tests.support.qemu_ga import require_qemu_ga
-from tests.support.requirements import require, require_root, require_tool
+from tests.rig.image import GuestImage, ImageBuildError, ensure_image
+from tests.rig.libvirt import LibvirtGuest, PrivateLibvirt
+from tests.rig.loopfs import LoopMounts, require_loop_support
+from tests.rig.qemu_ga import require_qemu_ga
+from tests.rig.requirements import require, require_root, require_tool
 
 # Runs with `python -I -c`: self-contained, stdlib only.
 _GUARD_SOURCE = r"""
@@ -129,7 +129,7 @@ def guest_image() -> GuestImage:
 
 @pytest.fixture(scope="session")
 def private_libvirt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvirt]:
-    """One private libvirtd for the session (tests/support/libvirt.py): its first connection
+    """One private libvirtd for the session (tests/rig/libvirt.py): its first connection
     probes QEMU (~8 s), so the libvirt test modules share it."""
     require_root()
     for tool in ("libvirtd", "virsh", "unshare", "qemu-img"):

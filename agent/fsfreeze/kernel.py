@@ -2,7 +2,7 @@
 
 The state machine (:mod:`.core`) never calls the kernel; its drivers (the agent's
 :class:`agent.freezer.Freezer` and the guard) do, through :class:`Kernel`.  Tests put an
-in-memory model kernel behind the same port (``tests/support/model_kernel.py``) or subclass
+in-memory model kernel behind the same port (``tests/rig/model_kernel.py``) or subclass
 :class:`LinuxKernel` to make one call fail on a real filesystem.
 """
 

@@ -1,0 +1,159 @@
+"""A real agent process on a unix socket, for tests and benchmarks.
+
+:class:`ListeningProcess` is the shared part (start, wait until the socket accepts, stop and
+reap even when the body raises); :class:`PyqgaAgent` runs ours with its state in a private
+folder.  The real qemu-ga peer lives in ``tests/rig/qemu_ga.py``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+from tests.rig.paths import REPO_ROOT
+from tests.rig.sockets import connect_unix
+
+START_TIMEOUT = 15.0
+
+
+class ProcessFailed(RuntimeError):
+    """The process died or never listened; the message carries the tail of its log."""
+
+
+class ListeningProcess:
+    """Runs ``command`` and waits until ``socket_path`` accepts a connection."""
+
+    def __init__(self, command: Sequence[str], socket_path: Path, log_path: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.command = list(command)
+        self.socket_path = socket_path
+        self.log_path = log_path
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "not started"
+        return self.process.pid
+
+    def start(self) -> None:
+        self.start_nowait()
+        self.wait_ready()
+
+    def start_nowait(self) -> None:
+        """Start the process; :meth:`wait_ready` waits for its socket (many can start at once)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.started_at = time.perf_counter()
+            self.process = subprocess.Popen(
+                self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise ProcessFailed(
+                    f"{self.command[0]} exited with {self.process.returncode}: {self.log_tail()}"
+                )
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    probe.connect(str(self.socket_path))
+                return
+            except OSError:
+                time.sleep(0.005)
+        self.stop()
+        raise ProcessFailed(f"{self.command[0]} did not listen within {timeout} s: {self.log_tail()}")
+
+    def log_tail(self, lines: int = 8) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return " | ".join(text.strip().splitlines()[-lines:]) or "(empty log)"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int | None:
+        """Signal, wait, then SIGKILL; returns the exit status (None if it never started)."""
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            try:
+                process.send_signal(sig)
+                return process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        return process.wait()
+
+    def connect(self, timeout: float = 5.0) -> socket.socket:
+        return connect_unix(self.socket_path, timeout)
+
+    def rss_kib(self) -> int:
+        """Resident memory of the process now, from /proc (VmRSS)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise ProcessFailed("VmRSS not found")
+
+    def __enter__(self) -> ListeningProcess:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def agent_command(workdir: Path, extra_args: Sequence[str] = (),
+                  python_args: Sequence[str] = (), python: str = sys.executable) -> list[str]:
+    """``pyqga-agent`` on a unix socket with every file it writes inside ``workdir`` (the state
+    directory through a symlink to tmpfs, see :func:`tmpfs_statedir`)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    tmpfs_statedir(workdir / "state")
+    return [
+        python, "-B", *python_args, "-m", "pyqga.agent",
+        "-m", "unix-listen", "-p", str(workdir / "agent.sock"),
+        "-t", str(workdir / "state"), "-c", os.devnull, *extra_args,
+    ]
+
+
+def tmpfs_statedir(link: Path) -> None:
+    """Make ``link`` a symlink to a private directory on /dev/shm (removed at exit): the agent
+    refuses a state directory on a filesystem it may freeze, and the tests' folders are on /."""
+    if link.exists() or link.is_symlink():
+        return
+    target = tempfile.mkdtemp(prefix="pyqga-test-state-", dir="/dev/shm")
+    atexit.register(shutil.rmtree, target, True)
+    link.symlink_to(target)
+
+
+def agent_env(module_paths: Sequence[str] = ()) -> dict[str, str]:
+    """The environment an agent from this checkout runs in: the repository (and, for another
+    interpreter than this one, the folders of its dependencies) on its module path."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), *module_paths]))
+
+
+class PyqgaAgent(ListeningProcess):
+    def __init__(self, workdir: Path, extra_args: Sequence[str] = (),
+                 python_args: Sequence[str] = (), python: str = sys.executable,
+                 module_paths: Sequence[str] = ()) -> None:
+        super().__init__(agent_command(workdir, extra_args, python_args, python), workdir / "agent.sock",
+                         workdir / "agent.log", agent_env(module_paths))
+        self.statedir = workdir / "state"
+
+    def __enter__(self) -> PyqgaAgent:
+        self.start()
+        return self
