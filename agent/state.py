@@ -14,10 +14,10 @@ from pyqga.agent.commands.files import FileTable
 from pyqga.agent.commands.power import SuspendSetup
 from pyqga.agent.commands.system import SystemPrograms
 from pyqga.agent.config import VERSION, Config, ConfigError
-from pyqga.agent.freezer import Freezer
-from pyqga.agent.fsfreeze.engine import FreezePlanner
-from pyqga.agent.fsfreeze.statefile import StateFile
-from pyqga.agent.guard import GuardProcess
+from pyqga.agent.freeze.driver import Freezer
+from pyqga.agent.freeze.planner import FreezePlanner
+from pyqga.agent.freeze.statefile import StateFile
+from pyqga.agent.keeper.main import GuardProcess
 from pyqga.agent.logs import LogControl
 from pyqga.agent.registry import Registry, build_registry
 

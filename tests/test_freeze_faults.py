@@ -36,7 +36,7 @@ def guard_pid(agent: PyqgaAgent) -> int:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == agent.pid and b"pyqga.agent.guard" in cmdline:
+        if int(stat.rsplit(")", 1)[1].split()[1]) == agent.pid and b"pyqga.agent.keeper" in cmdline:
             return int(entry.name)
     raise AssertionError("the agent has no guard process")
 

@@ -33,9 +33,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from pyqga.agent.freezer import Freezer
-from pyqga.agent.fsfreeze.core import MAX_TIMEOUT, DeadlineCheck, Restored, StopRequested, parse_snapshot
-from pyqga.agent.fsfreeze.engine import FreezePlanner
+from pyqga.agent.freeze.driver import Freezer
+from pyqga.agent.freeze.machine import MAX_TIMEOUT, DeadlineCheck, Restored, StopRequested, parse_snapshot
+from pyqga.agent.freeze.planner import FreezePlanner
 from pyqga.protocol.errors import FREEZE_LOST_TEXT, AgentError, ErrorKind
 from tests.support.model_kernel import (
     Device,

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from pyqga.agent.freezer import Freezer
-from pyqga.agent.fsfreeze.core import CorruptState
-from pyqga.agent.fsfreeze.engine import FreezePlanner
-from pyqga.agent.fsfreeze.fsinfo import fsinfo_for, fstrim, get_fsinfo
-from pyqga.agent.fsfreeze.hooks import OUTPUT_LIMIT, run_hook
-from pyqga.agent.fsfreeze.kernel import LinuxKernel, flush
-from pyqga.agent.fsfreeze.mounts import Mount, read_mountinfo
-from pyqga.agent.fsfreeze.statefile import StateFile
+from pyqga.agent.commands.fsinfo import fsinfo_for, fstrim, get_fsinfo
+from pyqga.agent.freeze.driver import Freezer
+from pyqga.agent.freeze.hooks import OUTPUT_LIMIT, run_hook
+from pyqga.agent.freeze.kernel import LinuxKernel, flush
+from pyqga.agent.freeze.machine import CorruptState
+from pyqga.agent.freeze.mounts import Mount, read_mountinfo
+from pyqga.agent.freeze.planner import FreezePlanner
+from pyqga.agent.freeze.statefile import StateFile
 from pyqga.protocol.errors import AgentError, ErrorKind
 from tests.support.loopfs import LoopMounts, freeze_directly, require_loop_support, thaw_fully
 from tests.support.requirements import require_tool

@@ -80,7 +80,7 @@ def test_lintian_clean_where_it_runs(dist: tuple[Path, subprocess.CompletedProce
 def test_wheel_has_host_and_guest(dist: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     (wheel,) = dist[0].glob("pyqga-0.1.0-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for path in ("agent/main.py", "agent/statedir.py", "agent/fsfreeze/sample-fsfreeze-hook",
+    for path in ("agent/main.py", "agent/statedir.py", "agent/freeze/sample-fsfreeze-hook",
                  "protocol/__init__.py", "host_client/cli.py"):
         assert path in names, path
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from pyqga.agent.fsfreeze.kernel import LinuxKernel
-from pyqga.agent.fsfreeze.kernel import thaw_fully as kernel_thaw_fully
+from pyqga.agent.freeze.kernel import LinuxKernel
+from pyqga.agent.freeze.kernel import thaw_fully as kernel_thaw_fully
 from tests.support.requirements import require_root, require_tool
 
 _KERNEL = LinuxKernel()

@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyqga.agent.fsfreeze.hooks import HookResult
-from pyqga.agent.fsfreeze.mounts import Mount
+from pyqga.agent.freeze.hooks import HookResult
+from pyqga.agent.freeze.mounts import Mount
 
 Device = tuple[int, int]
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pyqga.agent.fsfreeze.core import CorruptState
+from pyqga.agent.freeze.machine import CorruptState
 
 DEFAULT_STATEDIR = "/run/pyqga"
 STATE_FILE = "pyqga.state"

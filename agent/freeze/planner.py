@@ -20,10 +20,10 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Sequence
 
-from pyqga.agent.fsfreeze.core import Target
-from pyqga.agent.fsfreeze.kernel import Kernel, LinuxKernel
-from pyqga.agent.fsfreeze.mounts import Mount, freezable, resolve_device
-from pyqga.agent.fsfreeze.order import freeze_waves
+from pyqga.agent.freeze.kernel import Kernel, LinuxKernel
+from pyqga.agent.freeze.machine import Target
+from pyqga.agent.freeze.mounts import Mount, freezable, resolve_device
+from pyqga.agent.freeze.order import freeze_waves
 from pyqga.protocol.errors import invalid_params, quote
 
 

@@ -28,8 +28,10 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pyqga.agent.fsfreeze import core
-from pyqga.agent.fsfreeze.core import (
+from pyqga.agent.freeze import machine as core
+from pyqga.agent.freeze.hooks import HookResult, run_hook
+from pyqga.agent.freeze.kernel import FLUSH_THRESHOLD, Kernel, LinuxKernel, flush, strerror, thaw_fully
+from pyqga.agent.freeze.machine import (
     AgentDied,
     CorruptState,
     DeadlineCheck,
@@ -47,13 +49,11 @@ from pyqga.agent.fsfreeze.core import (
     ThawRequested,
     ThawResults,
 )
-from pyqga.agent.fsfreeze.hooks import HookResult, run_hook
-from pyqga.agent.fsfreeze.kernel import FLUSH_THRESHOLD, Kernel, LinuxKernel, flush, strerror, thaw_fully
-from pyqga.agent.fsfreeze.mounts import resolve_device
+from pyqga.agent.freeze.mounts import resolve_device
 from pyqga.protocol.errors import AgentError, ErrorKind
 
 if TYPE_CHECKING:  # the guard imports this module: it needs neither planning nor the log switch
-    from pyqga.agent.fsfreeze.engine import FreezePlanner
+    from pyqga.agent.freeze.planner import FreezePlanner
     from pyqga.agent.logs import LogControl
 
 Runner = Callable[[Callable[[], None], str], None]   # (job, label): run it now or later

@@ -14,9 +14,9 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from pyqga.agent.fsfreeze import order
-from pyqga.agent.fsfreeze.ioctls import FsIoctl
-from pyqga.agent.fsfreeze.mounts import MOUNTINFO, Mount, block_device_numbers, read_mountinfo
+from pyqga.agent.freeze import order
+from pyqga.agent.freeze.ioctls import FsIoctl
+from pyqga.agent.freeze.mounts import MOUNTINFO, Mount, block_device_numbers, read_mountinfo
 
 MEMINFO = "/proc/meminfo"
 # A filesystem that keeps accepting FITHAW is broken; stop rather than spin forever.

@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pyqga.agent.fsfreeze.ioctls import fitrim, open_mountpoint
-from pyqga.agent.fsfreeze.mounts import MOUNTINFO, Mount, freezable, read_mountinfo
+from pyqga.agent.freeze.ioctls import fitrim, open_mountpoint
+from pyqga.agent.freeze.mounts import MOUNTINFO, Mount, freezable, read_mountinfo
 from pyqga.protocol.errors import invalid_params
 
 SYSFS = "/sys"

@@ -34,10 +34,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyqga
-from pyqga.agent.freezer import Freezer, run_inline
-from pyqga.agent.fsfreeze.core import CorruptState, Restored, parse_snapshot
-from pyqga.agent.fsfreeze.kernel import LinuxKernel
-from pyqga.agent.fsfreeze.statefile import StateFile, hold_guard_lock, wait_for_previous_guard
+from pyqga.agent.freeze.driver import Freezer, run_inline
+from pyqga.agent.freeze.kernel import LinuxKernel
+from pyqga.agent.freeze.machine import CorruptState, Restored, parse_snapshot
+from pyqga.agent.freeze.statefile import StateFile, hold_guard_lock, wait_for_previous_guard
 
 MAX_LINE = 1 << 20
 # A Python start-up: ~0.2 s here, but tens of seconds in a busy TCG guest (measured 26 s).
@@ -130,7 +130,7 @@ class GuardProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         process = subprocess.Popen(
-            [sys.executable, "-B", "-m", "pyqga.agent.guard", *self.args],
+            [sys.executable, "-B", "-m", "pyqga.agent.keeper", *self.args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/", start_new_session=True,
         )
         assert process.stdout is not None
@@ -201,6 +201,3 @@ class GuardProcess:
             process.kill()
             process.wait()
 
-
-if __name__ == "__main__":
-    sys.exit(main())

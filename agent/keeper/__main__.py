@@ -1,0 +1,5 @@
+import sys
+
+from pyqga.agent.keeper.main import main
+
+sys.exit(main())
