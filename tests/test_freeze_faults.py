@@ -27,7 +27,7 @@ from tests.support.requirements import require_tool
 
 
 def guard_pid(agent: PyqgaAgent) -> int:
-    """The agent's guard: its child running ``-m agent.guard``."""
+    """The agent's keeper (once called its guard): its child running ``-m pyqga.agent.keeper``."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue

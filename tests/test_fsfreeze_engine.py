@@ -2,7 +2,7 @@
 
 Root tests freeze only loop-mounted ext4 images made under the test's tmp dir, and every
 planner is built with an include glob limited to that dir.  Freeze and thaw go through the
-real driver and state machine (:class:`agent.freezer.Freezer`, no state file, no guard, no
+real driver and state machine (:class:`pyqga.agent.freeze.driver.Freezer`, no state file, no keeper, no
 deadline watcher); the one seam used is :class:`LinuxKernel`, subclassed to inject a failure;
 every other call reaches the kernel.
 """
@@ -27,9 +27,9 @@ from pyqga.agent.commands.fsinfo import fsinfo_for, fstrim, get_fsinfo
 from pyqga.agent.freeze.driver import Freezer
 from pyqga.agent.freeze.hooks import OUTPUT_LIMIT, run_hook
 from pyqga.agent.freeze.kernel import LinuxKernel, flush
-from pyqga.agent.freeze.machine import CorruptState
 from pyqga.agent.freeze.mounts import Mount, read_mountinfo
 from pyqga.agent.freeze.planner import FreezePlanner
+from pyqga.agent.freeze.snapshot import CorruptState
 from pyqga.agent.freeze.statefile import StateFile
 from pyqga.protocol.errors import AgentError, ErrorKind
 from tests.support.loopfs import LoopMounts, freeze_directly, require_loop_support, thaw_fully
@@ -341,7 +341,7 @@ def test_flush_syncs_each_filesystem(loops: LoopMounts) -> None:
 
 # -- hooks -----------------------------------------------------------------------------------------
 
-SAMPLE_HOOK = Path(__file__).resolve().parents[1] / "agent" / "fsfreeze" / "sample-fsfreeze-hook"
+SAMPLE_HOOK = Path(__file__).resolve().parents[1] / "agent" / "freeze" / "sample-fsfreeze-hook"
 
 
 def script(path: Path, body: str, mode: int = 0o755) -> Path:

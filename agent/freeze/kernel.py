@@ -1,7 +1,7 @@
 """The kernel as the freeze code sees it: one port, a real implementation, one "thaw fully".
 
-The state machine (:mod:`.core`) never calls the kernel; its drivers (the agent's
-:class:`agent.freezer.Freezer` and the guard) do, through :class:`Kernel`.  Tests put an
+The state machine (:mod:`.machine`) never calls the kernel; its driver (:class:`.driver.Freezer`,
+in the agent and in the keeper process) does, through :class:`Kernel`.  Tests put an
 in-memory model kernel behind the same port (``tests/support/model_kernel.py``) or subclass
 :class:`LinuxKernel` to make one call fail on a real filesystem.
 """
