@@ -80,13 +80,13 @@ class ModelKernel:
         device, fstype = self._device(path)
         if fstype == "tmpfs":
             raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP), path)
-        if device in self.fail_freeze:
-            number = self.fail_freeze[device]
-            raise OSError(number, os.strerror(number), path)
-        if self.holder[device] is not None:
+        if self.holder[device] is not None:  # before an injected EIO: freeze_super() says EBUSY first
             if self.results_lost:
                 self.unheard_busy.add(device)
             raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), path)
+        if device in self.fail_freeze:
+            number = self.fail_freeze[device]
+            raise OSError(number, os.strerror(number), path)
         self._set(device, "agent", self.job)
 
     def thaw(self, path: str) -> None:
