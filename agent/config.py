@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyqga.agent.fsfreeze.core import MAX_TIMEOUT
+from pyqga.agent.freeze.machine import MAX_TIMEOUT
 
 VERSION = "0.1.0"
 DEFAULT_CONFIG = "/etc/pyqga/pyqga.conf"

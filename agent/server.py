@@ -274,7 +274,7 @@ async def serve(agent: AgentState, channel: Channel, stop: asyncio.Event) -> Non
             ThreadPoolExecutor(max_workers=URGENT_THREADS, thread_name_prefix="pyqga-freeze") as urgent:
         if isinstance(channel, ListenerChannel):
             agent.log.info("listening on %s", channel.description)
-        asyncio.get_running_loop().run_in_executor(executor, agent.freezer.prestart_guard)
+        asyncio.get_running_loop().run_in_executor(executor, agent.freezer.prestart_keeper)
         executors = {"worker": executor, "urgent": urgent}
         limit = ConnectionLimit(agent.log)
         await channel.serve(lambda: AgentConnection(dispatcher, executors, limit), stop)

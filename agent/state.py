@@ -14,10 +14,8 @@ from pyqga.agent.commands.files import FileTable
 from pyqga.agent.commands.power import SuspendSetup
 from pyqga.agent.commands.system import SystemPrograms
 from pyqga.agent.config import VERSION, Config, ConfigError
-from pyqga.agent.freezer import Freezer
-from pyqga.agent.fsfreeze.engine import FreezePlanner
-from pyqga.agent.fsfreeze.statefile import StateFile
-from pyqga.agent.guard import GuardProcess
+from pyqga.agent.freeze.build import build_freezer
+from pyqga.agent.freeze.driver import Freezer
 from pyqga.agent.logs import LogControl
 from pyqga.agent.registry import Registry, build_registry
 
@@ -54,21 +52,6 @@ class AgentState:
             if command is not None and not command.allowed_while_frozen:
                 return FROZEN_REASON
         return None
-
-
-def build_freezer(config: Config, log: logging.Logger, logs: LogControl | None = None) -> Freezer:
-    """The agent's freezer: planning within the freeze filters, the state file, the hook, and
-    under ``--on-agent-death thaw`` a guard process whose death is noticed and repaired."""
-    guard = GuardProcess(config.statedir, config.fsfreeze_hook, config.fsfreeze_hook_timeout, log) \
-        if config.on_agent_death == "thaw" else None
-    freezer = Freezer(planner=FreezePlanner(include=config.freeze_include, exclude=config.freeze_exclude),
-                      store=StateFile(config.statedir), guard=guard, hook=config.fsfreeze_hook,
-                      hook_timeout=config.fsfreeze_hook_timeout,
-                      default_timeout=config.freeze_timeout or None, on_agent_death=config.on_agent_death,
-                      log=log, logs=logs)
-    if guard is not None:
-        guard.on_death = freezer.guard_died
-    return freezer
 
 
 def blocked_commands(registry: Registry, config: Config) -> frozenset[str]:

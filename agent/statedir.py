@@ -12,8 +12,8 @@ import os
 import stat
 from collections.abc import Sequence
 
-from pyqga.agent.fsfreeze.engine import FreezePlanner
-from pyqga.agent.fsfreeze.mounts import Mount, resolve_device
+from pyqga.agent.freeze.mounts import Mount, resolve_device
+from pyqga.agent.freeze.planner import FreezePlanner
 
 FIX_HINT = "use a directory on tmpfs owned by the agent's user, such as the default /run/pyqga"
 

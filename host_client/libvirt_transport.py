@@ -46,7 +46,8 @@ from urllib.parse import unquote
 from pyqga.host_client.errors import AgentConnectionError, AgentTimeout, timed_out
 from pyqga.protocol.decoder import DecodeFailure, Message, StreamDecoder
 from pyqga.protocol.dialects import Batch, Dialect, Invalid, Request, classify, encode, reply_object
-from pyqga.protocol.errors import FREEZE_LOST_TEXT, AgentError, ErrorKind, invalid_params
+from pyqga.protocol.errors import AgentError, ErrorKind, invalid_params
+from pyqga.protocol.freeze_lost import parse_freeze_lost
 
 SCHEME = "libvirt:"
 EXTRA = "pip install 'pyqga[libvirt]'"
@@ -114,7 +115,8 @@ def classify_libvirt_error(code: int, message: str) -> tuple[Outcome, AgentError
     """What a libvirtError from ``virDomainQemuAgentCommand`` means.  For an agent's own error,
     the :class:`AgentError` the agent sent: libvirt keeps only its ``desc``, so the class comes
     back from qemu-ga's wording (``The command X has not been found``, ``Command X has been
-    disabled: ...`` are CommandNotFound; anything else is GenericError)."""
+    disabled: ...`` are CommandNotFound; anything else is GenericError), and a lost freeze from
+    pyqga's words (:func:`~pyqga.protocol.freeze_lost.parse_freeze_lost`)."""
     match = _AGENT_ERROR.search(message)
     if match or code == VIR_ERR_AGENT_COMMAND_FAILED:
         desc = match.group("desc").strip() if match else message
@@ -122,7 +124,7 @@ def classify_libvirt_error(code: int, message: str) -> tuple[Outcome, AgentError
             kind = ErrorKind.COMMAND_NOT_FOUND
         elif _DISABLED.match(desc):
             kind = ErrorKind.COMMAND_DISABLED
-        elif FREEZE_LOST_TEXT.match(desc):
+        elif parse_freeze_lost(desc) is not None:
             kind = ErrorKind.FREEZE_LOST
         else:
             kind = ErrorKind.COMMAND_FAILED

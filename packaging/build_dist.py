@@ -203,7 +203,7 @@ def stage_tree(stage: Path, when: int) -> None:
     install(stage, "lib/systemd/system/pyqga-agent.service", (HERE / "pyqga-agent.service").read_text())
     install(stage, "lib/udev/rules.d/60-pyqga-agent.rules", (HERE / "60-pyqga-agent.rules").read_text())
     install(stage, "etc/pyqga/pyqga.conf", (HERE / "pyqga.conf").read_text())
-    hook = (REPO / "agent/fsfreeze/sample-fsfreeze-hook").read_text()
+    hook = (REPO / "agent/freeze/sample-fsfreeze-hook").read_text()
     install(stage, "etc/pyqga/fsfreeze-hook", hook, 0o755)
     (stage / "etc/pyqga/fsfreeze-hook.d").mkdir(parents=True)
     page = gzip_bytes(man_page("pyqga-agent", when).encode(), when)

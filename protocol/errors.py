@@ -7,10 +7,11 @@ error reads naturally to a JSON-RPC client and to libvirt, which only knows qemu
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+from pyqga.protocol.freeze_lost import parse_freeze_lost
 
 
 class ErrorKind(Enum):
@@ -38,12 +39,6 @@ class ErrorKind(Enum):
 
 
 _KIND_BY_CODE = {kind.code: kind for kind in ErrorKind}
-
-# How pyqga words a FREEZE_LOST error (agent/fsfreeze/core.py).  A channel that carries only
-# qemu-ga's two error classes (the qga dialect, libvirt) gets the kind back from these words.
-FREEZE_LOST_TEXT = re.compile(
-    r"freeze -?\d+ (did not hold|is not the freeze in force|is unknown or long over)")
-
 
 # An error that names its input quotes at most QUOTE_LIMIT characters of it (:func:`quote`), and
 # no message is ever longer than MESSAGE_LIMIT: a 1 MB path must not become a 1 MB reply.
@@ -107,7 +102,7 @@ class AgentError(Exception):
         desc = str(error.get("desc", ""))
         if qga_class == "CommandNotFound":
             kind = ErrorKind.COMMAND_NOT_FOUND
-        elif FREEZE_LOST_TEXT.match(desc):
+        elif parse_freeze_lost(desc) is not None:  # the kind back from pyqga's words
             kind = ErrorKind.FREEZE_LOST
         else:
             kind = ErrorKind.COMMAND_FAILED

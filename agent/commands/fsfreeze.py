@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pyqga.agent.fsfreeze.fsinfo import fstrim, get_fsinfo
+from pyqga.agent.commands.fsinfo import fstrim, get_fsinfo
 from pyqga.agent.registry import Command, Param
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ the same entries in the same order:
   ``/devices/virtual/block/`` gets qemu-ga's GuestDiskAddress, worked out from the sysfs path
   as qemu-ga does it (:func:`real_disk_address`: the controller is the first PCI function on the
   path with a disk driver qemu-ga knows; IDE and SATA units count hosts; virtio-scsi reports the
-  LUN as unit). ``agent/fsfreeze/fsinfo.py``'s address code, used by ``guest-get-fsinfo``,
+  LUN as unit). ``agent/commands/fsinfo.py``'s address code, used by ``guest-get-fsinfo``,
   reads SCSI addresses differently (bus/target from the H:C:T:L directory, any HBA), so it is
   not reused here. qemu-ga gets device nodes, ``serial`` and the
   ``alias`` (a device-mapper name) from udev; we read the same things where udev keeps them:
@@ -44,7 +44,7 @@ import re
 import struct
 from typing import TYPE_CHECKING, Any
 
-from pyqga.agent.commands.kernel_files import read_kernel_file
+from pyqga.agent.commands.kernel_files import read_optional, sysfs_serial
 from pyqga.agent.registry import Command, Param
 from pyqga.protocol.errors import command_failed, invalid_params, quote
 
@@ -379,15 +379,8 @@ def guest_get_memory_block_info(agent: AgentState) -> dict[str, Any]:
 # --- disks -------------------------------------------------------------------------------------
 
 
-def _read_text(path: str) -> str | None:
-    try:
-        return read_kernel_file(path)
-    except OSError:
-        return None
-
-
 def _uevent(syspath: str) -> dict[str, str]:
-    text = _read_text(os.path.join(syspath, "uevent")) or ""
+    text = read_optional(os.path.join(syspath, "uevent")) or ""
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
@@ -402,7 +395,7 @@ def udev_property(syspath: str, key: str, udev_data: str = UDEV_DATA) -> str | N
     event = _uevent(os.path.realpath(syspath))
     if "MAJOR" not in event or "MINOR" not in event:
         return None
-    text = _read_text(f"{udev_data}/b{event['MAJOR']}:{event['MINOR']}") or ""
+    text = read_optional(f"{udev_data}/b{event['MAJOR']}:{event['MINOR']}") or ""
     prefix = f"E:{key}="
     for line in text.splitlines():
         if line.startswith(prefix):
@@ -520,15 +513,6 @@ def _ccw_address(syspath: str, address: dict[str, Any]) -> bool:
     return True
 
 
-def sysfs_serial(syspath: str) -> str | None:
-    """The serial the kernel shows for a disk (virtio-blk, NVMe), as guest-get-fsinfo reads it."""
-    for name in ("serial", "device/serial"):
-        text = _read_text(os.path.join(syspath, name))
-        if text and text.strip():
-            return text.strip()
-    return None
-
-
 def real_disk_address(disk_dir: str) -> dict[str, Any] | None:
     """qemu-ga's GuestDiskAddress for a non-virtual disk (build_guest_fsinfo_for_real_device):
     an address whenever the bus is known or udev names a device node or serial, with
@@ -638,7 +622,7 @@ def get_disks(block_dir: str = BLOCK_DIR) -> list[dict[str, Any]]:
         if not entry.is_symlink():
             continue
         disk_dir = f"{block_dir}/{entry.name}"
-        size = _read_text(f"{disk_dir}/size")
+        size = read_optional(f"{disk_dir}/size")
         if size is None or size == "0\n":
             continue
         dev = devnode(disk_dir)

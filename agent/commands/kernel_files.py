@@ -25,3 +25,22 @@ def read_kernel_file(path: str) -> str:
     finally:
         os.close(fd)
     return data.decode("utf-8", "replace")
+
+
+def read_optional(path: str) -> str | None:
+    """The file as text, or None if it cannot be read (absent, a sysfs attribute that errors)."""
+    try:
+        return read_kernel_file(path)
+    except OSError:
+        return None
+
+
+def sysfs_serial(syspath: str) -> str | None:
+    """The serial the kernel shows for a disk (virtio-blk, NVMe): ``serial``, else
+    ``device/serial``, stripped; None if neither has one.  guest-get-fsinfo and guest-get-disks
+    both report it, so libvirt sees the same serial for a disk in both places."""
+    for name in ("serial", "device/serial"):
+        text = read_optional(os.path.join(syspath, name))
+        if text and text.strip():
+            return text.strip()
+    return None

@@ -236,7 +236,7 @@ def test_freeze_list_naming_a_non_mount_point(tmp_path: Path, loops: LoopMounts)
     """qemu-ga silently skips a path that is not a mount point (0 alone; with a real mount point
     listed too it freezes that one); we reject the whole list with an invalid-parameter
     GenericError and freeze nothing. Deliberate difference: REFERENCE.md, "qemu-ga's freeze-list
-    returns 0, not an error, for ... non-mount-points"; ours is ``FreezeEngine.plan_list``."""
+    returns 0, not an error, for ... non-mount-points"; ours is ``FreezePlanner.plan_list``."""
     a = loops.add("a")
     plain = loops.base / "not-a-mount"
     plain.mkdir()

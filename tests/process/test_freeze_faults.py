@@ -27,7 +27,7 @@ from tests.rig.requirements import require_tool
 
 
 def guard_pid(agent: PyqgaAgent) -> int:
-    """The agent's guard: its child running ``-m agent.guard``."""
+    """The agent's keeper (once called its guard): its child running ``-m pyqga.agent.keeper``."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -36,7 +36,7 @@ def guard_pid(agent: PyqgaAgent) -> int:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == agent.pid and b"pyqga.agent.guard" in cmdline:
+        if int(stat.rsplit(")", 1)[1].split()[1]) == agent.pid and b"pyqga.agent.keeper" in cmdline:
             return int(entry.name)
     raise AssertionError("the agent has no guard process")
 

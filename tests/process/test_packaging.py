@@ -81,7 +81,7 @@ def test_wheel_has_host_and_guest(dist: tuple[Path, subprocess.CompletedProcess[
     (wheel,) = dist[0].glob("pyqga-0.1.0-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for path in ("pyqga/__init__.py", "pyqga/py.typed", "pyqga/agent/main.py", "pyqga/agent/statedir.py",
-                 "pyqga/agent/fsfreeze/sample-fsfreeze-hook", "pyqga/protocol/__init__.py",
+                 "pyqga/agent/freeze/sample-fsfreeze-hook", "pyqga/protocol/__init__.py",
                  "pyqga/host_client/cli.py"):
         assert path in names, path
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

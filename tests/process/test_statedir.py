@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from pyqga.agent import statedir
-from pyqga.agent.fsfreeze.engine import FreezePlanner
-from pyqga.agent.fsfreeze.mounts import parse_mountinfo
+from pyqga.agent.freeze.mounts import parse_mountinfo
+from pyqga.agent.freeze.planner import FreezePlanner
 from pyqga.agent.logs import LogControl, journal_stream
 from tests.rig.agent_process import REPO_ROOT, tmpfs_statedir
 

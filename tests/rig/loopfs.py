@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from pyqga.agent.fsfreeze.kernel import LinuxKernel
-from pyqga.agent.fsfreeze.kernel import thaw_fully as kernel_thaw_fully
+from pyqga.agent.freeze.kernel import LinuxKernel
+from pyqga.agent.freeze.kernel import thaw_fully as kernel_thaw_fully
 from tests.rig.requirements import require_root, require_tool
 
 _KERNEL = LinuxKernel()
@@ -43,7 +43,7 @@ MIN_SIZE_MB = {"ext4": 16, "xfs": 300, "btrfs": 114}
 
 def thaw_fully(path: str | os.PathLike[str]) -> int:
     """1 if ``path`` was frozen and is thawed now, else 0: the agent's one "FITHAW until
-    EINVAL" (:func:`agent.fsfreeze.kernel.thaw_fully`).  ``thaw_fully(p) == 0`` is also the
+    EINVAL" (:func:`pyqga.agent.freeze.kernel.thaw_fully`).  ``thaw_fully(p) == 0`` is also the
     tests' probe for "p was not frozen".  Never raises: cleanup code must keep going."""
     thawed, _error = kernel_thaw_fully(_KERNEL, os.fspath(path))
     return int(thawed)

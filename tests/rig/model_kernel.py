@@ -1,7 +1,7 @@
-"""An in-memory kernel, clock, state store, guard and job runner for the freeze driver.
+"""An in-memory kernel, clock, state store, keeper and job runner for the freeze driver.
 
-The model sits behind the same ports as the real thing (:class:`agent.fsfreeze.kernel.Kernel`,
-the store, the guard, the runner), so the stateful tests run the real core *and* the real
+The model sits behind the same ports as the real thing (:class:`pyqga.agent.freeze.kernel.Kernel`,
+the store, the keeper, the runner), so the stateful tests run the real core *and* the real
 driver; only the kernel is imagined.  It models what matters to a freeze:
 
 - superblocks with a freeze holder (``None``, ``"agent"`` or ``"foreign"``): FIFREEZE on a
@@ -21,8 +21,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyqga.agent.fsfreeze.hooks import HookResult
-from pyqga.agent.fsfreeze.mounts import Mount
+from pyqga.agent.freeze.driver import SystemClock
+from pyqga.agent.freeze.hooks import HookResult
+from pyqga.agent.freeze.mounts import Mount
 
 Device = tuple[int, int]
 
@@ -47,7 +48,7 @@ class ModelKernel:
         self.fail_thaw: dict[Device, int] = {}
         self.log: list[Transition] = []
         self.job = "?"       # set by the runner while a job runs
-        # Set while a dead agent's FIFREEZEs complete: nobody hears their result, so a guard
+        # Set while a dead agent's FIFREEZEs complete: nobody hears their result, so a keeper
         # cannot tell "EBUSY, someone else's" from "ours"; those devices are noted here.
         self.results_lost = False
         self.unheard_busy: set[Device] = set()
@@ -58,7 +59,7 @@ class ModelKernel:
         # FIFREEZEs issued and not yet returned.  The real kernel makes a FITHAW of such a
         # superblock wait for the FIFREEZE (s_umount): an agent that issues one can hang with it.
         self.in_flight: dict[Device, int] = {}
-        self.may_block = False  # the guard may: blocking until the freeze returns is its job
+        self.may_block = False  # the keeper may: blocking until the freeze returns is its job
 
     def _device(self, path: str) -> tuple[Device, str]:
         if path not in self.table:
@@ -79,13 +80,13 @@ class ModelKernel:
         device, fstype = self._device(path)
         if fstype == "tmpfs":
             raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP), path)
-        if device in self.fail_freeze:
-            number = self.fail_freeze[device]
-            raise OSError(number, os.strerror(number), path)
-        if self.holder[device] is not None:
+        if self.holder[device] is not None:  # before an injected EIO: freeze_super() says EBUSY first
             if self.results_lost:
                 self.unheard_busy.add(device)
             raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), path)
+        if device in self.fail_freeze:
+            number = self.fail_freeze[device]
+            raise OSError(number, os.strerror(number), path)
         self._set(device, "agent", self.job)
 
     def thaw(self, path: str) -> None:
@@ -144,6 +145,9 @@ class ModelClock:
     def time(self) -> float:
         return 1_700_000_000.0 + self.now
 
+    def local_time(self, at: float) -> str:
+        return SystemClock.local_time(at)
+
     def advance(self, seconds: float) -> None:
         self.now += seconds
 
@@ -168,8 +172,8 @@ class MemoryStore:
         return None if self.snapshot is None else dict(self.snapshot)
 
 
-class ModelGuard:
-    """Keeps the last snapshot it was sent, as the guard process does."""
+class ModelKeeper:
+    """Keeps the last snapshot it was sent, as the keeper process does."""
 
     def __init__(self) -> None:
         self.last: dict[str, Any] | None = None
@@ -184,7 +188,7 @@ class ModelGuard:
     def send(self, snapshot: Mapping[str, Any]) -> None:
         if not self.alive:
             if snapshot.get("superblocks") or snapshot.get("freeze"):
-                raise OSError(errno.EPIPE, "the model guard is dead")
+                raise OSError(errno.EPIPE, "the model keeper is dead")
             return
         self.last = dict(snapshot)
 

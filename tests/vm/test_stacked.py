@@ -34,8 +34,8 @@ RESUME_LIMIT_S = 2.0  # the guard thaws within a second of the agent's death; al
 # The waves the agent's own code computes in the guest, from the guest's sysfs.
 GUEST_ORDER = """
 import json
-from pyqga.agent.fsfreeze.mounts import freezable, read_mountinfo
-from pyqga.agent.fsfreeze.order import backing_files, freeze_waves
+from pyqga.agent.freeze.mounts import freezable, read_mountinfo
+from pyqga.agent.freeze.order import backing_files, freeze_waves
 plan = list(reversed(freezable(read_mountinfo())))
 print(json.dumps({"files": {m.mountpoint: backing_files(m) for m in plan},
                   "waves": [[m.mountpoint for m in wave] for wave in freeze_waves(plan)]}))

@@ -211,5 +211,5 @@ def test_dpkg_remove_while_frozen_leaves_nothing_frozen(guest: SystemdGuest) -> 
     guest.control.check(["dpkg", "-r", "pyqga-agent"], timeout=SLOW)
     assert not guest.frozen("/data") and not guest.frozen("/")
     assert guest.show("LoadState")["LoadState"] == "not-found"
-    assert guest.control.run(["pgrep", "-f", "pyqga-agent|agent.guard"]).rc == 1
+    assert guest.control.run(["pgrep", "-f", "pyqga-agent|agent.keeper"]).rc == 1
     assert {"fsfreeze-hook", "pyqga.conf"} <= set(guest.sh("ls /etc/pyqga").split())  # conffiles stay

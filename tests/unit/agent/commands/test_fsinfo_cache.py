@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pyqga.agent.fsfreeze import fsinfo
-from pyqga.agent.fsfreeze.fsinfo import FsinfoCache, fsinfo_for
-from pyqga.agent.fsfreeze.mounts import freezable, read_mountinfo
+from pyqga.agent.commands import fsinfo
+from pyqga.agent.commands.fsinfo import FsinfoCache, fsinfo_for
+from pyqga.agent.freeze.mounts import freezable, read_mountinfo
 from tests.rig.loopfs import LoopMounts
 
 

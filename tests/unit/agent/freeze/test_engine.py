@@ -2,7 +2,7 @@
 
 Root tests freeze only loop-mounted ext4 images made under the test's tmp dir, and every
 planner is built with an include glob limited to that dir.  Freeze and thaw go through the
-real driver and state machine (:class:`agent.freezer.Freezer`, no state file, no guard, no
+real driver and state machine (:class:`pyqga.agent.freeze.driver.Freezer`, no state file, no keeper, no
 deadline watcher); the one seam used is :class:`LinuxKernel`, subclassed to inject a failure;
 every other call reaches the kernel.
 """
@@ -23,14 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from pyqga.agent.freezer import Freezer
-from pyqga.agent.fsfreeze.core import CorruptState
-from pyqga.agent.fsfreeze.engine import FreezePlanner
-from pyqga.agent.fsfreeze.fsinfo import fsinfo_for, fstrim, get_fsinfo
-from pyqga.agent.fsfreeze.hooks import OUTPUT_LIMIT, run_hook
-from pyqga.agent.fsfreeze.kernel import LinuxKernel, flush
-from pyqga.agent.fsfreeze.mounts import Mount, read_mountinfo
-from pyqga.agent.fsfreeze.statefile import StateFile
+from pyqga.agent.commands.fsinfo import fsinfo_for, fstrim, get_fsinfo
+from pyqga.agent.freeze.driver import Freezer
+from pyqga.agent.freeze.hooks import OUTPUT_LIMIT, run_hook
+from pyqga.agent.freeze.kernel import LinuxKernel, flush
+from pyqga.agent.freeze.mounts import Mount, read_mountinfo
+from pyqga.agent.freeze.planner import FreezePlanner
+from pyqga.agent.freeze.snapshot import CorruptState
+from pyqga.agent.freeze.statefile import StateFile
 from pyqga.protocol.errors import AgentError, ErrorKind
 from tests.rig.loopfs import LoopMounts, freeze_directly, require_loop_support, thaw_fully
 from tests.rig.paths import REPO_ROOT
@@ -342,7 +342,7 @@ def test_flush_syncs_each_filesystem(loops: LoopMounts) -> None:
 
 # -- hooks -----------------------------------------------------------------------------------------
 
-SAMPLE_HOOK = REPO_ROOT / "agent" / "fsfreeze" / "sample-fsfreeze-hook"
+SAMPLE_HOOK = REPO_ROOT / "agent" / "freeze" / "sample-fsfreeze-hook"
 
 
 def script(path: Path, body: str, mode: int = 0o755) -> Path:

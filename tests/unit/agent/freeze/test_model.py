@@ -1,11 +1,11 @@
 """The freeze state machine and its driver under random interleavings of every fault we know.
 
-Hypothesis drives the real :class:`agent.freezer.Freezer` and :class:`FreezeCore` against the
+Hypothesis drives the real :class:`pyqga.agent.freeze.driver.Freezer` and :class:`FreezeCore` against the
 in-memory model kernel (``tests/rig/model_kernel.py``): freezes, freeze-lists and thaws
 (with and without epochs, with timeouts in and out of range), jobs run in any order or hung
 forever (a FIFREEZE that never returns), injected EIO on FIFREEZE and FITHAW, foreign freezes
 and thaws (fsfreeze(8) by someone else), the clock passing deadlines, SIGTERM, agent death with
-and without its guard, and a full disk under the state file.  After every step it checks what
+and without its keeper, and a full disk under the state file.  After every step it checks what
 the issue asks:
 
 - the kernel never holds a freeze of ours that the agent does not report (status and set);
@@ -33,18 +33,30 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from pyqga.agent.freezer import Freezer
-from pyqga.agent.fsfreeze.core import MAX_TIMEOUT, DeadlineCheck, Restored, StopRequested, parse_snapshot
-from pyqga.agent.fsfreeze.engine import FreezePlanner
-from pyqga.protocol.errors import FREEZE_LOST_TEXT, AgentError, ErrorKind
+from pyqga.agent.freeze.driver import Freezer
+from pyqga.agent.freeze.machine import MAX_TIMEOUT
+from pyqga.agent.freeze.planner import FreezePlanner
+from pyqga.agent.freeze.snapshot import parse_snapshot
+from pyqga.agent.freeze.vocabulary import (
+    Action,
+    DeadlineCheck,
+    Event,
+    FreezeRequested,
+    Reply,
+    Restored,
+    StopRequested,
+    ThawRequested,
+)
+from pyqga.protocol.errors import AgentError, ErrorKind
+from pyqga.protocol.freeze_lost import parse_freeze_lost
 from tests.rig.model_kernel import (
     Device,
     Job,
     ManualRunner,
     MemoryStore,
     ModelClock,
-    ModelGuard,
     ModelHooks,
+    ModelKeeper,
     ModelKernel,
 )
 
@@ -72,11 +84,7 @@ class Request:
     epoch: int | None = None     # a thaw's epoch argument
     bad_timeout: bool = False
     checked: bool = False
-    tag: str = ""
-
-    @property
-    def rid(self) -> str:
-        return f"{self.tag}:{self.future.rid}"  # type: ignore[attr-defined]
+    rid: str = ""                # ``agent-N:rid``, as the jobs' labels name it (op_of)
 
 
 def op_of(label: str) -> str:
@@ -97,23 +105,48 @@ class FreezeModel(RuleBasedStateMachine):
         self.hooks = ModelHooks()
         self.requests: list[Request] = []
         self.freeze_epochs: dict[int, str] = {}   # epoch -> rid (as text) of its successful freeze
+        self.reply_epochs: dict[str, int] = {}    # rid (as text) -> the epoch its reply carried
+        self.last_rid: str | None = None
         self.checked_transitions = 0
         self.start_agent()
 
     # --- agents --------------------------------------------------------------------------------
 
     def start_agent(self) -> None:
-        self.guard = ModelGuard()
+        self.guard = ModelKeeper()
         self.generation = getattr(self, "generation", 0) + 1
         self.runner = ManualRunner(self.kernel, f"agent-{self.generation}")
         if self.store.stale:
             self.kernel.stale_starts.add(self.runner.tag)
-        self.freezer = Freezer(planner=FreezePlanner(self.kernel), store=self.store, guard=self.guard,
+        self.freezer = Freezer(planner=FreezePlanner(self.kernel), store=self.store, keeper=self.guard,
                                hook="/model/hook", hook_timeout=5.0, default_timeout=DEFAULT_TIMEOUT,
                                on_agent_death="thaw", log=LOG, clock=self.clock, runner=self.runner,
                                hook_runner=self.hooks)
+        self.observe(self.freezer)
         self.freezer.restore()
         self.requests = [r for r in self.requests if r.future.done()]
+
+    def observe(self, freezer: Freezer) -> None:
+        """Note what the wire reply does not say, from the core's events and actions: the rid
+        of each request (the jobs' labels carry it) and the epoch of each successful freeze."""
+        handle, tag = freezer.core.handle, self.runner.tag
+
+        def observed(event: Event) -> list[Action]:
+            if isinstance(event, FreezeRequested | ThawRequested):
+                self.last_rid = f"{tag}:{event.rid}"
+            actions = handle(event)
+            for action in actions:
+                if isinstance(action, Reply) and action.epoch is not None:
+                    self.reply_epochs[f"{tag}:{action.rid}"] = action.epoch
+            return actions
+
+        freezer.core.handle = observed  # type: ignore[method-assign]
+
+    def submitted(self) -> str:
+        """The rid of the request just submitted (the core has it before submit returns)."""
+        rid, self.last_rid = self.last_rid, None
+        assert rid is not None, "the request did not reach the core"
+        return rid
 
     def bury(self) -> None:
         """The agent process dies: what its threads were doing in the kernel still happens (a
@@ -145,7 +178,7 @@ class FreezeModel(RuleBasedStateMachine):
     def freeze(self, mountpoints: list[str] | None, timeout: Any) -> None:
         bad = timeout not in GOOD_TIMEOUTS
         future = self.freezer.submit_freeze(mountpoints, timeout)
-        self.requests.append(Request("freeze", future, bad_timeout=bad, tag=self.runner.tag))
+        self.requests.append(Request("freeze", future, bad_timeout=bad, rid=self.submitted()))
         if bad:
             assert future.done(), "a bad timeout must be refused at once"
             _, error = future.result()
@@ -156,7 +189,7 @@ class FreezeModel(RuleBasedStateMachine):
         epoch = self.freezer.info()["epoch"]
         value = {"none": None, "current": epoch, "previous": epoch - 1, "bogus": epoch + 7}[which]
         future = self.freezer.submit_thaw(value)
-        self.requests.append(Request("thaw", future, epoch=value, tag=self.runner.tag))
+        self.requests.append(Request("thaw", future, epoch=value, rid=self.submitted()))
 
     # --- the kernel and the world ----------------------------------------------------------------
 
@@ -221,7 +254,7 @@ class FreezeModel(RuleBasedStateMachine):
     @rule()
     def guard_dies_and_is_restarted(self) -> None:
         self.guard.alive = False
-        self.freezer.guard_died("killed by the test")
+        self.freezer.keeper_died("killed by the test")
         assert self.guard.alive and self.freezer.info()["guard-restarts"] >= 1
 
     # --- endings -------------------------------------------------------------------------------
@@ -306,7 +339,7 @@ class FreezeModel(RuleBasedStateMachine):
         if error is None:
             assert result == len(froze), f"freeze counted {result}, froze {len(froze)}"
             if result:
-                self.freeze_epochs[request.future.epoch] = rid  # type: ignore[attr-defined]
+                self.freeze_epochs[self.reply_epochs[rid]] = rid
         else:
             assert error.kind in (ErrorKind.COMMAND_FAILED, ErrorKind.BUSY), error
 
@@ -323,7 +356,7 @@ class FreezeModel(RuleBasedStateMachine):
             assert error is None
             return
         if error is not None:  # recognisable on channels that carry only qemu-ga's classes too
-            assert FREEZE_LOST_TEXT.match(error.message), error.message
+            assert parse_freeze_lost(error.message) is not None, error.message
         held = self.held_until(request.epoch, rid)
         assert (error is None) == held, (
             f"thaw of epoch {request.epoch}: held={held}, but the agent said "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyqga.agent.fsfreeze.mounts import (
+from pyqga.agent.freeze.mounts import (
     Mount,
     freezable,
     parse_mountinfo,

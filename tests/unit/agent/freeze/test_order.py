@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pyqga.agent.fsfreeze import order
-from pyqga.agent.fsfreeze.mounts import Mount, freezable, read_mountinfo
-from pyqga.agent.fsfreeze.order import MAX_STACK_NODES, backing_files, freeze_waves, is_within, must_precede
+from pyqga.agent.freeze import order
+from pyqga.agent.freeze.mounts import Mount, freezable, read_mountinfo
+from pyqga.agent.freeze.order import MAX_STACK_NODES, backing_files, freeze_waves, is_within, must_precede
 from pyqga.host_client import AgentClient
 from pyqga.host_client.errors import AgentTimeout
 from tests.rig.freezing import start_agent

@@ -32,7 +32,7 @@ import os
 import stat
 from collections.abc import Callable, Sequence
 
-from pyqga.agent.fsfreeze.mounts import Mount
+from pyqga.agent.freeze.mounts import Mount
 
 SYSFS = "/sys"
 # A real stack is a handful of devices deep; the cap bounds the work on a corrupt or hostile

@@ -1,12 +1,15 @@
 """The freeze state machine: every piece of freeze state the agent has, and no I/O at all.
 
-Sans-IO in the style of h11's ``_state.py``: no threads, no ioctls, no files.  Events go in
-(:meth:`FreezeCore.handle`), actions come out (freeze this superblock, thaw those, persist the
-state, run the hook, reply to request N).  A thin driver (:mod:`agent.freezer`, and the guard
-process) performs the actions through ports and feeds their results back as events.  The clock
-is a port too, so a model clock can drive deadlines in tests.
+Sans-IO in the style of h11's ``_state.py``: no threads, no ioctls, no files, no clock of its
+own.  Events go in (:meth:`FreezeCore.handle`), actions come out (freeze this superblock, thaw
+those, persist the state, run the hook, reply to request N); both are defined in
+:mod:`.vocabulary`.  A thin driver (:mod:`.driver`, in the agent and in the keeper process)
+performs the actions through ports and feeds their results back as events.  The clock is a port
+too (:class:`Clock`: monotonic and wall time, and local time for messages), so a model clock can
+drive deadlines in tests.  :data:`HANDLERS` says which method takes which event.
 
-The one state (everything else is derived from it or serialised from it):
+The one state (everything else is derived from it or serialised from it, in the format of
+:mod:`.snapshot`):
 
 - ``sbs``: one :class:`Superblock` per device this freeze touched: whether *we* froze it
   (``FROZEN``), a FIFREEZE is still out (``FREEZING``), a FITHAW is out (``THAWING``), or someone
@@ -27,21 +30,55 @@ Rules this module guarantees (see ``docs/freeze-state-machine.md`` for the table
   thaws everything already frozen and reports the stuck one, which is thawed when it returns;
 - "lost" is reported if and only if the freeze did not hold until the host's thaw;
 - the thaw hook runs once for every freeze hook that ran.
+
+Over 600 lines, as one class: the freeze half and the thaw half share the superblock records
+and hand over to each other (a thaw cancels a freeze, a failed freeze rolls back through a
+thaw), so splitting them would only spread one state over two files.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple, Protocol
 
+from pyqga.agent.freeze.snapshot import encode_snapshot
+from pyqga.agent.freeze.vocabulary import (
+    Action,
+    AgentDied,
+    DeadlineCheck,
+    Device,
+    Event,
+    Exit,
+    Flush,
+    FlushDone,
+    Freeze,
+    FreezeDone,
+    FreezeRequested,
+    FreezeSb,
+    HookDone,
+    KeeperRestarted,
+    Log,
+    Persist,
+    Persisted,
+    PersistFailed,
+    Reply,
+    Restored,
+    RunHook,
+    StopRequested,
+    Target,
+    ThawDone,
+    ThawReason,
+    ThawRecord,
+    ThawRequested,
+    ThawResults,
+    ThawSbs,
+)
 from pyqga.protocol.errors import AgentError, ErrorKind, command_failed, invalid_params
-
-Device = tuple[int, int]
+from pyqga.protocol.freeze_lost import LostHow, freeze_lost_text
 
 # Request timeouts are seconds in (0, MAX_TIMEOUT]: a host cannot switch the safety net off.
 MAX_TIMEOUT = 7 * 24 * 3600.0
@@ -50,24 +87,13 @@ RETRY_SECONDS = 1.0
 
 
 class Clock(Protocol):
+    """The machine's only source of time."""
+
     def monotonic(self) -> float: ...
     def time(self) -> float: ...
-
-
-class ThawReason(Enum):
-    """How a freeze ended; the one vocabulary of guest-fsfreeze-info, the state file and logs."""
-
-    REQUEST = "request"          # the host's guest-fsfreeze-thaw
-    TIMEOUT = "timeout"          # its deadline passed
-    SIGNAL = "signal"            # the agent was told to stop
-    AGENT_DEATH = "agent-death"  # the agent died (the guard, or the next agent at start-up)
-    EXTERNAL = "external"        # someone else thawed part of it first
-    ROLLBACK = "rollback"        # the freeze failed and was undone
-
-    @property
-    def safety(self) -> bool:
-        """Safety thaws undo only what we froze; the host's thaw undoes everything."""
-        return self is not ThawReason.REQUEST
+    def local_time(self, at: float) -> str:
+        """Unix time ``at`` as this guest's local time, ``YYYY-MM-DD HH:MM:SS``, for messages."""
+        ...
 
 
 class Phase(Enum):
@@ -88,192 +114,12 @@ class SbState(Enum):
 OURS = (SbState.FREEZING, SbState.FROZEN, SbState.THAWING)
 
 
-class Target(NamedTuple):
-    """A superblock as a plan names it: its device and the mount point to issue ioctls on."""
-
-    device: Device
-    path: str
-    fstype: str = ""
-    source: str = ""
-
-
 class Superblock(NamedTuple):
     target: Target
     state: SbState
     abandoned: bool = False  # its freeze was cancelled while FIFREEZE ran: thaw it when it returns
     error: str = ""          # why the last thaw of it failed
 
-
-class Freeze(NamedTuple):
-    """The freeze in force."""
-
-    epoch: int
-    frozen_at: float
-    deadline_mono: float | None
-    deadline: float | None       # the same instant in Unix time, for humans and the state file
-    timeout: float | None
-    broken: str = ""             # why it no longer holds (part of it was thawed), "" while it does
-    end_reason: ThawReason | None = None   # the first thaw that began to end it, if it did not finish
-
-
-class ThawRecord(NamedTuple):
-    epoch: int
-    reason: ThawReason
-    at: float
-    detail: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "reason": self.reason.value, "at": self.at, "detail": self.detail}
-
-
-# --- events -------------------------------------------------------------------------------------
-
-
-class FreezeRequested(NamedTuple):
-    rid: int
-    waves: tuple[tuple[Target, ...], ...]
-    timeout: Any = None          # as the host sent it; None for the agent's default
-    flush: bool = False          # syncfs everything first (much dirty data)
-
-
-class ThawRequested(NamedTuple):
-    rid: int
-    targets: tuple[Target, ...]  # every selected freezable superblock, in mount order
-    epoch: int | None = None
-
-
-class DeadlineCheck(NamedTuple):
-    pass
-
-
-class StopRequested(NamedTuple):
-    """SIGTERM and friends: undo our freeze, then exit."""
-
-
-class AgentDied(NamedTuple):
-    """In the guard: the agent's pipe closed.  At start-up: a dead agent's state was found."""
-
-    detail: str = ""
-
-
-class HookDone(NamedTuple):
-    op: int                      # the rid of the freeze whose hook this was (0 for a thaw hook)
-    action: str
-    ran: bool
-    ok: bool
-    detail: str = ""
-
-
-class FlushDone(NamedTuple):
-    op: int
-
-
-class Persisted(NamedTuple):
-    op: int
-    error: str | None = None
-
-
-class PersistFailed(NamedTuple):
-    error: str
-
-
-class FreezeDone(NamedTuple):
-    device: Device
-    errno: int | None = None     # None: frozen
-    error: str = ""
-
-
-class ThawDone(NamedTuple):
-    device: Device
-    thawed: bool                 # at least one FITHAW succeeded (it was frozen)
-    error: str | None = None
-
-
-class ThawResults(NamedTuple):
-    """The results of one ThawSbs, in one event: one state write per thaw, not per superblock."""
-
-    results: tuple[ThawDone, ...]
-
-
-class GuardRestarted(NamedTuple):
-    detail: str
-
-
-class SavedState(NamedTuple):
-    """A snapshot read back and validated field by field."""
-
-    epoch: int
-    targets: tuple[Target, ...]
-    freeze: Freeze | None
-    last_thaw: ThawRecord | None
-    hook_owed: bool
-
-
-class Restored(NamedTuple):
-    """At start (or in the guard): the state an earlier agent wrote, validated by
-    :func:`parse_snapshot` (the driver decides what a corrupt one means)."""
-
-    state: SavedState
-    thaw: bool = False
-    detail: str = ""
-
-
-Event = (FreezeRequested | ThawRequested | DeadlineCheck | StopRequested | AgentDied | HookDone
-         | FlushDone | Persisted | PersistFailed | FreezeDone | ThawDone | ThawResults | GuardRestarted
-         | Restored)
-
-# --- actions ------------------------------------------------------------------------------------
-
-
-class RunHook(NamedTuple):
-    op: int
-    action: str                  # "freeze" or "thaw"
-
-
-class Flush(NamedTuple):
-    op: int
-    targets: tuple[Target, ...]
-
-
-class Persist(NamedTuple):
-    """Write the state file and tell the guard: both are :meth:`FreezeCore.snapshot`.
-
-    ``op`` set: the freeze waits for :class:`Persisted` before its first FIFREEZE."""
-
-    snapshot: Mapping[str, Any]
-    op: int | None = None
-
-
-class FreezeSb(NamedTuple):
-    target: Target
-    op: int                      # the freeze request it belongs to
-
-
-class ThawSbs(NamedTuple):
-    """FITHAW until EINVAL on each, in this order (parents first); a ThawDone for each."""
-
-    targets: tuple[Target, ...]
-    reason: ThawReason
-    op: int | None = None        # the request it serves (None: a safety thaw)
-
-
-class Reply(NamedTuple):
-    rid: int
-    result: Any = None
-    error: AgentError | None = None
-    epoch: int | None = None     # a successful freeze's epoch (the wire reply is qemu-ga's count)
-
-
-class Log(NamedTuple):
-    level: str                   # "debug", "info", "warning", "error"
-    message: str
-
-
-class Exit(NamedTuple):
-    pass
-
-
-Action = RunHook | Flush | Persist | FreezeSb | ThawSbs | Reply | Log | Exit
 
 # --- operations in progress ---------------------------------------------------------------------
 
@@ -358,7 +204,7 @@ class FreezeCore:
         self.exiting = False
         self.exited = False
         self.persist_error: str | None = None
-        self.guard_restarts = 0
+        self.keeper_restarts = 0
         self._out: list[Action] = []
         self._replies: list[Reply] = []
         self._persisted: dict[str, Any] | None = None
@@ -411,34 +257,19 @@ class FreezeCore:
             "deadline": freeze.deadline if freeze else None,
             "in-progress": self.op is not None,
             "last-thaw": self.last_thaw.as_dict() if self.last_thaw else None,
-            "guard-restarts": self.guard_restarts,
+            "guard-restarts": self.keeper_restarts,   # the wire keeps its name
             **({"state-file-error": self.persist_error} if self.persist_error else {}),
         }
 
-    # --- serialisation: the state file and the guard's message ----------------------------------
+    # --- serialisation: the state file and the keeper's message ----------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        freeze = self.freeze
-        return {
-            "version": 1,
-            "epoch": self.epoch,
-            "freeze": None if freeze is None else {
-                "epoch": freeze.epoch, "frozen-at": freeze.frozen_at, "deadline": freeze.deadline,
-                "broken": freeze.broken,
-            },
-            "superblocks": [
-                # Without their state: freezing, frozen and thawing all read back as "possibly
-                # frozen", and a FIFREEZE returning changes nothing on disk (one write a wave).
-                {"device": list(sb.target.device), "path": sb.target.path, "type": sb.target.fstype,
-                 "source": sb.target.source}
-                for sb in self.sbs.values() if sb.state in OURS
-            ],
-            "hook-owed": self.hook_owed,
-            "last-thaw": self.last_thaw.as_dict() if self.last_thaw else None,
-        }
+        return encode_snapshot(self.epoch, self.freeze,
+                               [sb.target for sb in self.sbs.values() if sb.state in OURS],
+                               self.hook_owed, self.last_thaw)
 
-    def _on_Restored(self, event: Restored) -> None:
-        """Take over a state written by an earlier agent (or sent to the guard).
+    def _on_restored(self, event: Restored) -> None:
+        """Take over a state written by an earlier agent (or sent to the keeper).
 
         Superblocks it froze are ours again (a FIFREEZE that was out counts as frozen: safe side).
         With ``thaw`` (``--on-agent-death thaw``) they are thawed now, reason agent-death; without
@@ -466,7 +297,10 @@ class FreezeCore:
     def handle(self, event: Event) -> list[Action]:
         self._out = []
         self._replies = []
-        getattr(self, "_on_" + type(event).__name__)(event)
+        handler = HANDLERS.get(type(event))
+        if handler is None:
+            raise TypeError(f"not a freeze event: {event!r}")
+        handler(self, event)
         return self._settle()
 
     def _emit(self, action: Action) -> None:
@@ -484,7 +318,7 @@ class FreezeCore:
 
     # --- freeze -------------------------------------------------------------------------------
 
-    def _on_FreezeRequested(self, event: FreezeRequested) -> None:
+    def _on_freeze_requested(self, event: FreezeRequested) -> None:
         try:
             timeout = check_timeout(event.timeout, self.default_timeout)
         except AgentError as error:
@@ -513,7 +347,7 @@ class FreezeCore:
         else:
             self._after_hook(op)
 
-    def _on_HookDone(self, event: HookDone) -> None:
+    def _on_hook_done(self, event: HookDone) -> None:
         if event.action == "thaw":
             if isinstance(self.op, HookOp):
                 self._replies.extend(self.op.replies)
@@ -538,13 +372,13 @@ class FreezeCore:
         else:
             self._enter_frozen(op)
 
-    def _on_FlushDone(self, event: FlushDone) -> None:
+    def _on_flush_done(self, event: FlushDone) -> None:
         op = self.op
         if isinstance(op, FreezeOp) and op.rid == event.op and op.stage is Stage.FLUSH:
             self._enter_frozen(op)
 
     def _enter_frozen(self, op: FreezeOp) -> None:
-        """New epoch and deadline, persisted (state file and guard) before the first FIFREEZE."""
+        """New epoch and deadline, persisted (state file and keeper) before the first FIFREEZE."""
         if not any(op.waves):
             self.op = None
             self._reply(op.rid, 0)
@@ -558,7 +392,7 @@ class FreezeCore:
         self._next_wave(op)
 
     def _next_wave(self, op: FreezeOp) -> None:
-        """Record the next wave as FREEZING and persist that (state file and guard) before its
+        """Record the next wave as FREEZING and persist that (state file and keeper) before its
         FIFREEZEs go out: whoever restarts after us knows every superblock we may have frozen."""
         while op.wave + 1 < len(op.waves):
             op.wave += 1
@@ -573,7 +407,7 @@ class FreezeCore:
             return
         self._finish_freeze(op)
 
-    def _on_Persisted(self, event: Persisted) -> None:
+    def _on_persisted(self, event: Persisted) -> None:
         op = self.op
         if isinstance(op, FreezeOp) and op.rid == event.op and op.stage is Stage.RECORD_HOOK:
             if event.error is not None:
@@ -602,7 +436,7 @@ class FreezeCore:
         for target in wave:
             self._emit(FreezeSb(target, op.rid))
 
-    def _on_FreezeDone(self, event: FreezeDone) -> None:
+    def _on_freeze_done(self, event: FreezeDone) -> None:
         sb = self.sbs.get(event.device)
         if sb is None or sb.state is not SbState.FREEZING:
             return
@@ -696,7 +530,7 @@ class FreezeCore:
 
     # --- thaw ---------------------------------------------------------------------------------
 
-    def _on_ThawRequested(self, event: ThawRequested) -> None:
+    def _on_thaw_requested(self, event: ThawRequested) -> None:
         op = self.op
         if isinstance(op, FreezeOp):
             self._cancel_freeze(op, f"freeze interrupted: a thaw was requested while {op.stage.value}")
@@ -717,14 +551,15 @@ class FreezeCore:
         """Why freeze ``epoch`` is not the one in force now (or no longer holds), or None."""
         freeze = self.freeze
         if freeze is not None and freeze.epoch == epoch and self.ours():
-            return f"freeze {epoch} did not hold: {freeze.broken}" if freeze.broken else None
+            return freeze_lost_text(epoch, LostHow.DID_NOT_HOLD, freeze.broken) if freeze.broken else None
         last = self.last_thaw
         if last is not None and last.epoch == epoch:
             detail = f" ({last.detail})" if last.detail else ""
-            return f"freeze {epoch} did not hold: it ended at {_when(last.at)} by {last.reason.value}{detail}"
+            ended = f"it ended at {self.clock.local_time(last.at)} by {last.reason.value}{detail}"
+            return freeze_lost_text(epoch, LostHow.DID_NOT_HOLD, ended)
         if freeze is not None and self.ours():
-            return f"freeze {epoch} is not the freeze in force (that is epoch {freeze.epoch})"
-        return f"freeze {epoch} is unknown or long over (the last freeze was epoch {self.epoch})"
+            return freeze_lost_text(epoch, LostHow.NOT_IN_FORCE, f"that is epoch {freeze.epoch}")
+        return freeze_lost_text(epoch, LostHow.UNKNOWN, f"the last freeze was epoch {self.epoch}")
 
     def _start_thaw(self, thaw: ThawOp, targets: Sequence[Target]) -> None:
         """Issue FITHAW on ``targets`` except superblocks whose FIFREEZE is still out."""
@@ -745,11 +580,11 @@ class FreezeCore:
         else:
             self._finish_thaw(thaw)
 
-    def _on_ThawResults(self, event: ThawResults) -> None:
+    def _on_thaw_results(self, event: ThawResults) -> None:
         for result in event.results:
-            self._on_ThawDone(result)
+            self._on_thaw_done(result)
 
-    def _on_ThawDone(self, event: ThawDone) -> None:
+    def _on_thaw_done(self, event: ThawDone) -> None:
         thaw = self.op
         if not isinstance(thaw, ThawOp) or event.device not in thaw.waiting:
             return
@@ -788,8 +623,9 @@ class FreezeCore:
                 else thaw.reason
             self.freeze = freeze = freeze._replace(broken="; ".join(parts), end_reason=end_reason)
         if thaw.found_thawed:
-            self._log("warning", f"freeze {freeze.epoch if freeze else self.epoch} did not hold: "
-                      f"{', '.join(thaw.found_thawed)} had already been thawed by someone else")
+            self._log("warning", freeze_lost_text(
+                freeze.epoch if freeze else self.epoch, LostHow.DID_NOT_HOLD,
+                f"{', '.join(thaw.found_thawed)} had already been thawed by someone else"))
         ended = freeze is not None and not self.ours()
         if ended:
             assert freeze is not None
@@ -822,7 +658,7 @@ class FreezeCore:
         if lost is None and thaw.epoch is not None and self.last_thaw is not None \
                 and self.last_thaw.reason is ThawReason.EXTERNAL and self.last_thaw.epoch == thaw.epoch \
                 and ended:
-            lost = f"freeze {thaw.epoch} did not hold: {self.last_thaw.detail}"
+            lost = freeze_lost_text(thaw.epoch, LostHow.DID_NOT_HOLD, self.last_thaw.detail)
         if lost is not None and thaw.rid is not None:
             self._reply(thaw.rid, error=AgentError(
                 ErrorKind.FREEZE_LOST, lost,
@@ -865,7 +701,7 @@ class FreezeCore:
             return
         self._start_thaw(ThawOp(None, reason, detail=detail), targets)
 
-    def _on_DeadlineCheck(self, event: DeadlineCheck) -> None:
+    def _on_deadline_check(self, event: DeadlineCheck) -> None:
         deadline = self.deadline_mono
         if deadline is None or self.clock.monotonic() < deadline:
             return
@@ -873,21 +709,21 @@ class FreezeCore:
         self._log("warning", f"freeze {self.freeze.epoch} passed its deadline: thawing")
         self._safety_thaw(ThawReason.TIMEOUT)
 
-    def _on_StopRequested(self, event: StopRequested) -> None:
+    def _on_stop_requested(self, event: StopRequested) -> None:
         self.exiting = True
         if self.ours() or isinstance(self.op, FreezeOp):
             epoch = self.freeze.epoch if self.freeze else self.epoch
             self._log("warning", f"exiting while frozen (epoch {epoch}): thawing first")
             self._safety_thaw(ThawReason.SIGNAL)
 
-    def _on_AgentDied(self, event: AgentDied) -> None:
+    def _on_agent_died(self, event: AgentDied) -> None:
         self._safety_thaw(ThawReason.AGENT_DEATH, event.detail)
 
-    def _on_PersistFailed(self, event: PersistFailed) -> None:
+    def _on_persist_failed(self, event: PersistFailed) -> None:
         self.persist_error = event.error
 
-    def _on_GuardRestarted(self, event: GuardRestarted) -> None:
-        self.guard_restarts += 1
+    def _on_keeper_restarted(self, event: KeeperRestarted) -> None:
+        self.keeper_restarts += 1
         self._log("warning", f"the freeze guard died ({event.detail}); restarted it")
 
     # --- after every event ----------------------------------------------------------------------
@@ -930,78 +766,24 @@ class FreezeCore:
         return self._out
 
 
-def _when(at: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
-
-
 def _describe(errors: Iterable[Mapping[str, str]]) -> str:
     return "; ".join(f"{e['path']}: {e['error']}" for e in errors)
 
 
-# --- reading a snapshot back (untrusted: it may be corrupt) ---------------------------------------
-
-
-class CorruptState(ValueError):
-    """The state file or the guard's message is not what we wrote."""
-
-
-def parse_snapshot(snapshot: Mapping[str, Any]) -> SavedState:
-    """Validate every field; raise :class:`CorruptState` naming the first bad one."""
-    if not isinstance(snapshot, Mapping):
-        raise CorruptState("not a JSON object")
-
-    def number(value: Any, name: str, optional: bool = False) -> float | None:
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise CorruptState(f"{name} is not a finite number: {str(value)[:40]!r}")
-        return float(value)
-
-    epoch = snapshot.get("epoch", 0)
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise CorruptState(f"epoch is not a non-negative integer: {str(epoch)[:40]!r}")
-    targets = []
-    raw_sbs = snapshot.get("superblocks", [])
-    if not isinstance(raw_sbs, list):
-        raise CorruptState("superblocks is not a list")
-    for raw in raw_sbs:
-        if not isinstance(raw, Mapping):
-            raise CorruptState("a superblock is not an object")
-        device, path = raw.get("device"), raw.get("path")
-        if not (isinstance(device, list) and len(device) == 2
-                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in device)):
-            raise CorruptState(f"a superblock's device is not [major, minor]: {str(device)[:40]!r}")
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise CorruptState(f"a superblock's path is not absolute: {str(path)[:40]!r}")
-        targets.append(Target((device[0], device[1]), path, str(raw.get("type", "")),
-                              str(raw.get("source", ""))))
-    freeze = None
-    raw_freeze = snapshot.get("freeze")
-    if raw_freeze is not None:
-        if not isinstance(raw_freeze, Mapping):
-            raise CorruptState("freeze is not an object")
-        f_epoch = raw_freeze.get("epoch")
-        if isinstance(f_epoch, bool) or not isinstance(f_epoch, int) or f_epoch < 0:
-            raise CorruptState(f"freeze.epoch is not a non-negative integer: {str(f_epoch)[:40]!r}")
-        at = number(raw_freeze.get("frozen-at"), "freeze.frozen-at")
-        deadline = number(raw_freeze.get("deadline"), "freeze.deadline", optional=True)
-        broken = raw_freeze.get("broken", "")
-        freeze = Freeze(f_epoch, at or 0.0, None, deadline, None, broken if isinstance(broken, str) else "")
-        epoch = max(epoch, f_epoch)
-    last = snapshot.get("last-thaw")
-    last_thaw = None
-    if last is not None:
-        if not isinstance(last, Mapping):
-            raise CorruptState("last-thaw is not an object")
-        l_epoch = last.get("epoch")
-        if isinstance(l_epoch, bool) or not isinstance(l_epoch, int):
-            raise CorruptState(f"last-thaw.epoch is not an integer: {str(l_epoch)[:40]!r}")
-        try:
-            reason = ThawReason(last.get("reason"))
-        except ValueError:
-            raise CorruptState(f"last-thaw.reason is unknown: {str(last.get('reason'))[:40]!r}") from None
-        last_thaw = ThawRecord(l_epoch, reason, number(last.get("at"), "last-thaw.at") or 0.0,
-                               str(last.get("detail", ""))[:1000])
-        epoch = max(epoch, l_epoch)
-    hook_owed = snapshot.get("hook-owed", False)
-    return SavedState(epoch, tuple(targets), freeze, last_thaw, hook_owed is True)
+# Which method takes which event: the whole interface of the machine, in one table.
+HANDLERS: dict[type[Any], Callable[[FreezeCore, Any], None]] = {
+    FreezeRequested: FreezeCore._on_freeze_requested,
+    ThawRequested: FreezeCore._on_thaw_requested,
+    DeadlineCheck: FreezeCore._on_deadline_check,
+    StopRequested: FreezeCore._on_stop_requested,
+    AgentDied: FreezeCore._on_agent_died,
+    HookDone: FreezeCore._on_hook_done,
+    FlushDone: FreezeCore._on_flush_done,
+    Persisted: FreezeCore._on_persisted,
+    PersistFailed: FreezeCore._on_persist_failed,
+    FreezeDone: FreezeCore._on_freeze_done,
+    ThawDone: FreezeCore._on_thaw_done,
+    ThawResults: FreezeCore._on_thaw_results,
+    KeeperRestarted: FreezeCore._on_keeper_restarted,
+    Restored: FreezeCore._on_restored,
+}

@@ -1,6 +1,6 @@
 """Data for ``guest-get-fsinfo`` and ``guest-fstrim``, in qemu-ga's shapes.
 
-Both walk the same mounts a freeze-all would consider (:func:`~agent.fsfreeze.mounts.freezable`)
+Both walk the same mounts a freeze-all would consider (:func:`~pyqga.agent.freeze.mounts.freezable`)
 and, like qemu-ga, list them in reverse mount order (it prepends to its result list). The disk
 addresses come from the sysfs path of the block device, which is how libvirt's
 ``virsh domfsinfo`` maps a guest filesystem back to a disk of the domain.
@@ -22,8 +22,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pyqga.agent.fsfreeze.ioctls import fitrim, open_mountpoint
-from pyqga.agent.fsfreeze.mounts import MOUNTINFO, Mount, freezable, read_mountinfo
+from pyqga.agent.commands.kernel_files import read_optional, sysfs_serial
+from pyqga.agent.freeze.ioctls import fitrim, open_mountpoint
+from pyqga.agent.freeze.mounts import MOUNTINFO, Mount, freezable, read_mountinfo
 from pyqga.protocol.errors import invalid_params
 
 SYSFS = "/sys"
@@ -38,13 +39,6 @@ def _default_mounts() -> list[Mount]:
     return freezable(read_mountinfo(MOUNTINFO))
 
 
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(errors="replace").strip()
-    except OSError:
-        return None
-
-
 def device_syspath(major: int, minor: int, sysfs: str = SYSFS) -> Path | None:
     """The device's directory under /sys/devices, or None if sysfs does not know it."""
     link = Path(sysfs) / "dev" / "block" / f"{major}:{minor}"
@@ -55,7 +49,7 @@ def device_syspath(major: int, minor: int, sysfs: str = SYSFS) -> Path | None:
 
 
 def _devnode(syspath: Path) -> str:
-    uevent = _read_text(syspath / "uevent") or ""
+    uevent = read_optional(str(syspath / "uevent")) or ""
     for line in uevent.splitlines():
         if line.startswith("DEVNAME="):
             return "/dev/" + line.split("=", 1)[1]
@@ -97,7 +91,7 @@ def disk_address(syspath: Path) -> dict[str, Any] | None:
     address["bus-type"] = bus_type
     address["pci-controller"] = {"domain": domain, "bus": bus, "slot": slot, "function": function}
     address["dev"] = _devnode(syspath)
-    serial = _read_text(syspath / "serial") or _read_text(syspath / "device" / "serial")
+    serial = sysfs_serial(str(syspath))
     if serial:
         address["serial"] = serial
     return address

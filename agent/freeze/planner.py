@@ -1,7 +1,7 @@
 """What a freeze touches: the selected filesystems, validated and cut into ordered waves.
 
-Planning only; nothing here freezes or thaws.  The freeze state machine (:mod:`.core`) decides,
-its driver (:mod:`agent.freezer`) does, and this module answers "which superblocks, through
+Planning only; nothing here freezes or thaws.  The freeze state machine (:mod:`.machine`)
+decides, its driver (:mod:`.driver`) does, and this module answers "which superblocks, through
 which mount points, in which order" from the kernel's mount table (qemu-ga's rules, with our
 differences marked **we**):
 
@@ -18,12 +18,12 @@ differences marked **we**):
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-from pyqga.agent.fsfreeze.core import Target
-from pyqga.agent.fsfreeze.kernel import Kernel, LinuxKernel
-from pyqga.agent.fsfreeze.mounts import Mount, freezable, resolve_device
-from pyqga.agent.fsfreeze.order import freeze_waves
+from pyqga.agent.freeze.kernel import Kernel, LinuxKernel
+from pyqga.agent.freeze.mounts import Mount, freezable, resolve_device
+from pyqga.agent.freeze.order import freeze_waves
+from pyqga.agent.freeze.vocabulary import Target
 from pyqga.protocol.errors import invalid_params, quote
 
 
@@ -66,16 +66,15 @@ class FreezePlanner:
         """What guest-fsfreeze-freeze freezes, in qemu-ga's order (reverse mount order)."""
         return list(reversed(self.candidates()))
 
-    def plan_list(self, mountpoints: Iterable[str]) -> list[Mount]:
+    def plan_list(self, mountpoints: Sequence[str]) -> list[Mount]:
         """Validate an explicit list and return it in freeze order; nothing is touched.
 
         Every path must be a mount point the filters allow, else ``invalid_params`` naming it.
         A bind mount stands for its device (frozen once, through the path the host named). A
         mount point whose filesystem has no device (tmpfs...) is kept: the caller asked for it,
         and FIFREEZE answers EOPNOTSUPP.
+        ``mountpoints`` is a list: the command's parameter check refuses anything else.
         """
-        if isinstance(mountpoints, str):
-            raise invalid_params("mountpoints must be a list of paths, not a string")
         requested = list(mountpoints)
         if not requested:
             raise invalid_params("mountpoints is empty: nothing to freeze")

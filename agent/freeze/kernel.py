@@ -1,7 +1,7 @@
 """The kernel as the freeze code sees it: one port, a real implementation, one "thaw fully".
 
-The state machine (:mod:`.core`) never calls the kernel; its drivers (the agent's
-:class:`agent.freezer.Freezer` and the guard) do, through :class:`Kernel`.  Tests put an
+The state machine (:mod:`.machine`) never calls the kernel; its driver (:class:`.driver.Freezer`,
+in the agent and in the keeper process) does, through :class:`Kernel`.  Tests put an
 in-memory model kernel behind the same port (``tests/rig/model_kernel.py``) or subclass
 :class:`LinuxKernel` to make one call fail on a real filesystem.
 """
@@ -14,9 +14,9 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from pyqga.agent.fsfreeze import order
-from pyqga.agent.fsfreeze.ioctls import FsIoctl
-from pyqga.agent.fsfreeze.mounts import MOUNTINFO, Mount, block_device_numbers, read_mountinfo
+from pyqga.agent.freeze import order
+from pyqga.agent.freeze.ioctls import FsIoctl
+from pyqga.agent.freeze.mounts import MOUNTINFO, Mount, block_device_numbers, read_mountinfo
 
 MEMINFO = "/proc/meminfo"
 # A filesystem that keeps accepting FITHAW is broken; stop rather than spin forever.

@@ -1,19 +1,19 @@
-"""The driver around the freeze state machine: threads, ioctls, the state file, hooks, the guard.
+"""The driver around the freeze state machine: threads, ioctls, the state file, hooks, the keeper.
 
-:class:`agent.fsfreeze.core.FreezeCore` owns every piece of freeze state and decides; this
+:class:`.machine.FreezeCore` owns every piece of freeze state and decides; this
 module only performs its actions and feeds the results back as events:
 
 - kernel calls (FIFREEZE, FITHAW until EINVAL, syncfs) and hooks run on threads of their own,
   so a FIFREEZE that never returns blocks nothing: not the host's thaw, not the deadline, not a
   worker a command needs;
-- the state file and the guard's message are written inline, in the order the core asks, so
-  "frozen" is on disk and known to the guard before the first FIFREEZE;
+- the state file and the keeper's message are written inline, in the order the core asks, so
+  "frozen" is on disk and known to the keeper before the first FIFREEZE;
 - after every event the derived things follow the state: the log file is held in memory while
   anything is frozen, the deadline watcher wakes at the core's next deadline, and queries read
   a published view without taking a lock (they answer at once during a long freeze).
 
-The same class runs inside the guard process with an inline runner (no threads): there the
-agent has died, and the guard's only job is the core's safety thaw.
+The same class runs inside the keeper process (:mod:`pyqga.agent.keeper`) with an inline runner
+(no threads): there the agent has died, and the keeper's only job is the core's safety thaw.
 """
 
 from __future__ import annotations
@@ -28,32 +28,42 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pyqga.agent.fsfreeze import core
-from pyqga.agent.fsfreeze.core import (
+from pyqga.agent.freeze.hooks import HookResult, run_hook
+from pyqga.agent.freeze.kernel import FLUSH_THRESHOLD, Kernel, LinuxKernel, flush, strerror, thaw_fully
+from pyqga.agent.freeze.machine import Clock, FreezeCore
+from pyqga.agent.freeze.mounts import resolve_device
+from pyqga.agent.freeze.snapshot import CorruptState, parse_snapshot
+from pyqga.agent.freeze.vocabulary import (
+    Action,
     AgentDied,
-    CorruptState,
     DeadlineCheck,
+    Event,
+    Exit,
+    Flush,
     FlushDone,
-    FreezeCore,
     FreezeDone,
     FreezeRequested,
-    GuardRestarted,
+    FreezeSb,
     HookDone,
+    KeeperRestarted,
+    Log,
+    Persist,
     Persisted,
     PersistFailed,
+    Reply,
     Restored,
+    RunHook,
     StopRequested,
+    Target,
     ThawDone,
     ThawRequested,
     ThawResults,
+    ThawSbs,
 )
-from pyqga.agent.fsfreeze.hooks import HookResult, run_hook
-from pyqga.agent.fsfreeze.kernel import FLUSH_THRESHOLD, Kernel, LinuxKernel, flush, strerror, thaw_fully
-from pyqga.agent.fsfreeze.mounts import resolve_device
 from pyqga.protocol.errors import AgentError, ErrorKind
 
-if TYPE_CHECKING:  # the guard imports this module: it needs neither planning nor the log switch
-    from pyqga.agent.fsfreeze.engine import FreezePlanner
+if TYPE_CHECKING:  # the keeper imports this module: it needs neither planning nor the log switch
+    from pyqga.agent.freeze.planner import FreezePlanner
     from pyqga.agent.logs import LogControl
 
 Runner = Callable[[Callable[[], None], str], None]   # (job, label): run it now or later
@@ -71,8 +81,14 @@ def run_inline(job: Callable[[], None], label: str) -> None:
 
 
 class SystemClock:
+    """The machine's clock port on the real clocks."""
+
     monotonic = staticmethod(time.monotonic)
     time = staticmethod(time.time)
+
+    @staticmethod
+    def local_time(at: float) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
 
 class Store(Protocol):
@@ -80,7 +96,9 @@ class Store(Protocol):
     def read(self) -> dict[str, Any] | None: ...
 
 
-class GuardPort(Protocol):
+class KeeperPort(Protocol):
+    """The agent's handle on its keeper process (:class:`pyqga.agent.keeper.handle.KeeperHandle`)."""
+
     def wait_for_previous(self) -> bool: ...
     def ensure_started(self) -> None: ...
     def send(self, snapshot: Mapping[str, Any]) -> None: ...
@@ -91,15 +109,15 @@ class Freezer:
     """The agent's freeze commands: plan in the caller's thread, then let the core decide."""
 
     def __init__(self, *, planner: FreezePlanner | None = None, kernel: Kernel | None = None,
-                 store: Store | None = None, guard: GuardPort | None = None, hook: str | None = None,
+                 store: Store | None = None, keeper: KeeperPort | None = None, hook: str | None = None,
                  hook_timeout: float = 60.0, default_timeout: float | None = 600.0,
                  on_agent_death: str = "thaw", log: logging.Logger | None = None,
-                 logs: LogControl | None = None, clock: core.Clock | None = None,
+                 logs: LogControl | None = None, clock: Clock | None = None,
                  runner: Runner = run_on_thread, hook_runner: HookRunner = run_hook) -> None:
         self.kernel: Kernel = kernel or (planner.kernel if planner else LinuxKernel())
-        self.planner = planner  # None in the guard, which only ever thaws what it was told
+        self.planner = planner  # None in the keeper, which only ever thaws what it was told
         self.store = store
-        self.guard = guard
+        self.keeper = keeper
         self.hook = hook
         self.hook_timeout = hook_timeout
         self.on_agent_death = on_agent_death
@@ -110,7 +128,7 @@ class Freezer:
         self.hook_runner = hook_runner
         self.core = FreezeCore(self.clock, default_timeout, hook is not None)
         self._lock = threading.RLock()
-        self._queue: deque[core.Event] = deque()
+        self._queue: deque[Event] = deque()
         self._processing = False
         self._replies: dict[int, Future[tuple[Any, AgentError | None]]] = {}
         self._rids = itertools.count(1)
@@ -145,7 +163,7 @@ class Freezer:
     def _restore(self) -> None:
         if self.store is None:
             return
-        if self.guard is not None and not self.guard.wait_for_previous():
+        if self.keeper is not None and not self.keeper.wait_for_previous():
             self.log.error("an earlier agent's freeze guard is still at work; going on without it")
         try:
             snapshot = self.store.read()
@@ -155,7 +173,7 @@ class Freezer:
         if snapshot is None:
             return
         try:
-            state = core.parse_snapshot(snapshot)
+            state = parse_snapshot(snapshot)
         except CorruptState as exc:
             self._restore_corrupt(str(exc))
             return
@@ -177,27 +195,27 @@ class Freezer:
             return
         self.log.warning("thawed %d filesystem(s) at start", count)
 
-    def prestart_guard(self) -> None:
-        """Start the guard ahead of the first freeze (it costs a Python start-up, ~1.5 s in a
+    def prestart_keeper(self) -> None:
+        """Start the keeper ahead of the first freeze (it costs a Python start-up, ~1.5 s in a
         TCG guest), so the first freeze does not wait for it.  Failure is retried at freeze."""
-        if self.guard is None:
+        if self.keeper is None:
             return
         try:
-            self.guard.ensure_started()
+            self.keeper.ensure_started()
         except OSError as exc:
             self.log.warning("could not start the freeze guard yet: %s", exc)
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        """The agent is exiting on a signal: thaw what we froze, then let the guard go.  What
-        could not be thawed stays in the guard's hands (it sees our pipe close)."""
+        """The agent is exiting on a signal: thaw what we froze, then let the keeper go.  What
+        could not be thawed stays in the keeper's hands (it sees our pipe close)."""
         self.feed(StopRequested())
         if not self.exited.wait(timeout):
             self.log.error("thaw on exit did not finish within %g s; the guard takes over", timeout)
         self._stopping = True
         with self._wake:
             self._wake.notify_all()
-        if self.guard is not None:
-            self.guard.stop()
+        if self.keeper is not None:
+            self.keeper.stop()
 
     # --- requests (from worker threads; they block until the core answers) ----------------------
 
@@ -215,9 +233,9 @@ class Freezer:
         """:meth:`freeze` without waiting: planning errors raise, the rest is the future's."""
         assert self.planner is not None, "a freezer without a planner only thaws"
         plan = self.planner.plan_all() if mountpoints is None else self.planner.plan_list(mountpoints)
-        if self.guard is not None:
+        if self.keeper is not None:
             try:
-                self.guard.ensure_started()
+                self.keeper.ensure_started()
             except OSError as exc:
                 raise AgentError(ErrorKind.COMMAND_FAILED,
                                  f"cannot start the freeze guard, refusing to freeze: {exc}") from None
@@ -230,9 +248,8 @@ class Freezer:
         rid = next(self._rids)
         return self._submit(rid, ThawRequested(rid, self.planner.thaw_targets(), epoch))
 
-    def _submit(self, rid: int, event: core.Event) -> Future[tuple[Any, AgentError | None]]:
+    def _submit(self, rid: int, event: Event) -> Future[tuple[Any, AgentError | None]]:
         future: Future[tuple[Any, AgentError | None]] = Future()
-        future.rid = rid  # type: ignore[attr-defined]  # for tests that match requests to jobs
         self._replies[rid] = future
         self.feed(event)
         return future
@@ -255,7 +272,7 @@ class Freezer:
 
     # --- the event loop ------------------------------------------------------------------------
 
-    def feed(self, event: core.Event) -> None:
+    def feed(self, event: Event) -> None:
         """Hand ``event`` to the core and perform what it asks.  Re-entrant: an inline runner
         feeds results while actions are being performed; they are queued and taken in order."""
         with self._lock:
@@ -269,7 +286,7 @@ class Freezer:
             finally:
                 self._processing = False
 
-    def _run(self, actions: list[core.Action]) -> None:
+    def _run(self, actions: list[Action]) -> None:
         self._sync()  # before the actions: the log is held before the first FIFREEZE goes out
         for action in actions:
             try:
@@ -296,45 +313,44 @@ class Freezer:
                 self._deadline = deadline
                 self._wake.notify_all()
 
-    def _perform(self, action: core.Action) -> None:
-        if isinstance(action, core.Reply):
+    def _perform(self, action: Action) -> None:
+        if isinstance(action, Reply):
             future = self._replies.pop(action.rid, None)
             if future is not None:
-                future.epoch = action.epoch  # type: ignore[attr-defined]
                 future.set_result((action.result, action.error))
-        elif isinstance(action, core.Log):
+        elif isinstance(action, Log):
             self.log.log(LEVELS.get(action.level, logging.INFO), "%s", action.message)
-        elif isinstance(action, core.Persist):
+        elif isinstance(action, Persist):
             self._persist(action)
-        elif isinstance(action, core.FreezeSb):
+        elif isinstance(action, FreezeSb):
             target = action.target
             self.runner(lambda: self.feed(self._freeze_one(target)),
                         f"freeze {target.device[0]}:{target.device[1]} op={action.op}")
-        elif isinstance(action, core.ThawSbs):
+        elif isinstance(action, ThawSbs):
             targets = action.targets
             devices = ",".join(f"{t.device[0]}:{t.device[1]}" for t in targets)
             label = f"thaw {devices} {action.reason.value} op={action.op}"
             self.runner(lambda: self._thaw_all(targets), label)
-        elif isinstance(action, core.Flush):
+        elif isinstance(action, Flush):
             flush_op = action
             self.runner(lambda: self._flush(flush_op), "flush")
-        elif isinstance(action, core.RunHook):
+        elif isinstance(action, RunHook):
             hook_op = action
             self.runner(lambda: self.feed(self._run_hook(hook_op)), f"hook {action.action}")
-        elif isinstance(action, core.Exit):
+        elif isinstance(action, Exit):
             self.exited.set()
 
-    def _persist(self, action: core.Persist) -> None:
-        """State file, then guard; a required write (before a freeze) reports back, others log."""
+    def _persist(self, action: Persist) -> None:
+        """State file, then keeper; a required write (before a freeze) reports back, others log."""
         error = None
         if self.store is not None:
             try:
                 self.store.write(action.snapshot)
             except (OSError, ValueError) as exc:
                 error = f"cannot write the freeze state file: {exc}"
-        if self.guard is not None:  # even when the file failed: the guard is the other record
+        if self.keeper is not None:  # even when the file failed: the keeper is the other record
             try:
-                self.guard.send(action.snapshot)
+                self.keeper.send(action.snapshot)
             except OSError as exc:
                 error = error or f"the freeze guard is gone: {exc}"
         if action.op is not None:
@@ -343,7 +359,7 @@ class Freezer:
             self.log.error("%s (the freeze state goes on in memory)", error)
             self._queue.append(PersistFailed(error))
 
-    def _freeze_one(self, target: core.Target) -> FreezeDone:
+    def _freeze_one(self, target: Target) -> FreezeDone:
         try:
             self.kernel.freeze(target.path)
         except OSError as exc:
@@ -352,7 +368,7 @@ class Freezer:
             return FreezeDone(target.device, -1, f"{type(exc).__name__}: {exc}")
         return FreezeDone(target.device)
 
-    def _thaw_all(self, targets: Sequence[core.Target]) -> None:
+    def _thaw_all(self, targets: Sequence[Target]) -> None:
         """FITHAW until EINVAL on each target, in order, through a mount point that still
         belongs to its superblock (mounts may have moved since the freeze)."""
         paths: dict[tuple[int, int], dict[str, str]] | None = None
@@ -382,13 +398,13 @@ class Freezer:
                     paths.setdefault(resolved.device, {})[mount.mountpoint] = mount.mountpoint
         return paths
 
-    def _flush(self, action: core.Flush) -> None:
+    def _flush(self, action: Flush) -> None:
         failures = flush(self.kernel, [t.path for t in action.targets])
         for path, exc in failures.items():
             self.log.info("syncfs %s failed (the freeze flushes anyway): %s", path, strerror(exc))
         self.feed(FlushDone(action.op))
 
-    def _run_hook(self, action: core.RunHook) -> HookDone:
+    def _run_hook(self, action: RunHook) -> HookDone:
         assert self.hook is not None
         result = self.hook_runner(self.hook, action.action, self.hook_timeout)
         self._log_hook(action.action, result)
@@ -403,7 +419,7 @@ class Freezer:
         for line in result.output.splitlines()[-20:]:
             self.log.log(level, "  hook: %s", line)
 
-    # --- deadline and guard --------------------------------------------------------------------
+    # --- deadline and keeper -------------------------------------------------------------------
 
     def _watch_deadline(self) -> None:
         """Send DeadlineCheck when the core's deadline passes (monotonic: immune to guest clock
@@ -422,19 +438,19 @@ class Freezer:
             if self._deadline == deadline:  # nothing moved it: do not spin
                 time.sleep(0.1)
 
-    def guard_died(self, detail: str) -> None:
-        """The guard watcher's report: restart it, re-send the state, say so."""
-        assert self.guard is not None
+    def keeper_died(self, detail: str) -> None:
+        """The keeper watcher's report: restart it, re-send the state, say so."""
+        assert self.keeper is not None
         try:
-            self.guard.ensure_started()
+            self.keeper.ensure_started()
             with self._lock:
-                self.guard.send(self.core.snapshot())
+                self.keeper.send(self.core.snapshot())
         except OSError as exc:
             self.log.error("cannot restart the freeze guard: %s", exc)
-        self.feed(GuardRestarted(detail))
+        self.feed(KeeperRestarted(detail))
 
     def agent_died(self, detail: str) -> None:
-        """In the guard: the agent is gone; undo its freeze."""
+        """In the keeper: the agent is gone; undo its freeze."""
         self.feed(AgentDied(detail))
 
     def _wait_idle(self, timeout: float = 30.0) -> None:

@@ -1,4 +1,4 @@
-"""The freeze state on disk: one file, a serialisation of :meth:`FreezeCore.snapshot`.
+"""The freeze state on disk: one file, a snapshot (:mod:`.snapshot`) of the machine's state.
 
 It outlives the agent process: the next agent (or nobody, after a reboot, which thaws
 everything) must learn what a dead agent froze, which epoch was last, and how the last freeze
@@ -8,28 +8,25 @@ Keep the state directory on tmpfs (default ``/run/pyqga``): writing to a filesys
 being frozen would block the agent.
 
 Reading treats the file as untrusted input: opened with ``O_NOFOLLOW``, only a regular file,
-at most :data:`MAX_SIZE` bytes, every field validated (:func:`agent.fsfreeze.core.parse_snapshot`);
-anything else is :class:`~agent.fsfreeze.core.CorruptState`, never a crash.
+at most :data:`MAX_SIZE` bytes, every field validated (:func:`.snapshot.parse_snapshot`);
+anything else is :class:`~.snapshot.CorruptState`, never a crash.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import stat
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pyqga.agent.fsfreeze.core import CorruptState
+from pyqga.agent.freeze.snapshot import CorruptState
 
 DEFAULT_STATEDIR = "/run/pyqga"
 STATE_FILE = "pyqga.state"
-GUARD_LOCK = "pyqga.guard.lock"   # held by a live guard: the next agent waits for it to finish
 MAX_SIZE = 1 << 20
 
 
@@ -84,37 +81,6 @@ class StateFile:
         if not isinstance(value, dict):
             raise CorruptState(f"{self.path} is not a JSON object")
         return value
-
-
-def wait_for_previous_guard(statedir: str | os.PathLike[str], timeout: float = 10.0) -> bool:
-    """Wait until no guard of an earlier agent still works in ``statedir`` (it holds the lock
-    while it lives); True if none does.  Then the state file says what that guard left."""
-    path = Path(statedir) / GUARD_LOCK
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError:
-        return True
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                return True
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    return False
-                time.sleep(0.02)
-    finally:
-        os.close(fd)
-
-
-def hold_guard_lock(statedir: str | os.PathLike[str]) -> int:
-    """The guard takes the lock for its whole life (the fd is never closed)."""
-    Path(statedir).mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(Path(statedir) / GUARD_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
 
 
 def _fsync_dir(directory: Path) -> None:
