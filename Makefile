@@ -50,8 +50,10 @@ dist: $(STAMP)
 demo: $(STAMP) deps
 	$(PY) -m harness.demo
 
+# mypy --strict on protocol/ and the host client ([tool.mypy] in pyproject.toml says which packages).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test: $(STAMP) deps lint
 	$(PY) -m pytest -q -ra tests
