@@ -71,8 +71,13 @@ def run_inline(job: Callable[[], None], label: str) -> None:
 
 
 class SystemClock:
-    monotonic = staticmethod(time.monotonic)
-    time = staticmethod(time.time)
+    @staticmethod
+    def monotonic() -> float:
+        return time.monotonic()
+
+    @staticmethod
+    def time() -> float:
+        return time.time()
 
 
 class Store(Protocol):
@@ -103,12 +108,12 @@ class Freezer:
         self.hook = hook
         self.hook_timeout = hook_timeout
         self.on_agent_death = on_agent_death
-        self.log = log or logging.getLogger("pyqga.agent")
+        self.log: logging.Logger = log or logging.getLogger("pyqga.agent")
         self.logs = logs
-        self.clock = clock or SystemClock()
+        self.clock: core.Clock = clock or SystemClock()
         self.runner = runner
         self.hook_runner = hook_runner
-        self.core = FreezeCore(self.clock, default_timeout, hook is not None)
+        self.core: FreezeCore = FreezeCore(self.clock, default_timeout, hook is not None)
         self._lock = threading.RLock()
         self._queue: deque[core.Event] = deque()
         self._processing = False
@@ -118,9 +123,9 @@ class Freezer:
         self._idle = threading.Condition()  # notified when the core has no op in progress
         self._deadline: float | None = None
         self._stopping = False
-        self.exited = threading.Event()
+        self.exited: threading.Event = threading.Event()
         self.view: dict[str, Any] = self.core.info()
-        self.frozen = False
+        self.frozen: bool = False
         # The log starts held (LogControl does): until the state file is read, a log file on a
         # filesystem a dead agent left frozen would block the first line.
         self._holding_logs = logs is not None and logs.holding
