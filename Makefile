@@ -67,4 +67,4 @@ bench: $(STAMP) deps
 	$(PY) bench/abuse.py
 
 clean:
-	rm -rf $(VENV) .cache build dist *.egg-info
+	rm -rf $(VENV) .cache .mypy_cache build dist *.egg-info
