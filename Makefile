@@ -50,8 +50,10 @@ dist: $(STAMP)
 demo: $(STAMP) deps
 	$(PY) -m tests.rig.demo
 
+# mypy --strict on protocol/ and the host client ([tool.mypy] in pyproject.toml says which packages).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test: $(STAMP) deps lint
 	$(PY) -m pytest -q -ra tests
@@ -65,4 +67,4 @@ bench: $(STAMP) deps
 	$(PY) -m bench.abuse
 
 clean:
-	rm -rf $(VENV) .cache build dist *.egg-info
+	rm -rf $(VENV) .cache .mypy_cache build dist *.egg-info

@@ -61,7 +61,7 @@ class DeviceTransport(asyncio.Transport):
         self._reading = True
         self._closing = False
         self._protocol_paused = False
-        self.received = False  # a host sent something in this session
+        self.received: bool = False  # a host sent something in this session
         protocol.connection_made(self)
         loop.add_reader(fd, self._read_ready)
 
@@ -154,9 +154,9 @@ class DeviceChannel:
     """virtio-serial or isa-serial: sessions over one device fd, reopened only on errors."""
 
     def __init__(self, config: Config, log: Any) -> None:
-        self.method = config.method
-        self.path = config.channel_path
-        self.retry = config.retry_path
+        self.method: str = config.method
+        self.path: str = config.channel_path
+        self.retry: bool = config.retry_path
         self.log = log
         self._serial: serial.Serial | None = None
 

@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 from collections import deque
+from typing import TextIO
 
 HELD_RECORDS = 10_000
 FORMAT = "%(asctime)s pyqga-agent[%(process)d] %(levelname)s %(message)s"
@@ -46,7 +47,7 @@ class JournalFormatter(logging.Formatter):
         return prefix + super().format(record).replace("\n", "\n" + prefix)
 
 
-class _Holding(logging.StreamHandler):  # type: ignore[type-arg]
+class _Holding(logging.StreamHandler[TextIO]):
     """What both holdable handlers share: hold records in memory instead of writing them."""
 
     def _init_holding(self, max_held: int) -> None:
@@ -105,8 +106,8 @@ class HoldableFileHandler(_Holding, logging.FileHandler):
 class HoldableStreamHandler(_Holding):
     """stderr when it is the journal's stream."""
 
-    def __init__(self, stream: object = None, max_held: int = HELD_RECORDS) -> None:
-        super().__init__(stream or sys.stderr)  # type: ignore[arg-type]
+    def __init__(self, stream: TextIO | None = None, max_held: int = HELD_RECORDS) -> None:
+        super().__init__(stream or sys.stderr)
         self._init_holding(max_held)
 
 
@@ -118,7 +119,7 @@ class LogControl:
         root = logging.getLogger("pyqga")
         root.setLevel(logging.DEBUG if verbose else logging.INFO)
         journal = journal_stream() if journal is None else journal
-        self.journal = journal and not logfile
+        self.journal: bool = journal and not logfile
         self.file_handler: _Holding | None = None
         if logfile:
             self.file_handler = HoldableFileHandler(logfile)
@@ -128,7 +129,7 @@ class LogControl:
         handler.setFormatter(JournalFormatter() if self.journal else logging.Formatter(FORMAT))
         root.handlers[:] = [handler]
         root.propagate = False
-        self.log = logging.getLogger("pyqga.agent")
+        self.log: logging.Logger = logging.getLogger("pyqga.agent")
         if held:
             self.hold()
 

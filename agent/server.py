@@ -62,7 +62,7 @@ class ConnectionLimit:
     def __init__(self, log: logging.Logger, limit: int = MAX_CONNECTIONS) -> None:
         self.log = log
         self.limit = limit
-        self.active = 0
+        self.active: int = 0
         self._refused = 0
         self._last_log = -REFUSAL_LOG_INTERVAL
 

@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
 from pyqga.host_client import guest_ops
-from pyqga.host_client.client import DEFAULT_TIMEOUT, resume
+from pyqga.host_client.client import DEFAULT_TIMEOUT, Done, resume
 from pyqga.host_client.errors import (
     AgentConnectionError,
     channel_failed,
@@ -33,12 +33,21 @@ from pyqga.host_client.errors import (
     timed_out,
 )
 from pyqga.host_client.guest_ops import ExecResult, StallHandle, StallResult
-from pyqga.host_client.session import FREEZE_CALL_TIMEOUT, Capabilities, Freeze, Op, Send, Session, Sleep
+from pyqga.host_client.session import (
+    FREEZE_CALL_TIMEOUT,
+    Capabilities,
+    Freeze,
+    GuestInfo,
+    Op,
+    Send,
+    Session,
+    Sleep,
+)
 from pyqga.host_client.transport import RECV_SIZE, Transport, host_port, open_transport, parse_address
 from pyqga.protocol.dialects import Dialect
 
 T = TypeVar("T")
-log = logging.getLogger("pyqga.client")
+log: logging.Logger = logging.getLogger("pyqga.client")
 
 
 class AsyncTransport(Protocol):
@@ -62,7 +71,9 @@ class StreamTransport:
     """An asyncio stream: a unix, tcp or vsock socket."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str) -> None:
-        self.reader, self.writer, self.address = reader, writer, address
+        self.reader: asyncio.StreamReader = reader
+        self.writer: asyncio.StreamWriter = writer
+        self.address: str = address
 
     async def send(self, data: bytes, deadline: float) -> None:
         try:
@@ -97,9 +108,9 @@ class ThreadedTransport:
     """A blocking transport (serial line, libvirt) whose calls run on a thread."""
 
     def __init__(self, transport: Transport) -> None:
-        self.transport = transport
-        self.address = transport.address
-        self.synchronised = bool(getattr(transport, "synchronised", False))
+        self.transport: Transport = transport
+        self.address: str = transport.address
+        self.synchronised: bool = bool(getattr(transport, "synchronised", False))
 
     async def send(self, data: bytes, deadline: float) -> None:
         await asyncio.to_thread(self.transport.send, data, deadline)
@@ -147,9 +158,9 @@ async def run_async(op: Op[T], transport: AsyncTransport) -> T:
     value: bytes | None = None
     error: BaseException | None = None
     while True:
-        io, finished = resume(op, value, error)
-        if io is None:
-            return finished  # type: ignore[no-any-return]
+        io = resume(op, value, error)
+        if isinstance(io, Done):
+            return io.value
         value, error = None, None
         try:
             if isinstance(io, Send):
@@ -168,7 +179,7 @@ class AsyncAgentClient:
 
     def __init__(self, address: str, *, dialect: str | Dialect = Dialect.JSONRPC,
                  timeout: float = DEFAULT_TIMEOUT, resync: bool = True) -> None:
-        self.address = address
+        self.address: str = address
         self._dialect = Dialect(dialect)
         self._timeout = timeout
         self._resync = resync
@@ -217,8 +228,8 @@ class AsyncAgentClient:
     async def ping(self) -> None:
         await self.call("guest-ping")
 
-    async def info(self) -> dict[str, Any]:
-        return await self.call("guest-info")  # type: ignore[no-any-return]
+    async def info(self) -> GuestInfo:
+        return await self._run(self.session.info())
 
     async def sync(self, timeout: float | None = None) -> int:
         return await self._run(self.session.sync(timeout))

@@ -20,6 +20,7 @@ from pyqga.host_client.cli_output import Output
 from pyqga.host_client.client import DEFAULT_TIMEOUT, AgentClient
 from pyqga.host_client.errors import AgentCallError, AgentClientError, FreezeLost
 from pyqga.host_client.guest_ops import StallResult
+from pyqga.host_client.session import GuestInfo
 from pyqga.host_client.snapshot import format_report, take_snapshot
 
 EXIT_OK, EXIT_AGENT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_FREEZE_LOST = 0, 1, 2, 3, 4
@@ -110,7 +111,7 @@ def run_ping(client: AgentClient, out: Output) -> None:
              f"{client.address}: agent answered in {elapsed * 1000:.2f} ms")
 
 
-def format_info(info: dict[str, Any]) -> str:
+def format_info(info: GuestInfo) -> str:
     commands = info.get("supported_commands", [])
     enabled = sum(1 for c in commands if c.get("enabled"))
     lines = [f"agent version {info.get('version')}: {len(commands)} commands, {enabled} enabled"]

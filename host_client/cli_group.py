@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from collections.abc import Callable
 
 from pyqga.host_client.cli_output import Output
 
 EXIT_OK, EXIT_AGENT_ERROR, EXIT_USAGE, EXIT_FREEZE_LOST = 0, 1, 2, 4
 
 
-def add_parser(commands: Any, common: argparse.ArgumentParser, parse_duration: Any) -> None:
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser,
+               parse_duration: Callable[[str], float]) -> None:
     group = commands.add_parser("group", parents=[common], help="consistency groups: group snapshot ...")
     actions = group.add_subparsers(dest="group_action", required=True, metavar="ACTION")
     snap = actions.add_parser(

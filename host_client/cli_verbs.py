@@ -14,7 +14,7 @@ import argparse
 import base64
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pyqga.host_client.cli_output import Output
@@ -32,7 +32,8 @@ VERBS = ("cat", "fsfreeze", "freeze", "thaw", "fsinfo", "fstrim", "ifconfig", "v
 Note = Callable[[AgentClient, str], None]
 
 
-def add_parsers(commands: Any, common: argparse.ArgumentParser, default: Any) -> None:
+def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser],
+                common: argparse.ArgumentParser, default: str) -> None:
     """Add the verbs to ``commands``; ``common`` holds the connection options."""
 
     def verb(name: str, summary: str, description: str,
@@ -231,11 +232,12 @@ def _disk_name(disk: dict[str, Any]) -> str:
 def _size(value: Any) -> str:
     if not isinstance(value, int):
         return "-"
+    size: float = value
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024  # type: ignore[assignment]
-    return str(value)
+        if size < 1024 or unit == "TiB":
+            return f"{size}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return str(size)
 
 
 def format_fstrim(result: dict[str, Any]) -> str:
@@ -304,7 +306,7 @@ def format_osinfo(result: dict[str, Any]) -> str:
     return "\n".join(f"{k + ':':<{width + 1}} {result[k]}" for k in keys)
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
+def _table(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)

@@ -14,7 +14,8 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from pyqga.host_client import guest_ops
 from pyqga.host_client.guest_ops import ExecResult, StallHandle, StallResult
@@ -23,6 +24,7 @@ from pyqga.host_client.session import (
     IO,
     Capabilities,
     Freeze,
+    GuestInfo,
     Op,
     Send,
     Session,
@@ -32,20 +34,27 @@ from pyqga.host_client.transport import Transport, open_transport
 from pyqga.protocol.dialects import Dialect
 
 T = TypeVar("T")
-log = logging.getLogger("pyqga.client")
+log: logging.Logger = logging.getLogger("pyqga.client")
 
 DEFAULT_TIMEOUT = 10.0
 
 __all__ = ["DEFAULT_TIMEOUT", "FREEZE_CALL_TIMEOUT", "AgentClient", "Capabilities", "Freeze"]
 
 
-def resume(op: Op[T], value: bytes | None, error: BaseException | None) -> tuple[IO | None, Any]:
-    """One step of ``op``: the next I/O it wants, or (None, its result) when it is done.  Both
-    drivers (this one and :func:`host_client.aio.run_async`) step operations through here."""
+@dataclass(frozen=True, slots=True)
+class Done(Generic[T]):
+    """An operation's result, once it has no more I/O to ask for."""
+
+    value: T
+
+
+def resume(op: Op[T], value: bytes | None, error: BaseException | None) -> IO | Done[T]:
+    """One step of ``op``: the next I/O it wants, or its result when it is done.  Both drivers
+    (this one and :func:`host_client.aio.run_async`) step operations through here."""
     try:
-        return (op.throw(error) if error is not None else op.send(value)), None
+        return op.throw(error) if error is not None else op.send(value)
     except StopIteration as done:
-        return None, done.value
+        return Done(done.value)
 
 
 def run_blocking(op: Op[T], transport: Transport) -> T:
@@ -55,9 +64,9 @@ def run_blocking(op: Op[T], transport: Transport) -> T:
     value: bytes | None = None
     error: BaseException | None = None
     while True:
-        io, finished = resume(op, value, error)
-        if io is None:
-            return finished  # type: ignore[return-value]
+        io = resume(op, value, error)
+        if isinstance(io, Done):
+            return io.value
         value, error = None, None
         try:
             if isinstance(io, Send):
@@ -85,9 +94,9 @@ class AgentClient:
         resync: bool = True,
         transport: Transport | None = None,
     ) -> None:
-        self._transport = transport or open_transport(address, timeout)
-        self.address = self._transport.address
-        self.session = Session(self.address, Dialect(dialect), timeout, resync=resync,
+        self._transport: Transport = transport or open_transport(address, timeout)
+        self.address: str = self._transport.address
+        self.session: Session = Session(self.address, Dialect(dialect), timeout, resync=resync,
                                synchronised=bool(getattr(self._transport, "synchronised", False)))
         self.session.log_warning = log.warning
 
@@ -132,8 +141,8 @@ class AgentClient:
     def ping(self) -> None:
         self.call("guest-ping")
 
-    def info(self) -> dict[str, Any]:
-        return self.call("guest-info")
+    def info(self) -> GuestInfo:
+        return self._run(self.session.info())
 
     def sync(self, timeout: float | None = None) -> int:
         """Resynchronise the channel now; returns the random id that came back."""

@@ -62,10 +62,10 @@ class StallHandle:
     """Yielded by the clients' ``stall()``; ``result`` is set when the stall is over."""
 
     def __init__(self, mountpoints: Sequence[str], planned: float, epoch: int | None, count: int) -> None:
-        self.mountpoints = tuple(mountpoints)
-        self.planned = planned
-        self.epoch = epoch
-        self.count = count
+        self.mountpoints: tuple[str, ...] = tuple(mountpoints)
+        self.planned: float = planned
+        self.epoch: int | None = epoch
+        self.count: int = count
         self.result: StallResult | None = None
 
 

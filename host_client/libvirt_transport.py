@@ -403,8 +403,8 @@ def snapshot_disks(address: str, overlays: dict[str, str]) -> None:
     libvirt, _ = _import_libvirt(address)
     conn, domain = _running_domain(address, parse_libvirt_address(address), libvirt)
     try:
-        present = [d.get("dev") for d in ET.fromstring(domain.XMLDesc()).iter("target")
-                   if d.get("dev") and d.get("bus") not in (None, "usb")]
+        present = [dev for d in ET.fromstring(domain.XMLDesc()).iter("target")
+                   if (dev := d.get("dev")) and d.get("bus") not in (None, "usb")]
         unknown = sorted(set(overlays) - set(present))
         if unknown:
             raise AgentConnectionError(f"{address}: no disk {', '.join(unknown)} (the domain has "

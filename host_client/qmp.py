@@ -41,9 +41,9 @@ class QMPConnection:
     """
 
     def __init__(self, path: str | Path, timeout: float = 10.0) -> None:
-        self.path = str(path)
-        self.timeout = timeout
-        self.client = QMPClient(self.path)
+        self.path: str = str(path)
+        self.timeout: float = timeout
+        self.client: QMPClient = QMPClient(self.path)
         self._loop: asyncio.AbstractEventLoop | None = asyncio.new_event_loop()
         try:
             self._run(lambda: self.client.connect(self.path), timeout,

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from pyqga.host_client.errors import AgentCallError, AgentConnectionError, AgentTimeout, FreezeLost
 from pyqga.protocol.client import ClientConnection, Reply
@@ -52,6 +52,16 @@ class Sleep:
 
 IO = Send | Recv | Sleep
 Op = Generator[IO, bytes | None, T]
+
+
+# ``guest-info``'s reply, as qemu-ga's schema names it (GuestAgentCommandInfo, GuestAgentInfo);
+# pyqga's agent answers the same.
+GuestCommandInfo = TypedDict("GuestCommandInfo", {"name": str, "enabled": bool, "success-response": bool})
+
+
+class GuestInfo(TypedDict):
+    version: str
+    supported_commands: list[GuestCommandInfo]
 
 
 @dataclass(frozen=True)
@@ -87,15 +97,15 @@ class Session:
 
     def __init__(self, address: str, dialect: Dialect, timeout: float, *, resync: bool = True,
                  synchronised: bool = False) -> None:
-        self.address = address
-        self.timeout = timeout
-        self.conn = ClientConnection(dialect)
+        self.address: str = address
+        self.timeout: float = timeout
+        self.conn: ClientConnection = ClientConnection(dialect)
         # A transport that synchronises by itself (libvirt does guest-sync before every command)
         # cannot carry the 0xFF resync byte, and needs no resync from us.
-        self.synchronised = synchronised
-        self.needs_resync = resync and not synchronised
+        self.synchronised: bool = synchronised
+        self.needs_resync: bool = resync and not synchronised
         self._capabilities: Capabilities | None = None
-        self.log_warning: Any = None   # set by the driver: a logging function
+        self.log_warning: Callable[..., None] | None = None   # set by the driver: a logging function
 
     # --- calls ---------------------------------------------------------------------------
 
@@ -180,6 +190,11 @@ class Session:
             raise AgentConnectionError(f"{method}: {exc}", method=method, address=self.address) from None
 
     # --- what the agent can do -------------------------------------------------------------
+
+    def info(self) -> Op[GuestInfo]:
+        """``guest-info``: the agent's version and its commands."""
+        info: GuestInfo = yield from self.call("guest-info")
+        return info
 
     def capabilities(self) -> Op[Capabilities]:
         """``guest-info``, asked once and remembered."""

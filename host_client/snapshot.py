@@ -28,7 +28,7 @@ DEFAULT_FREEZE_TIMEOUT = 60.0
 class QMP(Protocol):
     """What the snapshot needs from a QMP connection; ``host_client.qmp.QMPConnection`` is one."""
 
-    def execute(self, command: str, arguments: dict[str, Any] | None = None, **kwargs: Any) -> Any: ...
+    def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
 
 
 @dataclass

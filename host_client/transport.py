@@ -85,7 +85,7 @@ class SerialTransport:
     """A serial line (a host pty from ``-serial pty``, a real line) or any pyserial URL
     (``socket://``, ``rfc2217://``).  No connection to speak of: resync is what makes it safe."""
 
-    def __init__(self, port: serial.SerialBase, address: str) -> None:
+    def __init__(self, port: serial.Serial, address: str) -> None:
         self.port = port
         self.address = address
 

@@ -68,6 +68,7 @@ import math
 import re
 from array import array
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import accumulate, islice
 from operator import methodcaller
@@ -181,7 +182,14 @@ def _finite_float(literal: str) -> float:
 # One parser for every message: `json.loads` with a keyword argument builds a new JSONDecoder (and
 # scanner) per call, ~1.5 us.  `decode` is exactly what `loads` does after its BOM check, and a
 # message never starts with a BOM (it starts with `{` or `[`).
-_JSON = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+class _Decoder(json.JSONDecoder):
+    """`json.JSONDecoder` with the attribute its ``__init__`` sets and typeshed leaves out: the C
+    scanner, called as ``scan_once(text, index) -> (value, end)``."""
+
+    scan_once: Callable[[str, int], tuple[Any, int]]
+
+
+_JSON = _Decoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def _json_depth_capacity(ceiling: int = 1 << 13) -> int:

@@ -197,13 +197,18 @@ def _strict_encoder() -> Callable[[Any, int], Iterable[str]]:
     make = getattr(json.encoder, "c_make_encoder", None)
     if make is not None:
         try:
-            c_encode = make(None, strict.default, json.encoder.encode_basestring_ascii, None,
-                            strict.key_separator, strict.item_separator, False, False, False)
+            c_encode: Callable[[Any, int], Iterable[str]] = make(
+                None, strict.default, json.encoder.encode_basestring_ascii, None,
+                strict.key_separator, strict.item_separator, False, False, False)
         except TypeError:  # a Python whose private C encoder takes other arguments
             pass
         else:
-            return c_encode  # type: ignore[no-any-return]
-    return strict.iterencode
+            return c_encode
+
+    def chunks(value: Any, _indent_level: int) -> Iterable[str]:
+        return strict.iterencode(value)
+
+    return chunks
 
 
 _json_chunks = _strict_encoder()

@@ -111,9 +111,8 @@ class AgentError(Exception):
     @property
     def qga_class(self) -> str:
         """The class as the peer said it, when it came from qemu-ga; else the kind's class."""
-        if isinstance(self.data, dict) and isinstance(self.data.get("class"), str):
-            return self.data["class"]
-        return self.kind.qga_class
+        said = self.data.get("class") if isinstance(self.data, dict) else None
+        return said if isinstance(said, str) else self.kind.qga_class
 
 
 def parse_error(reason: str) -> AgentError:

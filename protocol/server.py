@@ -16,7 +16,7 @@ class ServerConnection:
 
     def __init__(self, max_message_size: int = 1 << 20, max_depth: int = 1024) -> None:
         self._decoder = StreamDecoder(max_message_size=max_message_size, max_depth=max_depth)
-        self.dialect = Dialect.QGA
+        self.dialect: Dialect = Dialect.QGA
 
     def receive_data(self, data: bytes) -> list[Incoming]:
         """Everything ``data`` completes; resync bytes are absorbed silently."""

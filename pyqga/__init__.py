@@ -41,7 +41,20 @@ _PUBLIC = {
     "StallResult": "pyqga.host_client.guest_ops",
 }
 
-__all__ = sorted(_PUBLIC)
+# A literal, as type checkers read it (pyright ignores a computed __all__ and would export every
+# name here, `importlib` and `Any` included); tests/test_public_package.py checks it is _PUBLIC's keys.
+__all__ = [
+    "AgentCallError",
+    "AgentClient",
+    "AgentClientError",
+    "AgentConnectionError",
+    "AgentTimeout",
+    "AsyncAgentClient",
+    "ExecResult",
+    "Freeze",
+    "FreezeLost",
+    "StallResult",
+]
 
 
 def __getattr__(name: str) -> Any:

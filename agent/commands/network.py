@@ -71,7 +71,7 @@ _freeifaddrs.argtypes = [ctypes.POINTER(_Ifaddrs)]
 _freeifaddrs.restype = None
 
 # Offsets of the address inside sockaddr_in / sockaddr_in6, and its length.
-_ADDRESS_AT = {socket.AF_INET: (4, 4), socket.AF_INET6: (8, 16)}
+_ADDRESS_AT: dict[int, tuple[int, int]] = {socket.AF_INET: (4, 4), socket.AF_INET6: (8, 16)}
 
 
 def _sockaddr_bytes(pointer: Any, family: int) -> bytes:

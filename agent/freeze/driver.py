@@ -83,8 +83,13 @@ def run_inline(job: Callable[[], None], label: str) -> None:
 class SystemClock:
     """The machine's clock port on the real clocks."""
 
-    monotonic = staticmethod(time.monotonic)
-    time = staticmethod(time.time)
+    @staticmethod
+    def monotonic() -> float:
+        return time.monotonic()
+
+    @staticmethod
+    def time() -> float:
+        return time.time()
 
     @staticmethod
     def local_time(at: float) -> str:
@@ -121,12 +126,12 @@ class Freezer:
         self.hook = hook
         self.hook_timeout = hook_timeout
         self.on_agent_death = on_agent_death
-        self.log = log or logging.getLogger("pyqga.agent")
+        self.log: logging.Logger = log or logging.getLogger("pyqga.agent")
         self.logs = logs
-        self.clock = clock or SystemClock()
+        self.clock: Clock = clock or SystemClock()
         self.runner = runner
         self.hook_runner = hook_runner
-        self.core = FreezeCore(self.clock, default_timeout, hook is not None)
+        self.core: FreezeCore = FreezeCore(self.clock, default_timeout, hook is not None)
         self._lock = threading.RLock()
         self._queue: deque[Event] = deque()
         self._processing = False
@@ -136,9 +141,9 @@ class Freezer:
         self._idle = threading.Condition()  # notified when the core has no op in progress
         self._deadline: float | None = None
         self._stopping = False
-        self.exited = threading.Event()
+        self.exited: threading.Event = threading.Event()
         self.view: dict[str, Any] = self.core.info()
-        self.frozen = False
+        self.frozen: bool = False
         # The log starts held (LogControl does): until the state file is read, a log file on a
         # filesystem a dead agent left frozen would block the first line.
         self._holding_logs = logs is not None and logs.holding

@@ -47,8 +47,8 @@ class FreezePlanner:
     def __init__(self, kernel: Kernel | None = None, include: Sequence[str] = (),
                  exclude: Sequence[str] = ()) -> None:
         self.kernel: Kernel = kernel or LinuxKernel()
-        self.include = tuple(include)
-        self.exclude = tuple(exclude)
+        self.include: tuple[str, ...] = tuple(include)
+        self.exclude: tuple[str, ...] = tuple(exclude)
 
     def selected(self, mountpoint: str) -> bool:
         """Whether the include/exclude filters allow this mount point."""

@@ -34,8 +34,8 @@ class StateFile:
     """The state store port's real implementation (tests use an in-memory one)."""
 
     def __init__(self, statedir: str | os.PathLike[str]) -> None:
-        self.directory = Path(statedir)
-        self.path = self.directory / STATE_FILE
+        self.directory: Path = Path(statedir)
+        self.path: Path = self.directory / STATE_FILE
 
     def write(self, snapshot: Mapping[str, Any]) -> None:
         """Atomically: a temporary file, fsynced, renamed over the old one, directory fsynced;

@@ -34,8 +34,8 @@ class KeeperHandle:
 
     def __init__(self, statedir: str, hook: str | None, hook_timeout: float,
                  log: logging.Logger | None = None) -> None:
-        self.args = [statedir, hook or "", str(hook_timeout)]
-        self.log = log or logging.getLogger("pyqga.agent")
+        self.args: list[str] = [statedir, hook or "", str(hook_timeout)]
+        self.log: logging.Logger = log or logging.getLogger("pyqga.agent")
         self.process: subprocess.Popen[bytes] | None = None
         self.on_death: Callable[[str], None] | None = None
         self._starting = threading.Lock()
