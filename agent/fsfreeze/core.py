@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple, Protocol
 
+from pyqga.agent.errors import AgentFailure
 from pyqga.protocol.errors import AgentError, ErrorKind, command_failed, invalid_params
 
 Device = tuple[int, int]
@@ -941,7 +942,7 @@ def _describe(errors: Iterable[Mapping[str, str]]) -> str:
 # --- reading a snapshot back (untrusted: it may be corrupt) ---------------------------------------
 
 
-class CorruptState(ValueError):
+class CorruptState(AgentFailure, ValueError):
     """The state file or the guard's message is not what we wrote."""
 
 
