@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from pyqga.agent.commands.core import OsRelease
 from pyqga.agent.commands.exec import ExecTable
 from pyqga.agent.commands.files import FileTable
 from pyqga.agent.commands.power import SuspendSetup
@@ -16,6 +17,7 @@ from pyqga.agent.commands.system import SystemPrograms
 from pyqga.agent.config import VERSION, Config, ConfigError
 from pyqga.agent.freezer import Freezer
 from pyqga.agent.fsfreeze.engine import FreezePlanner
+from pyqga.agent.fsfreeze.fsinfo import FsinfoCache
 from pyqga.agent.fsfreeze.statefile import StateFile
 from pyqga.agent.guard import GuardProcess
 from pyqga.agent.logs import LogControl
@@ -38,6 +40,9 @@ class AgentState:
     file_handles: FileTable = field(default_factory=FileTable)
     system: SystemPrograms = field(default_factory=SystemPrograms.from_environment)
     suspend: SuspendSetup = field(default_factory=SuspendSetup.from_environment)
+    # What guest-get-osinfo and guest-get-fsinfo keep between calls (hosts poll them).
+    os_release: OsRelease = field(default_factory=OsRelease)
+    fsinfo: FsinfoCache = field(default_factory=FsinfoCache)
     blocked: frozenset[str] = field(init=False)
     freezer: Freezer = field(init=False)
 
