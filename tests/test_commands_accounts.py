@@ -38,7 +38,7 @@ from pyqga.agent.commands.qbase64 import qbase64_decode
 from pyqga.agent.registry import build_registry
 from tests.support.agent_process import PyqgaAgent
 from tests.support.qemu_ga import QemuGa, require_qemu_ga
-from tests.support.requirements import require_root, require_tool
+from tests.support.requirements import require, require_root, require_tool
 
 NEW_COMMANDS = ("guest-set-user-password", "guest-ssh-get-authorized-keys",
                 "guest-ssh-add-authorized-keys", "guest-ssh-remove-authorized-keys",
@@ -457,8 +457,8 @@ def test_suspend_same_as_qemu_ga(suspend_peer: tuple[Recorder, PyqgaAgent],
                                  tmp_path_factory: pytest.TempPathFactory) -> None:
     """qemu-ga with PATH at the same recorder: the same helper calls, the same (absent) replies.
     Only where its last resort, /sys/power/state, offers neither mem nor disk."""
-    if not _machine_cannot_sleep_by_sysfs():
-        pytest.skip("/sys/power/state offers mem or disk: qemu-ga's suspend is not called here")
+    require(_machine_cannot_sleep_by_sysfs(),
+            "/sys/power/state offers mem or disk: qemu-ga would really suspend this machine")
     _need_qemu_ga()
     recorder, ours = suspend_peer
     workdir = tmp_path_factory.mktemp("qga-suspend")
