@@ -50,7 +50,6 @@ from tests.support.sockets import connect_unix  # noqa: E402
 SECTION = "bench/freeze.py"
 AGENTS = ("qemu-ga", "pyqga")
 TOOLS = ("losetup", "mkfs.ext4", "mount", "umount", "unshare")
-REPLY_TIMEOUT = 30.0
 WATCHDOG = 300.0  # LoopMounts thaws everything if the run lives longer (a stuck freeze)
 # Soft time budget (s from the start of measuring): no new round starts after it, so a slow
 # machine still finishes in under 2 minutes, with fewer rounds (the report says how many).
