@@ -150,16 +150,37 @@ def test_freeze_through_a_bind_mount_holds(tmp_path: Path, loops: LoopMounts) ->
 # --- fault 5: a FIFREEZE that never returns ----------------------------------------------------------
 
 
+def start_agent_that_sees_no_dirty_data(tmp_path: Path, loops: LoopMounts) -> PyqgaAgent:
+    """:func:`start_agent`, but in a private mount namespace whose ``/proc/meminfo`` says
+    ``Dirty: 0 kB``, so the agent's freezes never take the parallel-syncfs pass first.
+
+    Whether they do depends on the whole machine's dirty page cache (the pass comes first from
+    ``FLUSH_THRESHOLD``, 32 MB): after other tests, or beside other work, there is often more,
+    and then the syncfs of a filesystem stacked on a frozen one blocks before any FIFREEZE is
+    issued, so the FIFREEZE a test means to leave stuck is never reached.  The agent sees the
+    same mounts and superblocks as the test (the mounts are copied when it starts)."""
+    with open("/proc/meminfo", encoding="ascii") as real:
+        lines = [("Dirty:" + " " * 17 + "0 kB\n") if line.startswith("Dirty:") else line for line in real]
+    fake = tmp_path / "meminfo"
+    fake.write_text("".join(lines))
+    agent = PyqgaAgent(tmp_path / "agent", ["--freeze-include", loops.glob()])
+    agent.command = ["unshare", "--mount", "--propagation", "private", "--",
+                     "sh", "-c", 'mount --bind "$0" /proc/meminfo && exec "$@"', str(fake), *agent.command]
+    agent.start()
+    return agent
+
+
 def test_stuck_fifreeze_does_not_wedge_the_agent(tmp_path: Path, loops: LoopMounts) -> None:
     """An image on a filesystem that someone else froze: its FIFREEZE must flush into a frozen
     file and waits until that is thawed.  The host's thaw still answers at once, thaws what was
     frozen (outer too: qemu-ga's thaw is everyone's), names the stuck one; the stuck FIFREEZE
     then completes and the agent thaws it by itself."""
+    require_tool("unshare")
     outer = loops.add("outer", size_mb=64)
     inner = loops.add("inner", image=outer.mountpoint / "inner.img",
                       mountpoint=loops.base / "inner", size_mb=32)
     other = loops.add("other")
-    agent = start_agent(tmp_path, loops)
+    agent = start_agent_that_sees_no_dirty_data(tmp_path, loops)
     replies: dict[str, object] = {}
     try:
         (inner.mountpoint / "dirty").write_bytes(os.urandom(8 << 20))
@@ -179,8 +200,18 @@ def test_stuck_fifreeze_does_not_wedge_the_agent(tmp_path: Path, loops: LoopMoun
             def states() -> dict[str, str]:
                 return {e["mountpoint"]: e["state"] for e in client.call("guest-fsfreeze-info")["frozen"]}
 
-            wait_until(lambda: states() == {str(inner): "freezing", str(other): "frozen"}, 10,
-                       "other frozen, inner stuck in FIFREEZE")
+            seen: list[dict[str, str]] = []
+
+            def stuck_as_meant() -> bool:
+                now = states()
+                if not seen or seen[-1] != now:
+                    seen.append(now)
+                return now == {str(inner): "freezing", str(other): "frozen"}
+
+            try:
+                wait_until(stuck_as_meant, 10, "other frozen, inner stuck in FIFREEZE")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; states seen: {seen}") from None
             time.sleep(0.5)
             assert thread.is_alive(), "the inner FIFREEZE did not block (no dirty data?)"
             t0 = time.monotonic()
