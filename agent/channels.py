@@ -28,6 +28,7 @@ from typing import Any
 import serial
 
 from pyqga.agent.config import Config
+from pyqga.agent.errors import AgentFailure
 
 # While no host is connected, a virtio-serial port reads as EOF at once.  qemu-ga polls it every
 # 0.1 s; we start there and back off to HUP_BACKOFF_MAX (a Python wake-up costs far more than
@@ -46,7 +47,7 @@ LISTEN_BACKLOG = 64
 ProtocolFactory = Callable[[], asyncio.Protocol]
 
 
-class ChannelError(Exception):
+class ChannelError(AgentFailure):
     """The channel cannot be opened; the message names it and says why."""
 
 

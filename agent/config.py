@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyqga.agent.errors import AgentFailure
 from pyqga.agent.freeze.machine import MAX_TIMEOUT
 
 VERSION = "0.1.0"
@@ -29,7 +30,7 @@ DEFAULT_PATHS = {
 }
 
 
-class ConfigError(Exception):
+class ConfigError(AgentFailure):
     """A configuration problem the user must fix; the message says which option and why."""
 
 

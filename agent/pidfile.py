@@ -12,8 +12,10 @@ import fcntl
 import os
 import stat
 
+from pyqga.agent.errors import AgentFailure
 
-class PidFileError(Exception):
+
+class PidFileError(AgentFailure):
     """Another agent holds the pid file, or it cannot be written."""
 
 

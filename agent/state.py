@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from pyqga.agent.commands.core import OsRelease
 from pyqga.agent.commands.exec import ExecTable
 from pyqga.agent.commands.files import FileTable
+from pyqga.agent.commands.fsinfo import FsinfoCache
 from pyqga.agent.commands.power import SuspendSetup
 from pyqga.agent.commands.system import SystemPrograms
 from pyqga.agent.config import VERSION, Config, ConfigError
@@ -36,6 +38,9 @@ class AgentState:
     file_handles: FileTable = field(default_factory=FileTable)
     system: SystemPrograms = field(default_factory=SystemPrograms.from_environment)
     suspend: SuspendSetup = field(default_factory=SuspendSetup.from_environment)
+    # What guest-get-osinfo and guest-get-fsinfo keep between calls (hosts poll them).
+    os_release: OsRelease = field(default_factory=OsRelease)
+    fsinfo: FsinfoCache = field(default_factory=FsinfoCache)
     blocked: frozenset[str] = field(init=False)
     freezer: Freezer = field(init=False)
 

@@ -47,7 +47,6 @@ from tests.rig.sockets import connect_unix
 SECTION = "bench/freeze.py"
 AGENTS = ("qemu-ga", "pyqga")
 TOOLS = ("losetup", "mkfs.ext4", "mount", "umount", "unshare")
-REPLY_TIMEOUT = 30.0
 WATCHDOG = 300.0  # LoopMounts thaws everything if the run lives longer (a stuck freeze)
 # Soft time budget (s from the start of measuring): no new round starts after it, so a slow
 # machine still finishes in under 2 minutes, with fewer rounds (the report says how many).

@@ -16,7 +16,7 @@ from typing import Any
 
 from pyqga.protocol.decoder import Message, StreamDecoder
 from pyqga.protocol.dialects import RESYNC_BYTE, Dialect, encode_request
-from pyqga.protocol.errors import AgentError, ErrorKind
+from pyqga.protocol.errors import AgentError
 
 MAX_REPLY_SIZE = 64 << 20  # qemu-ga's own limit; guest-file-read replies can be large
 
@@ -98,9 +98,3 @@ class ClientConnection:
                     self._sync_id = None
                     replies.append(reply)
         return replies
-
-
-def sync_failed(reply: Reply) -> AgentError:
-    """The error to raise when the sync request itself was refused."""
-    reason = reply.error.message if reply.error else "unexpected reply"
-    return AgentError(ErrorKind.COMMAND_FAILED, f"guest-sync-delimited failed: {reason}")

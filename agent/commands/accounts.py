@@ -35,7 +35,7 @@ import pwd
 import subprocess
 from typing import TYPE_CHECKING, Any
 
-from pyqga.agent.commands.exec import BASE64_CHARS
+from pyqga.agent.commands.qbase64 import qbase64_decode
 from pyqga.agent.registry import Command, Param
 from pyqga.protocol.errors import AgentError, command_failed, invalid_params
 
@@ -47,49 +47,12 @@ AUTHORIZED_KEYS = "authorized_keys"
 # glib's g_strstrip: ASCII whitespace only.
 _ASCII_SPACE = " \t\n\v\f\r"
 
-# glib's mime_base64_rank: '=' ranks 0, anything outside the alphabet is skipped.
-_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-_RANK = {ch: i for i, ch in enumerate(_B64_ALPHABET)}
-_RANK[ord("=")] = 0
-
-
-def glib_base64_decode(data: bytes) -> bytes:
-    """glib's ``g_base64_decode``: whole quanta only, a trailing ``=`` drops its byte, a partial
-    last quantum is dropped; never an error."""
-    out = bytearray()
-    value = count = 0
-    last0 = last1 = 0
-    for ch in data:
-        rank = _RANK.get(ch)
-        if rank is None:
-            continue
-        last1, last0 = last0, ch
-        value = ((value << 6) | rank) & 0xFFFFFFFF
-        count += 1
-        if count == 4:
-            out.append((value >> 16) & 0xFF)
-            if last1 != 0x3D:
-                out.append((value >> 8) & 0xFF)
-            if last0 != 0x3D:
-                out.append(value & 0xFF)
-            count = 0
-    return bytes(out)
-
-
-def qbase64_decode(text: str) -> bytes:
-    """qemu's ``qbase64_decode(input, -1, ...)``: the characters first, then glib's decoder."""
-    raw = text.encode("utf-8", "surrogateescape").split(b"\0", 1)[0]   # a C string
-    if not BASE64_CHARS.issuperset(raw):
-        raise command_failed("Base64 data contains invalid characters")
-    return glib_base64_decode(raw)
-
-
 # --- guest-set-user-password ------------------------------------------------------------------
 
 
 def guest_set_user_password(agent: AgentState, username: str, password: str,
                             crypted: bool) -> dict[str, Any]:
-    raw = qbase64_decode(password).split(b"\0", 1)[0]   # qemu reads it as a C string
+    raw = qbase64_decode(password, strict=False).split(b"\0", 1)[0]   # qemu reads it as a C string
     if b"\n" in raw:
         raise command_failed("forbidden characters in raw password")
     if "\n" in username or ":" in username:

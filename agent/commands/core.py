@@ -66,33 +66,37 @@ def guest_get_osinfo(agent: AgentState) -> dict[str, Any]:
         "kernel-release": uname.release,
         "kernel-version": uname.version,
         "machine": uname.machine,
-        **_os_release(),
+        **agent.os_release.fields(),
     }
 
 
-# (path, device, inode, size, mtime) of the os-release file last read, and what it said.
-_os_release_seen: tuple[tuple[Any, ...], dict[str, str]] | None = None
-
-
-def _os_release() -> dict[str, str]:
+class OsRelease:
     """The os-release fields qemu-ga reports, from the first file that exists.  Re-read only
-    when a stat says the file changed (an upgrade replaces it): hosts poll guest-get-osinfo."""
-    global _os_release_seen
-    for path in OS_RELEASE_FILES:
-        try:
-            st = os.stat(path)
-            identity = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            seen = _os_release_seen
-            if seen is not None and seen[0] == identity:
-                return seen[1]
-            with open(path, encoding="utf-8") as handle:
-                release = parse_os_release(handle.read())
-        except OSError:
-            continue
-        fields = {ours: release[key] for key, ours in OS_RELEASE_KEYS.items() if key in release}
-        _os_release_seen = (identity, fields)
-        return fields
-    return {}
+    when a stat says the file changed (an upgrade replaces it): hosts poll guest-get-osinfo.
+    One per agent, owned by its ``AgentState``."""
+
+    def __init__(self, files: tuple[str, ...] = OS_RELEASE_FILES) -> None:
+        self._files = files
+        # (path, device, inode, size, mtime) of the file last read, and what it said; replaced
+        # whole, so a worker thread never sees one half of it.
+        self._seen: tuple[tuple[Any, ...], dict[str, str]] | None = None
+
+    def fields(self) -> dict[str, str]:
+        for path in self._files:
+            try:
+                st = os.stat(path)
+                identity = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+                seen = self._seen
+                if seen is not None and seen[0] == identity:
+                    return seen[1]
+                with open(path, encoding="utf-8") as handle:
+                    release = parse_os_release(handle.read())
+            except OSError:
+                continue
+            fields = {ours: release[key] for key, ours in OS_RELEASE_KEYS.items() if key in release}
+            self._seen = (identity, fields)
+            return fields
+        return {}
 
 
 def guest_get_host_name(agent: AgentState) -> dict[str, Any]:

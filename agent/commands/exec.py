@@ -35,7 +35,6 @@ Where **we** differ from qemu-ga, deliberately:
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import logging
 import os
@@ -47,6 +46,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pyqga.agent.commands.qbase64 import qbase64_decode
 from pyqga.agent.registry import Command, Param
 from pyqga.protocol.errors import AgentError, command_failed, invalid_params, quote
 
@@ -69,10 +69,6 @@ CAPTURE_MODES: dict[str, tuple[bool, bool, bool]] = {
     "merged": (True, False, True),
 }
 
-# qemu's util/base64.c: the characters it accepts before decoding (newlines included).
-BASE64_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n")
-
-
 class AnyValueParam(Param):
     """A parameter of a QAPI alternate type (``bool`` or enum name, int or enum name): the
     registry lets any JSON value through and the handler checks it, so the error can name the
@@ -82,20 +78,6 @@ class AnyValueParam(Param):
 
     def accepts(self, value: Any) -> bool:
         return True
-
-
-def decode_base64(text: str) -> bytes:
-    """Strict base64 with qemu's texts.  Worst case: one copy of the decoded data (3/4 of the
-    request, itself bounded by --max-message-size)."""
-    raw = text.encode("ascii", "replace")
-    if b"\0" in raw:
-        raise command_failed("Base64 data contains embedded NUL characters")
-    if not BASE64_CHARS.issuperset(raw):
-        raise command_failed("Base64 data contains invalid characters")
-    try:
-        return base64.b64decode(raw.replace(b"\n", b""), validate=True)
-    except binascii.Error as exc:
-        raise command_failed(f"Base64 data is not well formed: {exc}") from None
 
 
 def _os_string(name: str, value: str) -> str:
@@ -442,7 +424,7 @@ def guest_exec(agent: AgentState, path: str, **params: Any) -> dict[str, Any]:
         env = _environment(_string_list("env", params["env"]))
     capture = capture_mode(params.get("capture-output"))
     input_text = params.get("input-data")
-    input_data = None if input_text is None else decode_base64(input_text)
+    input_data = None if input_text is None else qbase64_decode(input_text, strict=True)
     timeout = params.get("timeout")
     if timeout is not None and not timeout > 0:
         raise invalid_params("Parameter 'timeout' must be a positive number of seconds")

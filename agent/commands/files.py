@@ -33,7 +33,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pyqga.agent.commands.exec import AnyValueParam, decode_base64
+from pyqga.agent.commands.exec import AnyValueParam
+from pyqga.agent.commands.qbase64 import qbase64_decode
 from pyqga.agent.registry import Command, Param
 from pyqga.protocol.errors import command_failed, invalid_params, quote
 
@@ -184,7 +185,7 @@ def guest_file_write(agent: AgentState, handle: int, **params: Any) -> dict[str,
     """Write the decoded ``buf-b64`` (its first ``count`` bytes if given); a non-blocking sink
     that is full ends the write early, and ``count`` says how much went."""
     entry = agent.file_handles.get(handle)  # unknown handle first, as qemu-ga
-    data = decode_base64(params["buf-b64"])
+    data = qbase64_decode(params["buf-b64"], strict=True)
     count = params.get("count")
     if count is None:
         count = len(data)

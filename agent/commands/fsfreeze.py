@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pyqga.agent.commands.fsinfo import fstrim, get_fsinfo
+from pyqga.agent.commands.fsinfo import fstrim
 from pyqga.agent.registry import Command, Param
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ TIMEOUT = Param("timeout", float, required=False,
 
 
 def guest_get_fsinfo(agent: AgentState) -> list[dict[str, Any]]:
-    return get_fsinfo()
+    return agent.fsinfo.get()
 
 
 def guest_fstrim(agent: AgentState, minimum: int | None = None) -> dict[str, Any]:

@@ -198,19 +198,10 @@ class FsinfoCache:
         return any(events & (select.POLLPRI | select.POLLERR) for _, events in self._watch.poll(0))
 
 
-_cache: FsinfoCache | None = None
-_cache_lock = threading.Lock()
-
-
 def get_fsinfo(mounts: Iterable[Mount] | None = None, sysfs: str = SYSFS) -> list[dict[str, Any]]:
-    """``guest-get-fsinfo``: every freezable filesystem, in reverse mount order.  Without
-    ``mounts``, those of this mount namespace, through the process's :class:`FsinfoCache`."""
-    global _cache
-    if mounts is None and sysfs == SYSFS:
-        with _cache_lock:
-            if _cache is None:
-                _cache = FsinfoCache()
-        return _cache.get()
+    """``guest-get-fsinfo``: every freezable filesystem, in reverse mount order, all read now.
+    Without ``mounts``, those of this mount namespace.  The agent answers through the
+    :class:`FsinfoCache` its ``AgentState`` owns instead."""
     chosen = list(mounts) if mounts is not None else _default_mounts()
     return [fsinfo_for(m, sysfs) for m in reversed(chosen)]
 

@@ -45,6 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pyqga.agent.errors import AgentFailure
 from pyqga.agent.registry import Command
 from pyqga.protocol.errors import command_failed
 
@@ -79,7 +80,7 @@ class SuspendSetup:
                    state_file=env.get(POWER_STATE_ENV) or LINUX_SYS_STATE_FILE)
 
 
-class _HelperError(Exception):
+class _HelperError(AgentFailure):
     """A helper could not be started (qemu's errp from run_process_child)."""
 
 

@@ -17,12 +17,13 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pyqga.agent.errors import AgentFailure
 from pyqga.agent.freeze.vocabulary import Freeze, SavedState, Target, ThawReason, ThawRecord
 
 VERSION = 1
 
 
-class CorruptState(ValueError):
+class CorruptState(AgentFailure, ValueError):
     """The state file or the keeper's message is not what we wrote."""
 
 

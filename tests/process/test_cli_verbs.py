@@ -79,11 +79,11 @@ def agent_has(connection: list[str], command: str) -> bool:
     return any(c["name"] == command and c["enabled"] for c in info["supported_commands"])
 
 
-def only_where_listed(peer: tuple[str, list[str]], command: str) -> None:
-    """qemu-ga has the command; pyqga is tested once its guest-info lists it."""
+def assert_listed(peer: tuple[str, list[str]], command: str) -> None:
+    """qemu-ga has the command, and so must pyqga: its guest-info lists it, enabled."""
     name, connection = peer
-    if name == "pyqga" and not agent_has(connection, command):
-        pytest.skip(f"pyqga does not have {command} yet")
+    if name == "pyqga":
+        assert agent_has(connection, command), f"pyqga's guest-info no longer lists {command}"
 
 
 # --- read verbs ----------------------------------------------------------------------------------
@@ -171,7 +171,7 @@ def test_fsfreeze_status_when_thawed(peer: tuple[str, list[str]]) -> None:
 
 
 def test_ifconfig_shows_this_machines_interfaces(peer: tuple[str, list[str]]) -> None:
-    only_where_listed(peer, "guest-network-get-interfaces")
+    assert_listed(peer, "guest-network-get-interfaces")
     _, connection = peer
     done = pyqga(*connection, "ifconfig")
     assert done.returncode == 0, done.stderr
@@ -203,7 +203,7 @@ def test_ifconfig_shows_this_machines_interfaces(peer: tuple[str, list[str]]) ->
 
 
 def test_vcpus_match_this_machine(peer: tuple[str, list[str]]) -> None:
-    only_where_listed(peer, "guest-get-vcpus")
+    assert_listed(peer, "guest-get-vcpus")
     _, connection = peer
     raw = json.loads(pyqga(*connection, "vcpus", "--json").stdout)
     online = set()
@@ -220,7 +220,7 @@ def test_vcpus_match_this_machine(peer: tuple[str, list[str]]) -> None:
 
 
 def test_users_match_who(peer: tuple[str, list[str]]) -> None:
-    only_where_listed(peer, "guest-get-users")
+    assert_listed(peer, "guest-get-users")
     _, connection = peer
     raw = json.loads(pyqga(*connection, "users", "--json").stdout)
     who = subprocess.run(["who"], capture_output=True, text=True).stdout
@@ -360,7 +360,9 @@ def test_fstrim_reports_each_filesystem(pyqga_on_loops: tuple[list[str], LoopFs,
         if "error" in entry:
             assert line == f"{entry['path']}: error: {entry['error']}"
         else:
-            assert line.endswith(" bytes trimmed") and int(line.split()[1]) >= 0
+            assert line.endswith(" bytes trimmed")
+            trimmed, st = int(line.split()[1]), os.statvfs(entry["path"])
+            assert 0 <= trimmed <= st.f_blocks * st.f_frsize and trimmed % st.f_frsize == 0, line
 
 
 # --- shutdown and suspend ------------------------------------------------------------------------

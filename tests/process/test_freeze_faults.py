@@ -150,16 +150,36 @@ def test_freeze_through_a_bind_mount_holds(tmp_path: Path, loops: LoopMounts) ->
 # --- fault 5: a FIFREEZE that never returns ----------------------------------------------------------
 
 
+def start_agent_seeing_dirty(tmp_path: Path, loops: LoopMounts, dirty_kb: int) -> PyqgaAgent:
+    """:func:`start_agent`, but in a private mount namespace whose ``/proc/meminfo`` says
+    ``Dirty: <dirty_kb> kB``: that decides whether the agent's freezes take the parallel-syncfs
+    pass first (from ``FLUSH_THRESHOLD``, 32 MB), and a test must not leave it to whatever the
+    rest of the machine has left dirty (other tests, other work).  The agent sees the same
+    mounts and superblocks as the test (the mounts are copied when it starts)."""
+    with open("/proc/meminfo", encoding="ascii") as real:
+        lines = [f"Dirty:{dirty_kb:>17} kB\n" if line.startswith("Dirty:") else line for line in real]
+    fake = tmp_path / "meminfo"
+    fake.write_text("".join(lines))
+    agent = PyqgaAgent(tmp_path / "agent", ["--freeze-include", loops.glob()])
+    agent.command = ["unshare", "--mount", "--propagation", "private", "--",
+                     "sh", "-c", 'mount --bind "$0" /proc/meminfo && exec "$@"', str(fake), *agent.command]
+    agent.start()
+    return agent
+
+
 def test_stuck_fifreeze_does_not_wedge_the_agent(tmp_path: Path, loops: LoopMounts) -> None:
     """An image on a filesystem that someone else froze: its FIFREEZE must flush into a frozen
     file and waits until that is thawed.  The host's thaw still answers at once, thaws what was
     frozen (outer too: qemu-ga's thaw is everyone's), names the stuck one; the stuck FIFREEZE
     then completes and the agent thaws it by itself."""
+    require_tool("unshare")
     outer = loops.add("outer", size_mb=64)
     inner = loops.add("inner", image=outer.mountpoint / "inner.img",
                       mountpoint=loops.base / "inner", size_mb=32)
     other = loops.add("other")
-    agent = start_agent(tmp_path, loops)
+    # Little dirty data: no syncfs pass, the freeze goes straight to FIFREEZE.  (With one, the
+    # syncfs of inner would block in the frozen outer before any FIFREEZE: the next test.)
+    agent = start_agent_seeing_dirty(tmp_path, loops, dirty_kb=0)
     replies: dict[str, object] = {}
     try:
         (inner.mountpoint / "dirty").write_bytes(os.urandom(8 << 20))
@@ -179,8 +199,18 @@ def test_stuck_fifreeze_does_not_wedge_the_agent(tmp_path: Path, loops: LoopMoun
             def states() -> dict[str, str]:
                 return {e["mountpoint"]: e["state"] for e in client.call("guest-fsfreeze-info")["frozen"]}
 
-            wait_until(lambda: states() == {str(inner): "freezing", str(other): "frozen"}, 10,
-                       "other frozen, inner stuck in FIFREEZE")
+            seen: list[dict[str, str]] = []
+
+            def stuck_as_meant() -> bool:
+                now = states()
+                if not seen or seen[-1] != now:
+                    seen.append(now)
+                return now == {str(inner): "freezing", str(other): "frozen"}
+
+            try:
+                wait_until(stuck_as_meant, 10, "other frozen, inner stuck in FIFREEZE")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; states seen: {seen}") from None
             time.sleep(0.5)
             assert thread.is_alive(), "the inner FIFREEZE did not block (no dirty data?)"
             t0 = time.monotonic()
@@ -196,6 +226,57 @@ def test_stuck_fifreeze_does_not_wedge_the_agent(tmp_path: Path, loops: LoopMoun
             wait_until(lambda: client.call("guest-fsfreeze-status") == "thawed", 20,
                        "the agent to thaw the late freeze")
             assert _not_frozen(inner.mountpoint) and _not_frozen(other.mountpoint)
+    finally:
+        loops.thaw_all()
+        agent.stop()
+
+
+def test_stuck_syncfs_before_the_freeze_does_not_wedge_the_agent(tmp_path: Path, loops: LoopMounts) -> None:
+    """The same stack with much dirty data: the parallel syncfs that comes before any FIFREEZE
+    blocks on inner (its data must go into the frozen outer).  Nothing is frozen by the agent
+    meanwhile; the host's thaw still answers at once, thaws outer (someone else's, as qemu-ga's
+    thaw does) and interrupts the freeze, and then nothing is left frozen."""
+    require_tool("unshare")
+    outer = loops.add("outer", size_mb=64)
+    inner = loops.add("inner", image=outer.mountpoint / "inner.img",
+                      mountpoint=loops.base / "inner", size_mb=32)
+    other = loops.add("other")
+    agent = start_agent_seeing_dirty(tmp_path, loops, dirty_kb=1 << 20)  # 1 GiB: the pass comes first
+    replies: dict[str, object] = {}
+    try:
+        (inner.mountpoint / "dirty").write_bytes(os.urandom(8 << 20))
+        freeze_directly(outer.mountpoint)
+
+        def freeze() -> None:
+            with AgentClient(str(agent.socket_path), timeout=60) as client:
+                try:
+                    replies["freeze"] = client.call("guest-fsfreeze-freeze-list",
+                                                    mountpoints=[str(inner), str(other)])
+                except AgentCallError as exc:
+                    replies["freeze"] = exc
+
+        thread = threading.Thread(target=freeze)
+        thread.start()
+        with AgentClient(str(agent.socket_path), timeout=10) as client:
+            def flushing() -> bool:
+                info = client.call("guest-fsfreeze-info")
+                return info["phase"] == "freezing" and info["in-progress"] and info["frozen"] == []
+
+            wait_until(flushing, 10, "a freeze in progress with nothing frozen yet")
+            time.sleep(0.5)
+            assert thread.is_alive(), "the syncfs of inner did not block (no dirty data?)"
+            assert flushing(), "a FIFREEZE went out while the syncfs pass was blocked"
+            t0 = time.monotonic()
+            assert client.call("guest-fsfreeze-thaw") == 1  # outer, someone else's
+            assert time.monotonic() - t0 < 5, "the host's thaw waited for the stuck syncfs"
+            thread.join(10)
+            assert isinstance(replies["freeze"], AgentCallError)
+            assert "freeze interrupted: a thaw was requested while flush" in str(replies["freeze"])
+            info = client.call("guest-fsfreeze-info")
+            assert (info["status"], info["phase"], info["frozen"]) == ("thawed", "thawed", [])
+            assert info["epoch"] == 0  # nothing was ever frozen by this agent
+            assert _not_frozen(inner.mountpoint) and _not_frozen(other.mountpoint)
+            assert _not_frozen(outer.mountpoint)
     finally:
         loops.thaw_all()
         agent.stop()

@@ -17,6 +17,8 @@ from pyqga.agent.freeze.mounts import parse_mountinfo
 from pyqga.agent.freeze.planner import FreezePlanner
 from pyqga.agent.logs import LogControl, journal_stream
 from tests.rig.agent_process import REPO_ROOT, tmpfs_statedir
+from tests.rig.loopfs import LoopMounts
+from tests.rig.requirements import require_root
 
 MOUNTINFO = """\
 20 1 8:1 / / rw - ext4 /dev/sda1 rw
@@ -76,8 +78,7 @@ def test_symlink_owned_by_someone_else_is_refused(tmp_path: Path) -> None:
     link = tmp_path / "state"
     link.symlink_to(target)
     assert statedir.ownership_problem(str(link)) is None  # our own symlink is fine
-    if os.geteuid() != 0:
-        pytest.skip("changing a symlink's owner needs root")
+    require_root()  # changing a symlink's owner
     os.lchown(link, 4242, 4242)
     problem = statedir.ownership_problem(str(link))
     assert problem is not None and "symlink owned by uid 4242" in problem and "remove it" in problem
@@ -96,18 +97,17 @@ def run_agent(*argv: str, env: dict[str, str] | None = None) -> subprocess.Compl
                            *argv], capture_output=True, text=True, env=env, timeout=30)
 
 
-def test_agent_refuses_statedir_on_root_and_says_how_to_fix_it(tmp_path: Path) -> None:
-    """The real agent, on this machine's mounts: the test folder is on a freezable filesystem
-    unless it is tmpfs (then the check is vacuous here and only the unit test above applies)."""
-    planner_here = FreezePlanner()
-    if statedir.freezable_problem(str(tmp_path), planner_here) is None:
-        pytest.skip(f"{tmp_path} is not on a freezable filesystem here")
-    result = run_agent("-p", str(tmp_path / "a.sock"), "-t", str(tmp_path / "state"))
+def test_agent_refuses_statedir_on_root_and_says_how_to_fix_it(tmp_path: Path, loops: LoopMounts) -> None:
+    """The real agent, on this machine's mounts: a state directory on a filesystem it may freeze
+    (a loop-mounted ext4 made here, so the check is never vacuous, whatever /tmp is)."""
+    host = loops.add("statedir-host").mountpoint
+    assert statedir.freezable_problem(str(host), FreezePlanner()) is not None
+    result = run_agent("-p", str(tmp_path / "a.sock"), "-t", str(host / "state"))
     assert result.returncode == 2
     assert "which this agent may freeze" in result.stderr and "/run/pyqga" in result.stderr
     assert not (tmp_path / "a.sock").exists()
     # Keeping that filesystem out of freezes makes it acceptable.
-    world = tmp_path / "world"
+    world = host / "world"
     world.mkdir()
     world.chmod(0o777)
     result = run_agent("-p", str(tmp_path / "a.sock"), "-t", str(world), "--freeze-include", "/nonexistent")

@@ -515,7 +515,15 @@ def test_fstrim_reports_each_path(loops: LoopMounts) -> None:
     assert [p["path"] for p in result["paths"]] == [gone.mountpoint, str(tmp), b, a]
     for path in (a, b):
         assert set(by_path[path]) == {"path", "trimmed", "minimum"}, by_path[path]
-        assert by_path[path]["trimmed"] >= 0 and by_path[path]["minimum"] >= 0
+        # What the kernel reports, checked against statvfs and sysfs: whole blocks, no more than
+        # the filesystem holds; the minimum asked for (0), or raised to the discard granularity.
+        st = os.statvfs(path)
+        trimmed = by_path[path]["trimmed"]
+        assert 0 <= trimmed <= st.f_blocks * st.f_frsize and trimmed % st.f_frsize == 0, trimmed
+        mount = everything[path]
+        granularity = int(Path(f"/sys/dev/block/{mount.major}:{mount.minor}/queue/discard_granularity")
+                          .read_text())
+        assert by_path[path]["minimum"] in (0, granularity), (by_path[path], granularity)
     assert by_path[a]["trimmed"] >= 4 * 1024 * 1024  # the freed blocks at least
     assert by_path[str(tmp)] == {"path": str(tmp), "error": "trim not supported"}
     assert by_path[gone.mountpoint] == {"path": gone.mountpoint,

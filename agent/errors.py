@@ -1,0 +1,19 @@
+"""The root of the agent's own failures, as ``qemu.qmp`` has ``QMPError``.
+
+:class:`AgentFailure` is what goes wrong *inside* the daemon: a bad option
+(:class:`~agent.config.ConfigError`), a channel that cannot be opened
+(:class:`~agent.channels.ChannelError`), a pid file held by another agent
+(:class:`~agent.pidfile.PidFileError`), a state file that is not ours
+(:class:`~agent.fsfreeze.core.CorruptState`).  These end up in the log, on the terminal or as an
+exit status; ``except AgentFailure`` catches every one of them and nothing else.
+
+Not to be confused with :class:`pyqga.protocol.errors.AgentError`: that is a *wire* error value,
+the ``{"error": {"class", "desc"}}`` a command answers the host with, shared by both sides.
+An :class:`AgentFailure` never travels on the wire as such.
+"""
+
+from __future__ import annotations
+
+
+class AgentFailure(Exception):
+    """A failure of the agent itself (not a command's answer); the message says what and why."""
