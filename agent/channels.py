@@ -10,7 +10,7 @@
   with 0xFF as they always do on a serial line.
 
 A session on a device is driven by :class:`DeviceTransport`, a small asyncio transport over a
-non-blocking fd, so the same :class:`~agent.server.AgentConnection` serves every channel.
+non-blocking fd, so the same :class:`~pyqga.agent.server.AgentConnection` serves every channel.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The daemon: parse the configuration, take the pid file, serve until told to stop.
 
-Started through :func:`agent.main.main`, which sets process-wide switches first.
+Started through :func:`pyqga.agent.main.main`, which sets process-wide switches first.
 """
 
 from __future__ import annotations

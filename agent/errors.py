@@ -1,10 +1,10 @@
 """The root of the agent's own failures, as ``qemu.qmp`` has ``QMPError``.
 
 :class:`AgentFailure` is what goes wrong *inside* the daemon: a bad option
-(:class:`~agent.config.ConfigError`), a channel that cannot be opened
-(:class:`~agent.channels.ChannelError`), a pid file held by another agent
-(:class:`~agent.pidfile.PidFileError`), a state file that is not ours
-(:class:`~agent.fsfreeze.core.CorruptState`).  These end up in the log, on the terminal or as an
+(:class:`~pyqga.agent.config.ConfigError`), a channel that cannot be opened
+(:class:`~pyqga.agent.channels.ChannelError`), a pid file held by another agent
+(:class:`~pyqga.agent.pidfile.PidFileError`), a state file that is not ours
+(:class:`~pyqga.agent.fsfreeze.core.CorruptState`).  These end up in the log, on the terminal or as an
 exit status; ``except AgentFailure`` catches every one of them and nothing else.
 
 Not to be confused with :class:`pyqga.protocol.errors.AgentError`: that is a *wire* error value,

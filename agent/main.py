@@ -1,4 +1,4 @@
-"""``pyqga-agent``: set process-wide switches, then start the daemon (:mod:`agent.daemon`).
+"""``pyqga-agent``: set process-wide switches, then start the daemon (:mod:`pyqga.agent.daemon`).
 
 The switches must come before the daemon's imports, so they live here, with nothing else.
 """

@@ -4,7 +4,7 @@
 
 Run as root from the repository root.  Each agent sees only its own loop-mounted ext4 image
 (``--freeze-include``), so each stands for one guest.  For each group size N, ``--rounds``
-group snapshots (freeze only, no disk snapshot step) through ``host_client.group``: the time
+group snapshots (freeze only, no disk snapshot step) through ``pyqga.host_client.group``: the time
 from the start to the last freeze reply ("all frozen"), the overlap window (last freeze done to
 first thaw started) and the whole run.  For comparison, the same N agents frozen one after the
 other by the sync client, as a simple host script would (time until the last one is frozen).

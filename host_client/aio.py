@@ -1,6 +1,6 @@
-"""``AsyncAgentClient``: the asyncio twin of :class:`~host_client.client.AgentClient`.
+"""``AsyncAgentClient``: the asyncio twin of :class:`~pyqga.host_client.client.AgentClient`.
 
-The same operations (:mod:`host_client.session`, :mod:`host_client.guest_ops`) driven with
+The same operations (:mod:`pyqga.host_client.session`, :mod:`pyqga.host_client.guest_ops`) driven with
 awaits, so behaviour, errors, timeouts and resync are the sync client's by construction::
 
     async with AsyncAgentClient("/run/vm1/qga.sock", dialect="qga") as agent:
@@ -123,7 +123,7 @@ class ThreadedTransport:
 
 
 async def open_async_transport(address: str, timeout: float) -> AsyncTransport:
-    """Open a channel by address (the forms of :func:`host_client.transport.open_transport`)."""
+    """Open a channel by address (the forms of :func:`pyqga.host_client.transport.open_transport`)."""
     scheme, rest = parse_address(address)
     try:
         if scheme == "unix":
@@ -153,7 +153,7 @@ async def open_async_transport(address: str, timeout: float) -> AsyncTransport:
 
 
 async def run_async(op: Op[T], transport: AsyncTransport) -> T:
-    """:func:`host_client.client.run_blocking` with awaits: what interrupts the I/O (a transport
+    """:func:`pyqga.host_client.client.run_blocking` with awaits: what interrupts the I/O (a transport
     error, a cancellation) is thrown into the operation, whose own handling runs."""
     value: bytes | None = None
     error: BaseException | None = None
@@ -175,7 +175,7 @@ async def run_async(op: Op[T], transport: AsyncTransport) -> T:
 
 class AsyncAgentClient:
     """``async with AsyncAgentClient(address) as client`` (or ``await client.open()`` and
-    ``await client.close()``).  Arguments as :class:`~host_client.client.AgentClient`."""
+    ``await client.close()``).  Arguments as :class:`~pyqga.host_client.client.AgentClient`."""
 
     def __init__(self, address: str, *, dialect: str | Dialect = Dialect.JSONRPC,
                  timeout: float = DEFAULT_TIMEOUT, resync: bool = True) -> None:

@@ -1,4 +1,4 @@
-"""``pyqga group snapshot``: a consistency group across guests (see :mod:`host_client.group`)."""
+"""``pyqga group snapshot``: a consistency group across guests (see :mod:`pyqga.host_client.group`)."""
 
 from __future__ import annotations
 

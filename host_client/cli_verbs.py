@@ -1,10 +1,10 @@
 """``pyqga`` verbs as qemu's ``qemu-ga-client`` has them, and a few more.
 
 qemu-ga-client's ``cat``, ``fsfreeze status|freeze|thaw``, ``fstrim``, ``ifconfig``, ``powerdown``,
-``reboot``, ``halt`` and ``suspend`` (its ``info`` and ``ping`` are in :mod:`host_client.cli`),
+``reboot``, ``halt`` and ``suspend`` (its ``info`` and ``ping`` are in :mod:`pyqga.host_client.cli`),
 with similar human output, plus ``freeze``, ``thaw``, ``fsinfo``, ``vcpus``, ``users`` and
 ``osinfo``.  Every verb takes ``--json`` for the agent's raw result.  Errors are raised to
-:func:`host_client.cli.main`, which maps them to its exit codes (1 agent error, 3 unreachable,
+:func:`pyqga.host_client.cli.main`, which maps them to its exit codes (1 agent error, 3 unreachable,
 4 freeze lost).
 """
 

@@ -1,9 +1,9 @@
 """``AgentClient``: a synchronous client for pyqga and qemu-ga, in either dialect.
 
 All of its logic (ids, matching, resync, capabilities, freezing safely, stalls, exec, files) is
-in :mod:`host_client.session` and :mod:`host_client.guest_ops`, as operations that yield their
+in :mod:`pyqga.host_client.session` and :mod:`pyqga.host_client.guest_ops`, as operations that yield their
 I/O; this class performs that I/O with blocking calls on a transport and adds nothing else.
-:class:`host_client.aio.AsyncAgentClient` is the same with awaits.  It resyncs on connect and
+:class:`pyqga.host_client.aio.AsyncAgentClient` is the same with awaits.  It resyncs on connect and
 after any timeout, because a virtio-serial channel outlives host connections and may hold a
 stale reply or half a message.
 """
@@ -50,7 +50,7 @@ class Done(Generic[T]):
 
 def resume(op: Op[T], value: bytes | None, error: BaseException | None) -> IO | Done[T]:
     """One step of ``op``: the next I/O it wants, or its result when it is done.  Both drivers
-    (this one and :func:`host_client.aio.run_async`) step operations through here."""
+    (this one and :func:`pyqga.host_client.aio.run_async`) step operations through here."""
     try:
         return op.throw(error) if error is not None else op.send(value)
     except StopIteration as done:

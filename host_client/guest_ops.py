@@ -1,7 +1,7 @@
 """What fault-injection harnesses do to a guest: stall its disks, run commands, move files.
 
-Operations over a :class:`~host_client.session.Session` (generators that yield their I/O),
-which :class:`~host_client.client.AgentClient` and :class:`~host_client.aio.AsyncAgentClient`
+Operations over a :class:`~pyqga.host_client.session.Session` (generators that yield their I/O),
+which :class:`~pyqga.host_client.client.AgentClient` and :class:`~pyqga.host_client.aio.AsyncAgentClient`
 expose as methods, so a pytest test needs no glue::
 
     with client.stall(["/data"], seconds=5) as stall:   # /data blocks writers for 5 s

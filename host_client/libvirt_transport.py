@@ -3,7 +3,7 @@
 The host end of a libvirt guest's agent channel belongs to libvirtd, so the only way in is
 ``virDomainQemuAgentCommand``: one qemu-ga request in, one reply out, after libvirt's own
 ``guest-sync``.  :class:`LibvirtTransport` turns the bytes the client writes into such calls and
-their outcomes back into reply lines, so :class:`~host_client.client.AgentClient` and everything
+their outcomes back into reply lines, so :class:`~pyqga.host_client.client.AgentClient` and everything
 built on it work unchanged:
 
 - Both dialects: libvirt speaks only qemu-ga's, so a JSON-RPC request is sent as ``execute`` and
@@ -205,7 +205,7 @@ def _import_libvirt(address: str) -> tuple[Any, Any]:
 
 
 class LibvirtTransport:
-    """A :class:`~host_client.transport.Transport` through ``virDomainQemuAgentCommand``; see
+    """A :class:`~pyqga.host_client.transport.Transport` through ``virDomainQemuAgentCommand``; see
     the module docstring.  Open with :func:`open_libvirt`."""
 
     #: libvirt does its own guest-sync before every command: the client must not resync.

@@ -1,13 +1,13 @@
 """The host client's logic, once: generators that yield the I/O they need.
 
-:class:`~host_client.client.AgentClient` runs these with blocking calls and
-:class:`~host_client.aio.AsyncAgentClient` with awaits; neither adds logic of its own (h11's
+:class:`~pyqga.host_client.client.AgentClient` runs these with blocking calls and
+:class:`~pyqga.host_client.aio.AsyncAgentClient` with awaits; neither adds logic of its own (h11's
 pattern: one implementation, two drivers).  An operation yields :class:`Send`, :class:`Recv` or
 :class:`Sleep`; the driver performs it and sends back the bytes received (or None).  A transport
 error (:class:`AgentTimeout`, :class:`AgentConnectionError`) is thrown into the operation at
 the yield, so the retry and error-wrapping logic here sees it.
 
-What lives here: request ids and reply matching (through :class:`protocol.client.ClientConnection`),
+What lives here: request ids and reply matching (through :class:`pyqga.protocol.client.ClientConnection`),
 the resync (0xFF and ``guest-sync-delimited`` with a random id, re-sent every second), error
 wrapping with the method and address, the agent's capabilities (``guest-info`` once), and the
 freeze helpers' rule: after a freeze was sent, any failure whose outcome is unknown thaws first.

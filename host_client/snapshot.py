@@ -7,7 +7,7 @@ This is the job the agent exists for.  The sequence and what each step guarantee
    switch at the same instant): the image that was the top layer stops changing and becomes
    the snapshot; a new overlay takes the writes;
 3. thaw with the freeze's epoch: if the freeze did not hold until now (auto-thaw, agent death,
-   someone else's thaw), :class:`~host_client.errors.FreezeLost` says the snapshot may be
+   someone else's thaw), :class:`~pyqga.host_client.errors.FreezeLost` says the snapshot may be
    inconsistent.
 The report gives each step's duration and how long the guest was frozen.
 """

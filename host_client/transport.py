@@ -3,7 +3,7 @@
 Addresses: ``unix:PATH`` or a bare path (a QEMU chardev socket or the agent's own socket),
 ``vsock:CID:PORT``, ``tcp:HOST:PORT``, ``serial:DEVICE[?baud=N]`` (a host pty from QEMU's
 ``-serial pty``, or a real line), any pyserial URL (``socket://``, ``rfc2217://``), and
-``libvirt:URI?domain=NAME`` (:mod:`host_client.libvirt_transport`, the optional extra).
+``libvirt:URI?domain=NAME`` (:mod:`pyqga.host_client.libvirt_transport`, the optional extra).
 """
 
 from __future__ import annotations

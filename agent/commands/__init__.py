@@ -1,4 +1,4 @@
-"""Command modules; each exports ``COMMANDS``, a tuple of :class:`agent.registry.Command`."""
+"""Command modules; each exports ``COMMANDS``, a tuple of :class:`pyqga.agent.registry.Command`."""
 
 from pyqga.agent.commands import (
     accounts,

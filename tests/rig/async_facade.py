@@ -1,4 +1,4 @@
-"""A blocking face on :class:`host_client.aio.AsyncAgentClient`, so one test body can run
+"""A blocking face on :class:`pyqga.host_client.aio.AsyncAgentClient`, so one test body can run
 against both clients: every coroutine runs to completion on a private event loop, and the
 async context managers (``frozen``, ``stall``) become sync ones that enter and leave them
 there, exceptions included."""
