@@ -47,7 +47,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pyqga.agent.registry import Command, Param
+from pyqga.agent.registry import AnyValueParam, Command, Param
 from pyqga.protocol.errors import AgentError, command_failed, invalid_params, quote
 
 if TYPE_CHECKING:
@@ -71,17 +71,6 @@ CAPTURE_MODES: dict[str, tuple[bool, bool, bool]] = {
 
 # qemu's util/base64.c: the characters it accepts before decoding (newlines included).
 BASE64_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\n")
-
-
-class AnyValueParam(Param):
-    """A parameter of a QAPI alternate type (``bool`` or enum name, int or enum name): the
-    registry lets any JSON value through and the handler checks it, so the error can name the
-    alternate type as qemu does (``expected: GuestExecCaptureOutput``)."""
-
-    __slots__ = ()
-
-    def accepts(self, value: Any) -> bool:
-        return True
 
 
 def decode_base64(text: str) -> bytes:
