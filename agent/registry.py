@@ -39,6 +39,17 @@ class Param:
         return isinstance(value, self.type)
 
 
+class AnyValueParam(Param):
+    """A parameter of a QAPI alternate type (``bool`` or enum name, int or enum name): the
+    registry lets any JSON value through and the handler checks it, so the error can name the
+    alternate type as qemu does (``expected: GuestExecCaptureOutput``)."""
+
+    __slots__ = ()
+
+    def accepts(self, value: Any) -> bool:
+        return True
+
+
 @dataclass(frozen=True, slots=True)
 class Command:
     """One command.  The handler is called as ``handler(agent, **params)``."""

@@ -30,10 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pyqga.agent.channels import Channel, ListenerChannel
-from pyqga.agent.dispatch import Dispatcher, Outcome, encode_outcome
+from pyqga.agent.dispatch import Dispatcher
 from pyqga.agent.state import AgentState
 from pyqga.protocol.dialects import Batch, Dialect, Incoming, Request
-from pyqga.protocol.server import ServerConnection
+from pyqga.protocol.server import BatchReply, Reply, ServerConnection
 
 MAX_PENDING_REPLIES = 256  # per connection, before we stop reading its requests
 # Simultaneous clients of a listening socket.  Closed clients count until their EOF is read, and
@@ -189,10 +189,10 @@ class AgentConnection(asyncio.BufferedProtocol):
         dispatcher = self._dispatcher
         if isinstance(item, Request):  # nearly always: one lookup, then here or on its lane
             prepared = dispatcher.prepare(item)
-            if isinstance(prepared, Outcome):
-                reply = encode_outcome(item, prepared)
+            if isinstance(prepared, Reply):
+                reply = self._protocol.send(prepared)
             elif prepared.command.lane is None:
-                reply = dispatcher.complete(prepared)
+                reply = self._protocol.send(dispatcher.complete(prepared))
             else:
                 self._submit(prepared.command.lane, item, dispatcher.complete_later, prepared)
                 return
@@ -201,7 +201,7 @@ class AgentConnection(asyncio.BufferedProtocol):
             if lane is not None:
                 self._submit(lane, item, dispatcher.answer, item)
                 return
-            reply = dispatcher.answer(item)
+            reply = self._protocol.send(dispatcher.answer(item))
         if self._pending and _ordered(item):
             done: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
             done.set_result(reply)
@@ -209,13 +209,19 @@ class AgentConnection(asyncio.BufferedProtocol):
         else:
             self._write(reply)
 
-    def _submit(self, lane: str, item: Incoming, work: Callable[[Any], bytes | None], arg: Any) -> None:
-        """Run ``work(arg)`` on ``lane``'s threads; its reply is written in the right order."""
-        future = asyncio.get_running_loop().run_in_executor(self._executors[lane], work, arg)
+    def _submit(self, lane: str, item: Incoming, work: Callable[[Any], Reply | BatchReply | None],
+                arg: Any) -> None:
+        """Run ``work(arg)`` on ``lane``'s threads, its reply encoded there too (the send side
+        keeps no state); the bytes are written in the right order."""
+        future = asyncio.get_running_loop().run_in_executor(
+            self._executors[lane], self._sent, work, arg)
         if _ordered(item):
             self._queue(future)
         else:
             future.add_done_callback(self._write_done)
+
+    def _sent(self, work: Callable[[Any], Reply | BatchReply | None], arg: Any) -> bytes | None:
+        return self._protocol.send(work(arg))
 
     def _queue(self, future: asyncio.Future[bytes | None]) -> None:
         self._pending.append(future)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from pyqga.protocol.errors import AgentError, ErrorKind, invalid_request, not_an_object, quote
+from pyqga.protocol.errors import AgentError, invalid_request, not_an_object, quote
 
 RESYNC_BYTE = b"\xff"
 QGA_KEYS = frozenset(("execute", "arguments", "id"))
@@ -190,8 +190,9 @@ def _strict_encoder() -> Callable[[Any, int], Iterable[str]]:
     ``json.dumps`` sets up a new C encoder on every call, which is most of its ~4 us for a small
     reply; the C encoder itself can be kept, and called as ``chunks(value, 0)`` like the pure
     Python ``iterencode`` it falls back to.  Circular references are not checked (replies are
-    built fresh by handlers): one would end in RecursionError, which :func:`encode_reply` turns
-    into an internal error like any other unencodable reply.
+    built fresh by handlers): one would end in RecursionError, which the send side
+    (:func:`pyqga.protocol.server.encode_reply`) turns into an internal error like any other
+    unencodable reply.
     """
     strict = json.JSONEncoder(allow_nan=False)
     make = getattr(json.encoder, "c_make_encoder", None)
@@ -219,35 +220,11 @@ def encode(reply: Any, *, delimited: bool = False) -> bytes:
     """One reply (or a batch of them) as one line; ``delimited`` prefixes the 0xFF sync byte.
 
     Raises ValueError for NaN or an infinity (they are not JSON), TypeError for a value JSON
-    cannot hold: :func:`encode_reply` turns either into an internal error reply.
+    cannot hold: :func:`pyqga.protocol.server.encode_reply` turns either into an internal error
+    reply.
     """
     line = "".join(_json_chunks(reply, 0)).encode() + b"\n"
     return RESYNC_BYTE + line if delimited else line
-
-
-def encode_reply(
-    dialect: Dialect, request_id: Any, has_id: bool, result: Any = None,
-    error: AgentError | None = None, *, delimited: bool = False,
-) -> bytes:
-    """The reply line in ``dialect``; never invalid JSON.
-
-    A result (or error data) JSON cannot hold, such as ``float("inf")``, becomes an internal
-    error reply instead of ``Infinity``, which no strict JSON parser accepts; an id that cannot
-    be echoed is left out (qga) or null (JSON-RPC), since the host could not have sent it.
-    """
-    try:
-        return encode(reply_object(dialect, request_id, has_id, result, error), delimited=delimited)
-    except UNENCODABLE as exc:
-        problem = AgentError(
-            ErrorKind.INTERNAL_ERROR,
-            f"internal error: the reply is not valid JSON ({exc}); it was not sent",
-        )
-        try:
-            "".join(_json_chunks(request_id, 0))
-        except UNENCODABLE:
-            request_id, has_id = None, False
-        return encode(reply_object(dialect, request_id, has_id, error=problem))
-
 
 
 def encode_request(

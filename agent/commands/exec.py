@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pyqga.agent.commands.qbase64 import qbase64_decode
-from pyqga.agent.registry import Command, Param
+from pyqga.agent.registry import AnyValueParam, Command, Param
 from pyqga.protocol.errors import AgentError, command_failed, invalid_params, quote
 
 if TYPE_CHECKING:
@@ -69,15 +69,6 @@ CAPTURE_MODES: dict[str, tuple[bool, bool, bool]] = {
     "merged": (True, False, True),
 }
 
-class AnyValueParam(Param):
-    """A parameter of a QAPI alternate type (``bool`` or enum name, int or enum name): the
-    registry lets any JSON value through and the handler checks it, so the error can name the
-    alternate type as qemu does (``expected: GuestExecCaptureOutput``)."""
-
-    __slots__ = ()
-
-    def accepts(self, value: Any) -> bool:
-        return True
 
 
 def _os_string(name: str, value: str) -> str:

@@ -33,9 +33,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pyqga.agent.commands.exec import AnyValueParam
 from pyqga.agent.commands.qbase64 import qbase64_decode
-from pyqga.agent.registry import Command, Param
+from pyqga.agent.registry import AnyValueParam, Command, Param
 from pyqga.protocol.errors import command_failed, invalid_params, quote
 
 if TYPE_CHECKING:

@@ -1,17 +1,26 @@
-"""The dispatcher's encoder must give exactly the bytes of the general path (reply object, then
+"""The connection's send side must give exactly the bytes of the general path (reply object, then
 ``json.dumps``)."""
 
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
-from pyqga.agent.dispatch import Outcome, encode_outcome
 from pyqga.protocol.dialects import Dialect, Invalid, Request, encode, reply_object
-from pyqga.protocol.errors import command_not_found
+from pyqga.protocol.errors import AgentError, command_not_found
+from pyqga.protocol.server import Reply, ServerConnection
+
+
+class Outcome(NamedTuple):
+    result: Any = None
+    error: AgentError | None = None
+
+
+def encode_outcome(request: Request | Invalid, outcome: Outcome, delimited: bool = False) -> bytes | None:
+    return ServerConnection().send(Reply(request, outcome.result, outcome.error, delimited))
 
 REQUESTS = [
     Request(Dialect.QGA, "guest-ping", {}),

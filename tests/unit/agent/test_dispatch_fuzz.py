@@ -108,7 +108,7 @@ def test_read_commands_answer_any_arguments_cleanly(dispatcher: Dispatcher, name
     request_id = data.draw(st.none() | st.integers(min_value=-(2**63), max_value=2**63)
                            | st.text(max_size=10))
     request = Request(dialect, name, params, request_id, request_id is not None or dialect is Dialect.JSONRPC)
-    check_reply(dispatcher.answer(request))
+    check_reply(ServerConnection().send(dispatcher.answer(request)))
 
 
 @EXAMPLES
@@ -123,11 +123,12 @@ def test_arbitrary_bytes_through_the_decoder_get_clean_replies(dispatcher: Dispa
     connection = ServerConnection()
     for chunk in chunks:
         for item in connection.receive_data(chunk):
-            check_reply(dispatcher.answer(item))
+            check_reply(connection.send(dispatcher.answer(item)))
 
 
 def test_the_fuzzed_agent_really_blocks_what_changes_the_machine(dispatcher: Dispatcher) -> None:
     """The guard rail of this module: a freeze request is refused, not run."""
-    reply = strict_reply(dispatcher.answer(Request(Dialect.QGA, "guest-fsfreeze-freeze", {}, 1, True)))
+    answer = dispatcher.answer(Request(Dialect.QGA, "guest-fsfreeze-freeze", {}, 1, True))
+    reply = strict_reply(ServerConnection().send(answer))
     assert reply["error"]["class"] == "CommandNotFound"
     assert "has been disabled" in reply["error"]["desc"]

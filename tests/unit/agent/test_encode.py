@@ -20,8 +20,8 @@ from pyqga.agent.config import Config
 from pyqga.agent.dispatch import Dispatcher
 from pyqga.agent.registry import Command, Param, Registry
 from pyqga.agent.state import AgentState
-from pyqga.protocol.dialects import Dialect, encode, encode_reply
-from pyqga.protocol.server import ServerConnection
+from pyqga.protocol.dialects import Dialect, encode
+from pyqga.protocol.server import ServerConnection, encode_reply
 from tests.rig.agent_process import PyqgaAgent
 
 
@@ -59,8 +59,9 @@ def test_plain_encode_refuses_non_finite() -> None:
 
 
 def answer(dispatcher: Dispatcher, line: bytes) -> Any:
-    [item] = ServerConnection().receive_data(line)
-    reply = dispatcher.answer(item)
+    connection = ServerConnection()
+    [item] = connection.receive_data(line)
+    reply = connection.send(dispatcher.answer(item))
     assert reply is not None
     return strict(reply)
 

@@ -17,17 +17,18 @@ def test_a_freeze_while_waiting_for_a_worker_refuses_the_request(tmp_path: Path)
     slow = Command("slow-read", lambda agent: calls.append(1) or {}, "reads", blocking=True)
     agent = AgentState(Config(statedir=str(tmp_path)), registry=Registry([slow]))
     dispatcher = Dispatcher(agent)
-    [item] = ServerConnection().receive_data(b'{"execute":"slow-read","id":1}\n')
+    connection = ServerConnection()
+    [item] = connection.receive_data(b'{"execute":"slow-read","id":1}\n')
     prepared = dispatcher.prepare(item)
     assert isinstance(prepared, Prepared) and prepared.command.lane == "worker"
 
     agent.freezer.frozen = True  # frozen after the loop let it through, before a worker ran it
     try:
-        reply = json.loads(dispatcher.complete_later(prepared) or b"")
+        reply = json.loads(connection.send(dispatcher.complete_later(prepared)) or b"")
     finally:
         agent.freezer.frozen = False
     assert reply["id"] == 1 and reply["error"]["class"] == "CommandNotFound", reply
     assert calls == []
 
-    assert json.loads(dispatcher.complete_later(prepared) or b"") == {"return": {}, "id": 1}
+    assert json.loads(connection.send(dispatcher.complete_later(prepared)) or b"") == {"return": {}, "id": 1}
     assert calls == [1]
