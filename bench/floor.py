@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench import rpc
+from bench import measured, rpc
 from bench.report import machine_line, qemu_ga_problem, unwind_on_sigterm, write_section
 from tests.rig.agent_process import ListeningProcess
 from tests.rig.paths import REPO_ROOT
@@ -48,29 +48,29 @@ SERVERS = Path(__file__).resolve().with_name("floor_servers.py")
 
 
 @contextlib.contextmanager
-def reference_server(kind: str, workdir: Path) -> Iterator[rpc.Agent]:
+def reference_server(kind: str, workdir: Path) -> Iterator[measured.Agent]:
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "ref.sock"
-    command = [rpc.INTERPRETER.path, "-B", str(SERVERS), kind, str(path)]
+    command = [measured.INTERPRETER.path, "-B", str(SERVERS), kind, str(path)]
     process = ListeningProcess(command, path, workdir / "ref.log")
     process.start()
     try:
-        yield rpc.Agent(kind, path, process.pid)
+        yield measured.Agent(kind, path, process.pid)
     finally:
         process.stop()
 
 
 def measure(workdir: Path, seconds: float, rounds: int,
-            placement: rpc.Placement | None) -> dict[str, dict[str, list[float]]]:
+            placement: measured.Placement | None) -> dict[str, dict[str, list[float]]]:
     """rates[request][server] over the rounds."""
     rates: dict[str, dict[str, list[float]]] = {label: {} for label, _ in REQUESTS}
     with contextlib.ExitStack() as stack:
-        servers = [stack.enter_context(rpc.running_qemu_ga(workdir / "qga")),
-                   stack.enter_context(rpc.running_pyqga(workdir / "pyqga"))]
+        servers = [stack.enter_context(measured.running_qemu_ga(workdir / "qga")),
+                   stack.enter_context(measured.running_pyqga(workdir / "pyqga"))]
         servers += [stack.enter_context(reference_server(kind, workdir / kind.replace(" ", "-")))
                     for kind in REFERENCES]
-        stack.enter_context(rpc.pinned(placement, [server.pid for server in servers]))
-        connections = [(server.name, rpc.Connection(server.socket_path)) for server in servers]
+        stack.enter_context(measured.pinned(placement, [server.pid for server in servers]))
+        connections = [(server.name, measured.Connection(server.socket_path)) for server in servers]
         for _, connection in connections:
             stack.callback(connection.close)
         for index in range(rounds):
@@ -95,7 +95,7 @@ def report(rates: dict[str, dict[str, list[float]]], seconds: float, rounds: int
                  for name in columns]
         lines.append(f"| `{label}` | {statistics.median(theirs):,.0f} | " + " | ".join(cells) + " |")
     return "\n\n".join([
-        f"{machine_line(ensure_qemu_ga())} {rpc.INTERPRETER.describe()}; the reference servers too.",
+        f"{machine_line(ensure_qemu_ga())} {measured.INTERPRETER.describe()}; the reference servers too.",
         "\n".join(lines),
         f"{rounds} rounds of {seconds:g} s per request and server, in alternating order; each ratio is "
         f"the median of the per-round ratios to qemu-ga. During the runs {placement}.",
@@ -107,20 +107,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=0.3, help="one run of one request (default 0.3)")
     parser.add_argument("--rounds", type=int, default=9, help="rounds (default 9)")
     parser.add_argument("--python", default=None, help="interpreter for pyqga and the reference servers "
-                        f"(default as bench/rpc.py: {rpc.PACKAGED_PYTHON} where it is a 3.11+)")
+                        f"(default as bench/rpc.py: {measured.PACKAGED_PYTHON} where it is a 3.11+)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.rounds < 1:
         parser.error("--seconds must be > 0 and --rounds >= 1")
-    rpc.INTERPRETER = rpc.pick_interpreter(args.python)
+    measured.INTERPRETER = measured.pick_interpreter(args.python)
     unwind_on_sigterm()
     if problem := qemu_ga_problem():
         print(f"bench/floor.py: {problem}", file=sys.stderr)
         return 2
-    placement = rpc.Placement.choose()
+    placement = measured.Placement.choose()
     with tempfile.TemporaryDirectory(prefix="pyqga-floor-") as tmp:
         rates = measure(Path(tmp), args.seconds, args.rounds, placement)
-    text = report(rates, args.seconds, args.rounds, rpc.describe_placement(placement))
+    text = report(rates, args.seconds, args.rounds, measured.describe_placement(placement))
     print()
     print(text)
     if not args.no_write:

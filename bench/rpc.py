@@ -6,7 +6,7 @@ Run from the repository root (``make bench`` does). Both agents listen on unix s
 private temporary folder and are measured in the same run, each through one persistent
 connection, as a host holds one. pyqga runs under the interpreter its Debian package runs it
 with (``/usr/bin/python3``) where that is a 3.11+. During the request runs the client is pinned
-to one CPU and both agents to another (see :class:`Placement`).
+to one CPU and both agents to another (see :class:`bench.measured.Placement`).
 
 - requests: every read-only command, ``guest-ping`` and ``guest-sync`` with ids (what libvirt
   sends before each command) and ``guest-ping`` without one, in qemu-ga's dialect to both agents
@@ -25,35 +25,39 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import measured
+from bench.measured import (
+    PACKAGED_PYTHON,
+    Connection,
+    Placement,
+    describe_placement,
+    pick_interpreter,
+    pinned,
+    running_pyqga,
+    running_qemu_ga,
+)
 from bench.report import machine_line, qemu_ga_problem, unwind_on_sigterm, verdict, write_section
-from tests.rig.agent_process import PyqgaAgent, agent_command, agent_env, tmpfs_statedir
+from tests.rig.agent_process import agent_command, agent_env, tmpfs_statedir
 from tests.rig.paths import REPO_ROOT
 from tests.rig.qemu_ga import QemuGa, ensure_qemu_ga
-from tests.rig.sockets import connect_unix
 
 PING = b'{"execute":"guest-ping","id":1}\n'
 PING_REPLY = b'{"return": {}, "id": 1}\n'
 MEMORY_REQUESTS = 10_000
 START_TRIALS = 5
 START_TIMEOUT = 15.0
-# What the Debian package runs the agent with (packaging/pyqga-agent: #!/usr/bin/python3 -IB).
-PACKAGED_PYTHON = "/usr/bin/python3"
-DEPENDENCIES = ("jsonrpcserver", "oslash", "serial")  # pure Python: any 3.11+ can import them
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
 SECTION = "bench/rpc.py"  # name of our section of BENCHMARKS.md (bench/report.py)
 
@@ -150,70 +154,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-@dataclass
-class Agent:
-    name: str
-    socket_path: Path
-    pid: int
-
-
-@contextlib.contextmanager
-def running_qemu_ga(workdir: Path) -> Iterator[Agent]:
-    with QemuGa(workdir) as peer:
-        yield Agent("qemu-ga", peer.socket_path, peer.pid)
-
-
-@dataclass(frozen=True)
-class Interpreter:
-    """The Python pyqga runs under here, and the folders its dependencies come from."""
-
-    path: str
-    version: str
-    module_paths: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        if self.path == PACKAGED_PYTHON:
-            return (f"pyqga runs under {self.path} (Python {self.version}), the interpreter its Debian "
-                    "package runs it with, its dependencies imported from this checkout's venv")
-        return f"pyqga runs under {self.path} (Python {self.version})"
-
-
-def _version(python: str) -> tuple[int, ...] | None:
-    try:
-        proc = subprocess.run([python, "-c", "import sys; print(*sys.version_info[:3])"],
-                              capture_output=True, text=True, timeout=30)
-    except OSError:
-        return None
-    return tuple(int(part) for part in proc.stdout.split()) if proc.returncode == 0 else None
-
-
-THIS_PYTHON = Interpreter(sys.executable, platform.python_version())
-
-
-def pick_interpreter(requested: str | None) -> Interpreter:
-    """``requested``, else the packaged interpreter where it is a 3.11+, else this one."""
-    candidate = requested or PACKAGED_PYTHON
-    version = _version(candidate)
-    if version is None or version < (3, 11):
-        if requested:
-            raise SystemExit(f"bench/rpc.py: --python {requested}: not a Python 3.11 or later")
-        return THIS_PYTHON
-    if Path(candidate).resolve() == Path(sys.executable).resolve():
-        return THIS_PYTHON
-    modules = [importlib.import_module(name) for name in DEPENDENCIES]
-    paths = tuple(dict.fromkeys(str(Path(module.__file__).parents[1]) for module in modules))
-    return Interpreter(candidate, ".".join(map(str, version)), paths)
-
-
-INTERPRETER = THIS_PYTHON  # set by main()
-
-
-@contextlib.contextmanager
-def running_pyqga(workdir: Path) -> Iterator[Agent]:
-    with PyqgaAgent(workdir, python=INTERPRETER.path, module_paths=INTERPRETER.module_paths) as agent:
-        yield Agent("pyqga", agent.socket_path, agent.pid)
-
-
 # --- requests ----------------------------------------------------------------------------------
 
 
@@ -261,40 +201,6 @@ def all_cases() -> list[Case]:
     return cases
 
 
-class Connection:
-    """One persistent client connection: send a line, read the one-line reply."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = connect_unix(path, timeout=30)
-        self.path = path
-        self.last = b""
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def loop(self, line: bytes, seconds: float | None = None, count: int | None = None) -> tuple[int, float]:
-        """(requests, seconds) for ``line`` sent ``count`` times or for ``seconds``."""
-        send, recv, clock = self.sock.sendall, self.sock.recv, time.perf_counter
-        done = 0
-        start = clock()
-        deadline = start + seconds if seconds is not None else float("inf")
-        limit = count if count is not None else -1
-        reply = b""
-        while done != limit:
-            send(line)
-            reply = recv(65536)
-            while not reply.endswith(b"\n"):
-                chunk = recv(65536)
-                if not chunk:
-                    raise RuntimeError(f"{self.path}: connection closed after {done} replies")
-                reply += chunk
-            done += 1
-            if clock() >= deadline:
-                break
-        self.last = reply
-        return done, clock() - start
-
-
 def reply_problem(reply: bytes) -> str | None:
     """None for a successful reply, else what was wrong (shown in the table)."""
     try:
@@ -337,61 +243,6 @@ class CaseResult:
     pyqga_rpc: Series | None
     ratios: list[float] = field(default_factory=list)
     rpc_ratios: list[float] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Which CPUs the client and the agents run on during the request runs.
-
-    Left to the scheduler, two identical agents measured side by side differed by up to 23% in
-    rate, depending on whether each landed on the client's CPU or the other one (the wake-up of
-    a task on another CPU costs more than a switch on the same one); pinned, by 2-4%.  Both
-    agents share one CPU and the client has another, as a host talks to a guest's agent.
-    """
-
-    client: frozenset[int]
-    agents: frozenset[int]
-
-    @classmethod
-    def choose(cls) -> Placement | None:
-        cpus = sorted(os.sched_getaffinity(0))
-        return cls(frozenset(cpus[:1]), frozenset(cpus[1:2])) if len(cpus) >= 2 else None
-
-    def describe(self) -> str:
-        return (f"the client runs on CPU {min(self.client)} and every server measured (all its "
-                f"threads) on CPU {min(self.agents)}")
-
-    def pin_agent(self, pid: int) -> None:
-        # Every thread there is now; threads started later inherit their creator's CPUs.
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(ProcessLookupError):
-                os.sched_setaffinity(int(task), self.agents)
-
-    @contextlib.contextmanager
-    def pinned_client(self) -> Iterator[None]:
-        before = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, self.client)
-        try:
-            yield
-        finally:
-            os.sched_setaffinity(0, before)
-
-
-def describe_placement(placement: Placement | None) -> str:
-    return placement.describe() if placement else "fewer than 2 CPUs: nothing is pinned"
-
-
-@contextlib.contextmanager
-def pinned(placement: Placement | None, pids: list[int]) -> Iterator[None]:
-    """This process on the client's CPU and ``pids`` on the agents' for the block (no-op
-    without a placement)."""
-    if placement is None:
-        yield
-        return
-    for pid in pids:
-        placement.pin_agent(pid)
-    with placement.pinned_client():
-        yield
 
 
 def measure_requests(workdir: Path, cases: list[Case], seconds: float, rounds: int,
@@ -484,7 +335,7 @@ def first_reply_seconds(command: list[str], socket_path: Path, env: dict[str, st
 
 def measure_start(workdir: Path) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {"qemu-ga": [], "pyqga": []}
-    pyqga_env = agent_env(INTERPRETER.module_paths)
+    pyqga_env = agent_env(measured.INTERPRETER.module_paths)
     for trial in range(START_TRIALS):
         for name in ("qemu-ga", "pyqga") if trial % 2 == 0 else ("pyqga", "qemu-ga"):
             where = workdir / f"start-{name}-{trial}"
@@ -498,7 +349,7 @@ def measure_start(workdir: Path) -> dict[str, list[float]]:
             else:
                 # Exactly PyqgaAgent's command line (INTERPRETER -B -m agent ...), its state on tmpfs.
                 tmpfs_statedir(where / "state")
-                command = agent_command(where, python=INTERPRETER.path)
+                command = agent_command(where, python=measured.INTERPRETER.path)
                 times[name].append(first_reply_seconds(command, where / "agent.sock", pyqga_env, where))
     return times
 
@@ -548,7 +399,7 @@ def load_average() -> str:
 
 def build_report(results: list[CaseResult], rss: dict[str, int] | None, start: dict[str, list[float]] | None,
                  seconds: float, rounds: int, loads: tuple[str, str], placement: str) -> str:
-    parts = [f"{machine_line(ensure_qemu_ga())} {INTERPRETER.describe()}.", request_table(results)]
+    parts = [f"{machine_line(ensure_qemu_ga())} {measured.INTERPRETER.describe()}.", request_table(results)]
     parts.append(
         f"{rounds} rounds of {seconds:g} s per request and agent; rates are the median over rounds, "
         "ratios the median of the per-round ratios. \"n/a\" marks a request one side answers with "
@@ -596,8 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             known = ", ".join(sorted({c.command for c in all_cases()}))
             parser.error(f"--only matches no request; commands: {known}")
 
-    global INTERPRETER
-    INTERPRETER = pick_interpreter(args.python)
+    measured.INTERPRETER = pick_interpreter(args.python)
     unwind_on_sigterm()
     if problem := qemu_ga_problem():
         print(f"bench/rpc.py: {problem}", file=sys.stderr)

@@ -59,6 +59,10 @@ Plan:
   block can still hold an event does `accumulate` give the depth after each bracket, by pieces
   that double from 16, for `list.index` to find the first that ends the message or crosses the
   limit.
+
+One module at about 600 lines, a tenth of them this docstring: the bounds above are one argument
+about the scanner, its helpers and their constants together; split, the argument would sit in one
+file and what it argues about in others.
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@
 from pyqga.agent.commands import (
     accounts,
     core,
+    cpus_memory,
+    disks,
     exec,
     files,
     fsfreeze,
-    hardware,
     network,
     power,
     stats,
@@ -14,4 +15,5 @@ from pyqga.agent.commands import (
     users,
 )
 
-COMMAND_MODULES = (core, fsfreeze, exec, files, system, network, stats, hardware, users, accounts, power)
+COMMAND_MODULES = (core, fsfreeze, exec, files, system, network, stats, cpus_memory, disks, users, accounts,
+                   power)

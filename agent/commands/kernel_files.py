@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from pyqga.protocol.errors import AgentError, command_failed
+
 CHUNK = 1 << 16
 
 
@@ -44,3 +46,8 @@ def sysfs_serial(syspath: str) -> str | None:
         if text and text.strip():
             return text.strip()
     return None
+
+
+def errno_error(what: str, exc: OSError) -> AgentError:
+    """qemu's error_setg_errno, as the sysfs commands report a failed call: "what: strerror"."""
+    return command_failed(f"{what}: {os.strerror(exc.errno or 0)}")

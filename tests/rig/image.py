@@ -20,13 +20,15 @@ rest rarely::
 
 A new pyqga only costs a hard-linked copy of ``rootfs/`` plus ``mkfs.ext4 -d`` (about a second).
 A lock file serialises parallel callers; every step builds in a temporary name and renames.
+
+Resolving and downloading the packages is :mod:`tests.rig.apt_packages`; running tools, locking,
+keys and ``mkfs.ext4``, shared with :mod:`tests.rig.systemd_image`, are :mod:`tests.rig.build_tools`.
+This module builds the two layers from them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import importlib.util
 import json
 import logging
@@ -38,11 +40,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.rig import guest_files
+from tests.rig import apt_packages, build_tools, guest_files
+from tests.rig.apt_packages import DownloadFailed, apt_update, deb_path, fetch, resolve
+from tests.rig.build_tools import (
+    COMMAND_TIMEOUT,
+    ImageBuildError,
+    atomic_write,
+    digest,
+    locked,
+    mkfs,
+    run,
+    tail,
+    try_run,
+)
 from tests.rig.paths import REPO_ROOT
 
 log = logging.getLogger("pyqga.vm")
@@ -76,21 +90,7 @@ DATA_SIZE_MB = 64
 # Unpacked but useless in a guest that never reads documentation.
 _PRUNE_DIRS = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/lintian",
                "usr/share/locale", "usr/share/bug")
-_MKFS_OPTIONS = (
-    # Initialise inode tables and journal now: lazy init would make the guest kernel write to the
-    # disk in the background, which muddles "no writes while frozen" measurements.
-    "-E", "lazy_itable_init=0,lazy_journal_init=0", "-m", "0", "-q", "-F", "-t", "ext4",
-)
-_COMMAND_TIMEOUT = 900.0
 _PRUNE_AFTER_S = 3600.0
-
-
-class ImageBuildError(RuntimeError):
-    """The guest image could not be built; the message says which step and why."""
-
-
-class _DownloadFailed(ImageBuildError):
-    """``apt-get download`` failed: usually lists that name versions the mirror dropped."""
 
 
 @dataclass(frozen=True)
@@ -123,11 +123,11 @@ def ensure_image(cache: Path | None = None) -> GuestImage:
     started = time.monotonic()
     cache = cache or cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    with _locked(cache / ".lock"):
+    with locked(cache / ".lock"):
         hit = True
         for attempt in (1, 2):
-            plan = _resolve(cache)
-            base_key = _digest([json.dumps(plan, sort_keys=True).encode(), *_builder_texts()])
+            plan = resolve(cache, KERNEL_METAPACKAGE, ROOT_PACKAGES, _builder_texts())
+            base_key = digest([json.dumps(plan, sort_keys=True).encode(), *_builder_texts()])
             layer = cache / f"base-{base_key}"
             if (layer / "manifest.json").exists():
                 break
@@ -135,10 +135,10 @@ def ensure_image(cache: Path | None = None) -> GuestImage:
             try:
                 _build_base(cache, layer, plan)
                 break
-            except _DownloadFailed:
+            except DownloadFailed:
                 if attempt == 2:
                     raise
-                _apt_update()  # then resolve again against the new lists
+                apt_update()  # then resolve again against the new lists
         manifest = json.loads((layer / "manifest.json").read_text())
         root = layer / f"root-{_pyqga_digest()}.ext4"
         if not root.exists():
@@ -165,17 +165,11 @@ def ensure_image(cache: Path | None = None) -> GuestImage:
 # Keys
 
 
-def _digest(parts: Iterable[bytes]) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(len(part).to_bytes(8, "little"))
-        h.update(part)
-    return h.hexdigest()[:16]
-
-
 def _builder_texts() -> list[bytes]:
-    """This module's and the guest scripts' source: editing either rebuilds the base layer."""
-    return [Path(__file__).read_bytes(), "\0".join(guest_files.ALL_TEXTS).encode()]
+    """This module's, its build tools', its package fetcher's and the guest scripts' source:
+    editing any rebuilds the base layer."""
+    return [Path(__file__).read_bytes(), Path(build_tools.__file__).read_bytes(),
+            Path(apt_packages.__file__).read_bytes(), "\0".join(guest_files.ALL_TEXTS).encode()]
 
 
 def _python_sources() -> list[tuple[str, Path]]:
@@ -205,111 +199,7 @@ def _pyqga_digest() -> str:
         for path in _python_files(directory):
             parts.append(f"{name}/{path.relative_to(directory)}".encode())
             parts.append(path.read_bytes())
-    return _digest(parts)
-
-
-# --------------------------------------------------------------------------------------------
-# Resolving and fetching packages
-
-
-def _resolve(cache: Path) -> dict[str, object]:
-    """The kernel package and the root package set, with versions.
-
-    apt resolves the root set against an empty dpkg status (as if installing into an empty
-    tree); that takes seconds, so the answer is cached under a key of the apt lists' stat.
-    """
-    lists = _apt_lists()
-    if not lists:
-        _apt_update()
-        lists = _apt_lists()
-    stamp = [f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}".encode() for p in lists]
-    key = _digest([*stamp, *_builder_texts()])
-    path = cache / f"resolve-{key}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-
-    kernel = _kernel_package()
-    with tempfile.NamedTemporaryFile(prefix="pyqga-empty-status-") as empty:
-        proc = _run(
-            ["apt-get", "-s", "-o", f"Dir::State::status={empty.name}", "-o", "Debug::NoLocking=1",
-             "install", "--no-install-recommends", *ROOT_PACKAGES],
-            "resolving the guest's packages",
-        )
-    root: list[tuple[str, str]] = []
-    for line in proc.stdout.splitlines():
-        match = re.match(r"Inst (\S+) \((\S+)", line)
-        if match:
-            name = match.group(1).split(":")[0]
-            if not _install_only(name):
-                root.append((name, match.group(2)))
-    missing = set(ROOT_PACKAGES) - {name for name, _ in root}
-    if missing:
-        raise ImageBuildError(f"apt did not resolve {sorted(missing)}:\n{_tail(proc.stdout)}")
-    plan: dict[str, object] = {"kernel": kernel, "root": sorted(root)}
-    _atomic_write(path, json.dumps(plan, indent=1).encode())
-    return plan
-
-
-def _install_only(name: str) -> bool:
-    """Dependencies that only matter to install packages (dpkg, perl, usrmerge): never needed
-    in a tree that is unpacked, not installed."""
-    return (
-        name in ("dpkg", "tar", "usrmerge", "init-system-helpers", "debconf", "libdb5.3",
-                 "libgdbm6", "libgdbm-compat4")
-        or name.startswith(("perl", "libperl"))
-        or name.endswith("-perl")
-    )
-
-
-def _kernel_package() -> tuple[str, str]:
-    proc = _run(["apt-cache", "depends", KERNEL_METAPACKAGE], "looking up the cloud kernel")
-    names = re.findall(r"Depends: (linux-image-\S+)", proc.stdout)
-    if not names:
-        raise ImageBuildError(f"{KERNEL_METAPACKAGE} names no kernel package:\n{_tail(proc.stdout)}")
-    policy = _run(["apt-cache", "policy", names[0]], f"looking up {names[0]}")
-    match = re.search(r"Candidate: (\S+)", policy.stdout)
-    if not match or match.group(1) == "(none)":
-        raise ImageBuildError(f"no installable version of {names[0]}")
-    return names[0], match.group(1)
-
-
-def _apt_lists() -> list[Path]:
-    return sorted(Path("/var/lib/apt/lists").glob("*_Packages*"))
-
-
-def _apt_update() -> None:
-    if os.geteuid() != 0:
-        raise ImageBuildError("apt has no package lists and only root can run `apt-get update`")
-    _run(["apt-get", "update", "-qq"], "apt-get update")
-
-
-def _deb_path(debs: Path, name: str, version: str) -> Path:
-    return debs / f"{name}_{version.replace(':', '%3a')}.deb"
-
-
-def _fetch(debs: Path, packages: Sequence[tuple[str, str]]) -> dict[str, Path]:
-    """Download what is not cached yet (exact versions); return name -> .deb path."""
-    debs.mkdir(exist_ok=True)
-    missing = [(n, v) for n, v in packages if not _deb_path(debs, n, v).exists()]
-    if missing:
-        with tempfile.TemporaryDirectory(prefix=".download-", dir=debs) as tmp:
-            cmd = ["apt-get", "download", *[f"{n}={v}" for n, v in missing]]
-            if os.geteuid() == 0:
-                cmd[2:2] = ["-o", "APT::Sandbox::User=root"]  # else _apt cannot write here
-            proc = _try(cmd, cwd=Path(tmp))
-            if proc.returncode != 0:
-                raise _DownloadFailed(f"apt-get download failed: {_tail(proc.stderr)}")
-            for deb in Path(tmp).glob("*.deb"):
-                fields = _run(["dpkg-deb", "-f", str(deb), "Package", "Version"], f"reading {deb.name}")
-                info = dict(line.split(": ", 1) for line in fields.stdout.splitlines() if ": " in line)
-                deb.replace(_deb_path(debs, info["Package"], info["Version"]))
-    result = {}
-    for name, version in packages:
-        path = _deb_path(debs, name, version)
-        if not path.exists():
-            raise ImageBuildError(f"apt-get download did not produce {name} {version}")
-        result[name] = path
-    return result
+    return digest(parts)
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,7 +212,7 @@ def _build_base(cache: Path, layer: Path, plan: dict[str, object]) -> None:
     root_packages: list[tuple[str, str]] = [tuple(p) for p in plan["root"]]  # type: ignore[attr-defined, misc]
     work = Path(tempfile.mkdtemp(prefix=f".{layer.name}-", dir=cache))
     try:
-        debs = _fetch(cache / "debs", [(kernel_name, kernel_version), *root_packages])
+        debs = fetch(cache / "debs", [(kernel_name, kernel_version), *root_packages])
         log.info("guest image: %d packages fetched", len(debs))
         release, modules = _unpack_kernel(debs[kernel_name], work)
         tree = work / "rootfs"
@@ -333,7 +223,7 @@ def _build_base(cache: Path, layer: Path, plan: dict[str, object]) -> None:
         python_version = _guest_python_version(tree)
         _compile(tree, python_version, [tree / f"usr/lib/python{python_version}", tree / GUEST_SITE])
         _write_initramfs(work / "initrd.img", busybox, modules)
-        _mkfs(work / "data.ext4", DATA_SIZE_MB, label="pyqga-data")
+        mkfs(work / "data.ext4", DATA_SIZE_MB, label="pyqga-data")
         manifest = {
             "kernel_release": release,
             "python_version": python_version,
@@ -341,7 +231,7 @@ def _build_base(cache: Path, layer: Path, plan: dict[str, object]) -> None:
             "packages": root_packages,
             "seconds": round(time.monotonic() - started, 2),
         }
-        _atomic_write(work / "manifest.json", json.dumps(manifest, indent=1).encode())
+        atomic_write(work / "manifest.json", json.dumps(manifest, indent=1).encode())
         shutil.rmtree(work / "kernel", ignore_errors=True)
         shutil.rmtree(layer, ignore_errors=True)  # a half-built leftover without a manifest
         work.rename(layer)
@@ -354,7 +244,7 @@ def _build_base(cache: Path, layer: Path, plan: dict[str, object]) -> None:
 def _unpack_kernel(deb: Path, work: Path) -> tuple[str, list[Path]]:
     """Unpack the kernel package; copy out vmlinuz and the modules the initramfs loads."""
     tree = work / "kernel"
-    _run(["dpkg-deb", "-x", str(deb), str(tree)], f"unpacking {deb.name}")
+    run(["dpkg-deb", "-x", str(deb), str(tree)], f"unpacking {deb.name}")
     images = sorted((tree / "boot").glob("vmlinuz-*"))
     if not images:
         raise ImageBuildError(f"{deb.name} has no boot/vmlinuz-*")
@@ -407,7 +297,7 @@ def _install_root_modules(kernel_tree: Path, release: str, tree: Path, busybox: 
         if depends and depends.group(1):
             wanted += [d.replace("-", "_") for d in depends.group(1).decode().split(",")]
     if any(target_dir.rglob("*.ko")):
-        _run([str(busybox), "depmod", "-b", str(tree), release], "depmod for the guest's modules")
+        run([str(busybox), "depmod", "-b", str(tree), release], "depmod for the guest's modules")
 
 
 def _modules_dir(kernel_tree: Path, release: str) -> Path:
@@ -439,9 +329,9 @@ def _unpack_root(tree: Path, debs: Sequence[Path]) -> None:
     for deb in debs:
         with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE) as dpkg:
             proc = subprocess.run(tar, stdin=dpkg.stdout, capture_output=True, text=True,
-                                  timeout=_COMMAND_TIMEOUT)
+                                  timeout=COMMAND_TIMEOUT)
         if dpkg.returncode != 0 or proc.returncode != 0:
-            raise ImageBuildError(f"unpacking {deb.name} failed: {_tail(proc.stderr)}")
+            raise ImageBuildError(f"unpacking {deb.name} failed: {tail(proc.stderr)}")
     for d in _PRUNE_DIRS:
         shutil.rmtree(tree / d, ignore_errors=True)
     (tree / "tmp").chmod(0o1777)
@@ -483,10 +373,10 @@ def _install_guest_files(tree: Path, busybox: Path) -> None:
 
 def _busybox_applets(busybox: Path) -> list[str]:
     """The static busybox runs on the host too; ask it for its applets and their paths."""
-    proc = _try([str(busybox), "--list-full"])
+    proc = try_run([str(busybox), "--list-full"])
     applets = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
     if proc.returncode != 0 or not applets:
-        raise ImageBuildError(f"{busybox} --list-full failed: {_tail(proc.stderr)}")
+        raise ImageBuildError(f"{busybox} --list-full failed: {tail(proc.stderr)}")
     return applets
 
 
@@ -512,12 +402,12 @@ def _compile(tree: Path, version: str, directories: Sequence[Path]) -> None:
     guest = [str(libdir / "ld-linux-x86-64.so.2"), "--library-path", str(libdir),
              str(tree / f"usr/bin/python{version}"), "-s"]
     env = {"PYTHONHOME": str(tree / "usr"), "PATH": "/usr/bin:/bin", "LC_ALL": "C"}
-    proc = _try([*guest, *args], env=env)
+    proc = try_run([*guest, *args], env=env)
     if proc.returncode in (0, 1) and "Traceback" not in proc.stderr:
         return  # 1: some file did not compile (e.g. lib2to3 test data): fine
-    log.warning("guest python could not byte-compile (%s); trying the host's", _tail(proc.stderr))
+    log.warning("guest python could not byte-compile (%s); trying the host's", tail(proc.stderr))
     if _host_magic_matches(tree, version):
-        proc = _try([sys.executable, "-s", *args])
+        proc = try_run([sys.executable, "-s", *args])
         if proc.returncode in (0, 1):
             return
     log.warning("guest image: Python sources left uncompiled; the agents will start slowly")
@@ -542,7 +432,7 @@ def _write_initramfs(path: Path, busybox: Path, modules: Sequence[Path]) -> None
     entries.append(("modules", 0o100644, "".join(f"{m.stem}\n" for m in modules).encode(), 0))
     for module in modules:
         entries.append((f"lib/modules/{module.name}", 0o100644, module.read_bytes(), 0))
-    _atomic_write(path, _cpio_newc(entries))
+    atomic_write(path, _cpio_newc(entries))
 
 
 def _cpio_newc(entries: Sequence[tuple[str, int, bytes, int]]) -> bytes:
@@ -563,25 +453,9 @@ def _cpio_newc(entries: Sequence[tuple[str, int, bytes, int]]) -> bytes:
     return bytes(out)
 
 
-def _mkfs(path: Path, size_mb: int, label: str, source: Path | None = None) -> None:
-    """An ext4 image file, filled from ``source`` without mounting it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.truncate(size_mb << 20)
-    cmd = ["mkfs.ext4", *_MKFS_OPTIONS, "-L", label]
-    if source is not None:
-        cmd += ["-d", str(source)]
-    try:
-        _run([*cmd, str(tmp)], f"mkfs.ext4 {path.name}")
-        tmp.replace(path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
 def make_data_disk(path: Path, size_mb: int = DATA_SIZE_MB, label: str = "pyqga-data") -> None:
     """An empty ext4 disk image of another size than the cached template."""
-    _mkfs(path, size_mb, label)
+    mkfs(path, size_mb, label)
 
 
 # --------------------------------------------------------------------------------------------
@@ -594,7 +468,7 @@ def _build_root(layer: Path, root: Path, python_version: str) -> None:
     stage = Path(tempfile.mkdtemp(prefix=".stage-", dir=layer))
     try:
         tree = stage / "tree"
-        _run(["cp", "-a", "-l", str(layer / "rootfs"), str(tree)], "linking the base tree")
+        run(["cp", "-a", "-l", str(layer / "rootfs"), str(tree)], "linking the base tree")
         site = tree / GUEST_SITE
         site.mkdir(parents=True, exist_ok=True)
         copied = []
@@ -608,7 +482,7 @@ def _build_root(layer: Path, root: Path, python_version: str) -> None:
             copied.append(target)
         _compile(tree, python_version, copied)
         size = _tree_megabytes(tree)
-        _mkfs(root, max(ROOT_SIZE_MB, size * 2), label="pyqga-root", source=tree)
+        mkfs(root, max(ROOT_SIZE_MB, size * 2), label="pyqga-root", source=tree)
         root.chmod(0o444)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -648,7 +522,7 @@ def _prune(cache: Path, layer: Path, root: Path, plan: dict[str, object]) -> Non
     for other in cache.glob("base-*"):
         if other != layer and not any(not stale(r) for r in other.glob("root-*.ext4")) and stale(other):
             shutil.rmtree(other, ignore_errors=True)
-    current = {_deb_path(cache / "debs", n, v).name for n, v in [plan["kernel"], *plan["root"]]}  # type: ignore[misc]
+    current = {deb_path(cache / "debs", n, v).name for n, v in [plan["kernel"], *plan["root"]]}  # type: ignore[misc]
     for deb in (cache / "debs").glob("*.deb"):
         if deb.name not in current and stale(deb):
             deb.unlink(missing_ok=True)
@@ -657,38 +531,3 @@ def _prune(cache: Path, layer: Path, root: Path, plan: dict[str, object]) -> Non
             other.unlink(missing_ok=True)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
-def _try(cmd: Sequence[str], cwd: Path | None = None,
-         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    try:
-        return subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=_COMMAND_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return subprocess.CompletedProcess(list(cmd), 127, "", f"{cmd[0]}: {exc}")
-
-
-def _run(cmd: Sequence[str], what: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    proc = _try(cmd, cwd=cwd)
-    if proc.returncode != 0:
-        raise ImageBuildError(f"{what} failed (exit {proc.returncode}): {_tail(proc.stderr or proc.stdout)}")
-    return proc
-
-
-def _tail(text: str, n: int = 5) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return " | ".join(lines[-n:]) or "no output"

@@ -30,7 +30,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tests.rig.image import GuestImage, _digest, _locked, _mkfs, _run, cache_dir, ensure_image
+from tests.rig.build_tools import digest, locked, mkfs, run
+from tests.rig.image import GuestImage, cache_dir, ensure_image
 
 log = logging.getLogger("pyqga.vm")
 
@@ -126,12 +127,12 @@ def ensure_systemd_image(cache: Path | None = None) -> GuestImage:
     base = ensure_image(cache)
     cache = cache or cache_dir()
     started = time.monotonic()
-    key = _digest([SUITE.encode(), " ".join(PACKAGES).encode(), " ".join(MMDEBSTRAP_OPTIONS).encode(),
-                   json.dumps(FILES, sort_keys=True).encode(), str(ROOT_SIZE_MB).encode(), *_apt_stamp()])
+    key = digest([SUITE.encode(), " ".join(PACKAGES).encode(), " ".join(MMDEBSTRAP_OPTIONS).encode(),
+                  json.dumps(FILES, sort_keys=True).encode(), str(ROOT_SIZE_MB).encode(), *_apt_stamp()])
     layer = cache / f"systemd-{key}"
     root = layer / "root.ext4"
     hit = True
-    with _locked(cache / ".lock-systemd"):
+    with locked(cache / ".lock-systemd"):
         if not root.exists():
             hit = False
             _build(layer, root)
@@ -162,8 +163,8 @@ def _build(layer: Path, root: Path) -> None:
     try:
         tree = stage / "tree"
         mirror = [str(APT_SOURCES)] if APT_SOURCES.exists() else []
-        _run(["mmdebstrap", *MMDEBSTRAP_OPTIONS, f"--include={','.join(PACKAGES)}", SUITE, str(tree),
-              *mirror], "mmdebstrap (the systemd guest's root)")
+        run(["mmdebstrap", *MMDEBSTRAP_OPTIONS, f"--include={','.join(PACKAGES)}", SUITE, str(tree),
+             *mirror], "mmdebstrap (the systemd guest's root)")
         for relative, text in FILES.items():
             path = tree / relative
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +174,7 @@ def _build(layer: Path, root: Path) -> None:
             else:
                 path.write_text(text)
         (tree / "usr/local/sbin/pyqga-test-control").chmod(0o755)
-        _mkfs(root, ROOT_SIZE_MB, label="pyqga-root", source=tree)
+        mkfs(root, ROOT_SIZE_MB, label="pyqga-root", source=tree)
         root.chmod(0o444)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

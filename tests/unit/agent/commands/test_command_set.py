@@ -1,6 +1,8 @@
 """The whole command set: every Linux command of QEMU 11.1's schema is there, the generated
-``docs/commands.md`` is current, and the 20 commands Proxmox's ``qm guest cmd`` offers answer
-with qemu-ga's shapes (compared with the real qemu-ga on this machine, read commands only)."""
+``docs/commands.md`` is current, the 20 commands Proxmox's ``qm guest cmd`` offers answer
+with qemu-ga's shapes (compared with the real qemu-ga on this machine, read commands only), and
+the vCPU, memory block, disk, user and time zone commands are listed in guest-info, disabled by
+``-b`` and kept off while frozen as qemu-ga does."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pyqga.agent.registry import build_registry
 from pyqga.host_client import AgentClient
 from tests.rig.agent_process import REPO_ROOT, PyqgaAgent
 from tests.rig.qemu_ga import QemuGa, require_qemu_ga
+from tests.rig.side_by_side import Pair, ok, side_by_side
 
 # QEMU 11.1 qga/qapi-schema.json, the commands built on Linux.
 QEMU_LINUX_COMMANDS = {
@@ -117,3 +120,44 @@ def test_the_docs_name_every_command() -> None:
     text = Path(REPO_ROOT / "docs" / "commands.md").read_text()
     for name in QEMU_LINUX_COMMANDS | OURS:
         assert f"`{name}`" in text
+
+
+# --- vCPUs, memory blocks, disks, users, time zone: -b, guest-info, frozen -------------------------
+
+
+# The vCPU, memory block, disk, user and time zone commands (cpus_memory.py, disks.py, users.py),
+# added together: listed, disabled and placed as qemu-ga does.
+SYSFS_AND_UTMP_COMMANDS = ("guest-get-vcpus", "guest-set-vcpus", "guest-get-memory-blocks",
+                           "guest-set-memory-blocks", "guest-get-memory-block-info", "guest-get-disks",
+                           "guest-get-users", "guest-get-timezone")
+
+
+@pytest.mark.qemu_ga
+def test_guest_info_lists_them_as_qemu_ga_does(pair: Pair) -> None:
+    qga, ours = pair.call("guest-info")
+    theirs = {c["name"]: c for c in ok(qga)["supported_commands"]}
+    mine = {c["name"]: c for c in ok(ours)["supported_commands"]}
+    for name in SYSFS_AND_UTMP_COMMANDS:
+        assert mine[name] == theirs[name]
+
+
+@pytest.mark.qemu_ga
+def test_each_can_be_disabled_with_b(tmp_path: Path) -> None:
+    with side_by_side(tmp_path, ("-b", ",".join(SYSFS_AND_UTMP_COMMANDS))) as peers:
+        for name in SYSFS_AND_UTMP_COMMANDS:
+            qga, ours = peers.call(name, {} if name.startswith("guest-get") else None)
+            assert ours["error"]["class"] == qga["error"]["class"] == "CommandNotFound", name
+            # qemu-ga 7.2 stops after "disabled"; newer qemu-ga and we add the reason.
+            assert qga["error"]["desc"] == f"Command {name} has been disabled", name
+            assert ours["error"]["desc"].startswith(qga["error"]["desc"]), name
+
+
+def test_registered_where_they_run_and_not_allowed_while_frozen() -> None:
+    """qemu-ga's freeze allowlist (qga/main.c) has none of them.  Those that write sysfs, or ask
+    disks (SMART), run on a worker; those that only read sysfs stay on the connection loop."""
+    registry = build_registry()
+    for name in SYSFS_AND_UTMP_COMMANDS:
+        command = registry.get(name)
+        assert command is not None, name
+        assert not command.allowed_while_frozen, name
+        assert command.blocking == (name.startswith("guest-set-") or name == "guest-get-disks"), name
