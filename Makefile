@@ -50,7 +50,7 @@ dist: $(STAMP)
 demo: $(STAMP) deps
 	$(PY) -m tests.rig.demo
 
-# mypy --strict on protocol/ and the host client ([tool.mypy] in pyproject.toml says which packages).
+# mypy --strict on protocol/, the agent and the host client ([tool.mypy] in pyproject.toml says which).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy

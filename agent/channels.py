@@ -44,7 +44,18 @@ VMADDR_CID_ANY = 0xFFFFFFFF
 SD_LISTEN_FDS_START = 3
 LISTEN_BACKLOG = 64
 
-ProtocolFactory = Callable[[], asyncio.Protocol]
+
+
+class StreamProtocol(asyncio.BufferedProtocol):
+    """What a channel serves: a buffered protocol (sockets read into its buffer) that also takes
+    bytes handed over whole (:class:`DeviceTransport` reads a device and calls
+    :meth:`data_received`).  The agent's connection is one."""
+
+    def data_received(self, data: bytes) -> None:
+        raise NotImplementedError
+
+
+ProtocolFactory = Callable[[], StreamProtocol]
 
 
 class ChannelError(AgentFailure):
@@ -54,7 +65,7 @@ class ChannelError(AgentFailure):
 class DeviceTransport(asyncio.Transport):
     """One host session over a non-blocking character device fd; ends at EOF or an error."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, protocol: asyncio.Protocol,
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, protocol: StreamProtocol,
                  on_end: Callable[[Exception | None], None]) -> None:
         super().__init__()
         self._loop, self._fd, self._protocol, self._on_end = loop, fd, protocol, on_end

@@ -91,6 +91,8 @@ class Calls:
             # An id (null) so jsonrpcserver answers: a notification is the protocol's business.
             {"method": name, "params": params, "id": None},
             self._methods, context=self._agent, deserializer=_decoded, validator=_valid)
+        # One request with an id: jsonrpcserver answers with one response object.
+        assert isinstance(response, dict), f"jsonrpcserver answered {type(response).__name__}"
         if "result" in response:
             return response["result"]
         failure = response["error"].get("data")

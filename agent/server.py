@@ -29,7 +29,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pyqga.agent.channels import Channel, ListenerChannel
+from pyqga.agent.channels import Channel, ListenerChannel, StreamProtocol
 from pyqga.agent.dispatch import Dispatcher
 from pyqga.agent.state import AgentState
 from pyqga.protocol.dialects import Batch, Dialect, Incoming, Request
@@ -82,7 +82,7 @@ class ConnectionLimit:
         self.active -= 1
 
 
-class AgentConnection(asyncio.BufferedProtocol):
+class AgentConnection(StreamProtocol):
     def __init__(self, dispatcher: Dispatcher, executors: dict[str, ThreadPoolExecutor],
                  limit: ConnectionLimit | None = None) -> None:
         self._dispatcher = dispatcher

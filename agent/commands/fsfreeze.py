@@ -42,7 +42,9 @@ def guest_get_fsinfo(agent: AgentState) -> list[dict[str, Any]]:
 
 def guest_fstrim(agent: AgentState, minimum: int | None = None) -> dict[str, Any]:
     # The freeze filters apply: they name the filesystems this agent may touch.
-    return fstrim(minimum, agent.freezer.planner.candidates())
+    planner = agent.freezer.planner
+    assert planner is not None, "the agent's freezer plans (only the keeper's does not)"
+    return fstrim(minimum, planner.candidates())
 
 
 COMMANDS = (

@@ -44,6 +44,7 @@ from pyqga.agent.freeze.vocabulary import (
     FreezeDone,
     FreezeRequested,
     FreezeSb,
+    HookAction,
     HookDone,
     KeeperRestarted,
     Log,
@@ -67,7 +68,7 @@ if TYPE_CHECKING:  # the keeper imports this module: it needs neither planning n
     from pyqga.agent.logs import LogControl
 
 Runner = Callable[[Callable[[], None], str], None]   # (job, label): run it now or later
-HookRunner = Callable[[str, str, float], HookResult]
+HookRunner = Callable[[str, HookAction, float], HookResult]
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -226,12 +227,14 @@ class Freezer:
 
     def freeze(self, mountpoints: Sequence[str] | None = None, timeout: Any = None) -> int:
         """Freeze all (filtered) filesystems, or exactly ``mountpoints``; return the count."""
-        return self._wait(self.submit_freeze(mountpoints, timeout))
+        count: int = self._wait(self.submit_freeze(mountpoints, timeout))
+        return count
 
     def thaw(self, epoch: int | None = None) -> int:
         """Thaw every selected frozen filesystem, whoever froze it (qemu-ga); the count.  With
         ``epoch``: a FREEZE_LOST error (after thawing) if that freeze did not hold until now."""
-        return self._wait(self.submit_thaw(epoch))
+        count: int = self._wait(self.submit_thaw(epoch))
+        return count
 
     def submit_freeze(self, mountpoints: Sequence[str] | None = None,
                       timeout: Any = None) -> Future[tuple[Any, AgentError | None]]:
@@ -270,7 +273,8 @@ class Freezer:
 
     @property
     def status(self) -> str:
-        return self.view["status"]
+        status: str = self.view["status"]
+        return status
 
     def info(self) -> dict[str, Any]:
         return dict(self.view)

@@ -16,11 +16,11 @@ import stat
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Literal
+
+from pyqga.agent.freeze.vocabulary import HookAction
 
 OUTPUT_LIMIT = 64 * 1024  # keep the tail: a hook's last words say why it failed
 
-Action = Literal["freeze", "thaw"]
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class HookResult:
         return self.returncode == 0 and not self.timed_out
 
 
-def run_hook(path: str, action: Action, timeout: float) -> HookResult:
+def run_hook(path: str, action: HookAction, timeout: float) -> HookResult:
     """Run ``path action`` with stdin from /dev/null, stdout+stderr captured (last 64 KiB)."""
     if action not in ("freeze", "thaw"):
         raise ValueError(f"hook action must be 'freeze' or 'thaw', not {action!r}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pyqga.protocol.errors import AgentError
 
@@ -168,9 +168,12 @@ Event = (FreezeRequested | ThawRequested | DeadlineCheck | StopRequested | Agent
 # --- actions ------------------------------------------------------------------------------------
 
 
+HookAction = Literal["freeze", "thaw"]  # the hook's one argument
+
+
 class RunHook(NamedTuple):
     op: int
-    action: str                  # "freeze" or "thaw"
+    action: HookAction
 
 
 class Flush(NamedTuple):
