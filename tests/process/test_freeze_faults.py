@@ -7,6 +7,7 @@ before the freeze core was rebuilt (see the closing note of issue 9).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -167,19 +169,30 @@ def start_agent_seeing_dirty(tmp_path: Path, loops: LoopMounts, dirty_kb: int) -
     return agent
 
 
-def test_stuck_fifreeze_does_not_wedge_the_agent(tmp_path: Path, loops: LoopMounts) -> None:
-    """An image on a filesystem that someone else froze: its FIFREEZE must flush into a frozen
-    file and waits until that is thawed.  The host's thaw still answers at once, thaws what was
-    frozen (outer too: qemu-ga's thaw is everyone's), names the stuck one; the stuck FIFREEZE
-    then completes and the agent thaws it by itself."""
+@dataclass
+class StuckStack:
+    """An image (``inner``) on a filesystem someone else froze (``outer``), holding dirty data,
+    and ``other`` beside them; a freeze-list of inner and other started on a thread, whose
+    reply (or error) lands in ``replies["freeze"]``."""
+
+    outer: LoopFs
+    inner: LoopFs
+    other: LoopFs
+    agent: PyqgaAgent
+    thread: threading.Thread
+    replies: dict[str, object]
+
+
+@contextlib.contextmanager
+def stuck_stack(tmp_path: Path, loops: LoopMounts, dirty_kb: int) -> Iterator[StuckStack]:
+    """The stack of the two tests below, with the agent told ``dirty_kb`` of dirty data (so
+    whether its syncfs pass comes first is the test's choice); everything thawed at the end."""
     require_tool("unshare")
     outer = loops.add("outer", size_mb=64)
     inner = loops.add("inner", image=outer.mountpoint / "inner.img",
                       mountpoint=loops.base / "inner", size_mb=32)
     other = loops.add("other")
-    # Little dirty data: no syncfs pass, the freeze goes straight to FIFREEZE.  (With one, the
-    # syncfs of inner would block in the frozen outer before any FIFREEZE: the next test.)
-    agent = start_agent_seeing_dirty(tmp_path, loops, dirty_kb=0)
+    agent = start_agent_seeing_dirty(tmp_path, loops, dirty_kb)
     replies: dict[str, object] = {}
     try:
         (inner.mountpoint / "dirty").write_bytes(os.urandom(8 << 20))
@@ -195,40 +208,53 @@ def test_stuck_fifreeze_does_not_wedge_the_agent(tmp_path: Path, loops: LoopMoun
 
         thread = threading.Thread(target=freeze)
         thread.start()
-        with AgentClient(str(agent.socket_path), timeout=10) as client:
-            def states() -> dict[str, str]:
-                return {e["mountpoint"]: e["state"] for e in client.call("guest-fsfreeze-info")["frozen"]}
-
-            seen: list[dict[str, str]] = []
-
-            def stuck_as_meant() -> bool:
-                now = states()
-                if not seen or seen[-1] != now:
-                    seen.append(now)
-                return now == {str(inner): "freezing", str(other): "frozen"}
-
-            try:
-                wait_until(stuck_as_meant, 10, "other frozen, inner stuck in FIFREEZE")
-            except AssertionError as exc:
-                raise AssertionError(f"{exc}; states seen: {seen}") from None
-            time.sleep(0.5)
-            assert thread.is_alive(), "the inner FIFREEZE did not block (no dirty data?)"
-            t0 = time.monotonic()
-            with pytest.raises(AgentCallError, match="stuck in FIFREEZE") as caught:
-                client.call("guest-fsfreeze-thaw")  # qemu-ga's thaw: the other tool's freeze too
-            assert time.monotonic() - t0 < 5, "the host's thaw waited for the stuck FIFREEZE"
-            assert caught.value.error.data["stuck"] == [str(inner)]
-            assert caught.value.error.data["thawed"] == 2  # outer (someone else's) and other (ours)
-            thread.join(10)
-            assert isinstance(replies["freeze"], AgentCallError)
-            assert "interrupted" in str(replies["freeze"])
-            # outer is thawed, so the stuck FIFREEZE returns; the agent thaws it at once.
-            wait_until(lambda: client.call("guest-fsfreeze-status") == "thawed", 20,
-                       "the agent to thaw the late freeze")
-            assert _not_frozen(inner.mountpoint) and _not_frozen(other.mountpoint)
+        yield StuckStack(outer, inner, other, agent, thread, replies)
     finally:
         loops.thaw_all()
         agent.stop()
+
+
+def test_stuck_fifreeze_does_not_wedge_the_agent(tmp_path: Path, loops: LoopMounts) -> None:
+    """An image on a filesystem that someone else froze: its FIFREEZE must flush into a frozen
+    file and waits until that is thawed.  The host's thaw still answers at once, thaws what was
+    frozen (outer too: qemu-ga's thaw is everyone's), names the stuck one; the stuck FIFREEZE
+    then completes and the agent thaws it by itself."""
+    # Little dirty data: no syncfs pass, the freeze goes straight to FIFREEZE.  (With one, the
+    # syncfs of inner would block in the frozen outer before any FIFREEZE: the next test.)
+    with stuck_stack(tmp_path, loops, dirty_kb=0) as stack, \
+            AgentClient(str(stack.agent.socket_path), timeout=10) as client:
+        inner, other = stack.inner, stack.other
+
+        def states() -> dict[str, str]:
+            return {e["mountpoint"]: e["state"] for e in client.call("guest-fsfreeze-info")["frozen"]}
+
+        seen: list[dict[str, str]] = []
+
+        def stuck_as_meant() -> bool:
+            now = states()
+            if not seen or seen[-1] != now:
+                seen.append(now)
+            return now == {str(inner): "freezing", str(other): "frozen"}
+
+        try:
+            wait_until(stuck_as_meant, 10, "other frozen, inner stuck in FIFREEZE")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; states seen: {seen}") from None
+        time.sleep(0.5)
+        assert stack.thread.is_alive(), "the inner FIFREEZE did not block (no dirty data?)"
+        t0 = time.monotonic()
+        with pytest.raises(AgentCallError, match="stuck in FIFREEZE") as caught:
+            client.call("guest-fsfreeze-thaw")  # qemu-ga's thaw: the other tool's freeze too
+        assert time.monotonic() - t0 < 5, "the host's thaw waited for the stuck FIFREEZE"
+        assert caught.value.error.data["stuck"] == [str(inner)]
+        assert caught.value.error.data["thawed"] == 2  # outer (someone else's) and other (ours)
+        stack.thread.join(10)
+        assert isinstance(stack.replies["freeze"], AgentCallError)
+        assert "interrupted" in str(stack.replies["freeze"])
+        # outer is thawed, so the stuck FIFREEZE returns; the agent thaws it at once.
+        wait_until(lambda: client.call("guest-fsfreeze-status") == "thawed", 20,
+                   "the agent to thaw the late freeze")
+        assert _not_frozen(inner.mountpoint) and _not_frozen(other.mountpoint)
 
 
 def test_stuck_syncfs_before_the_freeze_does_not_wedge_the_agent(tmp_path: Path, loops: LoopMounts) -> None:
@@ -236,50 +262,27 @@ def test_stuck_syncfs_before_the_freeze_does_not_wedge_the_agent(tmp_path: Path,
     blocks on inner (its data must go into the frozen outer).  Nothing is frozen by the agent
     meanwhile; the host's thaw still answers at once, thaws outer (someone else's, as qemu-ga's
     thaw does) and interrupts the freeze, and then nothing is left frozen."""
-    require_tool("unshare")
-    outer = loops.add("outer", size_mb=64)
-    inner = loops.add("inner", image=outer.mountpoint / "inner.img",
-                      mountpoint=loops.base / "inner", size_mb=32)
-    other = loops.add("other")
-    agent = start_agent_seeing_dirty(tmp_path, loops, dirty_kb=1 << 20)  # 1 GiB: the pass comes first
-    replies: dict[str, object] = {}
-    try:
-        (inner.mountpoint / "dirty").write_bytes(os.urandom(8 << 20))
-        freeze_directly(outer.mountpoint)
-
-        def freeze() -> None:
-            with AgentClient(str(agent.socket_path), timeout=60) as client:
-                try:
-                    replies["freeze"] = client.call("guest-fsfreeze-freeze-list",
-                                                    mountpoints=[str(inner), str(other)])
-                except AgentCallError as exc:
-                    replies["freeze"] = exc
-
-        thread = threading.Thread(target=freeze)
-        thread.start()
-        with AgentClient(str(agent.socket_path), timeout=10) as client:
-            def flushing() -> bool:
-                info = client.call("guest-fsfreeze-info")
-                return info["phase"] == "freezing" and info["in-progress"] and info["frozen"] == []
-
-            wait_until(flushing, 10, "a freeze in progress with nothing frozen yet")
-            time.sleep(0.5)
-            assert thread.is_alive(), "the syncfs of inner did not block (no dirty data?)"
-            assert flushing(), "a FIFREEZE went out while the syncfs pass was blocked"
-            t0 = time.monotonic()
-            assert client.call("guest-fsfreeze-thaw") == 1  # outer, someone else's
-            assert time.monotonic() - t0 < 5, "the host's thaw waited for the stuck syncfs"
-            thread.join(10)
-            assert isinstance(replies["freeze"], AgentCallError)
-            assert "freeze interrupted: a thaw was requested while flush" in str(replies["freeze"])
+    with stuck_stack(tmp_path, loops, dirty_kb=1 << 20) as stack, \
+            AgentClient(str(stack.agent.socket_path), timeout=10) as client:  # 1 GiB: the pass first
+        def flushing() -> bool:
             info = client.call("guest-fsfreeze-info")
-            assert (info["status"], info["phase"], info["frozen"]) == ("thawed", "thawed", [])
-            assert info["epoch"] == 0  # nothing was ever frozen by this agent
-            assert _not_frozen(inner.mountpoint) and _not_frozen(other.mountpoint)
-            assert _not_frozen(outer.mountpoint)
-    finally:
-        loops.thaw_all()
-        agent.stop()
+            return info["phase"] == "freezing" and info["in-progress"] and info["frozen"] == []
+
+        wait_until(flushing, 10, "a freeze in progress with nothing frozen yet")
+        time.sleep(0.5)
+        assert stack.thread.is_alive(), "the syncfs of inner did not block (no dirty data?)"
+        assert flushing(), "a FIFREEZE went out while the syncfs pass was blocked"
+        t0 = time.monotonic()
+        assert client.call("guest-fsfreeze-thaw") == 1  # outer, someone else's
+        assert time.monotonic() - t0 < 5, "the host's thaw waited for the stuck syncfs"
+        stack.thread.join(10)
+        assert isinstance(stack.replies["freeze"], AgentCallError)
+        assert "freeze interrupted: a thaw was requested while flush" in str(stack.replies["freeze"])
+        info = client.call("guest-fsfreeze-info")
+        assert (info["status"], info["phase"], info["frozen"]) == ("thawed", "thawed", [])
+        assert info["epoch"] == 0  # nothing was ever frozen by this agent
+        assert _not_frozen(stack.inner.mountpoint) and _not_frozen(stack.other.mountpoint)
+        assert _not_frozen(stack.outer.mountpoint)
 
 
 # --- fault 6: the state file cannot be written during a deadline thaw ------------------------------
