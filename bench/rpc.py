@@ -61,10 +61,12 @@ START_TIMEOUT = 15.0
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
 SECTION = "bench/rpc.py"  # name of our section of BENCHMARKS.md (bench/report.py)
 
-# Targets from issue 11: at least qemu-ga's rate for what hosts send before every command and
-# for the freeze status, at least half of it for every other read command.
+# Targets: for what hosts send before every command and for the freeze status, at least 0.9x
+# qemu-ga's rate, pinned (issue 19 restated issue 11's 1.0x: pinned, a server that does nothing
+# reaches only 1.0-1.13x, so 1.0x left no room for the agent's own work); at least half of it
+# for every other read command (issue 11).
 FULL_SPEED = ("guest-ping", "guest-sync", "guest-fsfreeze-status")
-RATIO_FULL = 1.0
+RATIO_FULL = 0.9
 RATIO_READ = 0.5
 RSS_MAX_BYTES = 25_000_000
 START_MAX_SECONDS = 0.3
