@@ -42,7 +42,14 @@ WRITE_LOW_WATER = 256 << 10
 SERIAL_BAUDRATE = 38400    # qemu-ga's default for isa-serial
 VMADDR_CID_ANY = 0xFFFFFFFF
 SD_LISTEN_FDS_START = 3
-LISTEN_BACKLOG = 64
+# The kernel's queue of connections not yet accepted: as long as the system allows
+# (net.core.somaxconn caps it, 4096 by default).  A burst that finds it full is refused by the
+# kernel with EAGAIN, which a non-blocking client (asyncio's, AsyncAgentClient's) reads as
+# "connected" and then loses, with no trace in the agent; a client the agent refuses itself
+# (server.ConnectionLimit) is closed at once with a log line.  So the queue must never be the
+# limit: it holds any burst the loop is too busy to accept at once (at start-up, under a flood),
+# at least MAX_CONNECTIONS (128), and the connection cap decides.
+LISTEN_BACKLOG = socket.SOMAXCONN
 
 
 
@@ -298,6 +305,15 @@ def _is_hangup(exc: Exception) -> bool:
 ACCEPT_BATCH = 16
 
 
+class _FixedBacklog(socket.socket):
+    """A listening socket whose queue length asyncio cannot change.  ``create_server``'s
+    ``backlog`` is both its accept batch and the ``listen()`` it calls on the socket: the batch
+    should be small, the kernel's queue must not be (:data:`LISTEN_BACKLOG`)."""
+
+    def listen(self, backlog: int = 0, /) -> None:
+        """Already listening with :data:`LISTEN_BACKLOG` (or systemd's ``Backlog=``)."""
+
+
 class ListenerChannel:
     """unix-listen, vsock-listen or a systemd-activated socket: one connection per client."""
 
@@ -310,8 +326,11 @@ class ListenerChannel:
         loop = asyncio.get_running_loop()
         # asyncio accepts up to `backlog` clients per loop turn, and a client counts against the
         # connection cap until its EOF is read a few turns later: a small batch keeps a
-        # connect-and-close flood from filling the cap (the rest wait in the kernel's queue).
-        server = await loop.create_server(factory, sock=self.sock, backlog=ACCEPT_BATCH)
+        # connect-and-close flood from filling the cap (the rest wait in the kernel's queue,
+        # whose length the listen() at bind set and asyncio must not shrink to the batch).
+        sock = _FixedBacklog(self.sock.family, self.sock.type, self.sock.proto, fileno=self.sock.detach())
+        self.sock = sock
+        server = await loop.create_server(factory, sock=sock, backlog=ACCEPT_BATCH)
         try:
             await stop.wait()
         finally:
