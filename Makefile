@@ -20,10 +20,10 @@ APT_PACKAGES += $(DIST_APT_PACKAGES)
 # packages, install the rest: the libvirt tests skip (as the other root-only tests do).
 $(STAMP): pyproject.toml | deps
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip 'setuptools>=70.1'
+	$(PY) -m pip install --quiet --upgrade pip 'setuptools>=77'
 	$(PY) -m pip install --quiet -e '.[test]' || { [ "$$(id -u)" != 0 ] && \
 	  echo "libvirt-python could not be built (libvirt-dev missing?): installing without the libvirt extra" && \
-	  $(PY) -m pip install --quiet -e '.[test-tools]'; }
+	  $(PY) -m pip install --quiet -e '.[agent,test-tools]'; }
 	touch $(STAMP)
 
 # Debian packages the filesystem tests need; only as root (CI and the test VMs run as root).
@@ -40,11 +40,12 @@ apt-install:
 	else echo "deps: not root, skipping Debian packages (tests that need them will skip)"; fi
 
 # The wheel and the guest's Debian package, built offline from the tree into dist/ (the venv's
-# setuptools builds the wheel; the .deb vendors jsonrpcserver from the venv).
+# setuptools builds the wheel; the .deb vendors jsonrpcserver, the agent extra, from the venv).
+# The .deb's Maintainer is whoever builds it: DEBFULLNAME and DEBEMAIL, as Debian's tools take it.
 dist: $(STAMP)
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(DIST_APT_PACKAGES)"
-	@$(PY) -c 'import setuptools.command.bdist_wheel' 2>/dev/null || \
-	  $(PY) -m pip install --quiet --upgrade 'setuptools>=70.1'  # a venv made before dist existed
+	@$(PY) -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' || \
+	  $(PY) -m pip install --quiet --upgrade 'setuptools>=77'  # a venv older than PEP 639's license fields
 	$(PY) packaging/build_dist.py
 
 demo: $(STAMP) deps

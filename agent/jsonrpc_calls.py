@@ -39,13 +39,17 @@ import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from pyqga.agent.errors import AgentExtraMissing
 from pyqga.agent.registry import Command
 from pyqga.protocol.errors import AgentError, ErrorKind
 
 with warnings.catch_warnings():
     # jsonrpcserver 5 reads its schema with importlib.resources.read_text, deprecated in 3.11.
     warnings.simplefilter("ignore", DeprecationWarning)
-    from jsonrpcserver import Error, Success, dispatch_to_serializable
+    try:
+        from jsonrpcserver import Error, Success, dispatch_to_serializable
+    except ModuleNotFoundError as missing:  # jsonrpcserver, or one of its own dependencies
+        raise AgentExtraMissing(missing.name or "jsonrpcserver") from None
 
 # "the agent, then any keywords": the parameters were checked by the registry already.
 _SIGNATURE = inspect.Signature([

@@ -15,7 +15,13 @@ def main(argv: list[str] | None = None) -> int:
     # which the agent never speaks.  None in sys.modules makes `import ssl` fail, and asyncio
     # is written to carry on without it.  Only the agent's process is affected.
     sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
-    from pyqga.agent.daemon import run_daemon
+    from pyqga.agent.errors import AgentExtraMissing
+
+    try:
+        from pyqga.agent.daemon import run_daemon
+    except AgentExtraMissing as exc:  # a host-only install: one line, not a traceback
+        sys.stderr.write(f"pyqga-agent: {exc}\n")
+        return 1
 
     return run_daemon(argv)
 

@@ -5,8 +5,10 @@ plus man pages made from ``--help`` (help2man's way).
 
 The .deb depends on Debian's python3, python3-serial, python3-jsonschema and
 python3-typing-extensions; jsonrpcserver and oslash, which Debian lacks, are copied from the
-Python running this script (the project's virtualenv) into /usr/lib/pyqga-agent/vendor.  Built
-with dpkg-deb alone (no debhelper); lintian, where installed, is run on the result.
+Python running this script (the project's virtualenv, with the ``agent`` extra) into
+/usr/lib/pyqga-agent/vendor.  The license text comes from LICENSE, the Maintainer from
+DEBFULLNAME and DEBEMAIL (see :func:`maintainer`).  Built with dpkg-deb alone (no debhelper);
+lintian, where installed, is run on the result.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import gzip
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -157,9 +160,20 @@ def license_text(name: str) -> str:
     raise SystemExit(f"dist: no license file for {name} in {sys.executable}'s site-packages")
 
 
+def project_license() -> tuple[str, str]:
+    """(holders, terms) from LICENSE, the one copy of the project's license: who its
+    ``Copyright (c)`` line names, and the text after that line."""
+    lines = (REPO / "LICENSE").read_text().strip().splitlines()
+    at = next((i for i, line in enumerate(lines) if line.startswith("Copyright")), None)
+    if at is None:
+        raise SystemExit(f"dist: {REPO / 'LICENSE'} has no Copyright line")
+    return lines[at].removeprefix("Copyright").removeprefix(" (c)").strip(), "\n".join(lines[at + 1:]).strip()
+
+
 def copyright_file() -> str:
+    holders, terms = project_license()
     parts = ["Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/",
-             "Upstream-Name: pyqga", "", "Files: *", "Copyright: pyqga maintainers", "License: MIT"]
+             "Upstream-Name: pyqga", "", "Files: *", f"Copyright: {holders}", "License: MIT"]
     for name in VENDORED:
         from importlib import metadata
         meta = metadata.metadata(name)
@@ -167,24 +181,32 @@ def copyright_file() -> str:
                   f"Copyright: {meta.get('Author') or meta.get('Author-email') or name + ' authors'}",
                   f"License: {meta.get('License') or 'MIT'}"]
         parts += [" " + (line if line.strip() else ".") for line in license_text(name).strip().splitlines()]
-    parts += ["", "License: MIT", " " + MIT_TEXT.replace("\n\n", "\n .\n").replace("\n", "\n ")]
+    parts += ["", "License: MIT", " " + terms.replace("\n\n", "\n .\n").replace("\n", "\n ")]
     return "\n".join(parts) + "\n"
 
 
-MIT_TEXT = """Permission is hereby granted, free of charge, to any person obtaining a copy of this software
-and associated documentation files (the "Software"), to deal in the Software without restriction,
-including without limitation the rights to use, copy, modify, merge, publish, distribute,
-sublicense, and/or sell copies of the Software, and to permit persons to whom the Software is
-furnished to do so, subject to the following conditions:
 
-The above copyright notice and this permission notice shall be included in all copies or
-substantial portions of the Software.
+MAINTAINER_HELP = ("set DEBFULLNAME and DEBEMAIL to the name and address of whoever answers for "
+                   "this build (as dch takes them): DEBFULLNAME='Jane Doe' DEBEMAIL=jane@... make dist")
+ADDRESS = re.compile(r"[^\s<>@]+@[^\s<>@]+\.[^\s<>@.]+")
 
-THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED, INCLUDING BUT
-NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPOSE AND
-NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES
-OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN
-CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE."""
+
+def maintainer() -> str:
+    """The .deb's Maintainer: whoever builds and ships it, as Debian's tools (dch, debmake) name
+    them, from DEBFULLNAME and DEBEMAIL (or DEBEMAIL alone as ``Name <address>``).  pyqga has no
+    public home and no mailbox, and Debian policy wants a name with a working address, so the
+    tree carries none: a placeholder would tell users where to write and be read by no one."""
+    email = os.environ.get("DEBEMAIL", "").strip()
+    name = os.environ.get("DEBFULLNAME", "").strip()
+    quoted = re.fullmatch(r"(.+?)\s*<(.+)>", email)
+    if quoted:
+        name, email = name or quoted[1].strip(), quoted[2].strip()
+    if not email:
+        raise SystemExit(f"dist: the .deb needs a Maintainer: {MAINTAINER_HELP}")
+    if not name or not ADDRESS.fullmatch(email) or any(c in name for c in "<>,\n"):
+        raise SystemExit(f"dist: not a Maintainer (a name and an address): {name!r} <{email}>; "
+                         f"{MAINTAINER_HELP}")
+    return f"{name} <{email}>"
 
 
 def install(stage: Path, relative: str, data: bytes | str, mode: int = 0o644) -> None:
@@ -194,7 +216,7 @@ def install(stage: Path, relative: str, data: bytes | str, mode: int = 0o644) ->
     path.chmod(mode)
 
 
-def stage_tree(stage: Path, when: int) -> None:
+def stage_tree(stage: Path, when: int, who: str) -> None:
     for target, source in OWN_PACKAGES:
         copy_python_package(REPO / source, stage / LIBDIR / target)
     for name in VENDORED:
@@ -210,12 +232,13 @@ def stage_tree(stage: Path, when: int) -> None:
     install(stage, "usr/share/man/man8/pyqga-agent.8.gz", page)
     doc = "usr/share/doc/pyqga-agent"
     install(stage, f"{doc}/copyright", copyright_file())
+    date = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(when))
     changelog = (HERE / "debian/changelog").read_text().replace("@VERSION@", version()).replace(
-        "@DATE@", time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(when)))
+        "@MAINTAINER@", who).replace("@DATE@", date)
     install(stage, f"{doc}/changelog.gz", gzip_bytes(changelog.encode(), when))
 
 
-def control_files(stage: Path) -> None:
+def control_files(stage: Path, who: str) -> None:
     debian = stage / "DEBIAN"
     debian.mkdir()
     sums, size = [], 0
@@ -225,7 +248,7 @@ def control_files(stage: Path) -> None:
         sums.append(f"{hashlib.md5(data).hexdigest()}  {path.relative_to(stage)}")
     size += len([p for p in stage.rglob("*") if p.is_dir()])
     control = (HERE / "debian/control.in").read_text().replace("@VERSION@", version()).replace(
-        "@INSTALLED_SIZE@", str(size))
+        "@INSTALLED_SIZE@", str(size)).replace("@MAINTAINER@", who)
     install(stage, "DEBIAN/control", control)
     install(stage, "DEBIAN/md5sums", "\n".join(sums) + "\n")
     install(stage, "DEBIAN/conffiles", (HERE / "debian/conffiles").read_text())
@@ -233,16 +256,16 @@ def control_files(stage: Path) -> None:
         install(stage, f"DEBIAN/{script}", (HERE / "debian" / script).read_text(), 0o755)
 
 
-def build_deb(dist: Path, when: int) -> Path:
+def build_deb(dist: Path, when: int, who: str) -> Path:
     with tempfile.TemporaryDirectory(prefix="pyqga-deb-") as scratch:
         stage = Path(scratch) / "root"
         stage.mkdir(mode=0o755)
-        stage_tree(stage, when)
+        stage_tree(stage, when, who)
         for path in [stage, *stage.rglob("*")]:
             if path.is_dir():
                 path.chmod(0o755)
             os.utime(path, (when, when), follow_symlinks=False)
-        control_files(stage)
+        control_files(stage, who)
         deb = dist / f"{PACKAGE}_{version()}_all.deb"
         run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(stage), str(deb)],
             env=dict(os.environ, SOURCE_DATE_EPOCH=str(when)))
@@ -270,6 +293,7 @@ def main() -> int:
     parser.add_argument("--no-wheel", action="store_true", help="build only the .deb")
     parser.add_argument("--no-lintian", action="store_true", help="do not run lintian")
     args = parser.parse_args()
+    who = maintainer()  # before anything is built: without one there is no .deb
     dist = Path(args.dist)
     dist.mkdir(parents=True, exist_ok=True)
     when = source_date()
@@ -279,7 +303,7 @@ def main() -> int:
         (man / f"{name}.{section}").write_text(man_page(name, when))
     if not args.no_wheel:
         print(f"dist: {build_wheel(dist)}")
-    deb = build_deb(dist, when)
+    deb = build_deb(dist, when, who)
     print(f"dist: {deb}")
     return 0 if args.no_lintian or lintian(deb) else 1
 

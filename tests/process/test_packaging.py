@@ -4,6 +4,8 @@ control data, configuration and unit.  The guest test (tests/vm/test_systemd.py)
 from __future__ import annotations
 
 import configparser
+import gzip
+import re
 import subprocess
 import sys
 import zipfile
@@ -16,9 +18,16 @@ from pyqga.agent import config as cfg
 from pyqga.agent.registry import build_registry
 from pyqga.agent.state import blocked_commands
 from tests.rig.agent_process import REPO_ROOT, agent_env
+from tests.rig.deb_builder import BUILDER, builder_env
 from tests.rig.requirements import require, require_tool
 
 PACKAGING = REPO_ROOT / "packaging"
+
+
+def build_dist(out: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """The command `make dist` runs, into ``out``, with ``env`` as its builder (none without)."""
+    return subprocess.run([sys.executable, str(PACKAGING / "build_dist.py"), "--dist", str(out)],
+                          capture_output=True, text=True, timeout=600, env=builder_env(**env))
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +35,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, subpr
     """The same command `make dist` runs, into a folder of our own."""
     require_tool("dpkg-deb")
     out = tmp_path_factory.mktemp("dist")
-    result = subprocess.run([sys.executable, str(PACKAGING / "build_dist.py"), "--dist", str(out)],
-                            capture_output=True, text=True, timeout=600)
+    result = build_dist(out, **BUILDER)
     assert (out / "pyqga-agent_0.1.0_all.deb").exists(), result.stdout + result.stderr
     yield out, result
 
@@ -68,6 +76,51 @@ def test_deb_control_data(dist: tuple[Path, subprocess.CompletedProcess[str]]) -
     assert {"./conffiles", "./md5sums", "./postinst", "./prerm", "./postrm"} <= set(listing.split())
     conffiles = (PACKAGING / "debian/conffiles").read_text().split()
     assert conffiles == ["/etc/pyqga/pyqga.conf", "/etc/pyqga/fsfreeze-hook"]
+
+
+def test_deb_maintainer_is_its_builder(dist: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    """The Maintainer field and the changelog's trailer name whoever built the .deb (DEBFULLNAME,
+    DEBEMAIL); the tree itself carries no address to ship."""
+    deb = dist[0] / "pyqga-agent_0.1.0_all.deb"
+    builder = f"{BUILDER['DEBFULLNAME']} <{BUILDER['DEBEMAIL']}>"
+    assert deb_field(deb, "Maintainer") == builder
+    data = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True).stdout
+    changelog = subprocess.run(["tar", "-xO", "./usr/share/doc/pyqga-agent/changelog.gz"], input=data,
+                               capture_output=True, check=True).stdout
+    assert f" -- {builder}  " in gzip.decompress(changelog).decode()
+    addresses = [(path.name, found) for path in PACKAGING.rglob("*") if path.is_file()
+                 for found in re.findall(r"[\w.+-]+@[\w-]+\.[\w.-]+", path.read_text())]
+    assert not addresses, addresses
+
+
+def test_deb_needs_a_maintainer(tmp_path: Path) -> None:
+    """Without DEBEMAIL nothing is built, and one line says what to set."""
+    result = build_dist(tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1 and "DEBEMAIL" in result.stderr, result.stderr
+    assert not list(tmp_path.iterdir())
+    bad = build_dist(tmp_path, DEBEMAIL="not an address")
+    assert bad.returncode != 0 and "not a Maintainer" in bad.stderr, bad.stderr
+
+
+def test_license_has_one_source(dist: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    """LICENSE is the text: the wheel carries it and declares MIT by SPDX expression; the .deb's
+    copyright file quotes it."""
+    license_text = (REPO_ROOT / "LICENSE").read_text()
+    (wheel,) = dist[0].glob("pyqga-0.1.0-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("pyqga-0.1.0.dist-info/licenses/LICENSE").decode() == license_text
+        metadata = archive.read("pyqga-0.1.0.dist-info/METADATA").decode()
+    assert "License-Expression: MIT" in metadata.splitlines()
+    assert "License-File: LICENSE" in metadata.splitlines()
+    deb = dist[0] / "pyqga-agent_0.1.0_all.deb"
+    data = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True).stdout
+    copyright_text = subprocess.run(["tar", "-xO", "./usr/share/doc/pyqga-agent/copyright"], input=data,
+                                    capture_output=True, check=True, text=False).stdout.decode()
+    holders = next(line for line in license_text.splitlines() if line.startswith("Copyright (c) "))
+    assert f"Files: *\nCopyright: {holders.removeprefix('Copyright (c) ')}\n" in copyright_text
+    last = license_text.strip().splitlines()[-1]
+    assert f" {last}" in copyright_text
 
 
 def test_lintian_clean_where_it_runs(dist: tuple[Path, subprocess.CompletedProcess[str]]) -> None:

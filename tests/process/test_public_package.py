@@ -3,7 +3,9 @@
 Issue 18's "Done when" for the package and its types: the wheel holds one top-level import name;
 in a fresh venv with only the wheel (and its dependencies), ``from pyqga import AgentClient,
 AsyncAgentClient`` works and ``mypy --strict`` passes on a script using it (and fails on a wrong
-one, so the check can fail); ``pyright --verifytypes pyqga`` scores at least 95%.
+one, so the check can fail); ``pyright --verifytypes pyqga`` scores at least 95%.  Issue 19: that
+plain install is the host library alone (no jsonrpcserver; ``pyqga-agent`` then names the
+``agent`` extra in one line), and ``pyqga[agent]`` is enough to run the agent.
 
 Offline and quick: the wheel is built as ``make dist`` builds it (``packaging/build_dist.py``,
 no index), and the fresh venv gets its dependencies by links to the ones this environment has
@@ -99,28 +101,37 @@ def _build_wheel(dist: Path) -> Path:
     return wheel
 
 
-def _requirements(name: str) -> dict[str, importlib.metadata.Distribution]:
-    """The installed distributions ``name`` needs (without extras), itself excluded."""
+def _wheel_requires(wheel: Path) -> list[str]:
+    """The wheel's own Requires-Dist lines (not the checkout's installed metadata, which may be older)."""
+    with zipfile.ZipFile(wheel) as archive:
+        lines = archive.read("pyqga-0.1.0.dist-info/METADATA").decode().splitlines()
+    return [line.removeprefix("Requires-Dist: ") for line in lines if line.startswith("Requires-Dist: ")]
+
+
+def _requirements(requires: list[str],
+                  extras: tuple[str, ...] = ()) -> dict[str, importlib.metadata.Distribution]:
+    """The installed distributions that ``requires`` (with ``extras``) needs, and what they need."""
     found: dict[str, importlib.metadata.Distribution] = {}
-    todo = [name]
+
+    def wanted(texts: list[str], with_extras: tuple[str, ...]) -> list[str]:
+        needed = [Requirement(text) for text in texts]
+        return [r.name for r in needed
+                if r.marker is None or any(r.marker.evaluate({"extra": extra}) for extra in with_extras)]
+
+    todo = wanted(requires, ("", *extras))
     while todo:
         dist = importlib.metadata.distribution(todo.pop())
         key = canonicalize_name(dist.metadata["Name"])
-        if key in found:
-            continue
-        found[key] = dist
-        for text in dist.requires or []:
-            requirement = Requirement(text)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                todo.append(requirement.name)
-    del found[canonicalize_name(name)]
+        if key not in found:
+            found[key] = dist
+            todo += wanted(dist.requires or [], ("",))
     return found
 
 
-def _link_requirements(site_packages: Path) -> None:
+def _link_requirements(site_packages: Path, requires: list[str], extras: tuple[str, ...] = ()) -> None:
     """Give the fresh venv the wheel's dependencies by linking the installed ones' top-level
     entries (their packages, modules and dist-info) into its site-packages."""
-    for dist in _requirements("pyqga").values():
+    for dist in _requirements(requires, extras).values():
         tops = {Path(str(f)).parts[0] for f in dist.files or []}
         for top in tops - {"..", "__pycache__"}:
             target = site_packages / top
@@ -128,17 +139,33 @@ def _link_requirements(site_packages: Path) -> None:
                 target.symlink_to(Path(str(dist.locate_file(top))))
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
-    wheel = _build_wheel(tmp_path_factory.mktemp("dist"))
+def _fresh_venv(tmp_path_factory: pytest.TempPathFactory, wheel: Path, extras: tuple[str, ...]) -> Installed:
+    """A new venv with the wheel and the dependencies ``pip install 'pyqga[EXTRAS]'`` would bring."""
     env_dir = tmp_path_factory.mktemp("fresh") / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
                     "--no-index", str(wheel)], check=True, capture_output=True, text=True, timeout=120)
     (site_packages,) = env_dir.glob("lib/python3*/site-packages")
-    _link_requirements(site_packages)
-    yield Installed(wheel, python, tmp_path_factory.mktemp("scratch"))
+    _link_requirements(site_packages, _wheel_requires(wheel), extras)
+    return Installed(wheel, python, tmp_path_factory.mktemp("scratch"))
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build_wheel(tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Iterator[Installed]:
+    """``pip install pyqga``: the host library alone."""
+    yield _fresh_venv(tmp_path_factory, wheel, ())
+
+
+@pytest.fixture(scope="module")
+def installed_agent(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Iterator[Installed]:
+    """``pip install 'pyqga[agent]'``: the guest agent too."""
+    yield _fresh_venv(tmp_path_factory, wheel, ("agent",))
 
 
 def _run(installed: Installed, argv: list[str], **env: str) -> subprocess.CompletedProcess[str]:
@@ -169,6 +196,39 @@ def test_fresh_venv_imports_the_clients_from_the_wheel(installed: Installed) -> 
     where, modules = proc.stdout.splitlines()
     assert Path(where).is_relative_to(installed.python.parent.parent), where  # not the checkout
     assert modules == "pyqga.host_client.client pyqga.host_client.aio"
+
+
+def test_host_only_install_leaves_the_agents_dependencies_out(installed: Installed) -> None:
+    """A plain install imports the host library and has no jsonrpcserver (nor what only it
+    brings); the wheel asks for it only with the agent extra."""
+    code = ("import importlib.util; from pyqga import AgentClient; "
+            "print([m for m in ('jsonrpcserver', 'oslash', 'jsonschema') if importlib.util.find_spec(m)])")
+    proc = _run(installed, [str(installed.python), "-c", code])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stdout
+    requires = _wheel_requires(installed.wheel)
+    assert [r for r in requires if "extra ==" not in r] == ["pyserial>=3.5", "qemu.qmp<0.1,>=0.0.6"]
+    assert 'jsonrpcserver<6,>=5.0; extra == "agent"' in requires
+
+
+def test_the_agent_without_its_extra_names_the_extra(installed: Installed) -> None:
+    """``pyqga-agent`` from a host-only install says in one line what to install; importing the
+    agent's server says the same, as an ImportError."""
+    proc = _run(installed, [str(installed.python.parent / "pyqga-agent"), "--help"])
+    assert proc.returncode == 1 and proc.stdout == "", proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and "pip install 'pyqga[agent]'" in proc.stderr, proc.stderr
+    code = ("try:\n    import pyqga.agent.server\nexcept ImportError as exc:\n    print(exc)\n"
+            "else:\n    print('imported')")
+    proc = _run(installed, [str(installed.python), "-c", code])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("the agent needs jsonrpcserver"), proc.stdout
+    assert "'pyqga[agent]'" in proc.stdout, proc.stdout
+
+
+def test_the_agent_extra_is_enough_for_the_agent(installed_agent: Installed) -> None:
+    proc = _run(installed_agent, [str(installed_agent.python.parent / "pyqga-agent"), "-b", "help"])
+    assert proc.returncode == 0, proc.stderr
+    assert "guest-fsfreeze-freeze" in proc.stdout
 
 
 def _mypy(installed: Installed, source: str, name: str) -> subprocess.CompletedProcess[str]:

@@ -23,6 +23,7 @@ import pytest
 from pyqga.host_client import AgentClient
 from pyqga.host_client.errors import AgentClientError
 from tests.rig.agent_process import REPO_ROOT
+from tests.rig.deb_builder import BUILDER, builder_env
 from tests.rig.image import ImageBuildError
 from tests.rig.machine import GuestVM
 from tests.rig.requirements import require, require_root, require_tool
@@ -92,7 +93,8 @@ class SystemdGuest:
 
 def build_deb(workdir: Path) -> Path:
     subprocess.run([sys.executable, str(REPO_ROOT / "packaging/build_dist.py"), "--no-wheel", "--no-lintian",
-                    "--dist", str(workdir)], check=True, capture_output=True, timeout=300)
+                    "--dist", str(workdir)], check=True, capture_output=True, timeout=300,
+                   env=builder_env(**BUILDER))
     (deb,) = workdir.glob("pyqga-agent_*_all.deb")
     return deb
 
