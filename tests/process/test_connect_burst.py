@@ -8,11 +8,14 @@ too busy to accept at once; only the agent's connection cap refuses, with its lo
 Each test sends BURST non-blocking connects as fast as one thread can, while the loop is busy:
 right at start-up (the socket is bound before the loop serves), and under a flooding client.
 Every connect must be queued (no EAGAIN), and every client then gets its ping answered or is
-closed by the cap, which the log says.
+closed by the cap, which the log says.  A third sends BURST AsyncAgentClients at once at
+start-up, the issue's own case (before the fix about half of them failed with "send failed",
+and the agent logged nothing).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import json
@@ -25,7 +28,9 @@ from pathlib import Path
 
 import pytest
 
+from pyqga import AsyncAgentClient
 from pyqga.agent.server import MAX_CONNECTIONS
+from pyqga.host_client.errors import AgentConnectionError
 from tests.rig.agent_process import PyqgaAgent
 from tests.rig.flood import FloodProcess
 
@@ -109,6 +114,17 @@ def check(agent: PyqgaAgent, socks: list[socket.socket], refused: list[int], oth
     assert queue is None or queue >= max(BURST, MAX_CONNECTIONS), f"listen queue {queue}"
 
 
+def just_bound(agent: PyqgaAgent) -> None:
+    """Start ``agent`` and return as soon as its socket exists: bound and listening, before its
+    loop serves (the agent binds first, then takes its pid file and starts the loop)."""
+    agent.start_nowait()
+    deadline = time.monotonic() + 15
+    while not agent.socket_path.exists():
+        assert agent.process is not None and agent.process.poll() is None, agent.log_tail()
+        assert time.monotonic() < deadline, "the agent never bound its socket"
+        time.sleep(0.001)
+
+
 @pytest.fixture
 def fresh(tmp_path: Path) -> Iterator[PyqgaAgent]:
     agent = PyqgaAgent(tmp_path / "agent")
@@ -121,15 +137,30 @@ def fresh(tmp_path: Path) -> Iterator[PyqgaAgent]:
 def test_a_burst_at_start_up_is_served(fresh: PyqgaAgent) -> None:
     """The burst arrives as soon as the socket exists, before the loop accepts anything: the
     kernel's queue holds all of it."""
-    fresh.start_nowait()
-    deadline = time.monotonic() + 15
-    while not fresh.socket_path.exists():
-        assert fresh.process is not None and fresh.process.poll() is None, fresh.log_tail()
-        assert time.monotonic() < deadline, "the agent never bound its socket"
-        time.sleep(0.001)
+    just_bound(fresh)
     socks, refused = burst(fresh.socket_path)
     fresh.wait_ready()
     check(fresh, socks, refused, others=1)  # wait_ready's probe, until its EOF is read
+
+
+def test_asyncio_clients_at_start_up_are_served(fresh: PyqgaAgent) -> None:
+    """The issue's case: AsyncAgentClients (asyncio's own connect) all at once on an agent just
+    started.  Each pings once; a failure is allowed only as a refusal the agent logged."""
+    just_bound(fresh)
+
+    async def client() -> None:
+        async with AsyncAgentClient(str(fresh.socket_path), timeout=REPLY_TIMEOUT) as agent:
+            await agent.ping()
+
+    async def clients() -> list[BaseException | None]:
+        return await asyncio.gather(*(client() for _ in range(BURST)), return_exceptions=True)
+
+    failures = [result for result in asyncio.run(clients()) if result is not None]
+    assert all(isinstance(failure, AgentConnectionError) for failure in failures), failures[:3]
+    if failures:
+        time.sleep(0.2)
+        assert REFUSAL_LOG in fresh.log_path.read_text(), f"{len(failures)} lost: {failures[:3]}"
+    assert len(failures) <= max(0, BURST + 1 - MAX_CONNECTIONS), failures[:3]
 
 
 def test_a_burst_under_a_flood_is_served(fresh: PyqgaAgent) -> None:
