@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -110,20 +111,29 @@ class StreamTransport:
 
 
 class ThreadedTransport:
-    """A blocking transport (serial line, libvirt) whose calls run on a thread."""
+    """A blocking transport (serial line, libvirt) whose calls run on a thread.
+
+    A cancelled await leaves its thread running until the call's deadline; a lock keeps the
+    next call from running beside it on the same channel."""
 
     def __init__(self, transport: Transport) -> None:
         self.transport: Transport = transport
         self.address: str = transport.address
         self.synchronised: bool = bool(getattr(transport, "synchronised", False))
+        self._one_at_a_time = threading.Lock()
+
+    def _locked(self, call: Callable[..., T], *args: Any) -> T:
+        with self._one_at_a_time:
+            return call(*args)
 
     async def send(self, data: bytes, deadline: float) -> None:
-        await asyncio.to_thread(self.transport.send, data, deadline)
+        await asyncio.to_thread(self._locked, self.transport.send, data, deadline)
 
     async def recv(self, deadline: float) -> bytes:
-        return await asyncio.to_thread(self.transport.recv, deadline)
+        return await asyncio.to_thread(self._locked, self.transport.recv, deadline)
 
     async def close(self) -> None:
+        # Not behind the lock: closing is what ends a call left running by a cancellation.
         await asyncio.to_thread(self.transport.close)
 
 

@@ -193,6 +193,11 @@ class Session:
         except AgentConnectionError as exc:
             self.needs_resync = not self.synchronised
             raise AgentConnectionError(f"{method}: {exc}", method=method, address=self.address) from None
+        except BaseException:
+            # Interrupted (Ctrl-C, a cancelled task): as after a timeout, this call's reply may
+            # still come, and on a shared client the next caller must not read it.
+            self.needs_resync = not self.synchronised
+            raise
 
     # --- what the agent can do -------------------------------------------------------------
 

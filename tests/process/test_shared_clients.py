@@ -184,6 +184,24 @@ def test_a_timeout_among_tasks_fails_only_that_call(slow_link: SlowLink) -> None
     asyncio.run(main())
 
 
+def test_a_cancelled_call_among_tasks_is_resynced_past(slow_link: SlowLink) -> None:
+    """A task cancelled while waiting for its reply leaves that reply in the channel, as a
+    timeout does: the next call resyncs first."""
+    async def main() -> None:
+        async with AsyncAgentClient(str(slow_link.path), dialect="qga", timeout=10) as client:
+            late = asyncio.create_task(client.call("guest-sync", id=LATE_ID))
+            await asyncio.sleep(0.3)
+            late.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await late
+            assert client.session.needs_resync
+            others = await asyncio.gather(*(client.call("guest-sync", id=i) for i in range(10)))
+            assert others == list(range(10))
+            assert slow_link.held == 1 and not client.session.needs_resync
+
+    asyncio.run(main())
+
+
 def test_async_exec_polls_without_holding_the_client(agent: PyqgaAgent) -> None:
     """An exec waits for its program between polls; other tasks' calls go meanwhile."""
     async def main() -> None:
