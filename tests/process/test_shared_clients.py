@@ -217,7 +217,7 @@ def test_async_exec_polls_without_holding_the_client(agent: PyqgaAgent) -> None:
 
             result, times = await asyncio.gather(client.exec(["sleep", "1.5"]), pings())
             assert result.exitcode == 0
-            assert max(times) < 0.5, times
+            assert max(times) < 1.0, times  # not behind the 1.5 s wait
 
     asyncio.run(main())
 
@@ -285,7 +285,7 @@ def test_async_stall_lets_other_tasks_through(tmp_path: Path, loops: LoopMounts)
 
                 reason, times = await asyncio.gather(stall(), pings())
                 assert reason == "timeout"
-                assert max(times) < 0.5, times
+                assert max(times) < 1.0, times  # not behind the 1.5 s wait
                 assert await client.call("guest-fsfreeze-status") == "thawed"
 
         asyncio.run(main())
