@@ -6,9 +6,11 @@ from pyqga.host_client.errors import (
     AgentClientError,
     AgentConnectionError,
     AgentTimeout,
+    ClientClosed,
+    ExecFailed,
     FreezeLost,
 )
 from pyqga.host_client.guest_ops import ExecResult, StallResult
 
 __all__ = ["AgentCallError", "AgentClient", "AgentClientError", "AgentConnectionError", "AgentTimeout",
-           "ExecResult", "Freeze", "FreezeLost", "StallResult"]
+           "ClientClosed", "ExecFailed", "ExecResult", "Freeze", "FreezeLost", "StallResult"]

@@ -5,11 +5,15 @@ awaits, so behaviour, errors, timeouts and resync are the sync client's by const
 
     async with AsyncAgentClient("/run/vm1/qga.sock", dialect="qga") as agent:
         await agent.ping()
-        async with agent.frozen(["/data"], timeout=30) as freeze:
+        async with agent.frozen(["/data"], thaw_after=30) as freeze:
             await take_my_snapshot()
 
 Sockets (unix, tcp, vsock) are asyncio streams; transports asyncio has no native form for (a
 serial line, libvirt) run their blocking calls on a thread.
+
+One client may be shared by tasks (``asyncio.gather(agent.ping(), agent.call(...))``): as the
+sync client shares itself between threads, an operation holds the client's lock while it does
+its I/O and lets go while it sleeps and between operations (the body of ``frozen()``).
 """
 
 from __future__ import annotations
@@ -18,16 +22,18 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
 from pyqga.host_client import guest_ops
-from pyqga.host_client.client import DEFAULT_TIMEOUT, Done, resume
+from pyqga.host_client.client import DEFAULT_TIMEOUT, Done, renamed, resume
 from pyqga.host_client.errors import (
     AgentConnectionError,
     channel_failed,
+    client_closed,
     closed_by_agent,
     receive_failed,
     timed_out,
@@ -105,20 +111,29 @@ class StreamTransport:
 
 
 class ThreadedTransport:
-    """A blocking transport (serial line, libvirt) whose calls run on a thread."""
+    """A blocking transport (serial line, libvirt) whose calls run on a thread.
+
+    A cancelled await leaves its thread running until the call's deadline; a lock keeps the
+    next call from running beside it on the same channel."""
 
     def __init__(self, transport: Transport) -> None:
         self.transport: Transport = transport
         self.address: str = transport.address
         self.synchronised: bool = bool(getattr(transport, "synchronised", False))
+        self._one_at_a_time = threading.Lock()
+
+    def _locked(self, call: Callable[..., T], *args: Any) -> T:
+        with self._one_at_a_time:
+            return call(*args)
 
     async def send(self, data: bytes, deadline: float) -> None:
-        await asyncio.to_thread(self.transport.send, data, deadline)
+        await asyncio.to_thread(self._locked, self.transport.send, data, deadline)
 
     async def recv(self, deadline: float) -> bytes:
-        return await asyncio.to_thread(self.transport.recv, deadline)
+        return await asyncio.to_thread(self._locked, self.transport.recv, deadline)
 
     async def close(self) -> None:
+        # Not behind the lock: closing is what ends a call left running by a cancellation.
         await asyncio.to_thread(self.transport.close)
 
 
@@ -152,25 +167,69 @@ async def open_async_transport(address: str, timeout: float) -> AsyncTransport:
     return StreamTransport(reader, writer, name)
 
 
-async def run_async(op: Op[T], transport: AsyncTransport) -> T:
+class AsyncGate:
+    """An async client's lock and whether it was closed (as :class:`~pyqga.host_client.client.Gate`)."""
+
+    def __init__(self, address: str) -> None:
+        self.address: str = address
+        self.lock: asyncio.Lock = asyncio.Lock()
+        self.closed: bool = False
+
+    async def enter(self) -> None:
+        await self.lock.acquire()
+        if self.closed:
+            self.lock.release()
+            raise client_closed(self.address)
+
+    async def reenter(self) -> BaseException | None:
+        """Take the lock back after a sleep, even through a cancellation: the operation's own
+        handling (a thaw) must run holding it.  The cancellation, for the caller to throw."""
+        pending: BaseException | None = None
+        while True:
+            try:
+                await self.lock.acquire()
+                return pending
+            except BaseException as exc:
+                pending = pending or exc
+
+
+async def run_async(op: Op[T], transport: AsyncTransport, gate: AsyncGate | None = None) -> T:
     """:func:`pyqga.host_client.client.run_blocking` with awaits: what interrupts the I/O (a transport
-    error, a cancellation) is thrown into the operation, whose own handling runs."""
+    error, a cancellation) is thrown into the operation, whose own handling runs.  ``gate``: the
+    client's lock, held while ``op`` runs except while it sleeps."""
+    gate = gate or AsyncGate(transport.address)
+    await gate.enter()
+    held = True
     value: bytes | None = None
     error: BaseException | None = None
-    while True:
-        io = resume(op, value, error)
-        if isinstance(io, Done):
-            return io.value
-        value, error = None, None
-        try:
-            if isinstance(io, Send):
-                await transport.send(io.data, io.deadline)
-            elif isinstance(io, Sleep):
-                await asyncio.sleep(io.seconds)
-            else:
-                value = await transport.recv(io.deadline)
-        except BaseException as exc:
-            error = exc
+    try:
+        while True:
+            io = resume(op, value, error)
+            if isinstance(io, Done):
+                return io.value
+            value, error = None, None
+            try:
+                if isinstance(io, Sleep):
+                    gate.lock.release()
+                    held = False
+                    try:
+                        await asyncio.sleep(io.seconds)
+                    except BaseException as exc:
+                        error = exc
+                    pending = await gate.reenter()
+                    held = True
+                    error = error or pending
+                elif gate.closed:
+                    raise client_closed(gate.address)
+                elif isinstance(io, Send):
+                    await transport.send(io.data, io.deadline)
+                else:
+                    value = await transport.recv(io.deadline)
+            except BaseException as exc:
+                error = exc
+    finally:
+        if held:
+            gate.lock.release()
 
 
 class AsyncAgentClient:
@@ -185,20 +244,32 @@ class AsyncAgentClient:
         self._resync = resync
         self._transport: AsyncTransport | None = None
         self._session: Session | None = None
+        self._gate: AsyncGate = AsyncGate(address)
 
     async def open(self) -> AsyncAgentClient:
+        """Connect (again, after :meth:`close`: a new connection, with a resync)."""
         transport = await open_async_transport(self.address, self._timeout)
         self._transport = transport
         self.address = transport.address
+        self._gate = AsyncGate(self.address)
         self._session = Session(self.address, self._dialect, self._timeout, resync=self._resync,
                                 synchronised=bool(getattr(transport, "synchronised", False)))
         self._session.log_warning = log.warning
         return self
 
     async def close(self) -> None:
-        if self._transport is not None:
-            await self._transport.close()
-            self._transport = None
+        """Close the channel; a call in progress in another task ends first.  Using the client
+        afterwards raises :class:`ClientClosed` (until :meth:`open`).  Closing twice is harmless."""
+        gate = self._gate
+        gate.closed = True
+        async with gate.lock:
+            if self._transport is not None:
+                await self._transport.close()
+                self._transport = None
+
+    @property
+    def closed(self) -> bool:
+        return self._gate.closed
 
     async def __aenter__(self) -> AsyncAgentClient:
         return await self.open()
@@ -213,8 +284,10 @@ class AsyncAgentClient:
         return self._session
 
     async def _run(self, op: Op[T]) -> T:
+        if self._gate.closed:
+            raise client_closed(self.address)
         assert self._transport is not None
-        return await run_async(op, self._transport)
+        return await run_async(op, self._transport, self._gate)
 
     # --- calls -----------------------------------------------------------------------------
 
@@ -240,19 +313,22 @@ class AsyncAgentClient:
     # --- freezing ----------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def frozen(self, mountpoints: Sequence[str] | None = None, timeout: float | None = None,
-                     call_timeout: float = FREEZE_CALL_TIMEOUT) -> AsyncIterator[Freeze]:
+    async def frozen(self, mountpoints: Sequence[str] | None = None, thaw_after: float | None = None,
+                     call_timeout: float = FREEZE_CALL_TIMEOUT, *,
+                     timeout: float | None = None) -> AsyncIterator[Freeze]:
         """As :meth:`AgentClient.frozen <host_client.client.AgentClient.frozen>`."""
-        freeze = await self.freeze(mountpoints, timeout, call_timeout)
+        thaw_after = renamed(thaw_after, timeout, "thaw_after", "timeout", "frozen", stacklevel=4)
+        freeze = await self.freeze(mountpoints, thaw_after, call_timeout)
         try:
             yield freeze
         finally:
             await self.thaw(freeze.epoch, call_timeout)
 
-    async def freeze(self, mountpoints: Sequence[str] | None = None, timeout: float | None = None,
-                     call_timeout: float = FREEZE_CALL_TIMEOUT) -> Freeze:
+    async def freeze(self, mountpoints: Sequence[str] | None = None, thaw_after: float | None = None,
+                     call_timeout: float = FREEZE_CALL_TIMEOUT, *, timeout: float | None = None) -> Freeze:
         """As :meth:`AgentClient.freeze <host_client.client.AgentClient.freeze>`."""
-        return await self._run(self.session.enter_freeze(mountpoints, timeout, call_timeout))
+        thaw_after = renamed(thaw_after, timeout, "thaw_after", "timeout", "freeze")
+        return await self._run(self.session.enter_freeze(mountpoints, thaw_after, call_timeout))
 
     async def thaw(self, epoch: int | None = None, call_timeout: float = FREEZE_CALL_TIMEOUT) -> int:
         return await self._run(self.session.thaw(epoch, call_timeout))
@@ -278,10 +354,13 @@ class AsyncAgentClient:
         assert handle.result is not None
         return handle.result
 
-    async def exec(self, argv: Sequence[str], *, timeout: float | None = None, input: bytes | None = None,
-                   env: Mapping[str, str] | None = None, capture: bool = True) -> ExecResult:
-        return await self._run(guest_ops.exec_op(self.session, argv, timeout=timeout, input=input, env=env,
-                                                 capture=capture))
+    async def exec(self, argv: Sequence[str], *, kill_after: float | None = None, check: bool = False,
+                   input: bytes | None = None, env: Mapping[str, str] | None = None, capture: bool = True,
+                   timeout: float | None = None) -> ExecResult:
+        """As :meth:`AgentClient.exec <host_client.client.AgentClient.exec>`."""
+        kill_after = renamed(kill_after, timeout, "kill_after", "timeout", "exec")
+        return await self._run(guest_ops.exec_op(self.session, argv, kill_after=kill_after, check=check,
+                                                 input=input, env=env, capture=capture))
 
     async def read_file(self, path: str) -> bytes:
         return await self._run(guest_ops.read_file_op(self.session, path))

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pyqga.protocol.errors import AgentError
+
+if TYPE_CHECKING:
+    from pyqga.host_client.guest_ops import ExecResult
 
 
 class AgentClientError(Exception):
@@ -20,6 +25,49 @@ class AgentConnectionError(AgentClientError):
 
 class AgentTimeout(AgentClientError):
     """No reply in time; the client resyncs before its next call."""
+
+
+class ClientClosed(AgentClientError):
+    """The client was used after :meth:`close`: open a new one (an async client can ``open()``
+    again)."""
+
+
+def client_closed(address: str) -> ClientClosed:
+    return ClientClosed(f"{address}: this client is closed (close() was called); open a new one",
+                        address=address)
+
+
+class ExecFailed(AgentClientError):
+    """``exec(..., check=True)``: the guest program did not exit with status 0 (it failed, or was
+    killed, by ``kill_after`` or otherwise).  As :class:`subprocess.CalledProcessError`:
+    ``returncode`` is the exit status, or minus the signal; ``stdout``/``stderr`` are what was
+    captured; ``result`` is the whole :class:`~pyqga.host_client.guest_ops.ExecResult`."""
+
+    def __init__(self, argv: tuple[str, ...], result: ExecResult, *, address: str) -> None:
+        if result.signal is not None:
+            how = f"was killed by signal {result.signal}"
+        else:
+            how = f"exited with status {result.exitcode}"
+        last = result.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        detail = f": {last[0][:200]}" if last else ""
+        super().__init__(f"{argv[0]} on {address} {how}{detail}", method="guest-exec", address=address)
+        self.argv: tuple[str, ...] = argv
+        self.result: ExecResult = result
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status, or minus the signal that ended it (as :mod:`subprocess` says it)."""
+        if self.result.signal is not None:
+            return -self.result.signal
+        return self.result.exitcode
+
+    @property
+    def stdout(self) -> bytes:
+        return self.result.stdout
+
+    @property
+    def stderr(self) -> bytes:
+        return self.result.stderr
 
 
 def channel_failed(address: str, doing: str, exc: BaseException) -> AgentConnectionError:

@@ -101,7 +101,7 @@ class _Member:
             async with AsyncAgentClient(self.member.address, dialect=self.member.dialect,
                                         timeout=min(self.call_timeout, self.deadline)) as client:
                 t0 = time.monotonic()
-                async with client.frozen(self.member.mountpoints, timeout=self.deadline,
+                async with client.frozen(self.member.mountpoints, thaw_after=self.deadline,
                                          call_timeout=self.deadline) as freeze:
                     self.frozen_at = time.monotonic()
                     mine.freeze_seconds = self.frozen_at - t0

@@ -7,7 +7,7 @@ expose as methods, so a pytest test needs no glue::
     with client.stall(["/data"], seconds=5) as stall:   # /data blocks writers for 5 s
         ...                                             # the test's own checks meanwhile
     print(stall.result.actual)                          # as the agent measured it
-    result = client.exec(["sh", "-c", "echo hi"], timeout=10)
+    result = client.exec(["sh", "-c", "echo hi"], kill_after=10, check=True)
     client.write_file("/tmp/x", b"bytes"); client.read_file("/tmp/x")
 
 A stall is a freeze with the agent's auto-thaw deadline set to its duration, so it ends on
@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pyqga.host_client.errors import AgentClientError
+from pyqga.host_client.errors import AgentClientError, ExecFailed
 from pyqga.host_client.session import Op, Session, Sleep
 
 FILE_CHUNK = 1 << 20          # bytes per guest-file-read/write request
@@ -144,11 +144,13 @@ def _end_stall_from_host(session: Session, handle: StallHandle, started: float,
                        "host" if handle.count else None)
 
 
-def exec_op(session: Session, argv: Sequence[str], *, timeout: float | None = None,
-            input: bytes | None = None, env: Mapping[str, str] | None = None,
+def exec_op(session: Session, argv: Sequence[str], *, kill_after: float | None = None,
+            check: bool = False, input: bytes | None = None, env: Mapping[str, str] | None = None,
             capture: bool = True) -> Op[ExecResult]:
-    """Run ``argv`` in the guest and wait for it.  ``timeout``: the agent kills its process
-    group when it passes (the result then has ``signal`` 9)."""
+    """Run ``argv`` in the guest and wait for it.  ``kill_after``: the agent kills its process
+    group when that many seconds pass (guest-exec's ``timeout``; the result then has ``signal``
+    9).  ``check``: raise :class:`ExecFailed` unless the program exited with status 0, as
+    ``subprocess.run(check=True)`` does."""
     if not argv:
         raise ValueError("exec needs a program to run")
     params: dict[str, Any] = {"path": argv[0], "arg": list(argv[1:]), "capture-output": capture}
@@ -156,22 +158,25 @@ def exec_op(session: Session, argv: Sequence[str], *, timeout: float | None = No
         params["input-data"] = base64.b64encode(input).decode()
     if env is not None:
         params["env"] = [f"{key}={value}" for key, value in env.items()]
-    if timeout is not None:
-        params["timeout"] = timeout
+    if kill_after is not None:
+        params["timeout"] = kill_after
     pid = (yield from session.call("guest-exec", params))["pid"]
-    deadline = None if timeout is None else time.monotonic() + timeout + 30.0
+    deadline = None if kill_after is None else time.monotonic() + kill_after + 30.0
     delay = POLL_FIRST
     while True:
         status = yield from session.call("guest-exec-status", {"pid": pid})
         if status.get("exited"):
-            return ExecResult(
+            result = ExecResult(
                 status.get("exitcode"), status.get("signal"),
                 base64.b64decode(status.get("out-data", "")),
                 base64.b64decode(status.get("err-data", "")),
                 bool(status.get("out-truncated")), bool(status.get("err-truncated")),
             )
+            if check and not result.ok:
+                raise ExecFailed(tuple(argv), result, address=session.address)
+            return result
         if deadline is not None and time.monotonic() > deadline:
-            raise AgentClientError(f"{argv[0]} (pid {pid}) still runs {timeout:g} s + 30 s later")
+            raise AgentClientError(f"{argv[0]} (pid {pid}) still runs {kill_after:g} s + 30 s later")
         yield Sleep(delay)
         delay = min(POLL_MAX, delay * 2)
 

@@ -11,6 +11,8 @@ What lives here: request ids and reply matching (through :class:`pyqga.protocol.
 the resync (0xFF and ``guest-sync-delimited`` with a random id, re-sent every second), error
 wrapping with the method and address, the agent's capabilities (``guest-info`` once), and the
 freeze helpers' rule: after a freeze was sent, any failure whose outcome is unknown thaws first.
+The wire log (logger ``pyqga.client.wire``, DEBUG) is written by the connection:
+:mod:`pyqga.protocol.client`.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ class Session:
                  synchronised: bool = False) -> None:
         self.address: str = address
         self.timeout: float = timeout
-        self.conn: ClientConnection = ClientConnection(dialect)
+        self.conn: ClientConnection = ClientConnection(dialect, name=address)
         # A transport that synchronises by itself (libvirt does guest-sync before every command)
         # cannot carry the 0xFF resync byte, and needs no resync from us.
         self.synchronised: bool = synchronised
@@ -143,18 +145,21 @@ class Session:
     def _send(self, data: bytes, deadline: float) -> Op[None]:
         yield Send(data, deadline)
 
+    def _recv(self, deadline: float) -> Op[bytes]:
+        return (yield Recv(deadline)) or b""
+
     def _resync(self, deadline: float) -> Op[int]:
         """0xFF and guest-sync-delimited, re-sent every RESYNC_RETRY seconds: a serial line drops
         what was sent before the agent opened it, and a stale reply must never be taken for ours."""
         self.needs_resync = True
         while True:
             sync_id = random.getrandbits(62) + 1
-            yield Send(self.conn.start_resync(sync_id), deadline)
+            yield from self._send(self.conn.start_resync(sync_id), deadline)
             attempt_deadline = min(deadline, time.monotonic() + RESYNC_RETRY)
             try:
                 while self.conn.resyncing:
-                    data = yield Recv(attempt_deadline)
-                    for reply in self.conn.receive_data(data or b""):
+                    data = yield from self._recv(attempt_deadline)
+                    for reply in self.conn.receive_data(data):
                         # The agent refused the sync itself.  Anything else that came with it is
                         # stale: a JSON-RPC agent answers in completion order, so a slow command
                         # the timed-out call sent may answer after the sync.
@@ -169,10 +174,10 @@ class Session:
             return sync_id
 
     def _exchange(self, data: bytes, request_id: int, deadline: float) -> Op[Reply]:
-        yield Send(data, deadline)
+        yield from self._send(data, deadline)
         while True:
-            received = yield Recv(deadline)
-            for reply in self.conn.receive_data(received or b""):
+            received = yield from self._recv(deadline)
+            for reply in self.conn.receive_data(received):
                 # An error without an id answers a request the agent could not even read.
                 if reply.id == request_id or (reply.id is None and reply.error is not None):
                     return reply
@@ -188,6 +193,11 @@ class Session:
         except AgentConnectionError as exc:
             self.needs_resync = not self.synchronised
             raise AgentConnectionError(f"{method}: {exc}", method=method, address=self.address) from None
+        except BaseException:
+            # Interrupted (Ctrl-C, a cancelled task): as after a timeout, this call's reply may
+            # still come, and on a shared client the next caller must not read it.
+            self.needs_resync = not self.synchronised
+            raise
 
     # --- what the agent can do -------------------------------------------------------------
 
@@ -207,12 +217,14 @@ class Session:
 
     # --- freezing safely ---------------------------------------------------------------------
 
-    def enter_freeze(self, mountpoints: Sequence[str] | None, timeout: float | None,
+    def enter_freeze(self, mountpoints: Sequence[str] | None, thaw_after: float | None,
                      call_timeout: float = FREEZE_CALL_TIMEOUT) -> Op[Freeze]:
         """Freeze, then learn the epoch (where the agent has epochs); thawed again if anything
-        fails on the way.  ``timeout`` goes only to an agent that auto-thaws."""
+        fails on the way.  ``thaw_after`` (the agent's auto-thaw, its ``timeout`` argument) goes
+        only to an agent that auto-thaws."""
         caps = yield from self.capabilities()
-        count = yield from self.send_freeze(mountpoints, timeout if caps.auto_thaw else None, call_timeout)
+        count = yield from self.send_freeze(mountpoints, thaw_after if caps.auto_thaw else None,
+                                            call_timeout)
         try:
             info = (yield from self.call("guest-fsfreeze-info")) if count and caps.auto_thaw else {}
         except BaseException as exc:
@@ -221,7 +233,7 @@ class Session:
         epoch = info.get("epoch") if info.get("status") == "frozen" else None
         return Freeze(count, epoch, info, caps.auto_thaw)
 
-    def send_freeze(self, mountpoints: Sequence[str] | None, timeout: float | None,
+    def send_freeze(self, mountpoints: Sequence[str] | None, thaw_after: float | None,
                     call_timeout: float = FREEZE_CALL_TIMEOUT) -> Op[int]:
         """Freeze-all or freeze-list; the count.  If the outcome is unknown (no reply in time,
         the connection lost, an interrupt), the guest may be frozen: thaw it, then raise.  An
@@ -231,7 +243,7 @@ class Session:
             self.log_warning("the agent at %s has no auto-thaw (qemu-ga %s): if this process dies "
                              "while the guest is frozen, it stays frozen until someone thaws it",
                              self.address, caps.version)
-        params: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        params: dict[str, Any] = {} if thaw_after is None else {"timeout": thaw_after}
         method = "guest-fsfreeze-freeze" if mountpoints is None else "guest-fsfreeze-freeze-list"
         if mountpoints is not None:
             params["mountpoints"] = list(mountpoints)

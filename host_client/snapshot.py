@@ -99,7 +99,7 @@ def take_snapshot(
         frozen_since = 0.0
         try:
 
-            with agent.frozen(mountpoints, timeout=freeze_timeout) as freeze:
+            with agent.frozen(mountpoints, thaw_after=freeze_timeout) as freeze:
                 frozen_since = time.perf_counter()
                 report.freeze_seconds = frozen_since - start
                 report.frozen_filesystems, report.epoch = freeze.count, freeze.epoch

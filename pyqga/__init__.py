@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from pyqga.host_client.errors import AgentClientError as AgentClientError
     from pyqga.host_client.errors import AgentConnectionError as AgentConnectionError
     from pyqga.host_client.errors import AgentTimeout as AgentTimeout
+    from pyqga.host_client.errors import ClientClosed as ClientClosed
+    from pyqga.host_client.errors import ExecFailed as ExecFailed
     from pyqga.host_client.errors import FreezeLost as FreezeLost
     from pyqga.host_client.guest_ops import ExecResult as ExecResult
     from pyqga.host_client.guest_ops import StallResult as StallResult
@@ -36,6 +38,8 @@ _PUBLIC = {
     "AgentConnectionError": "pyqga.host_client.errors",
     "AgentTimeout": "pyqga.host_client.errors",
     "AgentCallError": "pyqga.host_client.errors",
+    "ClientClosed": "pyqga.host_client.errors",
+    "ExecFailed": "pyqga.host_client.errors",
     "FreezeLost": "pyqga.host_client.errors",
     "ExecResult": "pyqga.host_client.guest_ops",
     "StallResult": "pyqga.host_client.guest_ops",
@@ -50,6 +54,8 @@ __all__ = [
     "AgentConnectionError",
     "AgentTimeout",
     "AsyncAgentClient",
+    "ClientClosed",
+    "ExecFailed",
     "ExecResult",
     "Freeze",
     "FreezeLost",

@@ -99,7 +99,7 @@ def test_frozen_holds_then_thaws(peer: str, start: Start, loops: LoopMounts, cli
     a = loops.add("a")
     agent = start()
     with client_for(agent) as client, caplog.at_level(logging.WARNING, "pyqga.client"):
-        with client.frozen([str(a)], timeout=30) as freeze:
+        with client.frozen([str(a)], thaw_after=30) as freeze:
             assert freeze.count == 1
             assert freeze.auto_thaw is (peer == "pyqga")
             assert (freeze.epoch is None) is (peer == "qemu-ga")
@@ -117,7 +117,7 @@ def test_an_error_in_the_body_thaws_before_it_propagates(start: Start, loops: Lo
     a = loops.add("a")
     agent = start()
     with client_for(agent) as client:
-        with pytest.raises(RuntimeError, match="snapshot failed"), client.frozen([str(a)], timeout=30):
+        with pytest.raises(RuntimeError, match="snapshot failed"), client.frozen([str(a)], thaw_after=30):
             raise RuntimeError("snapshot failed")
         assert client.call("guest-fsfreeze-status") == "thawed"
     assert writes_go_through(a)
@@ -130,7 +130,7 @@ def test_a_freeze_without_reply_in_time_is_thawed(start: Start, loops: LoopMount
     a = loops.add("a")
     agent = start('[ "$1" = freeze ] && sleep 3\nexit 0\n')
     with client_for(agent) as client:
-        with pytest.raises(AgentTimeout) as caught, client.frozen([str(a)], timeout=30, call_timeout=1):
+        with pytest.raises(AgentTimeout) as caught, client.frozen([str(a)], thaw_after=30, call_timeout=1):
             pytest.fail("the body ran although the freeze never answered")
         assert any("thawed the guest" in note for note in caught.value.__notes__)
         deadline = time.monotonic() + 20

@@ -98,7 +98,7 @@ def test_cancelled_freeze_is_thawed(tmp_path: Path, loops: LoopMounts) -> None:
         async def main() -> None:
             async with AsyncAgentClient(str(pyqga.socket_path), timeout=30) as client:
                 async def freeze_forever() -> None:
-                    async with client.frozen([str(a)], timeout=60):
+                    async with client.frozen([str(a)], thaw_after=60):
                         await asyncio.sleep(3600)
 
                 task = asyncio.create_task(freeze_forever())

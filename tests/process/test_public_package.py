@@ -51,7 +51,7 @@ def snapshot(address: str) -> int:
         version: str = agent.info()["version"]
         print(version)
         try:
-            with agent.frozen(["/data"], timeout=30) as freeze:
+            with agent.frozen(["/data"], thaw_after=30) as freeze:
                 held: Freeze = freeze
                 print(held.count, held.epoch)
         except FreezeLost as lost:

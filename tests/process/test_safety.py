@@ -61,7 +61,7 @@ def test_thaw_by_someone_else_is_reported_as_lost(tmp_path: Path, loops: LoopMou
                 assert freeze.count == 1 and freeze.epoch is not None
                 assert thaw_fully(a.mountpoint) == 1  # an admin's `fsfreeze -u`
             assert caught.value.error.data["last-thaw"]["reason"] == "external"
-            with client.frozen([str(a)], timeout=60) as second:  # held: no error
+            with client.frozen([str(a)], thaw_after=60) as second:  # held: no error
                 assert second.epoch == freeze.epoch + 1
             assert client.call("guest-fsfreeze-status") == "thawed"
             with pytest.raises(FreezeLost, match=r"unknown or long over|did not hold"):

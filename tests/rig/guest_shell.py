@@ -10,7 +10,7 @@ GUEST_SHELL = "export PATH=/usr/sbin:/usr/bin DM_DISABLE_UDEV=1; "
 
 def sh(client: AgentClient, script: str, timeout: float = 90.0) -> str:
     """Run ``script`` with the guest's /bin/sh (set -e); its stdout, or fail with its output."""
-    result = client.exec(["/bin/sh", "-c", GUEST_SHELL + "set -e\n" + script], timeout=timeout)
+    result = client.exec(["/bin/sh", "-c", GUEST_SHELL + "set -e\n" + script], kill_after=timeout)
     output = (result.stdout + result.stderr).decode(errors="replace")
     assert result.exitcode == 0, f"guest script failed ({result.exitcode}/{result.signal}):{script}\n{output}"
     return result.stdout.decode()

@@ -78,7 +78,7 @@ def test_freeze_all_in_the_guest_freezes_root_and_data(vm: GuestVM) -> None:
 
 def test_freeze_list_data_only(vm: GuestVM) -> None:
     with vm.client("pyqga-virtio", timeout=60) as client:
-        with client.frozen(["/data"], timeout=120) as freeze:
+        with client.frozen(["/data"], thaw_after=120) as freeze:
             assert freeze.count == 1
             assert writes_during(vm, 1.0) == (0, 0)
             assert [f["mountpoint"] for f in freeze.info["frozen"]] == ["/data"]

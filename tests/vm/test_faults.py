@@ -65,7 +65,7 @@ def test_exec_round_trips_output_exit_codes_binary_and_timeouts(serial: AgentCli
     env = serial.exec(["/bin/sh", "-c", "echo $PYQGA_TEST"], env={"PYQGA_TEST": "in the guest"})
     assert env.stdout == b"in the guest\n"
     started = time.monotonic()
-    killed = serial.exec(["/bin/sh", "-c", "sleep 60 & sleep 60"], timeout=2)
+    killed = serial.exec(["/bin/sh", "-c", "sleep 60 & sleep 60"], kill_after=2)
     assert killed.signal == 9 and killed.exitcode is None
     assert time.monotonic() - started < 30
     with pytest.raises(AgentCallError, match="no-such-program"):
@@ -83,7 +83,7 @@ def test_file_round_trip(serial: AgentClient) -> None:
 
 
 def test_commands_refused_while_frozen(serial: AgentClient) -> None:
-    with serial.frozen(["/data"], timeout=60):
+    with serial.frozen(["/data"], thaw_after=60):
         for method, params in (("guest-exec", {"path": "/bin/true"}),
                                ("guest-file-open", {"path": "/tmp/x", "mode": "w"}),
                                ("guest-set-time", {}), ("guest-shutdown", {})):

@@ -216,7 +216,7 @@ def test_frozen_data_through_libvirt(domain: LibvirtGuest, address: str) -> None
     itself must see the same state."""
     with AgentClient(address, timeout=10) as agent:
         assert agent.capabilities().auto_thaw
-        with agent.frozen(["/data"], timeout=60) as freeze:
+        with agent.frozen(["/data"], thaw_after=60) as freeze:
             assert freeze.count == 1 and freeze.epoch is not None and freeze.auto_thaw
             info = agent.call("guest-fsfreeze-info")
             assert [(f["mountpoint"], f["state"]) for f in info["frozen"]] == [("/data", "frozen")], info
