@@ -50,18 +50,25 @@ def guest_info(agent: AgentState) -> dict[str, Any]:
 
 
 def parse_os_release(data: bytes) -> dict[str, str] | None:
-    """The fields of an os-release file as qemu-ga reads them (``ga_parse_osrelease``): the
-    file is a GKeyFile group of raw ``KEY=value`` lines, each value shell-unquoted; a value
-    that does not unquote is left out.  None (try the next file) when the file is not UTF-8 or
-    has a line that is no ``KEY=value`` or comment."""
+    """The fields of an os-release file: read as qemu-ga reads the file (``ga_parse_osrelease``:
+    a GKeyFile group of raw ``KEY=value`` lines; None, so the next file is tried, when it is not
+    UTF-8 or has a line that is no ``KEY=value`` or comment), each value unquoted as os-release(5)
+    says (shell quoting, :func:`shell_unquote`); a value that does not unquote is left out.
+
+    qemu-ga's own unquoting (``ga_osrelease_replace_special``) departs from os-release(5) where
+    a file uses single quotes or ``\\'`` inside double quotes (tests/differential/test_config.py
+    records how); on double-quoted and plain values, what distributions write, both agree."""
     try:
         entries = keyfile.parse("[os-release]\n" + data.decode("utf-8")).get("os-release", {})
     except (UnicodeDecodeError, keyfile.KeyFileError):
         return None
     values: dict[str, str] = {}
     for key, entry in entries.items():
+        raw = entry.raw.rstrip(" \t")
+        if raw.endswith("\\") and raw != entry.raw:
+            raw += entry.raw[len(raw)]  # an escaped blank ends the word
         with contextlib.suppress(ValueError):
-            values[key] = shell_unquote(entry.raw)
+            values[key] = shell_unquote(raw)  # blanks after the word are no part of it
     return values
 
 

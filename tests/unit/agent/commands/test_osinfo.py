@@ -9,8 +9,8 @@ import pytest
 
 from pyqga.agent.commands.core import OsRelease, os_release_files, parse_os_release, shell_unquote
 
-# os-release(5)'s own examples (the Fedora and Debian files its EXAMPLES section shows, and the
-# rules of its syntax section), with what each value reads back as.
+# os-release(5)'s example file (Fedora 32, from its EXAMPLES section, shortened), with a comment
+# and a blank line as its syntax section allows, and what each value reads back as.
 SPEC_EXAMPLE = b"""\
 NAME=Fedora
 VERSION="32 (Workstation Edition)"
@@ -63,6 +63,7 @@ def test_qemus_own_test_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     ("escaped\\ space\\'", "escaped space'"),
     ("'adjacent'\"pieces\"join", "adjacentpiecesjoin"),
     ('"it\'s"', "it's"),
+    ('"it\\\'s"', "it\\'s"),  # \' inside double quotes stays, as in a shell
     ("", ""),
     ('"trailing \\', None),
     ("'open", None),
@@ -73,6 +74,12 @@ def test_shell_unquote_follows_glib(quoted: str, plain: str | None) -> None:
             shell_unquote(quoted)
     else:
         assert shell_unquote(quoted) == plain
+
+
+def test_blanks_after_a_value_are_no_part_of_it() -> None:
+    # GKeyFile hands the value over with its trailing blanks; a shell word ends before them.
+    assert parse_os_release(b'VERSION_ID=1.0  \nNAME="x y" \nID=a\\ \n') == {
+        "VERSION_ID": "1.0", "NAME": "x y", "ID": "a "}
 
 
 def test_bad_values_and_bad_files_as_qemu_ga_reads_them(tmp_path: Path) -> None:
