@@ -158,8 +158,7 @@ def load_file(path: str, required: bool = True) -> tuple[dict[str, object], dict
     try:
         general = keyfile.parse(text).get("general", {})
     except keyfile.KeyFileError as exc:
-        line, _, reason = str(exc).partition(": ")
-        raise ConfigError(f"{path}:{line.removeprefix('line ')}: cannot read config file: {reason}") from None
+        raise ConfigError(f"{path}:{exc.line}: cannot read config file: {exc.reason}") from None
     if "blacklist" in general:  # qemu-ga 7.2 reads one of the two, the old name first
         general.pop("block-rpcs", None)
     values: dict[str, object] = {}
@@ -291,6 +290,7 @@ def from_args(args: argparse.Namespace) -> Config:
         if given:
             from_file: tuple[str, ...] = values.get(name, ())  # type: ignore[assignment]
             values[name] = from_file + tuple(item for chunk in given for item in _split_list(chunk, ","))
+            origins.pop(name, None)  # no longer one line's list
     for name in ("freeze_include", "freeze_exclude"):
         given = getattr(args, name)
         if given:

@@ -66,12 +66,8 @@ def validated(args: argparse.Namespace) -> config_module.Config:
     """The configuration ``args`` give, with every check start-up makes (warnings to stderr):
     ``--check-config`` and ``-D`` must not accept what start-up refuses."""
     config = config_module.from_args(args)
-    findings = preflight.validate(config)
-    error = preflight.fatal(findings)
-    if error is not None:
-        raise error
-    for finding in findings:
-        _say(sys.stderr, finding.message, "pyqga-agent: warning: ")
+    for warning in preflight.warnings(preflight.validate(config)):
+        _say(sys.stderr, warning, "pyqga-agent: warning: ")
     return config
 
 
@@ -107,12 +103,9 @@ def run_daemon(argv: list[str] | None = None) -> int:
         logs = LogControl(config.logfile, config.verbose, held=True)
         agent = AgentState(config, log=logs.log, logs=logs)
         # Before anything is written there (the state file, the pid file).
-        findings = preflight.machine_findings(config, agent.freezer.planner, create=True)
-        error = preflight.fatal(findings)
-        if error is not None:
-            raise error
-        for finding in findings:
-            agent.log.warning("%s", finding.message)
+        for warning in preflight.warnings(
+                preflight.machine_findings(config, agent.freezer.planner, create=True)):
+            agent.log.warning("%s", warning)
     except ConfigError as exc:
         _say(sys.stderr, str(exc))
         parser.exit(2)

@@ -22,7 +22,11 @@ _ESCAPES = {"s": " ", "n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
 
 class KeyFileError(AgentFailure):
-    """A line glib would refuse; the message names the line's number and what is wrong."""
+    """A line glib would refuse: its number, and what is wrong with it."""
+
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(f"line {line}: {reason}")
+        self.line, self.reason = line, reason
 
 
 @dataclass(frozen=True)
@@ -46,9 +50,9 @@ def parse(text: str) -> dict[str, dict[str, Entry]]:
             continue
         key, equals, value = line.partition("=")
         if not equals or not key.strip():
-            raise KeyFileError(f"line {number}: {line!r} is not a key=value pair, a [group] or a # comment")
+            raise KeyFileError(number, f"{line!r} is not a key=value pair, a [group] or a # comment")
         if current is None:
-            raise KeyFileError(f"line {number}: key {key.strip()!r} comes before the first [group]")
+            raise KeyFileError(number, f"key {key.strip()!r} comes before the first [group]")
         current[key.strip()] = Entry(value.lstrip(), number)
     return groups
 

@@ -83,7 +83,10 @@ def validate(config: Config) -> list[Finding]:
     return machine_findings(config)
 
 
-def fatal(findings: list[Finding]) -> ConfigError | None:
-    """The error to stop on: every fatal finding, one per line."""
-    messages = [f.message for f in findings if f.fatal]
-    return ConfigError("\n".join(messages)) if messages else None
+def warnings(findings: list[Finding]) -> list[str]:
+    """The warnings to report, once nothing is fatal; else ConfigError with every fatal finding,
+    one per line."""
+    fatal = [f.message for f in findings if f.fatal]
+    if fatal:
+        raise ConfigError("\n".join(fatal))
+    return [f.message for f in findings]
