@@ -78,9 +78,13 @@ def _read_only(path: str) -> bool:
 
 def validate(config: Config) -> list[Finding]:
     """``--check-config`` and ``-D``: the checks start-up makes (command names included),
-    without starting.  Raises ConfigError for a bad command name, as start-up does."""
-    blocked_commands(build_registry(), config)
-    return machine_findings(config)
+    without starting, every finding at once."""
+    try:
+        blocked_commands(build_registry(), config)
+        names: list[Finding] = []
+    except ConfigError as exc:
+        names = [Finding(str(exc))]
+    return names + machine_findings(config)
 
 
 def warnings(findings: list[Finding]) -> list[str]:
