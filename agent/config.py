@@ -1,18 +1,23 @@
 """The agent's configuration: qemu-ga's command line and INI file, plus our own options.
 
-Precedence is qemu-ga's: built-in defaults, then the ``[general]`` section of the config file,
-then the command line.  Lists in the file are ``;``-separated (GKeyFile's convention, which
-qemu-ga uses); on the command line they are comma-separated and the option may repeat.
+A qemu-ga setup must work unchanged, so the file is found, read and merged as qemu-ga does it
+(``qga/main.c``, checked against Debian's qemu-ga 7.2): ``-c FILE``, else ``$QGA_CONF``, else the
+default; the file is a GKeyFile (:mod:`pyqga.agent.keyfile`) whose ``[general]`` group holds
+qemu-ga's keys (``daemon``, ``block-rpcs`` split on ``,``, its old name ``blacklist``...) beside
+pyqga's own; then the command line wins, except ``-b``/``-a``, which add to the file's lists as in
+qemu-ga.  Every value remembers the file and line it came from, for the error that rejects it.
 """
 
 from __future__ import annotations
 
 import argparse
-import configparser
 import dataclasses
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyqga.agent import keyfile
 from pyqga.agent.errors import AgentFailure
 from pyqga.agent.freeze.machine import MAX_TIMEOUT
 
@@ -55,6 +60,14 @@ class Config:
     on_agent_death: str = "thaw"
     exec_output_limit: int = DEFAULT_EXEC_OUTPUT_LIMIT
     config_file: str | None = field(default=None, compare=False)
+    # Field name -> "PATH:LINE" for values read from the config file.
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def where(self, name: str) -> str:
+        """The prefix of an error about the setting ``name``: ``PATH:LINE: `` when it came from
+        the config file, else nothing (the command line)."""
+        origin = self.origins.get(name)
+        return f"{origin}: " if origin else ""
 
     @property
     def channel_path(self) -> str:
@@ -65,20 +78,22 @@ class Config:
         return self.pidfile or str(Path(self.statedir) / "pyqga.pid")
 
 
-# INI key -> (Config field, kind); kinds: str, bool, list, float, int.
+# Config file key -> (Config field, kind); kinds: str, bool, rpcs, list, float, int.  qemu-ga's
+# keys first, in the order its -D prints them; then aliases; then pyqga's own keys.
 _INI_KEYS: dict[str, tuple[str, str]] = {
-    "daemonize": ("daemonize", "bool"),
+    "daemon": ("daemonize", "bool"),
     "method": ("method", "str"),
     "path": ("path", "str"),
     "logfile": ("logfile", "str"),
     "pidfile": ("pidfile", "str"),
+    "fsfreeze-hook": ("fsfreeze_hook", "str"),
     "statedir": ("statedir", "str"),
     "verbose": ("verbose", "bool"),
     "retry-path": ("retry_path", "bool"),
-    "block-rpcs": ("block_rpcs", "list"),
-    "blacklist": ("block_rpcs", "list"),  # qemu-ga's old name
-    "allow-rpcs": ("allow_rpcs", "list"),
-    "fsfreeze-hook": ("fsfreeze_hook", "str"),
+    "block-rpcs": ("block_rpcs", "rpcs"),
+    "allow-rpcs": ("allow_rpcs", "rpcs"),
+    "blacklist": ("block_rpcs", "rpcs"),  # qemu-ga's old name (7.2: it wins over block-rpcs)
+    "daemonize": ("daemonize", "bool"),  # pyqga's old name of daemon, as the long option
     "fsfreeze-hook-timeout": ("fsfreeze_hook_timeout", "float"),
     "freeze-include": ("freeze_include", "list"),
     "freeze-exclude": ("freeze_exclude", "list"),
@@ -87,50 +102,94 @@ _INI_KEYS: dict[str, tuple[str, str]] = {
     "on-agent-death": ("on_agent_death", "str"),
     "exec-output-limit": ("exec_output_limit", "int"),
 }
+# Lists -D prints even when empty, as qemu-ga does (other lists only when set; other keys
+# whenever they have a value: the pid file's default, STATEDIR/pyqga.pid, is left to follow -t).
+_ALWAYS_DUMPED = ("block-rpcs",)
+LIST_RULE = ("lists are separated by ',' (qemu-ga's rule; ';' is accepted too), "
+             "without spaces inside names")
 
 
-def _split_list(text: str, sep: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(sep) if item.strip())
+def _split_list(text: str, separators: str) -> tuple[str, ...]:
+    for sep in separators[1:]:
+        text = text.replace(sep, separators[0])
+    return tuple(item.strip() for item in text.split(separators[0]) if item.strip())
 
 
-def _convert(key: str, kind: str, raw: str) -> object:
-    try:
-        if kind == "bool":
-            lowered = raw.strip().lower()
-            if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"not a boolean: {raw!r}")
-            return lowered in ("true", "1", "yes")
-        if kind == "list":
-            return _split_list(raw, ";")
-        if kind == "float":
-            return float(raw)
-        if kind == "int":
-            return int(raw)
-    except ValueError as exc:
-        raise ConfigError(f"config key {key!r}: {exc}") from None
-    return raw.strip()
+def _convert(kind: str, raw: str) -> object:
+    """A raw key-file value as the Config field wants it; ValueError says why not."""
+    if kind == "bool":
+        return keyfile.boolean(raw)
+    text = keyfile.unescape(raw.rstrip())
+    if kind == "rpcs":  # qemu-ga splits the string on ','; pyqga always took ';' (GKeyFile's)
+        return _split_list(text, ",;")
+    if kind == "list":  # globs may hold ',' ([,] classes): only GKeyFile's ';'
+        return _split_list(text, ";")
+    if kind == "float":
+        return float(text)
+    if kind == "int":
+        return int(text)
+    return text
 
 
-def load_file(path: str) -> dict[str, object]:
-    """Values from the ``[general]`` section, as Config field names."""
-    parser = configparser.ConfigParser(interpolation=None, delimiters=("=",))
+def config_path(option: str | None, environ: Mapping[str, str] | None = None) -> tuple[str, bool]:
+    """Which file to read, and whether it must exist: ``-c`` (must), else ``$QGA_CONF`` as
+    qemu-ga reads it (a missing file is no error), else the default if it exists."""
+    if option:
+        return option, True
+    env = (os.environ if environ is None else environ).get("QGA_CONF")
+    if env:
+        return env, False
+    return DEFAULT_CONFIG, False
+
+
+def load_file(path: str, required: bool = True) -> tuple[dict[str, object], dict[str, str]]:
+    """Values of the ``[general]`` group as Config field names, and where each came from
+    (``PATH:LINE``).  A missing file that is not ``required`` gives nothing, as in qemu-ga."""
     try:
         with open(path, encoding="utf-8") as handle:
-            parser.read_file(handle)
-    except (OSError, configparser.Error) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+            text = handle.read()
+    except FileNotFoundError:
+        if not required:
+            return {}, {}
+        raise ConfigError(f"cannot read config file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        raise ConfigError(f"cannot read config file {path}: {reason}") from None
+    try:
+        general = keyfile.parse(text).get("general", {})
+    except keyfile.KeyFileError as exc:
+        raise ConfigError(f"{path}:{exc.line}: cannot read config file: {exc.reason}") from None
+    if "blacklist" in general:  # qemu-ga 7.2 reads one of the two, the old name first
+        general.pop("block-rpcs", None)
     values: dict[str, object] = {}
-    if parser.has_section("general"):
-        for key, raw in parser.items("general"):
-            if key not in _INI_KEYS:
-                raise ConfigError(f"config file {path}: unknown key {key!r} in [general]")
-            name, kind = _INI_KEYS[key]
-            values[name] = _convert(key, kind, raw)
-    return values
+    origins: dict[str, str] = {}
+    for key, entry in sorted(general.items(), key=lambda item: item[1].line):
+        where = f"{path}:{entry.line}"
+        if key not in _INI_KEYS:
+            raise ConfigError(f"{where}: unknown key {key!r} in [general]; "
+                              f"'pyqga-agent --help' lists the options, whose long names are the keys")
+        name, kind = _INI_KEYS[key]
+        try:
+            values[name] = _convert(kind, entry.raw)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: config key {key!r}: {exc}") from None
+        origins[name] = where
+    return values, origins
+
+
+def _dump_value(kind: str, value: object) -> str:
+    if kind == "bool":
+        return "true" if value else "false"
+    if kind == "rpcs":
+        return ",".join(map(str, value))  # type: ignore[call-overload]
+    if kind == "list":
+        return "".join(f"{keyfile.escape(item)};" for item in value)  # type: ignore[attr-defined]
+    return keyfile.escape(str(value))
 
 
 def dump(config: Config) -> str:
-    """The config as an INI file (``-D``), loadable again with ``-c``."""
+    """The config as qemu-ga's ``-D`` writes it (its keys, order and list form), then pyqga's
+    own keys: loadable again by qemu-ga (which ignores keys it lacks) and by pyqga."""
     lines = ["[general]"]
     written: set[str] = set()
     for key, (name, kind) in _INI_KEYS.items():
@@ -138,15 +197,9 @@ def dump(config: Config) -> str:
             continue
         written.add(name)
         value = getattr(config, name)
-        if value is None or (kind == "list" and not value):
+        if value is None or (key not in _ALWAYS_DUMPED and kind in ("list", "rpcs") and not value):
             continue
-        if kind == "bool":
-            text = "true" if value else "false"
-        elif kind == "list":
-            text = ";".join(value) + ";"
-        else:
-            text = str(value)
-        lines.append(f"{key}={text}")
+        lines.append(f"{key}={_dump_value(kind, value)}")
     return "\n".join(lines) + "\n"
 
 
@@ -160,9 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Options marked (qemu-ga) behave as in QEMU's guest agent, so existing service files "
-            "and config files keep working. The config file's [general] section takes the same "
-            "names as the long options; lists there are ';'-separated. Under systemd (JOURNAL_STREAM "
-            "set) messages go to the journal with their priority and no timestamp of their own."
+            "and config files keep working. The config file (-c, else $QGA_CONF as in qemu-ga, else "
+            f"{DEFAULT_CONFIG}) is a GKeyFile whose [general] group takes the long options' names "
+            "and qemu-ga's keys (daemon, blacklist); booleans are true/false; block-rpcs and allow-rpcs "
+            "are ','-separated as in qemu-ga (';' works too), freeze-include/exclude ';'-separated. "
+            "Under systemd (JOURNAL_STREAM set) messages go to the journal with their priority and "
+            "no timestamp of their own."
         ),
     )
     add = parser.add_argument
@@ -176,10 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("-d", "--daemonize", action="store_true", default=None, help="become a daemon (qemu-ga)")
     add("-r", "--retry-path", action="store_true", default=None,
         help="retry opening the channel if it is missing or closes (qemu-ga)")
-    add("-b", "--block-rpcs", action="append", metavar="LIST",
-        help="comma-separated commands to disable; 'help' lists them (qemu-ga)")
+    add("-b", "--block-rpcs", "--blacklist", action="append", metavar="LIST",
+        help="comma-separated commands to disable, added to the config file's; 'help' lists them (qemu-ga)")
     add("-a", "--allow-rpcs", action="append", metavar="LIST",
-        help="comma-separated commands to allow, all others disabled; 'help' lists them (qemu-ga)")
+        help="comma-separated commands to allow, all others disabled, added to the config file's; "
+             "'help' lists them (qemu-ga)")
     add("-F", "--fsfreeze-hook", nargs="?", const=DEFAULT_HOOK, metavar="PATH",
         help=f"run PATH freeze|thaw around freezes (qemu-ga; default path {DEFAULT_HOOK})")
     add("--fsfreeze-hook-timeout", type=float, metavar="SECONDS",
@@ -199,52 +256,71 @@ def build_parser() -> argparse.ArgumentParser:
              "reported as truncated (default 16 MiB, as qemu-ga)")
     add("--max-message-size", type=int, metavar="BYTES",
         help="largest request accepted, up to 64 MiB (default 1 MiB)")
-    add("-c", "--config", help=f"config file (qemu-ga; default {DEFAULT_CONFIG} if it exists)")
-    add("-D", "--dump-conf", action="store_true", help="print the effective config file and exit (qemu-ga)")
+    add("-c", "--config",
+        help=f"config file (qemu-ga 8; default $QGA_CONF, else {DEFAULT_CONFIG}, if it exists)")
+    add("-D", "--dump-conf", action="store_true",
+        help="check the effective configuration as start-up does, print it as a config file that "
+             "qemu-ga and pyqga-agent both load, and exit (qemu-ga)")
     add("--check-config", metavar="FILE",
-        help="validate FILE (keys, values, command names) and exit: 0 if valid, 1 with the reason if not")
+        help="check FILE, with the other options given, as start-up would (keys, values, command "
+             "names, state directory, hook, log file) and exit: 0 if valid, 1 with the reasons "
+             "(file and line) if not")
     return parser
 
 
 def from_args(args: argparse.Namespace) -> Config:
     """Merge defaults, config file and command line into a checked Config."""
     values: dict[str, object] = {}
-    config_file = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).exists() else None)
-    if config_file:
-        values.update(load_file(config_file))
+    origins: dict[str, str] = {}
+    config_file: str | None
+    config_file, required = config_path(args.config)
+    if required or Path(config_file).exists():
+        values, origins = load_file(config_file, required)
+    else:
+        config_file = None
     for name in ("method", "path", "logfile", "pidfile", "statedir", "verbose", "daemonize",
                  "retry_path", "fsfreeze_hook", "fsfreeze_hook_timeout", "max_message_size",
                  "freeze_timeout", "on_agent_death", "exec_output_limit"):
         value = getattr(args, name)
         if value is not None:
             values[name] = value
-    for name in ("block_rpcs", "allow_rpcs"):
+            origins.pop(name, None)
+    for name in ("block_rpcs", "allow_rpcs"):  # qemu-ga adds these to the file's list
         given = getattr(args, name)
         if given:
-            values[name] = tuple(item for chunk in given for item in _split_list(chunk, ","))
+            from_file: tuple[str, ...] = values.get(name, ())  # type: ignore[assignment]
+            values[name] = from_file + tuple(item for chunk in given for item in _split_list(chunk, ","))
+            origins.pop(name, None)  # no longer one line's list
     for name in ("freeze_include", "freeze_exclude"):
         given = getattr(args, name)
         if given:
             values[name] = tuple(given)
+            origins.pop(name, None)
     values["config_file"] = config_file
+    values["origins"] = origins
     config = Config(**values)  # type: ignore[arg-type]
     return check(config)
 
 
 def check(config: Config) -> Config:
+    """The values' own rules (what the machine says is :mod:`pyqga.agent.preflight`'s job)."""
+    def fail(name: str, message: str) -> ConfigError:
+        return ConfigError(config.where(name) + message)
+
     if config.method not in METHODS:
-        raise ConfigError(f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
+        raise fail("method", f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
     if not 0 < config.max_message_size <= 64 << 20:
-        raise ConfigError("max-message-size must be between 1 and 67108864 bytes")
+        raise fail("max_message_size", "max-message-size must be between 1 and 67108864 bytes")
     if config.fsfreeze_hook_timeout <= 0:
-        raise ConfigError("fsfreeze-hook-timeout must be positive")
+        raise fail("fsfreeze_hook_timeout", "fsfreeze-hook-timeout must be positive")
     if not (config.freeze_timeout == 0 or 0 < config.freeze_timeout <= MAX_TIMEOUT):
-        raise ConfigError(f"freeze-timeout must be 0 (never: qemu-ga's behaviour) or a number of seconds "
-                          f"up to {MAX_TIMEOUT:g}, not {config.freeze_timeout}")
+        raise fail("freeze_timeout", f"freeze-timeout must be 0 (never: qemu-ga's behaviour) or a number "
+                   f"of seconds up to {MAX_TIMEOUT:g}, not {config.freeze_timeout}")
     if config.on_agent_death not in ("thaw", "stay"):
-        raise ConfigError(f"on-agent-death must be 'thaw' or 'stay', not {config.on_agent_death!r}")
+        raise fail("on_agent_death",
+                   f"on-agent-death must be 'thaw' or 'stay', not {config.on_agent_death!r}")
     if config.exec_output_limit <= 0:
-        raise ConfigError("exec-output-limit must be a positive number of bytes")
+        raise fail("exec_output_limit", "exec-output-limit must be a positive number of bytes")
     return config
 
 

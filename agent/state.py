@@ -15,7 +15,7 @@ from pyqga.agent.commands.files import FileTable
 from pyqga.agent.commands.fsinfo import FsinfoCache
 from pyqga.agent.commands.power import SuspendSetup
 from pyqga.agent.commands.system import SystemPrograms
-from pyqga.agent.config import VERSION, Config, ConfigError
+from pyqga.agent.config import LIST_RULE, VERSION, Config, ConfigError
 from pyqga.agent.freeze.build import build_freezer
 from pyqga.agent.freeze.driver import Freezer
 from pyqga.agent.logs import LogControl
@@ -62,11 +62,12 @@ class AgentState:
 def blocked_commands(registry: Registry, config: Config) -> frozenset[str]:
     """The commands -b/-a disable; a name we do not know is a typo worth stopping for."""
     known = set(registry.names())
-    for option, names in (("--block-rpcs", config.block_rpcs), ("--allow-rpcs", config.allow_rpcs)):
-        unknown = sorted(set(names) - known)
+    for name, option in (("block_rpcs", "block-rpcs"), ("allow_rpcs", "allow-rpcs")):
+        unknown = sorted(set(getattr(config, name)) - known)
         if unknown:
             raise ConfigError(
-                f"{option}: unknown command(s) {', '.join(unknown)}; '{option}=help' lists them"
+                f"{config.where(name)}{option}: unknown command(s) {', '.join(unknown)}; "
+                f"{LIST_RULE}; '--{option}=help' lists the commands"
             )
     blocked = set(config.block_rpcs)
     if config.allow_rpcs:

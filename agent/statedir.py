@@ -19,14 +19,29 @@ FIX_HINT = "use a directory on tmpfs owned by the agent's user, such as the defa
 
 
 def prepare(path: str, include: Sequence[str] = (), exclude: Sequence[str] = (),
-            planner: FreezePlanner | None = None) -> str | None:
-    """Create ``path`` (mode 0700) if missing, then check it; None when it is fit for use."""
+            planner: FreezePlanner | None = None, create: bool = True) -> str | None:
+    """Create ``path`` (mode 0700) if missing, then check it; None when it is fit for use.
+    Without ``create`` (``--check-config``, ``-D``) a missing directory is only checked for
+    whether start-up could create it."""
+    planner = planner or FreezePlanner(include=include, exclude=exclude)
+    if not create and not os.path.lexists(path):
+        return creatable_problem(path) or freezable_problem(path, planner)
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
     except OSError as exc:
         return f"cannot create state directory {path}: {exc.strerror}; {FIX_HINT} (-t/--statedir)"
-    return (ownership_problem(path)
-            or freezable_problem(path, planner or FreezePlanner(include=include, exclude=exclude)))
+    return ownership_problem(path) or freezable_problem(path, planner)
+
+
+def creatable_problem(path: str) -> str | None:
+    """Why ``os.makedirs(path)`` would fail, judged on the nearest directory that exists."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        return (f"cannot create state directory {path}: {parent} is not a directory this agent may "
+                f"write; {FIX_HINT} (-t/--statedir)")
+    return None
 
 
 def ownership_problem(path: str) -> str | None:
@@ -62,16 +77,23 @@ def mount_of(path: str, mounts: Sequence[Mount]) -> Mount | None:
     return best
 
 
-def freezable_problem(path: str, planner: FreezePlanner) -> str | None:
-    """The state directory sits on a filesystem a freeze-all (within the filters) would freeze."""
-    mounts = planner.kernel.mounts()
-    mount = mount_of(path, mounts)
+def freezable_mount(path: str, planner: FreezePlanner) -> Mount | None:
+    """The mount ``path`` is on if a freeze-all (within the filters) would freeze it."""
+    mount = mount_of(path, planner.kernel.mounts())
     if mount is None:
         return None
     resolved = resolve_device(mount, planner.kernel.block_device)
     if resolved is None:  # tmpfs, proc...: nothing to freeze
         return None
     if not any(c.device == resolved.device for c in planner.candidates()):
+        return None
+    return mount
+
+
+def freezable_problem(path: str, planner: FreezePlanner) -> str | None:
+    """The state directory sits on a filesystem a freeze-all (within the filters) would freeze."""
+    mount = freezable_mount(path, planner)
+    if mount is None:
         return None
     return (f"state directory {path} is on {mount.mountpoint} ({mount.fstype}), which this agent may "
             f"freeze: writing its state there during a freeze would hang the agent; {FIX_HINT}, "

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from pyqga.agent import keyfile
 from pyqga.agent.registry import Command, Param
 
 if TYPE_CHECKING:
@@ -46,18 +49,73 @@ def guest_info(agent: AgentState) -> dict[str, Any]:
     }
 
 
-def parse_os_release(text: str) -> dict[str, str]:
-    """``KEY=value`` lines with shell quoting, as os-release(5) defines them."""
+def parse_os_release(data: bytes) -> dict[str, str] | None:
+    """The fields of an os-release file: read as qemu-ga reads the file (``ga_parse_osrelease``:
+    a GKeyFile group of raw ``KEY=value`` lines; None, so the next file is tried, when it is not
+    UTF-8 or has a line that is no ``KEY=value`` or comment), each value unquoted as os-release(5)
+    says (shell quoting, :func:`shell_unquote`); a value that does not unquote is left out.
+
+    qemu-ga's own unquoting (``ga_osrelease_replace_special``) departs from os-release(5) where
+    a file uses single quotes or ``\\'`` inside double quotes (tests/differential/test_config.py
+    records how); on double-quoted and plain values, what distributions write, both agree."""
+    try:
+        entries = keyfile.parse("[os-release]\n" + data.decode("utf-8")).get("os-release", {})
+    except (UnicodeDecodeError, keyfile.KeyFileError):
+        return None
     values: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-        values[key.strip()] = value
+    for key, entry in entries.items():
+        raw = entry.raw.rstrip(" \t")
+        if raw.endswith("\\") and raw != entry.raw:
+            raw += entry.raw[len(raw)]  # an escaped blank ends the word
+        with contextlib.suppress(ValueError):
+            values[key] = shell_unquote(raw)  # blanks after the word are no part of it
     return values
+
+
+def shell_unquote(text: str) -> str:
+    """glib's ``g_shell_unquote``, which os-release(5)'s shell quoting asks for.  Outside
+    quotes a backslash takes the next character literally (a backslash-newline vanishes);
+    ``'...'`` is literal; inside ``"..."`` a backslash escapes only ``" \\ ` $`` and newline and
+    stays otherwise; adjacent pieces join.  ValueError for an unmatched quote."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        char = text[i]
+        if char == "\\":
+            if i + 1 < n and text[i + 1] != "\n":
+                out.append(text[i + 1])
+            i += 2
+        elif char == "'":
+            end = text.find("'", i + 1)
+            if end < 0:
+                raise ValueError("unmatched quotation mark")
+            out.append(text[i + 1:end])
+            i = end + 1
+        elif char == '"':
+            i += 1
+            while True:
+                if i >= n:
+                    raise ValueError("unmatched quotation mark")
+                char = text[i]
+                if char == '"':
+                    i += 1
+                    break
+                if char == "\\" and i + 1 < n and text[i + 1] in '"\\`$\n':
+                    out.append(text[i + 1])
+                    i += 2
+                else:
+                    out.append(char)
+                    i += 1
+        else:
+            out.append(char)
+            i += 1
+    return "".join(out)
+
+
+def os_release_files(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """``$QGA_OS_RELEASE`` alone when set (as qemu-ga reads it), else the standard two."""
+    override = (os.environ if environ is None else environ).get("QGA_OS_RELEASE")
+    return (override,) if override else OS_RELEASE_FILES
 
 
 def guest_get_osinfo(agent: AgentState) -> dict[str, Any]:
@@ -71,27 +129,29 @@ def guest_get_osinfo(agent: AgentState) -> dict[str, Any]:
 
 
 class OsRelease:
-    """The os-release fields qemu-ga reports, from the first file that exists.  Re-read only
+    """The os-release fields qemu-ga reports, from the first file that reads and parses.  Re-read only
     when a stat says the file changed (an upgrade replaces it): hosts poll guest-get-osinfo.
     One per agent, owned by its ``AgentState``."""
 
-    def __init__(self, files: tuple[str, ...] = OS_RELEASE_FILES) -> None:
-        self._files = files
+    def __init__(self, files: tuple[str, ...] | None = None) -> None:
+        self._files = files  # None: os_release_files() at each call, as qemu-ga looks
         # (path, device, inode, size, mtime) of the file last read, and what it said; replaced
         # whole, so a worker thread never sees one half of it.
         self._seen: tuple[tuple[Any, ...], dict[str, str]] | None = None
 
     def fields(self) -> dict[str, str]:
-        for path in self._files:
+        for path in self._files or os_release_files():
             try:
                 st = os.stat(path)
                 identity = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
                 seen = self._seen
                 if seen is not None and seen[0] == identity:
                     return seen[1]
-                with open(path, encoding="utf-8") as handle:
+                with open(path, "rb") as handle:
                     release = parse_os_release(handle.read())
             except OSError:
+                continue
+            if release is None:
                 continue
             fields = {ours: release[key] for key, ours in OS_RELEASE_KEYS.items() if key in release}
             self._seen = (identity, fields)

@@ -16,6 +16,7 @@ import stat
 import subprocess
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from pyqga.agent.freeze.vocabulary import HookAction
 
@@ -43,20 +44,35 @@ class HookResult:
         return self.returncode == 0 and not self.timed_out
 
 
+class HookProblem(NamedTuple):
+    """Why a hook cannot run; a ``missing`` one is skipped by freezes (so start-up only warns)."""
+
+    message: str
+    missing: bool = False
+
+
+def hook_problem(path: str) -> HookProblem | None:
+    """Whether ``path`` can run as the hook: the one check for start-up and for each freeze."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return HookProblem(f"hook {path} does not exist: freezes will run without a hook", missing=True)
+    except OSError as e:
+        return HookProblem(f"cannot use hook {path}: {e.strerror}")
+    if not stat.S_ISREG(st.st_mode):
+        return HookProblem(f"hook {path} is not a regular file")
+    if not os.access(path, os.X_OK):
+        return HookProblem(f"hook {path} is not executable; run 'chmod +x {path}'")
+    return None
+
+
 def run_hook(path: str, action: HookAction, timeout: float) -> HookResult:
     """Run ``path action`` with stdin from /dev/null, stdout+stderr captured (last 64 KiB)."""
     if action not in ("freeze", "thaw"):
         raise ValueError(f"hook action must be 'freeze' or 'thaw', not {action!r}")
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return HookResult(ran=False)
-    except OSError as e:
-        return HookResult(ran=False, error=f"cannot use hook {path}: {e.strerror}")
-    if not stat.S_ISREG(st.st_mode):
-        return HookResult(ran=False, error=f"hook {path} is not a regular file")
-    if not os.access(path, os.X_OK):
-        return HookResult(ran=False, error=f"hook {path} is not executable")
+    problem = hook_problem(path)
+    if problem is not None:
+        return HookResult(ran=False, error=None if problem.missing else problem.message)
 
     start = time.monotonic()
     try:

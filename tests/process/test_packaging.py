@@ -17,7 +17,7 @@ import pytest
 from pyqga.agent import config as cfg
 from pyqga.agent.registry import build_registry
 from pyqga.agent.state import blocked_commands
-from tests.rig.agent_process import REPO_ROOT, agent_env
+from tests.rig.agent_process import REPO_ROOT, agent_env, tmpfs_statedir
 from tests.rig.deb_builder import BUILDER, builder_env
 from tests.rig.requirements import require, require_tool
 
@@ -153,10 +153,13 @@ def run_agent(*argv: str) -> subprocess.CompletedProcess[str]:
 
 def test_shipped_config_is_valid_and_its_example_blocks_exec_and_files(tmp_path: Path) -> None:
     shipped = PACKAGING / "pyqga.conf"
-    assert run_agent("--check-config", str(shipped)).returncode == 0
+    # The unit's -t, on tmpfs as /run is on a guest (--check-config checks it as start-up does).
+    tmpfs_statedir(tmp_path / "state")
+    unit = ("-t", str(tmp_path / "state"))
+    assert run_agent(*unit, "--check-config", str(shipped)).returncode == 0
     example = tmp_path / "pyqga.conf"
     example.write_text(shipped.read_text().replace("#block-rpcs=", "block-rpcs="))
-    assert run_agent("--check-config", str(example)).returncode == 0
+    assert run_agent(*unit, "--check-config", str(example)).returncode == 0
     config = cfg.from_args(cfg.build_parser().parse_args(["-c", str(example)]))
     registry = build_registry()
     blocked = blocked_commands(registry, config)

@@ -50,7 +50,7 @@ def test_dump_conf_loads_back_to_the_same_config(tmp_path: Path) -> None:
     dumped.write_text(cfg.dump(original))
     reloaded = cfg.from_args(cfg.build_parser().parse_args(["-c", str(dumped)]))
     assert reloaded == original
-    assert "block-rpcs=guest-get-time;guest-get-osinfo;" in dumped.read_text()
+    assert "block-rpcs=guest-get-time,guest-get-osinfo\n" in dumped.read_text()  # qemu-ga's list form
     assert f"fsfreeze-hook={cfg.DEFAULT_HOOK}" in dumped.read_text()
 
 
@@ -71,13 +71,15 @@ def test_unknown_blocked_command_is_refused() -> None:
         AgentState(parse("-b", "guest-pong"))
 
 
-def test_cli_help_dump_and_rpc_listing() -> None:
+def test_cli_help_dump_and_rpc_listing(tmp_path: Path) -> None:
     listing = run_agent("-b", "help")
     assert listing.returncode == 0
     names = [line.split()[0] for line in listing.stdout.splitlines() if not line.startswith(" ")]
     assert names == build_registry().names()
     assert "guest-sync id:integer" in listing.stdout and "[mountpoints:array]" in listing.stdout
-    dumped = run_agent("-c", os.devnull, "-D", "-m", "unix-listen", "-p", "/tmp/q.sock")
+    tmpfs_statedir(tmp_path / "state")  # -D checks as start-up does: / is a disk here
+    dumped = run_agent("-c", os.devnull, "-D", "-m", "unix-listen", "-p", "/tmp/q.sock",
+                       "-t", str(tmp_path / "state"))
     assert dumped.returncode == 0 and dumped.stdout.startswith("[general]\n")
     assert "path=/tmp/q.sock" in dumped.stdout
     helped = run_agent("--help")
@@ -120,7 +122,9 @@ def test_registry_params_are_checked_in_qemu_words() -> None:
 
 def test_check_config_validates_and_exits(tmp_path: Path) -> None:
     good = tmp_path / "good.conf"
-    good.write_text("[general]\nblock-rpcs=guest-exec;guest-file-open;\nfreeze-timeout=30\n")
+    tmpfs_statedir(tmp_path / "state")  # checked as start-up does: / is a disk here
+    good.write_text(f"[general]\nblock-rpcs=guest-exec;guest-file-open;\nfreeze-timeout=30\n"
+                    f"statedir={tmp_path / 'state'}\n")
     result = run_agent("--check-config", str(good))
     assert (result.returncode, result.stdout) == (0, f"{good}: valid\n")
     for text, reason in (("[general]\nblock-rpcs=guest-nope;\n", "unknown command(s) guest-nope"),
