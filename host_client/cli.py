@@ -160,8 +160,15 @@ def run_sync(client: AgentClient, out: Output) -> None:
              f"{client.address}: in sync (id {sync_id}, {elapsed * 1000:.2f} ms)")
 
 
+FREEZE_METHODS = ("guest-fsfreeze-freeze", "guest-fsfreeze-freeze-list")
+
+
 def run_call(client: AgentClient, method: str, arguments: dict[str, Any] | None, out: Output) -> None:
-    result = client.call(method, arguments)
+    if method in FREEZE_METHODS:  # Ctrl-C while a raw freeze is in flight thaws, as 'freeze' does
+        with thaw_on_interrupt(client), out.progress.running(method):
+            result = client.call(method, arguments)
+    else:
+        result = client.call(method, arguments)
     # A scalar reads fine as it is; anything structured is shown as JSON either way.
     Output(out.as_json or not isinstance(result, str | int | float)).show(result, lambda: str(result))
 

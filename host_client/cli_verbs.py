@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pyqga.host_client.cli_interrupt import thaw_on_interrupt
+from pyqga.host_client.cli_interrupt import Interrupted, thaw_on_interrupt
 from pyqga.host_client.cli_options import add_auto_thaw_option, add_connection_options, add_mount_option
 from pyqga.host_client.cli_output import Output
 from pyqga.host_client.cli_values import TIME_HELP, non_negative_int, parse_time
@@ -238,8 +238,11 @@ def check_exec(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
 def run_exec(client: AgentClient, args: argparse.Namespace, out: Output) -> int:
     """``args`` as :func:`check_exec` left them."""
     data = sys.stdin.buffer.read() if args.stdin else None
-    with out.progress.running(f"running {args.argv[0]} in the guest"):
-        result = client.exec(args.argv, timeout=args.kill_after, input=data, env=args.env)
+    try:
+        with out.progress.running(f"running {args.argv[0]} in the guest"):
+            result = client.exec(args.argv, timeout=args.kill_after, input=data, env=args.env)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; {args.argv[0]} may still run in the guest") from None
     return show_exec(result, out)
 
 

@@ -8,6 +8,7 @@ never finishes the snapshot, so the interrupt lands while the guest is frozen an
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 from pyqga.host_client import AgentClient
 from tests.rig.agent_process import REPO_ROOT, PyqgaAgent, agent_env
@@ -86,7 +89,15 @@ def test_ctrl_c_in_fault_stall_thaws_at_once(tmp_path: Path, loops: LoopMounts) 
         agent.stop()
 
 
-def test_ctrl_c_while_a_freeze_runs_its_hook_thaws(tmp_path: Path, loops: LoopMounts) -> None:
+FREEZING_VERBS = {
+    "freeze": lambda a: ["freeze", "--mount", a, "--auto-thaw", "10m"],
+    "fsfreeze freeze": lambda a: ["fsfreeze", "freeze"],   # freeze-all: --freeze-include keeps to loops
+    "call": lambda a: ["call", "guest-fsfreeze-freeze-list", json.dumps({"mountpoints": [a]})],
+}
+
+
+@pytest.mark.parametrize("verb", FREEZING_VERBS)
+def test_ctrl_c_while_a_freeze_runs_its_hook_thaws(tmp_path: Path, loops: LoopMounts, verb: str) -> None:
     """The freeze is still in the hook when Ctrl-C comes; it completes in the agent, and the
     CLI thaws it before it exits."""
     a = loops.add("a")
@@ -94,7 +105,7 @@ def test_ctrl_c_while_a_freeze_runs_its_hook_thaws(tmp_path: Path, loops: LoopMo
     hook = write_hook(tmp_path / "hook", f'[ "$1" = freeze ] && touch {started} && sleep 3\nexit 0\n')
     agent = start_agent(tmp_path, loops, f"-F{hook}")
     try:
-        cli = start_cli("-s", str(agent.socket_path), "freeze", "--mount", str(a), "--auto-thaw", "10m")
+        cli = start_cli("-s", str(agent.socket_path), *FREEZING_VERBS[verb](str(a)))
         wait_until(started.exists, 20, "the freeze hook ran")
         time.sleep(0.3)
         status, out, err, _ = interrupt(cli, limit=60)
