@@ -193,6 +193,7 @@ def run_stall(client: AgentClient, args: argparse.Namespace, out: Output) -> int
 
                 def show(elapsed: float, status: cli_output.Status = status, label: str = label) -> None:
                     status.label = f"{label}: frozen {elapsed:5.1f} / {args.duration:g} s"
+                    status.timed = False
 
                 result = client.stall_for(args.mount, args.duration, progress=show)
             results.append(result)

@@ -23,10 +23,12 @@ def print_json(value: Any) -> None:
 
 
 class Status:
-    """The status line of one slow step; ``label`` may change while it runs."""
+    """The status line of one slow step; ``label`` may change while it runs, and ``timed``
+    is False once the label counts the time itself."""
 
     def __init__(self, label: str) -> None:
         self.label = label
+        self.timed = True
         self.started = time.monotonic()
 
 
@@ -69,7 +71,8 @@ class Progress:
         turn = 0
         while not stop.is_set():
             elapsed = time.monotonic() - status.started
-            self._write(f"\r{self.SPINNER[turn % 4]} {status.label} ({elapsed:.1f} s)\x1b[K")
+            suffix = f" ({elapsed:.1f} s)" if status.timed else ""
+            self._write(f"\r{self.SPINNER[turn % 4]} {status.label}{suffix}\x1b[K")
             turn += 1
             stop.wait(self.period)
 
