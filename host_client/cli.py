@@ -1,8 +1,10 @@
 """``pyqga``: drive a guest agent (pyqga or qemu-ga) from the host.
 
-Output is for humans by default and JSON with ``--json``.  Exit codes: 0 success, 1 the agent
+Output is for humans by default and JSON with ``--json``, on stdout; progress goes to stderr,
+only on a terminal (:mod:`pyqga.host_client.cli_output`).  Exit codes: 0 success, 1 the agent
 answered with an error, 2 bad usage, 3 the agent could not be reached or did not answer, 4 a
-freeze did not hold until its thaw (a snapshot taken meanwhile may be inconsistent).
+freeze did not hold until its thaw (a snapshot taken meanwhile may be inconsistent), 130
+interrupted (:mod:`pyqga.host_client.cli_interrupt`); ``exec`` exits with the program's status.
 """
 
 from __future__ import annotations
@@ -11,17 +13,33 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from typing import Any
 
-from pyqga.host_client import cli_group, cli_verbs
+from pyqga.host_client import cli_completion, cli_group, cli_interrupt, cli_output, cli_verbs
+from pyqga.host_client.cli_interrupt import EXIT_INTERRUPTED, Interrupted, thaw_on_interrupt
+from pyqga.host_client.cli_options import (
+    add_auto_thaw_option,
+    add_connection_options,
+    add_mount_option,
+    package_version,
+)
 from pyqga.host_client.cli_output import Output
+from pyqga.host_client.cli_values import (
+    TIME_HELP,
+    agent_address,
+    check_address,
+    parse_time,
+    positive_int,
+    time_or_zero,
+)
 from pyqga.host_client.client import DEFAULT_TIMEOUT, AgentClient
 from pyqga.host_client.errors import AgentCallError, AgentClientError, FreezeLost
 from pyqga.host_client.guest_ops import StallResult
 from pyqga.host_client.session import GuestInfo
-from pyqga.host_client.snapshot import format_report, take_snapshot
+from pyqga.host_client.snapshot import DEFAULT_FREEZE_TIMEOUT, format_report, take_snapshot
 
 EXIT_OK, EXIT_AGENT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_FREEZE_LOST = 0, 1, 2, 3, 4
 
@@ -34,17 +52,28 @@ def build_parser() -> argparse.ArgumentParser:
             "Examples:\n"
             "  pyqga --socket /run/vm1/qga.sock ping\n"
             "  pyqga --socket /run/vm1/qga.sock --dialect qga info\n"
-            "  pyqga --socket S call guest-sync '{\"id\": 42}'\n"
-            "  pyqga -s qga.sock snapshot --qmp qmp.sock --disk data=/vm/data-snap1.qcow2\n"
+            "  PYQGA_ADDRESS=/run/vm1/qga.sock pyqga osinfo\n"
+            "  pyqga -s S call guest-sync '{\"id\": 42}'\n"
+            "  pyqga -s S exec -- uname -a\n"
+            "  pyqga -s S freeze --mount /data --auto-thaw 2m\n"
+            "  pyqga -s qga.sock snapshot --qmp qmp.sock --disk data=/vm/data-snap1.qcow2 --auto-thaw 30s\n"
             "  pyqga -s qga.sock fault stall --mount /data --duration 5s --repeat 3 --interval 10s\n"
             "  pyqga group snapshot --guest /run/vm1/qga.sock --guest /run/vm2/qga.sock --deadline 30s\n"
+            "  source <(pyqga completion bash)\n"
+            "The agent's address: --socket (alias --address), else $PYQGA_ADDRESS, else\n"
+            "$QGA_CLIENT_ADDRESS (qemu-ga-client's variable).\n"
+            f"{TIME_HELP}; the same names mean the same everywhere: --timeout, the wait for each\n"
+            "reply; --auto-thaw, when the agent thaws by itself; --mount, a mount point.\n"
+            "Results go to stdout; notes and errors to stderr, and progress too when it is a terminal.\n"
             "Exit status: 0 ok, 1 the agent returned an error, 2 usage, 3 agent unreachable or silent,\n"
-            "4 a freeze did not hold until the thaw."
+            "4 a freeze did not hold until the thaw, 130 interrupted (Ctrl-C: a frozen guest is thawed\n"
+            "first); exec exits with the program's status."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     add_connection_options(parser, argparse.SUPPRESS)
-    parser.set_defaults(dialect="jsonrpc", timeout=DEFAULT_TIMEOUT, json=False)
+    parser.set_defaults(socket=None, dialect="jsonrpc", timeout=DEFAULT_TIMEOUT, json=False)
     common = argparse.ArgumentParser(add_help=False)
     add_connection_options(common, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -65,42 +94,37 @@ def build_parser() -> argparse.ArgumentParser:
         "stall", parents=[common], help="freeze mount points for a while, as a stalled disk would",
         description="Freeze the given mount points for DURATION, so every writer there blocks, "
                     "then thaw; optionally repeated. The agent's own auto-thaw ends each stall on "
-                    "time even if this command dies. Ends with each stall as the agent measured it.")
+                    "time even if this command dies; Ctrl-C thaws at once. Ends with each stall as "
+                    f"the agent measured it. {TIME_HELP}.")
     stall.add_argument("--mount", action="append", required=True, metavar="PATH",
                        help="mount point to stall (repeatable)")
-    stall.add_argument("--duration", required=True, type=parse_duration, metavar="TIME",
-                       help="how long each stall lasts: 5s, 500ms, 2m or plain seconds")
-    stall.add_argument("--repeat", type=int, default=1, metavar="N", help="number of stalls (default 1)")
-    stall.add_argument("--interval", type=parse_duration, default=0.0, metavar="TIME",
+    stall.add_argument("--duration", required=True, type=parse_time, metavar="TIME",
+                       help="how long each stall lasts")
+    stall.add_argument("--repeat", type=positive_int, default=1, metavar="N",
+                       help="number of stalls (default 1)")
+    stall.add_argument("--interval", type=time_or_zero, default=0.0, metavar="TIME",
                        help="time from one stall's start to the next one's (default: back to back)")
     snap.add_argument("--qmp", required=True, metavar="PATH", help="QEMU's QMP monitor socket")
     snap.add_argument("--disk", action="append", required=True, metavar="DEVICE=OVERLAY",
                       help="block device id and the new overlay file to create (repeatable)")
-    snap.add_argument("--mountpoint", action="append", metavar="PATH",
-                      help="freeze only these mount points (repeatable; default: all)")
+    add_mount_option(snap, "freeze only this mount point (repeatable; default: all)")
     snap.add_argument("--no-freeze", action="store_true",
                       help="skip the freeze: a crash-consistent snapshot, for comparison")
-    snap.add_argument("--freeze-timeout", type=float, default=60.0, metavar="SECONDS",
-                      help="the agent thaws by itself after this long, whatever happens here (default 60)")
-    cli_group.add_parser(commands, common, parse_duration)
+    add_auto_thaw_option(snap, "--freeze-timeout", default=DEFAULT_FREEZE_TIMEOUT,
+                         help="the agent thaws by itself after TIME, whatever happens here "
+                              f"(default {DEFAULT_FREEZE_TIMEOUT:g}s)")
+    cli_group.add_parser(commands, common, parse_time)
     cli_verbs.add_parsers(commands, common, argparse.SUPPRESS)
     call.add_argument("method", help="command name, e.g. guest-get-osinfo")
     call.add_argument("arguments", nargs="?", default=None,
                       help="arguments as a JSON object, e.g. '{\"id\": 1}'")
+    completion = commands.add_parser(
+        "completion", help="print a shell completion script: source <(pyqga completion bash)",
+        description="Print a bash completion script for pyqga (zsh: after 'autoload -U "
+                    "bashcompinit && bashcompinit'). Install it with 'pyqga completion bash > "
+                    "/etc/bash_completion.d/pyqga', or load it now with 'source <(pyqga completion bash)'.")
+    completion.add_argument("shell", choices=("bash",), help="the shell (bash)")
     return parser
-
-
-def add_connection_options(parser: argparse.ArgumentParser, default: Any) -> None:
-    """Options accepted before and after the command word (``pyqga ping --json`` works too)."""
-    parser.add_argument("--socket", "-s", metavar="ADDRESS", default=default,
-                        help="the agent's channel: a unix socket path, unix:PATH, vsock:CID:PORT, "
-                             "tcp:HOST:PORT, serial:DEVICE[?baud=N] or a pyserial URL")
-    parser.add_argument("--dialect", choices=("jsonrpc", "qga"), default=default,
-                        help="wire dialect; 'qga' also talks to QEMU's qemu-ga (default jsonrpc)")
-    parser.add_argument("--timeout", type=float, metavar="SECONDS", default=default,
-                        help=f"give up on a reply after this long (default {DEFAULT_TIMEOUT:g})")
-    parser.add_argument("--json", action="store_true", default=default,
-                        help="print the raw result as JSON")
 
 
 def run_ping(client: AgentClient, out: Output) -> None:
@@ -136,23 +160,17 @@ def run_sync(client: AgentClient, out: Output) -> None:
              f"{client.address}: in sync (id {sync_id}, {elapsed * 1000:.2f} ms)")
 
 
+FREEZE_METHODS = ("guest-fsfreeze-freeze", "guest-fsfreeze-freeze-list")
+
+
 def run_call(client: AgentClient, method: str, arguments: dict[str, Any] | None, out: Output) -> None:
-    result = client.call(method, arguments)
+    if method in FREEZE_METHODS:  # Ctrl-C while a raw freeze is in flight thaws, as 'freeze' does
+        with thaw_on_interrupt(client), out.progress.running(method):
+            result = client.call(method, arguments)
+    else:
+        result = client.call(method, arguments)
     # A scalar reads fine as it is; anything structured is shown as JSON either way.
     Output(out.as_json or not isinstance(result, str | int | float)).show(result, lambda: str(result))
-
-
-def parse_duration(text: str) -> float:
-    """``5s``, ``500ms``, ``2m``, ``1h`` or plain seconds."""
-    units = (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
-    value = text.strip().lower()
-    for suffix, scale in units:
-        if value.endswith(suffix) and value[: -len(suffix)].replace(".", "", 1).isdigit():
-            return float(value[: -len(suffix)]) * scale
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 5s, 500ms, 2m)") from None
 
 
 def note_without_auto_thaw(client: AgentClient, what: str) -> None:
@@ -165,31 +183,34 @@ def note_without_auto_thaw(client: AgentClient, what: str) -> None:
 
 
 def run_stall(client: AgentClient, args: argparse.Namespace, out: Output) -> int:
-    if args.duration <= 0 or args.repeat < 1:
-        print("pyqga: error: --duration must be positive and --repeat at least 1", file=sys.stderr)
-        return EXIT_USAGE
     note_without_auto_thaw(client, "thaws each stall itself when its time is up")
-    live = sys.stdout.isatty() and not args.json
     results: list[StallResult] = []
     first_start = time.monotonic()
-    for index in range(args.repeat):
-        label = f"stall {index + 1}/{args.repeat}: {', '.join(args.mount)}"
+    with thaw_on_interrupt(client):
+        for index in range(args.repeat):
+            label = f"stall {index + 1}/{args.repeat}: {', '.join(args.mount)}"
+            with out.progress.running(f"{label}: freezing") as status:
 
-        def show(elapsed: float, label: str = label) -> None:
-            if live:
-                print(f"\r{label} frozen {elapsed:5.1f} / {args.duration:g} s", end="", flush=True)
+                def show(elapsed: float, status: cli_output.Status = status, label: str = label) -> None:
+                    status.label = f"{label}: frozen {elapsed:5.1f} / {args.duration:g} s"
+                    status.timed = False
 
-        if not live and not args.json:
-            print(f"{label}: freezing for {args.duration:g} s", flush=True)
-        result = client.stall_for(args.mount, args.duration, progress=show)
-        results.append(result)
-        if live:
-            print(f"\r{label} done{' ' * 30}")
-        if index + 1 < args.repeat:
-            next_start = first_start + (index + 1) * args.interval
-            time.sleep(max(0.0, next_start - time.monotonic()))
+                result = client.stall_for(args.mount, args.duration, progress=show)
+            results.append(result)
+            if args.repeat > 1 and not args.json:  # a long schedule reports each stall as it ends
+                out.show(None, f"{label}: {format_stall(result)}")
+            if index + 1 < args.repeat:
+                next_start = first_start + (index + 1) * args.interval
+                with out.progress.running(f"stall {index + 2}/{args.repeat} starts in"):
+                    time.sleep(max(0.0, next_start - time.monotonic()))
     out.show([dataclasses.asdict(r) for r in results], lambda: format_stalls(results))
     return EXIT_OK
+
+
+def format_stall(r: StallResult) -> str:
+    actual = "unknown" if r.actual is None else f"{r.actual:.3f} s"
+    return (f"{r.count} filesystem(s) frozen {actual} (planned {r.planned:g} s), "
+            f"ended by {r.reason or '-'}")
 
 
 def format_stalls(results: list[StallResult]) -> str:
@@ -223,8 +244,9 @@ def run_snapshot(parser: argparse.ArgumentParser, args: argparse.Namespace, out:
             else:
                 with AgentClient(args.socket, dialect=args.dialect, timeout=args.timeout) as agent:
                     note_without_auto_thaw(agent, "thaws the guest after the snapshot")
-                    report = take_snapshot(qmp, overlays, agent, mountpoints=args.mountpoint,
-                                           freeze_timeout=args.freeze_timeout)
+                    with thaw_on_interrupt(agent), out.progress.running("snapshot: freeze, snapshot, thaw"):
+                        report = take_snapshot(qmp, overlays, agent, mountpoints=args.mount,
+                                               freeze_timeout=args.auto_thaw)
         except (QMPError, ValueError) as exc:
             print(f"pyqga: error: snapshot failed: {describe(exc)}", file=sys.stderr)
             return EXIT_AGENT_ERROR
@@ -248,13 +270,41 @@ def parse_arguments(parser: argparse.ArgumentParser, text: str | None) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; the exit status.  Ctrl-C ends every command with one line and 130."""
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+        cli_interrupt.install()
+    except ValueError:  # not the main thread (an embedding caller): leave signals alone
+        previous = None
+    out = Output(False)
+    try:
+        return run(argv, out)
+    except Interrupted as exc:
+        out.progress.clear()
+        print(f"pyqga: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        out.progress.clear()
+        print("pyqga: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def run(argv: list[str] | None, out: Output) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "completion":
+        sys.stdout.write(cli_completion.bash_script(parser))
+        return EXIT_OK
     needs_agent = not (args.command == "snapshot" and args.no_freeze) and args.command != "group"
-    if getattr(args, "socket", None) is None and needs_agent:
-        parser.error("--socket ADDRESS is required (the agent's unix socket)")
+    if needs_agent:
+        args.socket = resolve_address(parser, args.socket)
     arguments = parse_arguments(parser, args.arguments) if args.command == "call" else None
-    out = Output(bool(args.json))
+    if args.command == "exec":
+        cli_verbs.check_exec(parser, args)
+    out = Output(bool(args.json), out.progress)
     try:
         if args.command == "snapshot":
             return run_snapshot(parser, args, out)
@@ -274,16 +324,32 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 run_call(client, args.method, arguments, out)
     except FreezeLost as exc:
+        out.progress.clear()
         print(f"pyqga: error: the freeze did not hold, the snapshot may be inconsistent: {exc}",
               file=sys.stderr)
         return EXIT_FREEZE_LOST
     except AgentCallError as exc:
+        out.progress.clear()
         print(f"pyqga: error: {exc}", file=sys.stderr)
         return EXIT_AGENT_ERROR
     except AgentClientError as exc:
+        out.progress.clear()
         print(f"pyqga: error: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     return EXIT_OK
+
+
+def resolve_address(parser: argparse.ArgumentParser, option: str | None) -> str:
+    """The agent's address by its precedence (:func:`cli_values.agent_address`), checked."""
+    found = agent_address(option)
+    if found is None:
+        parser.error("no agent address: give --socket ADDRESS (or --address), "
+                     "or set PYQGA_ADDRESS or QGA_CLIENT_ADDRESS")
+    address, source = found
+    problem = check_address(address)
+    if problem is not None:
+        parser.error(f"{source}: {problem}" if source != "--socket" else f"argument --socket: {problem}")
+    return address
 
 
 if __name__ == "__main__":

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
+from pyqga.host_client.cli_interrupt import Interrupted
 from pyqga.host_client.cli_output import Output
+from pyqga.host_client.cli_values import check_address
+
+T = TypeVar("T")
 
 EXIT_OK, EXIT_AGENT_ERROR, EXIT_USAGE, EXIT_FREEZE_LOST = 0, 1, 2, 4
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser,
-               parse_duration: Callable[[str], float]) -> None:
+               parse_time: Callable[[str], float]) -> None:
     group = commands.add_parser("group", parents=[common], help="consistency groups: group snapshot ...")
     actions = group.add_subparsers(dest="group_action", required=True, metavar="ACTION")
     snap = actions.add_parser(
@@ -26,14 +32,16 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser], co
                     "(checking each freeze held where the agent has epochs), and a report gives per "
                     "guest the freeze, snapshot, thaw and frozen times and for the group the overlap "
                     "window. Exit status: 0 consistent, 1 a guest could not be frozen (all thawed), "
-                    "4 frozen but not consistent (a freeze did not hold, a snapshot failed).",
+                    "4 frozen but not consistent (a freeze did not hold, a snapshot failed), 130 "
+                    "interrupted (Ctrl-C thaws every guest first).",
         epilog="GUEST is ADDRESS[,mount=PATH]...[,qmp=SOCKET,disk=DEVICE=OVERLAY...], e.g.\n"
                "  --guest /run/vm1/qga.sock,qmp=/run/vm1/qmp.sock,disk=data=/vm/vm1-snap.qcow2\n"
-               "ADDRESS takes every form --socket does.",
+               "ADDRESS takes every form --socket does; mount= is --mount's name here.\n"
+               "TIME is 500ms, 30s, 2m, 1h, 1d or plain seconds.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     snap.add_argument("--guest", action="append", required=True, metavar="GUEST",
                       help="a member of the group (repeatable)")
-    snap.add_argument("--deadline", type=parse_duration, default=30.0, metavar="TIME",
+    snap.add_argument("--deadline", type=parse_time, default=30.0, metavar="TIME",
                       help="the whole group frozen within this, and the agents' auto-thaw (default 30s)")
 
 
@@ -46,8 +54,15 @@ def run(args: argparse.Namespace, out: Output) -> int:
     except ValueError as exc:
         print(f"pyqga: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    for spec, member in zip(args.guest, members, strict=True):
+        problem = check_address(member.address)
+        if problem is not None:
+            print(f"pyqga: error: --guest {spec!r}: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     try:
-        report = asyncio.run(group_snapshot(members, args.deadline, call_timeout=args.timeout))
+        with out.progress.running(f"group of {len(members)}: freeze, snapshot, thaw"):
+            report = asyncio.run(interruptible(group_snapshot(members, args.deadline,
+                                                              call_timeout=args.timeout)))
     except GroupFailed as failed:
         partial = failed.report
         out.show(partial.as_dict(), lambda: format_report(partial))
@@ -55,3 +70,33 @@ def run(args: argparse.Namespace, out: Output) -> int:
         return EXIT_AGENT_ERROR
     out.show(report.as_dict(), lambda: format_report(report))
     return EXIT_OK if report.consistent else EXIT_FREEZE_LOST
+
+
+async def interruptible(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work``; the first Ctrl-C cancels it (each member's ``frozen()`` thaws on the way
+    out) and raises :class:`Interrupted` once that is done; later ones are ignored."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    interrupted = False
+
+    def on_sigint() -> None:
+        nonlocal interrupted
+        if not interrupted:
+            interrupted = True
+            task.cancel()
+
+    previous = signal.getsignal(signal.SIGINT)
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if not interrupted:
+            raise
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+        if left:
+            raise Interrupted(f"interrupted; {len(left)} guest(s) did not confirm the thaw in time "
+                              "(an agent with auto-thaw still thaws by itself)") from None
+        raise Interrupted("interrupted; every guest of the group was thawed") from None
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        signal.signal(signal.SIGINT, previous)

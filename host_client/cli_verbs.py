@@ -17,16 +17,20 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pyqga.host_client.cli_interrupt import Interrupted, thaw_on_interrupt
+from pyqga.host_client.cli_options import add_auto_thaw_option, add_connection_options, add_mount_option
 from pyqga.host_client.cli_output import Output
+from pyqga.host_client.cli_values import TIME_HELP, non_negative_int, parse_time
 from pyqga.host_client.client import AgentClient
 from pyqga.host_client.errors import AgentTimeout
+from pyqga.host_client.guest_ops import ExecResult
 from pyqga.host_client.session import Freeze
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
 SHUTDOWN_VERBS = ("powerdown", "reboot", "halt")
 SUSPEND_MODES = ("disk", "ram", "hybrid")
-VERBS = ("cat", "fsfreeze", "freeze", "thaw", "fsinfo", "fstrim", "ifconfig", "vcpus", "users",
+VERBS = ("cat", "fsfreeze", "freeze", "thaw", "exec", "fsinfo", "fstrim", "ifconfig", "vcpus", "users",
          "osinfo", "suspend", *SHUTDOWN_VERBS)
 
 Note = Callable[[AgentClient, str], None]
@@ -56,28 +60,23 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser],
                     "deadline, use 'pyqga freeze'.")
     fsfreeze.add_argument("action", choices=("status", "freeze", "thaw"), help="status, freeze or thaw")
 
-    # The freeze's own --timeout (the auto-thaw deadline) replaces the per-call --timeout after
-    # the verb; the per-call one still goes before it: pyqga --timeout 30 freeze --timeout 60.
+    # After 'freeze', --timeout is the old spelling of --auto-thaw; the per-call one goes before
+    # the verb: pyqga --timeout 30 freeze --auto-thaw 60.
     freeze_common = argparse.ArgumentParser(add_help=False)
-    freeze_common.add_argument("--socket", "-s", metavar="ADDRESS", default=default,
-                               help="the agent's channel (as for every command)")
-    freeze_common.add_argument("--dialect", choices=("jsonrpc", "qga"), default=default,
-                               help="wire dialect; 'qga' also talks to QEMU's qemu-ga (default jsonrpc)")
-    freeze_common.add_argument("--json", action="store_true", default=default,
-                               help="print the raw result as JSON")
+    add_connection_options(freeze_common, default, timeout=False)
     freeze = verb("freeze", "freeze the guest's filesystems and leave them frozen",
                   "Freezes the given mount points (guest-fsfreeze-freeze-list), or every filesystem "
                   "the agent may freeze without --mount, and prints the count and, where the agent "
                   "has epochs (pyqga), the epoch to give 'pyqga thaw --epoch' and when the agent "
                   "will thaw by itself. qemu-ga has no auto-thaw: the guest then stays frozen until "
-                  "'pyqga thaw', and a note on standard error says so. The per-call timeout goes "
-                  "before the verb: pyqga --timeout 30 freeze --timeout 60.",
+                  "'pyqga thaw', and a note on standard error says so. Ctrl-C during the freeze "
+                  "thaws. The per-call timeout goes before the verb: pyqga --timeout 30 freeze "
+                  f"--auto-thaw 60s. {TIME_HELP}.",
                   parents=[freeze_common])
-    freeze.add_argument("--mount", action="append", metavar="PATH",
-                        help="mount point to freeze (repeatable; default: all the agent may freeze)")
-    freeze.add_argument("--timeout", dest="freeze_timeout", type=float, metavar="SECONDS",
-                        help="the agent thaws by itself after this many seconds (pyqga only; "
-                             "default: the agent's --freeze-timeout)")
+    add_mount_option(freeze, "mount point to freeze (repeatable; default: all the agent may freeze)")
+    add_auto_thaw_option(freeze, "--timeout", default=None,
+                         help="the agent thaws by itself after TIME (pyqga only; default: the "
+                              "agent's --freeze-timeout)")
 
     thaw = verb("thaw", "thaw the guest's filesystems",
                 "Thaws everything frozen (guest-fsfreeze-thaw) and prints how many filesystems "
@@ -85,7 +84,24 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser],
                 "it also checks that this freeze held until now: if it had ended before (the "
                 "agent's auto-thaw, the agent died, someone else thawed), the exit status is 4 "
                 "and a snapshot taken meanwhile may be inconsistent.")
-    thaw.add_argument("--epoch", type=int, metavar="N", help="the freeze's epoch, to check it held")
+    thaw.add_argument("--epoch", type=non_negative_int, metavar="N",
+                      help="the freeze's epoch, to check it held")
+
+    run_exec = verb("exec", "run a program in the guest and exit with its status",
+                    "Runs PROGRAM with its ARGs in the guest (guest-exec), waits for it, writes its "
+                    "standard output to stdout and its standard error to stderr, and exits with "
+                    "its exit status (128+N if signal N ended it). Options go before PROGRAM; put "
+                    "'--' before a PROGRAM that starts with '-'. Exit status 1 with a message if "
+                    "the agent could not start it, 3 if the agent is unreachable. Ctrl-C stops "
+                    f"waiting; the program may still run in the guest. {TIME_HELP}.")
+    run_exec.add_argument("--kill-after", type=parse_time, metavar="TIME",
+                          help="the agent kills the program after TIME (exit status 137)")
+    run_exec.add_argument("--env", action="append", metavar="NAME=VALUE", default=None,
+                          help="the program's environment (repeatable; default: the agent's)")
+    run_exec.add_argument("--stdin", action="store_true",
+                          help="send this command's standard input to the program")
+    run_exec.add_argument("argv", nargs=argparse.REMAINDER, metavar="PROGRAM [ARG ...]",
+                          help="the program and its arguments")
 
     verb("fsinfo", "list the guest's filesystems",
          "One line per mounted filesystem from guest-get-fsinfo: mount point, type, device, "
@@ -94,7 +110,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser],
                   "guest-fstrim: trims every filesystem the agent may touch (pyqga's "
                   "--freeze-include/--freeze-exclude apply) and prints, per path, the bytes "
                   "trimmed or the error.")
-    fstrim.add_argument("minimum", nargs="?", type=int, default=None, metavar="MINIMUM",
+    fstrim.add_argument("minimum", nargs="?", type=non_negative_int, default=None, metavar="MINIMUM",
                         help="only free ranges at least this many bytes long (default: all)")
     verb("ifconfig", "the guest's network interfaces and addresses",
          "guest-network-get-interfaces, printed as qemu-ga-client does: per interface its IPv4 "
@@ -124,9 +140,11 @@ def run(client: AgentClient, args: argparse.Namespace, out: Output, note: Note) 
     if verb == "fsfreeze":
         return run_fsfreeze(client, args.action, out, note)
     if verb == "freeze":
-        return run_freeze(client, args.mount, args.freeze_timeout, out, note)
+        return run_freeze(client, args.mount, args.auto_thaw, out, note)
     if verb == "thaw":
         return run_thaw(client, args.epoch, out)
+    if verb == "exec":
+        return run_exec(client, args, out)
     if verb == "suspend":
         return run_no_reply(client, f"guest-suspend-{args.mode}", None, out)
     if verb in SHUTDOWN_VERBS:
@@ -159,17 +177,18 @@ def run_fsfreeze(client: AgentClient, action: str, out: Output, note: Note) -> i
     return run_thaw(client, None, out)
 
 
-def run_freeze(client: AgentClient, mounts: list[str] | None, timeout: float | None, out: Output,
+def run_freeze(client: AgentClient, mounts: list[str] | None, auto_thaw: float | None, out: Output,
                note: Note) -> int:
-    if timeout is not None and timeout <= 0:
-        print("pyqga: error: --timeout must be positive", file=sys.stderr)
-        return EXIT_USAGE
     note(client, "leaves the guest frozen until 'pyqga thaw'")
-    if timeout is not None and not client.capabilities().auto_thaw:
-        print(f"pyqga: note: --timeout {timeout:g} ignored: the agent cannot thaw by itself",
-              file=sys.stderr)
-    # The session's freeze: thaws again if the outcome is unknown (no reply, lost connection).
-    freeze = client.freeze(mounts, timeout)
+    if auto_thaw is not None and not client.capabilities().auto_thaw:
+        # "--timeout": tests and scripts match this text; it is --auto-thaw's old spelling.
+        print(f"pyqga: note: --timeout {auto_thaw:g} ignored (--auto-thaw): the agent cannot thaw "
+              "by itself", file=sys.stderr)
+    # The session's freeze thaws again if the outcome is unknown (no reply, lost connection);
+    # Ctrl-C thaws too.
+    what = ", ".join(mounts) if mounts else "all filesystems"
+    with thaw_on_interrupt(client), out.progress.running(f"freezing {what}"):
+        freeze = client.freeze(mounts, auto_thaw)
     out.show({"count": freeze.count, "epoch": freeze.epoch, "auto-thaw": freeze.auto_thaw,
               "info": freeze.info}, lambda: format_freeze(freeze))
     return EXIT_OK
@@ -193,10 +212,62 @@ def run_thaw(client: AgentClient, epoch: int | None, out: Output) -> int:
         print(f"pyqga: error: the agent at {client.address} has no freeze epochs (qemu-ga); "
               "thaw without --epoch", file=sys.stderr)
         return EXIT_USAGE
-    count = client.thaw(epoch)  # FreezeLost (exit 4) if that freeze did not hold
+    with thaw_on_interrupt(client), out.progress.running("thawing"):
+        count = client.thaw(epoch)  # FreezeLost (exit 4) if that freeze did not hold
     held = f" (freeze {epoch} held until now)" if epoch is not None else ""
     out.show(count, f"{count} filesystems thawed{held}")
     return EXIT_OK
+
+
+def check_exec(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors of ``exec`` before connecting: the program, and ``--env`` into a dict."""
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        parser.error("exec needs a PROGRAM to run (pyqga exec [OPTIONS] [--] PROGRAM [ARG ...])")
+    args.argv = argv
+    if args.env is not None:
+        env: dict[str, str] = {}
+        for item in args.env:
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                parser.error(f"argument --env: expected NAME=VALUE, not {item!r}")
+            env[name] = value
+        args.env = env
+
+
+def run_exec(client: AgentClient, args: argparse.Namespace, out: Output) -> int:
+    """``args`` as :func:`check_exec` left them."""
+    data = sys.stdin.buffer.read() if args.stdin else None
+    try:
+        with out.progress.running(f"running {args.argv[0]} in the guest"):
+            result = client.exec(args.argv, timeout=args.kill_after, input=data, env=args.env)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; {args.argv[0]} may still run in the guest") from None
+    return show_exec(result, out)
+
+
+def show_exec(result: ExecResult, out: Output) -> int:
+    """The program's output where it belongs, and its status as ours (128+N for signal N)."""
+    status = result.exitcode if result.exitcode is not None else 0
+    if result.signal:
+        status = 128 + result.signal
+    if out.as_json:
+        out.show({"exitcode": result.exitcode, "signal": result.signal,
+                  "out-data": base64.b64encode(result.stdout).decode(),
+                  "err-data": base64.b64encode(result.stderr).decode(),
+                  "out-truncated": result.stdout_truncated,
+                  "err-truncated": result.stderr_truncated}, "")
+    else:
+        sys.stdout.buffer.write(result.stdout)
+        sys.stdout.buffer.flush()
+        sys.stderr.buffer.write(result.stderr)
+        sys.stderr.buffer.flush()
+    for name, cut in (("stdout", result.stdout_truncated), ("stderr", result.stderr_truncated)):
+        if cut:
+            print(f"pyqga: note: the agent truncated the program's {name}", file=sys.stderr)
+    if result.signal:
+        print(f"pyqga: the program was ended by signal {result.signal}", file=sys.stderr)
+    return min(status, 255)
 
 
 def run_no_reply(client: AgentClient, method: str, arguments: dict[str, Any] | None,

@@ -154,6 +154,18 @@ async def group_snapshot(members: Sequence[Member], deadline: float, *,
     runs = [_Member(m, r, deadline, call_timeout) for m, r in zip(members, report.members, strict=True)]
     tasks = [asyncio.create_task(run.run()) for run in runs]
     try:
+        return await _run_group(report, runs, tasks, deadline, start)
+    except asyncio.CancelledError:
+        # Cancelled (Ctrl-C in the CLI): every member leaves its frozen() and so thaws.
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=ABORT_GRACE + call_timeout)
+        raise
+
+
+async def _run_group(report: GroupReport, runs: list[_Member], tasks: list[asyncio.Task[None]],
+                     deadline: float, start: float) -> GroupReport:
+    try:
         all_in = asyncio.gather(*(run.frozen.wait() for run in runs))
         await asyncio.wait_for(all_in, max(0.0, deadline - (time.monotonic() - start)))
     except TimeoutError:

@@ -85,10 +85,19 @@ class QMPConnection:
     def _run(self, step: Callable[[], Awaitable[T]], timeout: float, what: str) -> T:
         if self._loop is None:
             raise ConnectionError(f"{self.path}: this QMP connection is closed")
+        task = self._loop.create_task(asyncio.wait_for(step(), timeout))
         try:
-            return self._loop.run_until_complete(asyncio.wait_for(step(), timeout))
+            return self._loop.run_until_complete(task)
         except TimeoutError:
             raise TimeoutError(f"{self.path}: {what} within {timeout} s") from None
+        except BaseException:
+            # Interrupted (Ctrl-C): end the step here, or a later close() finishes it with an
+            # error nobody retrieves, which asyncio prints as a traceback.
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    self._loop.run_until_complete(task)
+            raise
 
 
 def describe(error: BaseException) -> str:
