@@ -21,9 +21,9 @@ from typing import Any
 from pyqga.host_client import cli_completion, cli_group, cli_interrupt, cli_output, cli_verbs
 from pyqga.host_client.cli_interrupt import EXIT_INTERRUPTED, Interrupted, thaw_on_interrupt
 from pyqga.host_client.cli_options import (
-    add_auto_thaw_option,
     add_connection_options,
     add_mount_option,
+    add_thaw_after_option,
     package_version,
 )
 from pyqga.host_client.cli_output import Output
@@ -55,15 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
             "  PYQGA_ADDRESS=/run/vm1/qga.sock pyqga osinfo\n"
             "  pyqga -s S call guest-sync '{\"id\": 42}'\n"
             "  pyqga -s S exec -- uname -a\n"
-            "  pyqga -s S freeze --mount /data --auto-thaw 2m\n"
-            "  pyqga -s qga.sock snapshot --qmp qmp.sock --disk data=/vm/data-snap1.qcow2 --auto-thaw 30s\n"
+            "  pyqga -s S freeze --mount /data --thaw-after 2m\n"
+            "  pyqga -s qga.sock snapshot --qmp qmp.sock --disk data=/vm/data-snap1.qcow2 --thaw-after 30s\n"
             "  pyqga -s qga.sock fault stall --mount /data --duration 5s --repeat 3 --interval 10s\n"
             "  pyqga group snapshot --guest /run/vm1/qga.sock --guest /run/vm2/qga.sock --deadline 30s\n"
             "  source <(pyqga completion bash)\n"
             "The agent's address: --socket (alias --address), else $PYQGA_ADDRESS, else\n"
             "$QGA_CLIENT_ADDRESS (qemu-ga-client's variable).\n"
             f"{TIME_HELP}; the same names mean the same everywhere: --timeout, the wait for each\n"
-            "reply; --auto-thaw, when the agent thaws by itself; --mount, a mount point.\n"
+            "reply; --thaw-after, when the agent thaws by itself; --mount, a mount point.\n"
             "Results go to stdout; notes and errors to stderr, and progress too when it is a terminal.\n"
             "Exit status: 0 ok, 1 the agent returned an error, 2 usage, 3 agent unreachable or silent,\n"
             "4 a freeze did not hold until the thaw, 130 interrupted (Ctrl-C: a frozen guest is thawed\n"
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_mount_option(snap, "freeze only this mount point (repeatable; default: all)")
     snap.add_argument("--no-freeze", action="store_true",
                       help="skip the freeze: a crash-consistent snapshot, for comparison")
-    add_auto_thaw_option(snap, "--freeze-timeout", default=DEFAULT_FREEZE_TIMEOUT,
+    add_thaw_after_option(snap, "--freeze-timeout", default=DEFAULT_FREEZE_TIMEOUT,
                          help="the agent thaws by itself after TIME, whatever happens here "
                               f"(default {DEFAULT_FREEZE_TIMEOUT:g}s)")
     cli_group.add_parser(commands, common, parse_time)
@@ -246,7 +246,7 @@ def run_snapshot(parser: argparse.ArgumentParser, args: argparse.Namespace, out:
                     note_without_auto_thaw(agent, "thaws the guest after the snapshot")
                     with thaw_on_interrupt(agent), out.progress.running("snapshot: freeze, snapshot, thaw"):
                         report = take_snapshot(qmp, overlays, agent, mountpoints=args.mount,
-                                               freeze_timeout=args.auto_thaw)
+                                               thaw_after=args.thaw_after)
         except (QMPError, ValueError) as exc:
             print(f"pyqga: error: snapshot failed: {describe(exc)}", file=sys.stderr)
             return EXIT_AGENT_ERROR

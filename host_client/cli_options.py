@@ -1,7 +1,7 @@
 """The options several ``pyqga`` verbs share, defined once so each name means one thing.
 
 ``--socket`` (aliases ``-s``, ``--address``) is the agent's address; ``--timeout TIME`` the wait
-for each reply; ``--auto-thaw TIME`` when the agent thaws by itself; ``--mount PATH`` a mount
+for each reply; ``--thaw-after TIME`` when the agent thaws by itself; ``--mount PATH`` a mount
 point.  Old spellings (snapshot's ``--mountpoint`` and ``--freeze-timeout``, freeze's
 ``--timeout`` after the verb) still work, hidden from ``--help``.
 """
@@ -45,9 +45,9 @@ def add_mount_option(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--mountpoint", action="append", dest="mount", help=argparse.SUPPRESS)
 
 
-def add_auto_thaw_option(parser: argparse.ArgumentParser, old: str, *, default: float | None,
+def add_thaw_after_option(parser: argparse.ArgumentParser, old: str, *, default: float | None,
                          help: str) -> None:
-    """``--auto-thaw TIME``; ``old`` (snapshot's --freeze-timeout, freeze's --timeout) still works."""
-    parser.add_argument("--auto-thaw", dest="auto_thaw", type=parse_time, metavar="TIME",
+    """``--thaw-after TIME``; ``old`` (snapshot's --freeze-timeout, freeze's --timeout) still works."""
+    parser.add_argument("--thaw-after", dest="thaw_after", type=parse_time, metavar="TIME",
                         default=default, help=help)
-    parser.add_argument(old, dest="auto_thaw", type=parse_time, help=argparse.SUPPRESS)
+    parser.add_argument(old, dest="thaw_after", type=parse_time, help=argparse.SUPPRESS)

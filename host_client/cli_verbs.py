@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pyqga.host_client.cli_interrupt import Interrupted, thaw_on_interrupt
-from pyqga.host_client.cli_options import add_auto_thaw_option, add_connection_options, add_mount_option
+from pyqga.host_client.cli_options import add_connection_options, add_mount_option, add_thaw_after_option
 from pyqga.host_client.cli_output import Output
 from pyqga.host_client.cli_values import TIME_HELP, non_negative_int, parse_time
 from pyqga.host_client.client import AgentClient
@@ -60,8 +60,8 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser],
                     "deadline, use 'pyqga freeze'.")
     fsfreeze.add_argument("action", choices=("status", "freeze", "thaw"), help="status, freeze or thaw")
 
-    # After 'freeze', --timeout is the old spelling of --auto-thaw; the per-call one goes before
-    # the verb: pyqga --timeout 30 freeze --auto-thaw 60.
+    # After 'freeze', --timeout is the old spelling of --thaw-after; the per-call one goes before
+    # the verb: pyqga --timeout 30 freeze --thaw-after 60.
     freeze_common = argparse.ArgumentParser(add_help=False)
     add_connection_options(freeze_common, default, timeout=False)
     freeze = verb("freeze", "freeze the guest's filesystems and leave them frozen",
@@ -71,10 +71,10 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser],
                   "will thaw by itself. qemu-ga has no auto-thaw: the guest then stays frozen until "
                   "'pyqga thaw', and a note on standard error says so. Ctrl-C during the freeze "
                   "thaws. The per-call timeout goes before the verb: pyqga --timeout 30 freeze "
-                  f"--auto-thaw 60s. {TIME_HELP}.",
+                  f"--thaw-after 60s. {TIME_HELP}.",
                   parents=[freeze_common])
     add_mount_option(freeze, "mount point to freeze (repeatable; default: all the agent may freeze)")
-    add_auto_thaw_option(freeze, "--timeout", default=None,
+    add_thaw_after_option(freeze, "--timeout", default=None,
                          help="the agent thaws by itself after TIME (pyqga only; default: the "
                               "agent's --freeze-timeout)")
 
@@ -140,7 +140,7 @@ def run(client: AgentClient, args: argparse.Namespace, out: Output, note: Note) 
     if verb == "fsfreeze":
         return run_fsfreeze(client, args.action, out, note)
     if verb == "freeze":
-        return run_freeze(client, args.mount, args.auto_thaw, out, note)
+        return run_freeze(client, args.mount, args.thaw_after, out, note)
     if verb == "thaw":
         return run_thaw(client, args.epoch, out)
     if verb == "exec":
@@ -177,18 +177,18 @@ def run_fsfreeze(client: AgentClient, action: str, out: Output, note: Note) -> i
     return run_thaw(client, None, out)
 
 
-def run_freeze(client: AgentClient, mounts: list[str] | None, auto_thaw: float | None, out: Output,
+def run_freeze(client: AgentClient, mounts: list[str] | None, thaw_after: float | None, out: Output,
                note: Note) -> int:
     note(client, "leaves the guest frozen until 'pyqga thaw'")
-    if auto_thaw is not None and not client.capabilities().auto_thaw:
-        # "--timeout": tests and scripts match this text; it is --auto-thaw's old spelling.
-        print(f"pyqga: note: --timeout {auto_thaw:g} ignored (--auto-thaw): the agent cannot thaw "
+    if thaw_after is not None and not client.capabilities().auto_thaw:
+        # "--timeout": tests and scripts match this text; it is --thaw-after's old spelling.
+        print(f"pyqga: note: --timeout {thaw_after:g} ignored (--thaw-after): the agent cannot thaw "
               "by itself", file=sys.stderr)
     # The session's freeze thaws again if the outcome is unknown (no reply, lost connection);
     # Ctrl-C thaws too.
     what = ", ".join(mounts) if mounts else "all filesystems"
     with thaw_on_interrupt(client), out.progress.running(f"freezing {what}"):
-        freeze = client.freeze(mounts, auto_thaw)
+        freeze = client.freeze(mounts, thaw_after)
     out.show({"count": freeze.count, "epoch": freeze.epoch, "auto-thaw": freeze.auto_thaw,
               "info": freeze.info}, lambda: format_freeze(freeze))
     return EXIT_OK
@@ -240,7 +240,7 @@ def run_exec(client: AgentClient, args: argparse.Namespace, out: Output) -> int:
     data = sys.stdin.buffer.read() if args.stdin else None
     try:
         with out.progress.running(f"running {args.argv[0]} in the guest"):
-            result = client.exec(args.argv, timeout=args.kill_after, input=data, env=args.env)
+            result = client.exec(args.argv, kill_after=args.kill_after, input=data, env=args.env)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; {args.argv[0]} may still run in the guest") from None
     return show_exec(result, out)

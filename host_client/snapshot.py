@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from pyqga.host_client.client import AgentClient
+from pyqga.host_client.client import AgentClient, renamed
 from pyqga.host_client.errors import FreezeLost
 
 DEFAULT_FREEZE_TIMEOUT = 60.0
@@ -84,11 +84,16 @@ def take_snapshot(
     agent: AgentClient | None = None,
     *,
     mountpoints: Sequence[str] | None = None,
-    freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT,
+    thaw_after: float | None = None,
+    freeze_timeout: float | None = None,
 ) -> SnapshotReport:
     """Snapshot the devices in ``overlays`` (device -> new overlay file); quiesced through
-    ``agent`` when given.  Raises FreezeLost (after the snapshot and thaw, with the report as
-    its ``report`` attribute) if the freeze did not hold."""
+    ``agent`` when given, whose agent thaws by itself after ``thaw_after`` seconds (default
+    DEFAULT_FREEZE_TIMEOUT; ``freeze_timeout`` is its old name).  Raises FreezeLost (after the
+    snapshot and thaw, with the report as its ``report`` attribute) if the freeze did not hold."""
+    thaw_after = renamed(thaw_after, freeze_timeout, "thaw_after", "freeze_timeout", "take_snapshot")
+    if thaw_after is None:
+        thaw_after = DEFAULT_FREEZE_TIMEOUT
     before = current_images(qmp, list(overlays))
     report = SnapshotReport(quiesced=agent is not None)
     start = time.perf_counter()
@@ -99,7 +104,7 @@ def take_snapshot(
         frozen_since = 0.0
         try:
 
-            with agent.frozen(mountpoints, thaw_after=freeze_timeout) as freeze:
+            with agent.frozen(mountpoints, thaw_after=thaw_after) as freeze:
                 frozen_since = time.perf_counter()
                 report.freeze_seconds = frozen_since - start
                 report.frozen_filesystems, report.epoch = freeze.count, freeze.epoch

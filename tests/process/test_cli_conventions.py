@@ -62,7 +62,7 @@ BAD = [
     ["-s", "tcp:host", "ping"],
     ["-s", "tcp:host:0", "ping"],
     ["-s", "tcp:host:70000", "ping"],
-    ["-s", NOWHERE, "freeze", "--auto-thaw", "0"],
+    ["-s", NOWHERE, "freeze", "--thaw-after", "0"],
     ["-s", NOWHERE, "freeze", "--timeout", "nan"],
     ["-s", NOWHERE, "fault", "stall", "--mount", "/x", "--duration", "inf"],
     ["-s", NOWHERE, "fault", "stall", "--mount", "/x", "--duration", "1s", "--repeat", "0"],
@@ -74,7 +74,7 @@ BAD = [
     ["-s", NOWHERE, "exec", "--kill-after", "-1", "true"],
     ["group", "snapshot", "--guest", NOWHERE, "--deadline", "nan"],
     ["group", "snapshot", "--guest", "vsock:abc"],
-    ["-s", NOWHERE, "snapshot", "--qmp", "/q", "--disk", "d=/o", "--auto-thaw", "inf"],
+    ["-s", NOWHERE, "snapshot", "--qmp", "/q", "--disk", "d=/o", "--thaw-after", "inf"],
     ["ping"],                                              # no address anywhere
 ]
 
@@ -124,13 +124,14 @@ def test_address_alias_and_variables_with_their_precedence(agent: PyqgaAgent, tm
 
 def test_one_name_per_meaning_and_the_old_spellings_still_parse() -> None:
     parser = build_parser()
-    new = parser.parse_args(["snapshot", "--qmp", "q", "--disk", "d=o", "--mount", "/a", "--auto-thaw", "2m"])
+    new = parser.parse_args(["snapshot", "--qmp", "q", "--disk", "d=o", "--mount", "/a",
+                             "--thaw-after", "2m"])
     old = parser.parse_args(["snapshot", "--qmp", "q", "--disk", "d=o", "--mountpoint", "/a",
                              "--freeze-timeout", "120"])
-    assert (new.mount, new.auto_thaw) == (old.mount, old.auto_thaw) == (["/a"], 120.0)
-    freeze_new = parser.parse_args(["freeze", "--mount", "/a", "--auto-thaw", "90s"])
+    assert (new.mount, new.thaw_after) == (old.mount, old.thaw_after) == (["/a"], 120.0)
+    freeze_new = parser.parse_args(["freeze", "--mount", "/a", "--thaw-after", "90s"])
     freeze_old = parser.parse_args(["freeze", "--mount", "/a", "--timeout", "90"])
-    assert freeze_new.auto_thaw == freeze_old.auto_thaw == 90.0
+    assert freeze_new.thaw_after == freeze_old.thaw_after == 90.0
     assert parser.parse_args(["--timeout", "500ms", "ping"]).timeout == 0.5
     assert parser.parse_args(["ping", "--timeout", "2m"]).timeout == 120.0
     stall = parser.parse_args(["fault", "stall", "--mount", "/a", "--duration", "1.5", "--interval", "0"])
@@ -138,9 +139,9 @@ def test_one_name_per_meaning_and_the_old_spellings_still_parse() -> None:
     for verb in (["snapshot"], ["freeze"]):
         text = pyqga(*verb, "--help").stdout.decode()
         listed = {line.split()[0].rstrip(",") for line in text.splitlines() if line.startswith("  -")}
-        assert {"--mount", "--auto-thaw"} <= listed
+        assert {"--mount", "--thaw-after"} <= listed
         assert not {"--mountpoint", "--freeze-timeout"} & listed, listed
-        # after 'freeze', --timeout is --auto-thaw's old spelling: hidden; elsewhere the reply wait
+        # after 'freeze', --timeout is --thaw-after's old spelling: hidden; elsewhere the reply wait
         assert ("--timeout" in listed) == (verb == ["snapshot"])
 
 
@@ -189,7 +190,7 @@ def test_bash_completion_follows_the_parser(tmp_path: Path) -> None:
     assert complete(script, "pyqga -s /x fsfreeze ") == ["freeze", "status", "thaw"]
     assert "exec" in complete(script, "pyqga --timeout 5s ")
     options = complete(script, "pyqga freeze --")
-    assert "--mount" in options and "--auto-thaw" in options and "--address" in options
+    assert "--mount" in options and "--thaw-after" in options and "--address" in options
     assert "--mountpoint" not in options and "--timeout" not in options   # hidden old spellings
     assert complete(script, "pyqga snapshot --mo") == ["--mount"]
     assert complete(script, "pyqga suspend ") == ["disk", "hybrid", "ram"]
@@ -207,7 +208,7 @@ def slow_freeze(tmp_path: Path, loops: LoopMounts) -> Iterator[tuple[list[str], 
     hook = write_hook(tmp_path / "hook", '[ "$1" = freeze ] && sleep 1.5\nexit 0\n')
     agent = start_agent(tmp_path, loops, f"-F{hook}")
     try:
-        yield ["-s", str(agent.socket_path), "freeze", "--mount", str(a.mountpoint), "--auto-thaw", "1m"], \
+        yield ["-s", str(agent.socket_path), "freeze", "--mount", str(a.mountpoint), "--thaw-after", "1m"], \
             a.mountpoint
     finally:
         agent.stop()

@@ -90,7 +90,7 @@ def test_ctrl_c_in_fault_stall_thaws_at_once(tmp_path: Path, loops: LoopMounts) 
 
 
 FREEZING_VERBS = {
-    "freeze": lambda a: ["freeze", "--mount", a, "--auto-thaw", "10m"],
+    "freeze": lambda a: ["freeze", "--mount", a, "--thaw-after", "10m"],
     "fsfreeze freeze": lambda a: ["fsfreeze", "freeze"],   # freeze-all: --freeze-include keeps to loops
     "call": lambda a: ["call", "guest-fsfreeze-freeze-list", json.dumps({"mountpoints": [a]})],
 }
@@ -123,7 +123,7 @@ def test_ctrl_c_in_snapshot_while_qmp_hangs_thaws(tmp_path: Path, loops: LoopMou
     try:
         with HungQMP(tmp_path / "qmp.sock", {"data": "/vm/data.qcow2"}) as qmp:
             cli = start_cli("-s", str(agent.socket_path), "snapshot", "--qmp", str(qmp.path),
-                            "--disk", f"data={tmp_path}/snap.qcow2", "--mount", str(a), "--auto-thaw", "2m")
+                            "--disk", f"data={tmp_path}/snap.qcow2", "--mount", str(a), "--thaw-after", "2m")
             assert qmp.snapshotting.wait(20), cli.stderr.read() if cli.poll() is not None else "no snapshot"
             with blocked_writer(a):
                 status, out, err, took = interrupt(cli)
