@@ -342,10 +342,13 @@ class AsyncAgentClient:
         handle, info, started = await self._run(guest_ops.stall_begin(self.session, mountpoints, seconds))
         try:
             yield handle
+            # Waiting for the end can be interrupted too (Ctrl-C, a cancel, a lost connection):
+            # then the guest is thawed now, as for a body that raised.
+            handle.result = await self._run(
+                guest_ops.stall_end(self.session, handle, info, started, progress))
         except BaseException as exc:
             await self._run(guest_ops.stall_abort(self.session, handle, exc))
             raise
-        handle.result = await self._run(guest_ops.stall_end(self.session, handle, info, started, progress))
 
     async def stall_for(self, mountpoints: Sequence[str], seconds: float,
                         progress: Callable[[float], None] | None = None) -> StallResult:

@@ -52,6 +52,29 @@ def test_stall_body_that_raises_thaws_at_once(tmp_path: Path, loops: LoopMounts)
         agent.stop()
 
 
+def test_stall_interrupted_while_waiting_for_its_end_thaws_at_once(tmp_path: Path, loops: LoopMounts) -> None:
+    """Ctrl-C after the body, while the client waits for the agent to end the stall (here from
+    the progress callback, which that wait calls): the guest is thawed now, not at the
+    stall's end."""
+    a = loops.add("a")
+    agent = start_agent(tmp_path, loops)
+
+    def interrupt(_frozen_for: float) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        with AgentClient(str(agent.socket_path), timeout=30) as client:
+            started = time.monotonic()
+            with pytest.raises(KeyboardInterrupt):
+                client.stall_for([str(a)], seconds=60, progress=interrupt)
+            assert time.monotonic() - started < 10
+            assert thaw_fully(a.mountpoint) == 0  # the kernel: nothing left frozen
+            assert client.call("guest-fsfreeze-status") == "thawed"
+            assert client.call("guest-fsfreeze-info")["last-thaw"]["reason"] == "request"
+    finally:
+        agent.stop()
+
+
 def test_cli_repeated_stalls_follow_the_schedule_and_summarise(tmp_path: Path, loops: LoopMounts) -> None:
     a, b = loops.add("a"), loops.add("b")
     agent = start_agent(tmp_path, loops)
