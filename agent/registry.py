@@ -14,6 +14,11 @@ from typing import Any
 
 from pyqga.protocol.errors import invalid_params, quote
 
+# Commands qemu-ga lists on Linux but never runs (guest-get-devices is Windows-only: qemu-ga 7.2
+# reports it in guest-info as disabled).  pyqga has no such command; a qemu-ga configuration's
+# -b/-a may still name it.
+QEMU_GA_DISABLED = frozenset({"guest-get-devices"})
+
 JSON_TYPE_NAMES: Mapping[type, str] = {
     int: "integer",
     float: "number",

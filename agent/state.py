@@ -19,7 +19,7 @@ from pyqga.agent.config import LIST_RULE, VERSION, Config, ConfigError
 from pyqga.agent.freeze.build import build_freezer
 from pyqga.agent.freeze.driver import Freezer
 from pyqga.agent.logs import LogControl
-from pyqga.agent.registry import Registry, build_registry
+from pyqga.agent.registry import QEMU_GA_DISABLED, Registry, build_registry
 
 BLOCKED_REASON = "the command is not allowed"
 FROZEN_REASON = "the agent is in frozen state"  # qemu-ga's words (qga/main.c)
@@ -60,10 +60,12 @@ class AgentState:
 
 
 def blocked_commands(registry: Registry, config: Config) -> frozenset[str]:
-    """The commands -b/-a disable; a name we do not know is a typo worth stopping for."""
+    """The commands -b/-a disable; a name we do not know is a typo worth stopping for.  The
+    names qemu-ga knows but never runs here (:data:`QEMU_GA_DISABLED`) are no typo: a qemu-ga
+    configuration may name them, and there is nothing to block or allow."""
     known = set(registry.names())
     for name, option in (("block_rpcs", "block-rpcs"), ("allow_rpcs", "allow-rpcs")):
-        unknown = sorted(set(getattr(config, name)) - known)
+        unknown = sorted(set(getattr(config, name)) - known - QEMU_GA_DISABLED)
         if unknown:
             raise ConfigError(
                 f"{config.where(name)}{option}: unknown command(s) {', '.join(unknown)}; "

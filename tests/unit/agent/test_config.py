@@ -71,6 +71,17 @@ def test_unknown_blocked_command_is_refused() -> None:
         AgentState(parse("-b", "guest-pong"))
 
 
+def test_a_qemu_ga_command_pyqga_lacks_may_be_named_as_in_qemu_ga() -> None:
+    """A qemu-ga configuration that blocks guest-get-devices (listed but never run on Linux)
+    starts pyqga too: nothing to block, no typo.  A real typo beside it is still refused."""
+    for option in ("-b", "-a"):
+        agent = AgentState(parse(option, "guest-get-devices,guest-ping"))
+        assert "guest-get-devices" not in agent.registry.names()
+        assert ("guest-ping" in agent.blocked) == (option == "-b")
+    with pytest.raises(cfg.ConfigError, match=r"unknown command.*guest-pong"):
+        AgentState(parse("-b", "guest-get-devices,guest-pong"))
+
+
 def test_cli_help_dump_and_rpc_listing(tmp_path: Path) -> None:
     listing = run_agent("-b", "help")
     assert listing.returncode == 0
