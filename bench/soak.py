@@ -51,7 +51,7 @@ def agent_stats(client: AgentClient) -> AgentStats:
     status = client.read_file("/proc/self/status").decode()
     fields = dict(re.findall(r"^(\w+):\s+(\d+)", status, re.MULTILINE))
     pid = fields["Pid"]
-    listing = client.exec(["sh", "-c", f"ls /proc/{pid}/fd | wc -l"], timeout=60)
+    listing = client.exec(["sh", "-c", f"ls /proc/{pid}/fd | wc -l"], kill_after=60)
     return AgentStats(int(listing.stdout), int(fields["Threads"]), int(fields["VmRSS"]), int(fields["VmHWM"]))
 
 

@@ -175,7 +175,7 @@ def test_freeze_all_of_root_works_under_the_units_hardening(guest: SystemdGuest)
 
 def test_sigkill_restarts_the_agent_and_the_guard_thaws(guest: SystemdGuest) -> None:
     before = guest.show("MainPID", "NRestarts")
-    freeze = guest.client.freeze(timeout=300)
+    freeze = guest.client.freeze(thaw_after=300)
     assert freeze.count == 2
     guest.control.check(["kill", "-KILL", before["MainPID"]])
     guest.wait_for("systemd restarted the agent", lambda: guest.show("NRestarts", "ActiveState") == {
@@ -191,7 +191,7 @@ def test_sigkill_restarts_the_agent_and_the_guard_thaws(guest: SystemdGuest) -> 
 
 
 def test_systemctl_stop_while_root_is_frozen_thaws_first(guest: SystemdGuest) -> None:
-    freeze = guest.client.freeze(timeout=300)
+    freeze = guest.client.freeze(thaw_after=300)
     assert freeze.count == 2
     guest.control.check(["systemctl", "stop", UNIT], timeout=SLOW)
     assert guest.show("ActiveState")["ActiveState"] == "inactive"
@@ -208,7 +208,7 @@ def test_systemctl_stop_while_root_is_frozen_thaws_first(guest: SystemdGuest) ->
 def test_dpkg_remove_while_frozen_leaves_nothing_frozen(guest: SystemdGuest) -> None:
     """/data frozen (dpkg itself writes to /, so / stays thawed): prerm stops the agent, which
     thaws first."""
-    freeze = guest.client.freeze(["/data"], timeout=300)
+    freeze = guest.client.freeze(["/data"], thaw_after=300)
     assert freeze.count == 1
     guest.control.check(["dpkg", "-r", "pyqga-agent"], timeout=SLOW)
     assert not guest.frozen("/data") and not guest.frozen("/")
