@@ -67,7 +67,9 @@ class KeeperHandle:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         process = subprocess.Popen(
-            [sys.executable, "-B", "-m", MODULE, *self.args],
+            # Our pid last, read now (after the fork of -d): the keeper ends this process if it
+            # holds a freeze past its deadline without acting.
+            [sys.executable, "-B", "-m", MODULE, *self.args, str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/", start_new_session=True,
         )
         assert process.stdout is not None
