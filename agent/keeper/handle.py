@@ -1,7 +1,8 @@
 """The agent's handle on its keeper process: started once, sent every state, watched, restarted.
 
 The keeper (:mod:`pyqga.agent.keeper.main`) is a process apart from the agent that undoes the
-agent's freeze when the agent dies.  This side starts it before any filesystem is frozen (so a
+agent's freeze when the agent dies, or ends the agent (given its pid) when it holds a freeze past
+its deadline without acting.  This side starts it before any filesystem is frozen (so a
 frozen root cannot block its start), sends it every snapshot over its stdin, watches it through
 a pidfd and restarts it, saying so, if it dies.  If agent and keeper die together, the next
 agent's start thaws under ``--on-agent-death thaw``.

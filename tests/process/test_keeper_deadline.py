@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pyqga.host_client import AgentClient
 from tests.rig.agent_process import PyqgaAgent, agent_env, tmpfs_statedir
@@ -28,12 +29,13 @@ TIMEOUT = 2.0
 HUNG_DETAIL = "the agent did not act by its deadline"
 
 
-def freeze_for(agent: PyqgaAgent, fs: LoopFs, timeout: float) -> tuple[int, float]:
-    """Freeze ``fs`` through ``agent``; (the epoch, the latest monotonic instant its deadline can be)."""
+def freeze_for(agent: PyqgaAgent, fs: LoopFs, timeout: float) -> tuple[dict[str, Any], float]:
+    """Freeze ``fs`` through ``agent``; (guest-fsfreeze-info then, the latest monotonic instant
+    its deadline can be)."""
     with AgentClient(str(agent.socket_path), timeout=30) as client:
         assert client.call("guest-fsfreeze-freeze-list", {"mountpoints": [str(fs)], "timeout": timeout}) == 1
         deadline = time.monotonic() + timeout  # the agent set its deadline before it answered
-        return int(client.call("guest-fsfreeze-info")["epoch"]), deadline
+        return client.call("guest-fsfreeze-info"), deadline
 
 
 def wait_for(process: subprocess.Popen[bytes], until: float, what: str) -> int:
@@ -69,7 +71,7 @@ def test_a_stopped_agent_is_ended_and_its_freeze_thawed_by_the_deadline(tmp_path
     agent = start_agent(tmp_path, loops)
     assert agent.process is not None
     with cleanup(loops, agent.process) as writers:
-        epoch, deadline = freeze_for(agent, a, TIMEOUT)
+        frozen, deadline = freeze_for(agent, a, TIMEOUT)
         os.kill(agent.pid, signal.SIGSTOP)   # alive, but it will never run its deadline thaw
         writer = start_writer(a.mountpoint / "probe.txt")
         writers.append(writer)
@@ -84,8 +86,11 @@ def test_a_stopped_agent_is_ended_and_its_freeze_thawed_by_the_deadline(tmp_path
                 info = client.call("guest-fsfreeze-info")
             assert info["status"] == "thawed" and info["frozen"] == []
             last = info["last-thaw"]
-            assert (last["epoch"], last["reason"]) == (epoch, "timeout"), last
+            assert (last["epoch"], last["reason"]) == (frozen["epoch"], "timeout"), last
             assert HUNG_DETAIL in last["detail"], last
+            late = last["at"] - frozen["deadline"]   # both the guest's Unix time
+            print(f"thawed {late:.3f} s after the deadline")
+            assert 0 < late < 1, f"the keeper thawed {late:.2f} s after the deadline"
         finally:
             successor.stop()
 
@@ -95,13 +100,13 @@ def test_an_agent_that_acts_thaws_itself_and_is_not_ended(tmp_path: Path, loops:
     agent = start_agent(tmp_path, loops)
     assert agent.process is not None
     with cleanup(loops, agent.process):
-        epoch, deadline = freeze_for(agent, a, TIMEOUT)
+        frozen, deadline = freeze_for(agent, a, TIMEOUT)
         time.sleep(max(0.0, deadline + 2 - time.monotonic()))
         assert agent.process.poll() is None, "the keeper ended a live agent"
         with AgentClient(str(agent.socket_path), timeout=10) as client:
             info = client.call("guest-fsfreeze-info")
         assert info["status"] == "thawed"
-        assert (info["last-thaw"]["epoch"], info["last-thaw"]["reason"]) == (epoch, "timeout")
+        assert (info["last-thaw"]["epoch"], info["last-thaw"]["reason"]) == (frozen["epoch"], "timeout")
         assert HUNG_DETAIL not in info["last-thaw"]["detail"]
         assert thaw_fully(a.mountpoint) == 0
         assert agent.stop() == 0
@@ -130,7 +135,7 @@ def wedge():
     with open(os.path.join(mount, "wedged.txt"), "a") as f:
         f.write("x"); f.flush(); os.fsync(f.fileno())
 threading.Thread(target=wedge, daemon=True).start()
-print("frozen", flush=True)
+print("frozen", repr(now + timeout), flush=True)
 while True:
     time.sleep(3600)
 """
@@ -144,7 +149,8 @@ def test_an_agent_wedged_in_d_state_is_ended_and_thawed(tmp_path: Path, loops: L
                                str(TIMEOUT)], stdout=subprocess.PIPE, env=agent_env())
     with cleanup(loops, wedged):
         assert wedged.stdout is not None
-        assert wedged.stdout.readline() == b"frozen\n"
+        said, wall_deadline = wedged.stdout.readline().split()
+        assert said == b"frozen"
         deadline = time.monotonic() + TIMEOUT
         wedged.stdout.close()
         time.sleep(0.3)
@@ -155,6 +161,9 @@ def test_an_agent_wedged_in_d_state_is_ended_and_thawed(tmp_path: Path, loops: L
         assert thaw_fully(a.mountpoint) == 0, "the kernel still had it frozen"
         record = json.loads((statedir / "pyqga.state").read_text())
         assert record["superblocks"] == [] and record["last-thaw"]["reason"] == "timeout", record
+        late = record["last-thaw"]["at"] - float(wall_deadline)
+        print(f"thawed {late:.3f} s after the deadline")
+        assert 0 < late < 1, f"the keeper thawed {late:.2f} s after the deadline"
         wait_until(lambda: not keepers_on(statedir), 10, "the keeper to finish once its agent is gone")
 
 
