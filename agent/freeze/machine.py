@@ -272,8 +272,9 @@ class FreezeCore:
         """Take over a state written by an earlier agent (or sent to the keeper).
 
         Superblocks it froze are ours again (a FIFREEZE that was out counts as frozen: safe side).
-        With ``thaw`` (``--on-agent-death thaw``) they are thawed now, reason agent-death; without
-        it the freeze stays in force, as qemu-ga would have it, deadline included.
+        With ``thaw`` (``--on-agent-death thaw``) they are thawed now, for the event's reason
+        (agent-death; timeout when the keeper ended a hung agent); without it the freeze stays in
+        force, as qemu-ga would have it, deadline included.
         """
         state = event.state
         self.epoch = max(self.epoch, state.epoch)
@@ -290,7 +291,7 @@ class FreezeCore:
             self._log("warning", f"the state file says freeze {self.freeze.epoch if self.freeze else '?'} "
                       f"is in force ({', '.join(t.path for t in state.targets)})")
             if event.thaw:
-                self._safety_thaw(ThawReason.AGENT_DEATH, event.detail)
+                self._safety_thaw(event.reason, event.detail)
 
     # --- the event loop -----------------------------------------------------------------------
 

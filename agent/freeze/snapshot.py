@@ -9,6 +9,13 @@ untrusted input: every field is validated, and anything else is :class:`CorruptS
 What it keeps is only what a successor needs to undo a freeze: the superblocks that may be
 frozen (without their state: freezing, frozen and thawing all read back as "possibly frozen"),
 the freeze in force, the last epoch, how the last freeze ended, and whether a thaw hook is owed.
+
+The freeze's deadline is there twice: ``deadline`` in Unix time, which a successor reads (after a
+reboot too), and ``deadline-mono`` on this boot's CLOCK_MONOTONIC, which only the keeper reads
+(:func:`monotonic_deadline`): it enforces the deadline on its own clock when the agent hangs.  It
+is the deadline the agent's own watcher waits for, a failed safety thaw's retry included.
+:func:`parse_snapshot` ignores it (a monotonic instant of another boot means nothing), so state
+files written before it existed still read.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ def encode_snapshot(epoch: int, freeze: Freeze | None, targets: Iterable[Target]
         "epoch": epoch,
         "freeze": None if freeze is None else {
             "epoch": freeze.epoch, "frozen-at": freeze.frozen_at, "deadline": freeze.deadline,
-            "broken": freeze.broken,
+            "deadline-mono": freeze.deadline_mono, "broken": freeze.broken,
         },
         # A FIFREEZE returning changes nothing here: one write a wave, not one a superblock.
         "superblocks": [
@@ -46,6 +53,21 @@ def encode_snapshot(epoch: int, freeze: Freeze | None, targets: Iterable[Target]
         "hook-owed": hook_owed,
         "last-thaw": last_thaw.as_dict() if last_thaw else None,
     }
+
+
+def monotonic_deadline(snapshot: Mapping[str, Any] | None) -> float | None:
+    """The CLOCK_MONOTONIC instant by which the agent must have ended the freeze this snapshot
+    holds; None when it holds no superblock, has no deadline, or the field is not a finite
+    number (the keeper then enforces nothing; the agent's own deadline still holds)."""
+    if not isinstance(snapshot, Mapping):
+        return None
+    freeze, superblocks = snapshot.get("freeze"), snapshot.get("superblocks")
+    if not (isinstance(superblocks, list) and superblocks and isinstance(freeze, Mapping)):
+        return None
+    value = freeze.get("deadline-mono")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def parse_snapshot(snapshot: Mapping[str, Any]) -> SavedState:

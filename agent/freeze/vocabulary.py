@@ -154,11 +154,14 @@ class SavedState(NamedTuple):
 
 class Restored(NamedTuple):
     """At start (or in the keeper): the state an earlier agent wrote, validated by
-    :func:`.snapshot.parse_snapshot` (the driver decides what a corrupt one means)."""
+    :func:`.snapshot.parse_snapshot` (the driver decides what a corrupt one means).  With
+    ``thaw``: undo it now, for ``reason`` (TIMEOUT when the keeper ended an agent that did not act
+    by its freeze's deadline: the deadline has passed, and the record says so, not "died")."""
 
     state: SavedState
     thaw: bool = False
     detail: str = ""
+    reason: ThawReason = ThawReason.AGENT_DEATH
 
 
 Event = (FreezeRequested | ThawRequested | DeadlineCheck | StopRequested | AgentDied | HookDone

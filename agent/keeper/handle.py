@@ -1,7 +1,8 @@
 """The agent's handle on its keeper process: started once, sent every state, watched, restarted.
 
 The keeper (:mod:`pyqga.agent.keeper.main`) is a process apart from the agent that undoes the
-agent's freeze when the agent dies.  This side starts it before any filesystem is frozen (so a
+agent's freeze when the agent dies, or ends the agent (given its pid) when it holds a freeze past
+its deadline without acting.  This side starts it before any filesystem is frozen (so a
 frozen root cannot block its start), sends it every snapshot over its stdin, watches it through
 a pidfd and restarts it, saying so, if it dies.  If agent and keeper die together, the next
 agent's start thaws under ``--on-agent-death thaw``.
@@ -67,7 +68,9 @@ class KeeperHandle:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         process = subprocess.Popen(
-            [sys.executable, "-B", "-m", MODULE, *self.args],
+            # Our pid last, read now (after the fork of -d): the keeper ends this process if it
+            # holds a freeze past its deadline without acting.
+            [sys.executable, "-B", "-m", MODULE, *self.args, str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/", start_new_session=True,
         )
         assert process.stdout is not None

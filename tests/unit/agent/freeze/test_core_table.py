@@ -282,6 +282,10 @@ TABLE: list[tuple[str, Event, str, dict[str, str], list[tuple[Any, ...]]]] = [
     ("thawed", Restored(SAVED, thaw=True, detail="dead"), "thawing", {"/a": "thawing"},
      [("Log", "warning"), ("ThawSbs", ("/a",), "agent-death", None), ("Persist", None, ("/a",))]),
     ("thawed", Restored(SavedState(4, (), None, None, False)), "thawed", {}, [("Persist", None, ())]),
+    # the keeper's end of an agent that held a freeze past its deadline: the record says timeout
+    ("thawed", Restored(SAVED, thaw=True, detail="hung", reason=ThawReason.TIMEOUT), "thawing",
+     {"/a": "thawing"},
+     [("Log", "warning"), ("ThawSbs", ("/a",), "timeout", None), ("Persist", None, ("/a",))]),
 ]
 
 
