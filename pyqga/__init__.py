@@ -46,7 +46,8 @@ _PUBLIC = {
 }
 
 # A literal, as type checkers read it (pyright ignores a computed __all__ and would export every
-# name here, `importlib` and `Any` included); tests/test_public_package.py checks it is _PUBLIC's keys.
+# name here, `importlib` and `Any` included); tests/process/test_public_package.py checks it is
+# _PUBLIC's keys.
 __all__ = [
     "AgentCallError",
     "AgentClient",
