@@ -20,10 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pyqga.agent.keeper.handle import MODULE
 from pyqga.host_client import AgentClient
 from tests.rig.agent_process import PyqgaAgent, agent_env, tmpfs_statedir
 from tests.rig.freezing import start_agent, start_writer, wait_until
 from tests.rig.loopfs import LoopFs, LoopMounts, thaw_fully
+from tests.rig.requirements import require_root
 
 TIMEOUT = 2.0
 HUNG_DETAIL = "the agent did not act by its deadline"
@@ -177,3 +179,22 @@ def keepers_on(statedir: Path) -> list[int]:
                 if b"pyqga.agent.keeper" in argv and os.fsencode(statedir) in argv:
                     found.append(int(entry.name))
     return found
+
+
+def test_the_keeper_pins_its_memory(tmp_path: Path) -> None:
+    """mlockall: every page the keeper has is resident and locked before it says it is ready, so
+    a thaw never waits for a page-in from a disk that may be the one frozen or stalled."""
+    require_root()  # CAP_IPC_LOCK: as the service runs it
+    tmpfs_statedir(tmp_path / "state")
+    keeper = subprocess.Popen([sys.executable, "-B", "-m", MODULE, str(tmp_path / "state"), "", "5"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=agent_env())
+    assert keeper.stdin is not None and keeper.stdout is not None
+    try:
+        assert keeper.stdout.read(1) == b"R"
+        lines = Path(f"/proc/{keeper.pid}/status").read_text().splitlines()
+        status = dict(line.split(":", 1) for line in lines)
+        locked, resident = (int(status[key].split()[0]) for key in ("VmLck", "VmRSS"))
+        assert locked >= 0.9 * resident > 0, (locked, resident)
+    finally:
+        keeper.stdin.close()  # the agent's end of the pipe closes: the keeper exits
+        assert keeper.wait(10) == 0
