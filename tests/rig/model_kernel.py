@@ -136,8 +136,13 @@ class ModelKernel:
 
 
 class ModelClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
+    """The clock port with time that moves only when a test moves it (:meth:`advance`).
+    ``local`` formats local time: the real format by default; a test that asserts on messages
+    may pass a visible stand-in, so that where the port is used shows in the text."""
+
+    def __init__(self, start: float = 1000.0, local: Callable[[float], str] = SystemClock.local_time) -> None:
+        self.now = start
+        self._local = local
 
     def monotonic(self) -> float:
         return self.now
@@ -146,7 +151,7 @@ class ModelClock:
         return 1_700_000_000.0 + self.now
 
     def local_time(self, at: float) -> str:
-        return SystemClock.local_time(at)
+        return self._local(at)
 
     def advance(self, seconds: float) -> None:
         self.now += seconds

@@ -50,6 +50,7 @@ from pyqga.agent.freeze.vocabulary import (
 )
 from pyqga.protocol.errors import ErrorKind
 from pyqga.protocol.freeze_lost import LostHow, parse_freeze_lost
+from tests.rig.model_kernel import ModelClock
 
 EIO, EBUSY, EOPNOTSUPP = 5, 16, 95
 A = Target((8, 1), "/a", "ext4", "/dev/a")
@@ -57,25 +58,10 @@ B = Target((8, 2), "/b", "ext4", "/dev/b")
 TIMEOUT = 60.0
 
 
-class FixedClock:
-    """Time stands still unless a state moves it; local time is visibly the port's."""
-
-    def __init__(self) -> None:
-        self.mono = 100.0
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def time(self) -> float:
-        return 1_700_000_000.0 + self.mono
-
-    def local_time(self, at: float) -> str:
-        return f"LOCAL({at:g})"
-
-
 def new(hook: bool = False) -> FreezeCore:
     """A machine that has seen no event yet: its first one also persists the empty state."""
-    return FreezeCore(FixedClock(), TIMEOUT, hook)
+    # Time stands still unless a row moves it; local time is visibly the port's.
+    return FreezeCore(ModelClock(100.0, lambda at: f"LOCAL({at:g})"), TIMEOUT, hook)
 
 
 def core(hook: bool = False) -> FreezeCore:
@@ -90,7 +76,7 @@ def feed(machine: FreezeCore, *events: Event) -> FreezeCore:
 
 
 def later(machine: FreezeCore, seconds: float) -> FreezeCore:
-    machine.clock.mono += seconds  # type: ignore[attr-defined]
+    machine.clock.advance(seconds)  # type: ignore[attr-defined]
     return machine
 
 

@@ -23,27 +23,14 @@ from pyqga.agent.freeze.vocabulary import (
     ThawResults,
 )
 from pyqga.agent.keeper.deadline import GRACE, DeadlineWatch, Hung, Wait
+from tests.rig.model_kernel import ModelClock
 
 A = Target((7, 1), "/mnt/a", "ext4", "/dev/loop1")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.mono = 100.0
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def time(self) -> float:
-        return 1_700_000_000.0 + self.mono
-
-    def local_time(self, at: float) -> str:
-        return str(at)
-
-
 def agent(timeout: float | None = 2.0) -> FreezeCore:
     """An agent's core that froze A at monotonic 100 (deadline 102 with the default timeout)."""
-    core = FreezeCore(Clock(), None)
+    core = FreezeCore(ModelClock(100.0), None)
     for event in (FreezeRequested(1, ((A,),), timeout), Persisted(1), FreezeDone(A.device)):
         core.handle(event)
     return core
@@ -51,7 +38,7 @@ def agent(timeout: float | None = 2.0) -> FreezeCore:
 
 def thawed_by_itself() -> dict[str, Any]:
     core = agent()
-    core.clock.mono = 102.0  # type: ignore[attr-defined]
+    core.clock.advance(2.0)  # type: ignore[attr-defined]
     core.handle(DeadlineCheck())
     core.handle(ThawResults((ThawDone(A.device, True),)))
     return core.snapshot()
@@ -60,7 +47,7 @@ def thawed_by_itself() -> dict[str, Any]:
 def thaw_failed_retrying() -> dict[str, Any]:
     """The agent's deadline thaw failed: it tries again in a second, and says so."""
     core = agent()
-    core.clock.mono = 102.0  # type: ignore[attr-defined]
+    core.clock.advance(2.0)  # type: ignore[attr-defined]
     core.handle(DeadlineCheck())
     core.handle(ThawResults((ThawDone(A.device, False, "EIO"),)))
     return core.snapshot()
@@ -68,7 +55,7 @@ def thaw_failed_retrying() -> dict[str, Any]:
 
 FROZEN = agent().snapshot()
 NO_TIMEOUT = agent(timeout=None).snapshot()
-FREEZING = FreezeCore(Clock(), None)
+FREEZING = FreezeCore(ModelClock(100.0), None)
 FREEZING.handle(FreezeRequested(1, ((A,),), 2.0))   # persisted before the first FIFREEZE: A may be frozen
 OLD_FORMAT = {**FROZEN, "freeze": {k: v for k, v in FROZEN["freeze"].items() if k != "deadline-mono"}}
 NOT_A_NUMBER = {**FROZEN, "freeze": {**FROZEN["freeze"], "deadline-mono": "soon"}}
@@ -77,7 +64,7 @@ WAIT = Wait(None)
 # (what, snapshots in order, now) -> decision
 TABLE: list[tuple[str, list[dict[str, Any] | None], float, Wait | Hung]] = [
     ("nothing sent yet", [], 500.0, WAIT),
-    ("thawed from the start", [FreezeCore(Clock(), None).snapshot()], 500.0, WAIT),
+    ("thawed from the start", [FreezeCore(ModelClock(100.0), None).snapshot()], 500.0, WAIT),
     ("frozen, before the deadline", [FROZEN], 101.0, Wait(102.0 + GRACE - 101.0)),
     ("frozen, at the deadline: the agent's turn", [FROZEN], 102.0, Wait(GRACE)),
     ("frozen, deadline + grace: hung", [FROZEN], 102.0 + GRACE, Hung(102.0)),
