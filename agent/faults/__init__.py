@@ -1,0 +1,11 @@
+"""Fault injection: every fault a lease with a deadline, ended by the agent or by its keeper.
+
+- :mod:`.vocabulary`: kinds, lease phases, end reasons, the core's actions and events (h11 style).
+- :mod:`.machine`: :class:`~.machine.LeaseBook`, the sans-IO core that owns the leases.
+- :mod:`.snapshot`: the leases as the state file stores them and the keeper's pipe carries them.
+- :mod:`.recipes`: the steps that apply and undo a fault, and the one function that runs a step
+  (the agent and the keeper both run undo steps through it; every undo step is idempotent).
+- :mod:`.kinds`: from a request (kind, target, params) to a recipe; :mod:`.block` for the
+  device-mapper kinds, :mod:`.dm` the device-mapper ioctls.
+- :mod:`.engine`: the driver, with the lock, the deadline timer, the events file and the keeper.
+"""

@@ -1,0 +1,181 @@
+"""The steps a fault is made of, and the one function that runs a step.
+
+A recipe step is JSON (``{"op": ..., ...}``) so that it can travel in the keeper's snapshot: the
+keeper undoes a lease by running its undo steps here, without knowing its kind.  Steps:
+
+=============  =========================================  ======================================
+op             does                                       as an undo step, when already undone
+=============  =========================================  ======================================
+freeze path    FIFREEZE the filesystem at ``path``        (apply only)
+thaw path      FITHAW it                                  EINVAL (not frozen): done
+fill path      create ``path`` (new), grow it until the   (apply only)
+  free-bytes   filesystem has ``free-bytes`` available
+unlink path    remove the fill file                       ENOENT: done
+dm-table       load ``table`` into device ``name``, swap  the same table again: no change
+  name table   it in (suspend without lockfs, resume)
+dm-suspend     suspend ``name`` without flush or lockfs   (apply only)
+dm-resume      resume ``name``                            resuming an active device: no-op
+=============  =========================================  ======================================
+
+So every undo step is idempotent: the agent and the keeper may both run one, and the kernel ends
+restored once.  :func:`undo_order` puts the steps that release waiting I/O (thaw, resume) first:
+the others may wait on it.
+
+Steps read back from a snapshot are untrusted: :func:`check_step` validates one (linear in its
+size) before anything runs it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+from pyqga.agent.errors import AgentFailure
+from pyqga.agent.faults import dm
+from pyqga.agent.freeze.ioctls import FsIoctl
+
+# op -> its fields and their types
+STEP_FIELDS: Mapping[str, Mapping[str, type]] = {
+    "freeze": {"path": str},
+    "thaw": {"path": str},
+    "fill": {"path": str, "free-bytes": int},
+    "unlink": {"path": str},
+    "dm-table": {"name": str, "table": list},
+    "dm-suspend": {"name": str},
+    "dm-resume": {"name": str},
+}
+RELEASES_IO = ("thaw", "dm-resume")   # undo these first: other steps may wait on the I/O they hold
+MAX_TABLE_LINES = 65536
+
+
+class StepError(AgentFailure):
+    """A step that is not one we write: unknown op, a missing or mistyped field."""
+
+
+class FaultKernel(Protocol):
+    """What the steps need of the kernel: the real one (:class:`LinuxFaultKernel`) and the
+    model (``tests.rig.model_kernel.ModelFaultKernel``).  Undo methods report nothing: they
+    succeed when the state is already the undone one."""
+
+    def freeze(self, path: str) -> None: ...
+    def thaw(self, path: str) -> None: ...
+    def fill(self, path: str, free_bytes: int) -> None: ...
+    def unlink(self, path: str) -> None: ...
+    def dm_swap(self, name: str, table: list[dm.TableLine]) -> None: ...
+    def dm_suspend(self, name: str) -> None: ...
+    def dm_resume(self, name: str) -> None: ...
+
+
+def check_step(step: Any) -> Mapping[str, Any]:
+    """``step`` if it is well-formed, else :class:`StepError` naming what is wrong."""
+    if not isinstance(step, Mapping):
+        raise StepError("a step is not an object")
+    fields = STEP_FIELDS.get(step.get("op"))  # type: ignore[arg-type]
+    if fields is None:
+        raise StepError(f"unknown step {str(step.get('op'))[:40]!r}")
+    for name, kind in fields.items():
+        value = step.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise StepError(f"step {step['op']}: {name} is not a {kind.__name__}")
+    if step["op"] == "dm-table":
+        table_lines(step["table"])
+    return step
+
+
+def table_lines(raw: list[Any]) -> list[dm.TableLine]:
+    """A step's table (``[[start, length, type, params], ...]``) as dm lines, checked."""
+    if not raw or len(raw) > MAX_TABLE_LINES:
+        raise StepError(f"a table has {len(raw)} lines")
+    lines = []
+    for line in raw:
+        if not (isinstance(line, list) and len(line) == 4
+                and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in line[:2])
+                and all(isinstance(s, str) for s in line[2:])):
+            raise StepError(f"a table line is not [start, length, type, params]: {str(line)[:60]}")
+        lines.append(dm.TableLine(line[0], line[1], line[2], line[3]))
+    return lines
+
+
+def table_step(name: str, lines: Iterable[dm.TableLine]) -> dict[str, Any]:
+    """The dm-table step that makes ``lines`` live on ``name``."""
+    return {"op": "dm-table", "name": name, "table": [list(line) for line in lines]}
+
+
+def run_step(step: Mapping[str, Any], kernel: FaultKernel) -> None:
+    """Run one (checked) step; an OSError or :class:`StepError` if it fails."""
+    op = check_step(step)["op"]
+    if op == "freeze":
+        kernel.freeze(step["path"])
+    elif op == "thaw":
+        kernel.thaw(step["path"])
+    elif op == "fill":
+        kernel.fill(step["path"], step["free-bytes"])
+    elif op == "unlink":
+        kernel.unlink(step["path"])
+    elif op == "dm-table":
+        kernel.dm_swap(step["name"], table_lines(step["table"]))
+    elif op == "dm-suspend":
+        kernel.dm_suspend(step["name"])
+    else:
+        kernel.dm_resume(step["name"])
+
+
+def undo_order(steps: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``steps`` with those that release held I/O first, each group in its given order."""
+    steps = list(steps)
+    return [s for s in steps if s.get("op") in RELEASES_IO] + [s for s in steps if s.get("op") not in RELEASES_IO]
+
+
+class LinuxFaultKernel:
+    """The real kernel.  Nothing here imports lazily: the keeper runs it while a device stalls."""
+
+    def __init__(self, ioctl: FsIoctl | None = None) -> None:
+        self.ioctl = ioctl or FsIoctl()
+
+    def freeze(self, path: str) -> None:
+        self.ioctl.freeze(path)
+
+    def thaw(self, path: str) -> None:
+        try:
+            self.ioctl.thaw(path)
+        except OSError as e:
+            if e.errno != errno.EINVAL:   # EINVAL: not frozen, which is the undone state
+                raise
+
+    def fill(self, path: str, free_bytes: int) -> None:
+        """Create ``path`` and allocate blocks to it until the filesystem's available space (what
+        df shows; root may still use ext4's reserved blocks) is ``free_bytes`` or less."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            size = 0
+            for _ in range(4):   # metadata blocks the allocation itself takes: a few passes
+                fs = os.fstatvfs(fd)
+                extra = fs.f_bavail * fs.f_frsize - free_bytes
+                if extra <= 0:
+                    break
+                try:
+                    os.posix_fallocate(fd, size, extra)
+                except OSError as e:
+                    if e.errno != errno.ENOSPC:
+                        raise
+                size = os.fstat(fd).st_size or size + extra
+                size = max(size, os.fstat(fd).st_blocks * 512)
+        finally:
+            os.close(fd)
+
+    def unlink(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def dm_swap(self, name: str, table: list[dm.TableLine]) -> None:
+        dm.swap(name, table)
+
+    def dm_suspend(self, name: str) -> None:
+        dm.suspend(name, flush=False, lockfs=False)
+
+    def dm_resume(self, name: str) -> None:
+        dm.resume(name)
