@@ -26,7 +26,7 @@ from pyqga.agent.faults import catalog
 from pyqga.agent.faults.kinds import Context
 from pyqga.agent.faults.machine import LeaseBook, Refused, leases_view
 from pyqga.agent.faults.recipes import FaultKernel, LinuxFaultKernel, run_step, undo_order
-from pyqga.agent.faults.snapshot import parse_leases
+from pyqga.agent.faults.snapshot import FAULTS_STATE, parse_leases
 from pyqga.agent.faults.timeline import Timeline, read_boot_id
 from pyqga.agent.faults.vocabulary import (
     Action,
@@ -42,8 +42,6 @@ from pyqga.agent.faults.vocabulary import (
 )
 from pyqga.agent.freeze.snapshot import CorruptState
 from pyqga.agent.freeze.statefile import StateFile
-
-FAULTS_STATE = "faults.state"
 
 
 class KeeperLink(Protocol):

@@ -16,6 +16,7 @@ from pyqga.agent.faults.vocabulary import EndReason, Lease, Phase
 from pyqga.agent.freeze.snapshot import CorruptState
 
 MAX_LEASES = 4096
+FAULTS_STATE = "faults.state"   # the state file's name in the state directory
 
 
 def _number(record: Mapping[str, Any], name: str) -> float:
