@@ -16,5 +16,5 @@ from pyqga.agent.commands import (
     users,
 )
 
-COMMAND_MODULES = (core, fsfreeze, faults, exec, files, system, network, stats, cpus_memory, disks, users, accounts,
-                   power)
+COMMAND_MODULES = (core, fsfreeze, faults, exec, files, system, network, stats, cpus_memory, disks, users,
+                   accounts, power)

@@ -153,8 +153,8 @@ class FaultEngine:
             failed = self._refusals.pop(lease.id, None)
         if failed is not None:
             raise Refused(f"{kind} on {target} failed and was rolled back: {failed}")
-        return {"id": lease.id, "kind": lease.kind, "target": lease.target, "deadline": round(lease.deadline, 6),
-                "duration": lease.duration}
+        return {"id": lease.id, "kind": lease.kind, "target": lease.target,
+                "deadline": round(lease.deadline, 6), "duration": lease.duration}
 
     def revert(self, lease_id: str | None, reason: EndReason = EndReason.REVERT) -> int:
         """End one lease or all; how many this call ended."""

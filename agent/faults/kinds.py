@@ -110,7 +110,8 @@ def check_params(kind: Kind, params: Mapping[str, Any] | None, table: Mapping[Ki
         if (low is not None and number < low) or (high is not None and number > high):
             raise Refused(f"{kind.value}: {name} must be between {low} and {high}, not {value!r}")
         if spec.choices and value not in spec.choices:
-            raise Refused(f"{kind.value}: {name} must be one of {', '.join(map(str, spec.choices))}, not {value!r}")
+            choices = ", ".join(map(str, spec.choices))
+            raise Refused(f"{kind.value}: {name} must be one of {choices}, not {value!r}")
         out[name] = value
     return out
 

@@ -77,10 +77,9 @@ class Timeline:
         with self._lock:
             self._events.append(event)
             self._count += 1
-        try:
+        # The in-memory timeline still has it if the state directory is gone or full.
+        with contextlib.suppress(OSError):
             append_line(self.path, event)
-        except OSError:
-            pass   # the in-memory timeline still has it; the state directory is gone or full
 
     def since(self, cursor: int) -> dict[str, Any]:
         """The events after ``cursor`` and the new cursor."""

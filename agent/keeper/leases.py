@@ -14,6 +14,7 @@ retries them.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -49,7 +50,7 @@ def end_leases(statedir: str, snapshot: Mapping[str, Any] | None, reason: EndRea
                     continue
                 try:
                     run_step(step, kernel)
-                except Exception as e:  # noqa: BLE001  (any failure is recorded; the rest still run)
+                except Exception as e:
                     errors[lease.id] = f"{step.get('op')}: {e}"
                     break
     failed = [lease for lease in leases if lease.id in errors]
@@ -59,14 +60,10 @@ def end_leases(statedir: str, snapshot: Mapping[str, Any] | None, reason: EndRea
             name = "revert-failed" if lease.id in errors else "reverted"
             event = Event(name, lease.id, lease.kind, lease.target, time.monotonic(), time.time(),
                           reason.value, errors.get(lease.id, ""))
-            try:
+            with contextlib.suppress(OSError):
                 append_line(events, event.as_dict(boot_id))
-            except OSError:
-                pass
-        try:
+        with contextlib.suppress(OSError):
             StateFile(statedir, FAULTS_STATE).write({
                 "of": "faults", "version": 1, "serial": 0, "next-id": next_id,
                 "leases": [lease_record(lease) for lease in failed]})
-        except OSError:
-            pass
     return failed
