@@ -18,6 +18,8 @@ import os
 import struct
 from typing import NamedTuple
 
+from pyqga.agent.errors import AgentFailure
+
 CONTROL = "/dev/mapper/control"
 VERSION = (4, 0, 0)
 NAME_LEN, UUID_LEN = 128, 129
@@ -63,7 +65,7 @@ class DeviceInfo(NamedTuple):
     target_count: int
 
 
-class DmError(OSError):
+class DmError(AgentFailure, OSError):
     """A device-mapper call failed; the message names the call and the device."""
 
 

@@ -70,15 +70,15 @@ class FaultEngine:
 
     def __init__(self, statedir: str, keeper: KeeperLink | None, kernel: FaultKernel | None = None,
                  log: logging.Logger | None = None, clock: Callable[[], Now] = now) -> None:
-        self.statedir = statedir
-        self.keeper = keeper
+        self.statedir: str = statedir
+        self.keeper: KeeperLink | None = keeper
         self.kernel: FaultKernel = kernel or LinuxFaultKernel()
-        self.log = log or logging.getLogger("pyqga.agent")
-        self.clock = clock
-        self.book = LeaseBook()
-        self.store = StateFile(statedir, FAULTS_STATE)
-        self.timeline = Timeline(statedir)
-        self.boot_id = read_boot_id()
+        self.log: logging.Logger = log or logging.getLogger("pyqga.agent")
+        self.clock: Callable[[], Now] = clock
+        self.book: LeaseBook = LeaseBook()
+        self.store: StateFile = StateFile(statedir, FAULTS_STATE)
+        self.timeline: Timeline = Timeline(statedir)
+        self.boot_id: str = read_boot_id()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._publishing = threading.Lock()

@@ -79,7 +79,7 @@ def kind_of(name: str) -> Kind:
         raise Refused(f"unknown fault kind {name!r}; the kinds are: {known}") from None
 
 
-TYPE_NAMES = {int: "integer", float: "number", str: "string", bool: "boolean"}
+TYPE_NAMES: dict[type, str] = {int: "integer", float: "number", str: "string", bool: "boolean"}
 
 
 def check_params(kind: Kind, params: Mapping[str, Any] | None, table: Mapping[Kind, tuple[ParamSpec, ...]],

@@ -68,8 +68,8 @@ class LeaseBook:
 
     def __init__(self, next_id: int = 1) -> None:
         self.leases: dict[str, Lease] = {}
-        self.next_id = next_id
-        self.serial = 0   # of the latest snapshot, so a driver never writes an older one last
+        self.next_id: int = next_id
+        self.serial: int = 0   # of the latest snapshot, so a driver never writes an older one last
 
     # --- requests -----------------------------------------------------------------------------
 

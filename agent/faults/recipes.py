@@ -134,7 +134,7 @@ class LinuxFaultKernel:
     """The real kernel.  Nothing here imports lazily: the keeper runs it while a device stalls."""
 
     def __init__(self, ioctl: FsIoctl | None = None) -> None:
-        self.ioctl = ioctl or FsIoctl()
+        self.ioctl: FsIoctl = ioctl or FsIoctl()
 
     def freeze(self, path: str) -> None:
         self.ioctl.freeze(path)

@@ -48,7 +48,7 @@ class Timeline:
     """The agent's view of the timeline; thread-safe."""
 
     def __init__(self, statedir: str) -> None:
-        self.path = os.path.join(statedir, EVENTS_FILE)
+        self.path: str = os.path.join(statedir, EVENTS_FILE)
         self._events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
         self._count = 0   # events ever, the cursor after the last one
         self._lock = threading.Lock()

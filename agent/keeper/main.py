@@ -87,10 +87,10 @@ class SnapshotPipe:
     line that is not a JSON object is ignored)."""
 
     def __init__(self, fd: int) -> None:
-        self.fd = fd
+        self.fd: int = fd
         self.last: dict[str, Any] | None = None
         self.faults: dict[str, Any] | None = None
-        self.closed = False
+        self.closed: bool = False
         self._buffer = b""
 
     def read(self, timeout: float | None) -> bool:
