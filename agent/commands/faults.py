@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pyqga.agent.faults.machine import Refused
-from pyqga.agent.registry import Command, Param
+from pyqga.agent.registry import AnyValueParam, Command, Param
 from pyqga.protocol.errors import command_failed
 
 if TYPE_CHECKING:
@@ -22,10 +22,18 @@ def guest_fault_capabilities(agent: AgentState, target: str | None = None) -> di
     return agent.faults.capabilities(target)
 
 
-def guest_fault_inject(agent: AgentState, kind: str, target: str, duration: float,
-                       params: dict[str, Any] | None = None, force: bool = False) -> dict[str, Any]:
+def guest_fault_inject(agent: AgentState, kind: str, target: str, duration: Any,
+                       params: dict[str, Any] | None = None, force: bool = False,
+                       seed: int | None = None) -> dict[str, Any]:
     try:
-        return agent.faults.inject(kind, target, duration, params, force)
+        return agent.faults.inject(kind, target, duration, params, force, seed=seed)
+    except Refused as e:
+        raise command_failed(str(e)) from None
+
+
+def guest_fault_plan(agent: AgentState, seed: int, steps: list[Any], repeat: int = 1) -> dict[str, Any]:
+    try:
+        return agent.faults.plan(seed, steps, repeat)
     except Refused as e:
         raise command_failed(str(e)) from None
 
@@ -60,10 +68,22 @@ COMMANDS = (
             params=(Param("kind", str, doc="write-stall, io-stall, io-error, io-delay, corrupt, drop-writes, "
                                           "bad-extents or disk-full"),
                     Param("target", str, doc="a mount point or mounted /dev path"),
-                    Param("duration", float, doc="seconds, > 0 and <= 604800"),
+                    AnyValueParam("duration", float, doc="seconds, > 0, <= 604800 (with a seed: a choice)"),
                     Param("params", dict, required=False, doc="the kind's parameters"),
                     Param("force", bool, required=False,
-                          doc="allow io-stall and io-error on the device of the agent's own files")),
+                          doc="allow io-stall and io-error on the device of the agent's own files"),
+                    Param("seed", int, required=False,
+                          doc="draws the choices ({between: [LOW, HIGH]}, {one-of: [...]}) in duration "
+                              "and params")),
+            blocking=True),
+    Command("guest-fault-plan", guest_fault_plan,
+            "Run a seeded schedule of faults on the agent's own clock: {id, hash, deadline, faults, "
+            "schedule}. Steps: {at|after, kind, target, params, duration}, any of them a choice; the "
+            "same seed gives the same schedule. The plan is a lease: reverting it cancels its future "
+            "steps and ends its faults.",
+            params=(Param("seed", int, doc="the seed of every choice"),
+                    Param("steps", list, doc="the steps (docs/faults.md, 'Seeded plans')"),
+                    Param("repeat", int, required=False, doc="run the steps this many times (default 1)")),
             blocking=True),
     Command("guest-fault-list", guest_fault_list,
             "The faults in force: id, kind, target, params, state, started, deadline, remaining.",

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
+import secrets
 import threading
 import time
 from collections import deque
@@ -23,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from pyqga.agent.faults import catalog
+from pyqga.agent.faults import plan as plans
 from pyqga.agent.faults.kinds import Context
 from pyqga.agent.faults.machine import LeaseBook, Refused, leases_view
 from pyqga.agent.faults.recipes import FaultKernel, LinuxFaultKernel, run_step, undo_order
@@ -42,6 +45,9 @@ from pyqga.agent.faults.vocabulary import (
 )
 from pyqga.agent.freeze.snapshot import CorruptState
 from pyqga.agent.freeze.statefile import StateFile
+
+PLAN_KIND = "plan"   # the kind of a plan's own lease (it holds no device, its faults do)
+PLAN_MARGIN = 1.0    # a plan's lease outlives its last fault's deadline by this much
 
 
 class KeeperLink(Protocol):
@@ -86,6 +92,7 @@ class FaultEngine:
         self._stopped = False
         self._timer: threading.Thread | None = None
         self._refusals: dict[str, str] = {}   # lease id -> why its apply failed, for inject's error
+        self._plans: dict[str, threading.Event] = {}   # plan lease id -> set to cancel its runner
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -127,10 +134,15 @@ class FaultEngine:
     # --- requests --------------------------------------------------------------------------------
 
     def inject(self, kind: str, target: str, duration: float, params: Mapping[str, Any] | None = None,
-               force: bool = False, plan: str | None = None) -> dict[str, Any]:
+               force: bool = False, plan: str | None = None, seed: int | None = None) -> dict[str, Any]:
         """Start a fault; its lease as the wire shows it.  :class:`Refused` (also recorded)
-        when it may not start, an error naming the failed step when the kernel refused it."""
+        when it may not start, an error naming the failed step when the kernel refused it.
+        With ``seed``, ``duration`` and param values may be choices (:mod:`.plan`)."""
         try:
+            if seed is not None:
+                rng = random.Random(seed)
+                duration = plans.resolve(duration, rng, "duration")
+                params = plans.resolve_params(params, rng, kind)
             spec = catalog.prepare(kind, target, params, force, Context.read(self.statedir))
             if self.keeper is None:
                 raise Refused("faults need the keeper, which ends them if the agent dies or hangs; "
@@ -155,6 +167,43 @@ class FaultEngine:
             raise Refused(f"{kind} on {target} failed and was rolled back: {failed}")
         return {"id": lease.id, "kind": lease.kind, "target": lease.target,
                 "deadline": round(lease.deadline, 6), "duration": lease.duration}
+
+    def plan(self, seed: int, steps: list[Any], repeat: int = 1) -> dict[str, Any]:
+        """Run a seeded plan on this agent's clock; the plan is itself a lease (reverting it
+        cancels its future steps and ends the faults it started).  Its id, its schedule and the
+        schedule's digest."""
+        schedule = plans.build(seed, steps, repeat)
+        about = {"seed": seed, "hash": schedule.digest, "faults": len(schedule.entries)}
+        request = Prepared(PLAN_KIND, PLAN_KIND, about, f"plan:{secrets.token_hex(6)}", (), (),
+                           schedule.span + PLAN_MARGIN)
+        with self._lock:
+            lease, actions = self.book.inject(request, self.clock())
+            cancel = self._plans[lease.id] = threading.Event()
+            self._wake.notify_all()
+        self._drive(actions)
+        threading.Thread(target=self._run_plan, args=(lease, schedule, cancel),
+                         name=f"pyqga-plan-{lease.id}", daemon=True).start()
+        return {"id": lease.id, "hash": schedule.digest, "deadline": round(lease.deadline, 6),
+                "faults": len(schedule.entries), "schedule": [entry.as_dict() for entry in schedule.entries]}
+
+    def _run_plan(self, lease: Lease, schedule: plans.Schedule, cancel: threading.Event) -> None:
+        """Start each fault at its time after the plan's start; a refused one is in the timeline."""
+        for entry in sorted(schedule.entries, key=lambda e: e.at):
+            if cancel.wait(max(0.0, lease.started_mono + entry.at - self.clock().mono)):
+                return
+            with contextlib.suppress(Refused):
+                self.inject(entry.kind, entry.target, entry.duration, entry.params, plan=lease.id)
+
+    def _end_plan(self, plan_id: str) -> None:
+        """A plan's lease is ending: no more steps, and the faults it started end with it."""
+        with self._lock:
+            cancel = self._plans.pop(plan_id, None)
+            children = [lease.id for lease in self.book.leases.values() if lease.plan == plan_id]
+        if cancel is not None:
+            cancel.set()
+        for child in children:
+            with contextlib.suppress(Refused):
+                self.revert(child, EndReason.PLAN)
 
     def revert(self, lease_id: str | None, reason: EndReason = EndReason.REVERT) -> int:
         """End one lease or all; how many this call ended."""
@@ -195,6 +244,8 @@ class FaultEngine:
                 with self._lock:
                     queue.extend(self.book.applied(action.lease.id, self.clock(), error))
             elif isinstance(action, Undo):
+                if action.lease.kind == PLAN_KIND:
+                    self._end_plan(action.lease.id)
                 error = run_steps(undo_order(action.lease.undo), self.kernel)
                 if error is not None:
                     self.log.error("could not undo fault %s (%s on %s), retrying: %s", action.lease.id,

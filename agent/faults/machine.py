@@ -131,8 +131,7 @@ class LeaseBook:
         lease = self.leases[lease_id]
         assert lease.phase is Phase.ARMING, lease
         if error is not None:
-            refused = Record(Event("refused", lease.id, lease.kind, lease.target, now.mono, now.wall,
-                                   detail=error))
+            refused = self._record("refused", lease, now, detail=error)
             return [refused, *self._end(lease, EndReason.FAILED, now)]
         reason = lease.revert_reason or (EndReason.DEADLINE if now.mono >= lease.deadline_mono else None)
         fired = self._record("fired", lease, now)
@@ -205,7 +204,8 @@ class LeaseBook:
 
     @staticmethod
     def _record(name: str, lease: Lease, now: Now, reason: str = "", detail: str = "") -> Record:
-        return Record(Event(name, lease.id, lease.kind, lease.target, now.mono, now.wall, reason, detail))
+        return Record(Event(name, lease.id, lease.kind, lease.target, now.mono, now.wall, reason, detail,
+                            lease.plan))
 
 
 def lease_record(lease: Lease) -> dict[str, Any]:

@@ -138,6 +138,7 @@ class Event(NamedTuple):
     wall: float
     reason: str = ""     # reverted/expired: an EndReason value
     detail: str = ""     # refused/revert-failed: the error
+    plan: str | None = None   # the plan that started the fault, if one did
 
     def as_dict(self, boot_id: str) -> dict[str, Any]:
         out: dict[str, Any] = {"event": self.name, "id": self.lease, "kind": self.kind,
@@ -147,4 +148,6 @@ class Event(NamedTuple):
             out["reason"] = self.reason
         if self.detail:
             out["detail"] = self.detail
+        if self.plan:
+            out["plan"] = self.plan
         return out

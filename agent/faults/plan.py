@@ -1,0 +1,137 @@
+"""Seeded plans: a list of steps turned into a schedule, the same for the same seed everywhere.
+
+A step gives when (``at``: seconds from the plan's start, or ``after``: seconds after the previous
+step's fault ended), a kind, a target, params and a duration.  Any of ``at``, ``after``,
+``target``, ``duration`` and a param's value may be a choice instead of a value:
+
+- ``{"between": [LOW, HIGH]}``: a number drawn uniformly (an integer if both bounds are integers);
+- ``{"one-of": [A, B, ...]}``: one of the values.
+
+Choices are drawn from ``random.Random(seed)`` in a fixed order (step by step, repetition by
+repetition; within a step: when, target, duration, params by name), so a schedule depends on the
+seed and the steps only.  Its digest (SHA-256 of its canonical JSON) lets a test check that a
+replay ran the same schedule.
+
+Worst case: :data:`MAX_ENTRIES` entries, each built in time linear in its step's size; a request
+over that is refused before anything is drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+from pyqga.agent.faults.machine import Refused, check_duration
+from pyqga.agent.faults.vocabulary import MAX_DURATION
+
+MAX_ENTRIES = 1000
+MAX_CHOICES = 1000
+STEP_KEYS = frozenset({"at", "after", "kind", "target", "params", "duration"})
+
+
+class Entry(NamedTuple):
+    """One fault of a schedule: started ``at`` seconds after the plan's start."""
+
+    at: float
+    kind: str
+    target: str
+    params: Mapping[str, Any]
+    duration: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "kind": self.kind, "target": self.target, "params": dict(self.params),
+                "duration": self.duration}
+
+
+class Schedule(NamedTuple):
+    entries: tuple[Entry, ...]
+    digest: str
+    span: float   # seconds from the plan's start to the end of its last fault
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise Refused(f"{what} must be a finite number, not {str(value)[:40]!r}")
+    return value
+
+
+def resolve(value: Any, rng: random.Random, what: str) -> Any:
+    """``value``, or what a choice object draws."""
+    if not isinstance(value, Mapping) or not (set(value) & {"between", "one-of"}):
+        return value
+    if set(value) == {"between"}:
+        bounds = value["between"]
+        if not (isinstance(bounds, list) and len(bounds) == 2):
+            raise Refused(f"{what}: between takes [LOW, HIGH]")
+        low, high = (_number(b, f"{what}: a bound") for b in bounds)
+        if low > high:
+            raise Refused(f"{what}: between [{low}, {high}] is empty")
+        if all(isinstance(b, int) for b in bounds):
+            return rng.randint(int(low), int(high))
+        return round(rng.uniform(low, high), 6)
+    if set(value) == {"one-of"}:
+        options = value["one-of"]
+        if not (isinstance(options, list) and 0 < len(options) <= MAX_CHOICES):
+            raise Refused(f"{what}: one-of takes a list of 1 to {MAX_CHOICES} values")
+        return options[rng.randrange(len(options))]
+    raise Refused(f"{what}: a choice is {{\"between\": [LOW, HIGH]}} or {{\"one-of\": [...]}}")
+
+
+def resolve_params(params: Any, rng: random.Random, what: str) -> dict[str, Any]:
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise Refused(f"{what}: params must be an object")
+    return {name: resolve(params[name], rng, f"{what}: params.{name}") for name in sorted(params)}
+
+
+def build(seed: int, steps: Sequence[Any], repeat: int = 1) -> Schedule:
+    """The schedule of ``steps`` repeated ``repeat`` times; :class:`Refused` names what is wrong."""
+    if not isinstance(steps, Sequence) or not steps:
+        raise Refused("a plan needs at least one step")
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+        raise Refused(f"repeat must be a positive integer, not {repeat!r}")
+    if len(steps) * repeat > MAX_ENTRIES:
+        raise Refused(f"a plan runs at most {MAX_ENTRIES} faults; this one has {len(steps)} steps x "
+                      f"{repeat} repeats = {len(steps) * repeat}")
+    rng = random.Random(seed)
+    entries: list[Entry] = []
+    start = end = 0.0   # the repetition's start, the previous fault's end
+    for round_ in range(repeat):
+        for index, step in enumerate(steps):
+            what = f"step {index + 1}" + (f" (repeat {round_ + 1})" if repeat > 1 else "")
+            if not isinstance(step, Mapping):
+                raise Refused(f"{what} is not an object")
+            unknown = sorted(set(step) - STEP_KEYS)
+            if unknown:
+                takes = ", ".join(sorted(STEP_KEYS))
+                raise Refused(f"{what} has an unknown key {unknown[0]!r}; steps take: {takes}")
+            if ("at" in step) == ("after" in step):
+                raise Refused(f"{what} needs one of at (from the plan's start) or after (the previous "
+                              "fault's end)")
+            when = _number(resolve(step.get("at", step.get("after")), rng, what), f"{what}: at/after")
+            if when < 0:
+                raise Refused(f"{what}: at/after must be >= 0, not {when}")
+            at = start + when if "at" in step else end + when
+            target = resolve(step.get("target"), rng, f"{what}: target")
+            kind = step.get("kind")
+            if not isinstance(kind, str) or not isinstance(target, str):
+                raise Refused(f"{what} needs a kind and a target (strings)")
+            try:
+                duration = check_duration(resolve(step.get("duration"), rng, f"{what}: duration"))
+            except Refused as e:
+                raise Refused(f"{what}: {e}") from None
+            params = resolve_params(step.get("params"), rng, what)
+            entries.append(Entry(round(at, 6), kind, target, params, duration))
+            end = at + duration
+        start = max(entry.at + entry.duration for entry in entries)
+        end = start
+    span = max(entry.at + entry.duration for entry in entries)
+    if span > MAX_DURATION:
+        raise Refused(f"a plan must end within {MAX_DURATION:.0f} s (a week); this one takes {span:.0f} s")
+    canonical = json.dumps([entry.as_dict() for entry in entries], sort_keys=True, separators=(",", ":"))
+    return Schedule(tuple(entries), hashlib.sha256(canonical.encode()).hexdigest(), span)
