@@ -125,3 +125,22 @@ def test_a_second_fault_on_one_device_is_refused_not_stacked(faulting: Any) -> N
     assert "no active fault 'f999'" in str(error), error
     assert client.call("guest-fault-revert") == 1
     untouched(fs, client)
+
+
+def test_list_revert_and_events_answer_while_frozen(tmp_path: Path, loops: LoopMounts) -> None:
+    fs, other = loops.add("a"), loops.add("b")
+    agent = start_agent(tmp_path, loops, "--enable-faults")
+    try:
+        with AgentClient(str(agent.socket_path), timeout=30) as client:
+            lease = client.call("guest-fault-inject", DISK_FULL | {"target": str(other), "duration": 30})
+            assert client.call("guest-fsfreeze-freeze-list", {"mountpoints": [str(fs)], "timeout": 30}) == 1
+            assert [item["id"] for item in client.call("guest-fault-list")] == [lease["id"]]
+            assert client.call("guest-fault-events")["cursor"] >= 2
+            error = refusal(client, "guest-fault-inject", DISK_FULL | {"target": str(fs)})
+            assert "frozen state" in str(error), error
+            assert client.call("guest-fault-revert") == 1
+            assert client.call("guest-fsfreeze-thaw") == 1
+            untouched(other, client)
+    finally:
+        loops.thaw_all()
+        agent.stop()
