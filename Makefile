@@ -64,6 +64,7 @@ bench: $(STAMP) deps
 	$(PY) -m bench.floor
 	$(PY) -m bench.freeze
 	$(PY) -m bench.stall
+	$(PY) -m bench.faults
 	$(PY) -m bench.group
 	$(PY) -m bench.abuse
 
