@@ -282,4 +282,6 @@ class FaultEngine:
                 if self._stopped:
                     return
                 actions = self.book.tick(self.clock())
-            self._drive(actions)
+            # On a thread of its own: a slow undo (a table swap flushing a deep queue) must not
+            # hold up the next deadline.  The book does not offer a lease twice meanwhile.
+            threading.Thread(target=self._drive, args=(actions,), name="pyqga-fault-end", daemon=True).start()

@@ -50,17 +50,22 @@ class Context(NamedTuple):
 
     mounts: list[Mount]
     own_devices: frozenset[str]   # MAJOR:MINOR of the devices holding the agent's own files
+    state_device: str = ""        # MAJOR:MINOR of the state directory's filesystem
 
     @classmethod
     def read(cls, statedir: str) -> Context:
-        own = set()
-        for path in (sys.executable, os.path.dirname(os.path.abspath(__file__)), statedir, sys.prefix):
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            own.add(f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
-        return cls(read_mountinfo(), frozenset(own))
+        own = {_device_of(path) for path in (sys.executable, os.path.dirname(os.path.abspath(__file__)),
+                                             statedir, sys.prefix)}
+        return cls(read_mountinfo(), frozenset(own - {""}), _device_of(statedir))
+
+
+def _device_of(path: str) -> str:
+    """MAJOR:MINOR of the filesystem holding ``path`` ("" if it cannot be read)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    return f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
 
 
 PARAMS: dict[Kind, tuple[ParamSpec, ...]] = {
@@ -151,6 +156,9 @@ def _write_stall(target: str, params: Mapping[str, Any], force: bool, context: C
 
 def _disk_full(target: str, params: Mapping[str, Any], force: bool, context: Context) -> Spec:
     mount = find_mount(target, context.mounts)
+    if device_key(mount) == context.state_device and not force:
+        raise Refused(f"{mount.mountpoint} holds the agent's state directory, where it records its faults; "
+                      "pass force to fill it anyway")
     fill = os.path.join(mount.mountpoint, FILL_PREFIX + secrets.token_hex(6))
     return Spec(device_key(mount), ({"op": "fill", "path": fill, "free-bytes": params["free-bytes"]},),
                 ({"op": "unlink", "path": fill},), params)

@@ -88,6 +88,9 @@ BAD = [
     ({"params": {"free-bytes": "lots"}}, "disk-full: free-bytes must be int"),
     ({"params": {"size": 1}}, "disk-full has no parameter 'size'; it takes: free-bytes"),
     ({"kind": "io-error"}, "io-error is not available in this guest"),
+    # The state directory's filesystem (the tests keep it on /dev/shm); free-bytes over what it
+    # has, so even a wrong acceptance would fill nothing.
+    ({"target": "/dev/shm", "params": {"free-bytes": 1 << 60}}, "holds the agent's state directory"),
 ]
 
 
