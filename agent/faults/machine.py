@@ -42,9 +42,6 @@ RETRY = 1.0          # seconds between tries of a failed undo
 # How long an undo may take before the keeper takes the agent for hung: a dm table swap flushes
 # the I/O in flight, which under io-delay with a deep queue takes seconds.
 UNDO_ALLOWANCE = 10.0
-# How long an undo may take before the keeper takes the agent for hung: a dm table swap flushes
-# the I/O in flight, which under io-delay with a deep queue takes seconds.
-UNDO_ALLOWANCE = 10.0
 MAX_LEASES = 64      # at once; a plan's steps count one each while active
 SNAPSHOT_VERSION = 1
 
