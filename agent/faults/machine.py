@@ -114,10 +114,13 @@ class LeaseBook:
 
     def restore(self, leases: Iterable[Lease], reason: EndReason, now: Now) -> list[Action]:
         """Leases a predecessor left (read from the state file): undo each, since nobody holds
-        them any more."""
+        them any more.  New ids start past theirs: a new lease must never replace one that is
+        still being undone, nor reuse an id the timeline already has."""
         actions: list[Action] = []
         for lease in leases:
             self.leases[lease.id] = lease
+            if lease.id[:1] == "f" and lease.id[1:].isdigit():
+                self.next_id = max(self.next_id, int(lease.id[1:]) + 1)
             actions.append(self._begin_undo(lease, reason, now))
         return [self._publish(), *actions] if actions else []
 
@@ -159,7 +162,8 @@ class LeaseBook:
         for lease in list(self.leases.values()):
             if lease.phase is Phase.ACTIVE and now.mono >= lease.deadline_mono:
                 actions.append(self._begin_undo(lease, EndReason.DEADLINE, now))
-            elif lease.phase is Phase.ARMING and lease.revert_reason is None and now.mono >= lease.deadline_mono:
+            elif lease.phase is Phase.ARMING and lease.revert_reason is None \
+                    and now.mono >= lease.deadline_mono:
                 self.leases[lease.id] = lease._replace(revert_reason=EndReason.DEADLINE)
             elif lease.phase is Phase.REVERTING and lease.retry_at is not None and now.mono >= lease.retry_at:
                 actions.append(self._begin_undo(lease, lease.revert_reason or EndReason.REVERT, now))
@@ -172,8 +176,8 @@ class LeaseBook:
 
     def next_wakeup(self) -> float | None:
         """The monotonic instant :meth:`tick` has something to do, or None."""
-        times = [lease.deadline_mono for lease in self.leases.values()
-                 if lease.phase is Phase.ACTIVE or (lease.phase is Phase.ARMING and lease.revert_reason is None)]
+        times = [lease.deadline_mono for lease in self.leases.values() if lease.phase is Phase.ACTIVE
+                 or (lease.phase is Phase.ARMING and lease.revert_reason is None)]
         times += [lease.retry_at for lease in self.leases.values() if lease.retry_at is not None]
         return min(times, default=None)
 
@@ -227,6 +231,7 @@ def leases_view(leases: Mapping[str, Lease], now: Now) -> list[dict[str, Any]]:
     """``guest-fault-list``: the active leases, for people."""
     return [{"id": lease.id, "kind": lease.kind, "target": lease.target, "params": dict(lease.params),
              "state": lease.phase.value, "started": round(lease.started, 6),
-             "deadline": round(lease.deadline, 6), "remaining": round(max(0.0, lease.deadline_mono - now.mono), 3),
+             "deadline": round(lease.deadline, 6),
+             "remaining": round(max(0.0, lease.deadline_mono - now.mono), 3),
              **({"plan": lease.plan} if lease.plan else {})}
             for lease in leases.values()]
