@@ -42,9 +42,6 @@ RETRY = 1.0          # seconds between tries of a failed undo
 # How long an undo may take before the keeper takes the agent for hung: a dm table swap flushes
 # the I/O in flight, which under io-delay with a deep queue takes seconds.
 UNDO_ALLOWANCE = 10.0
-# How long an undo may take before the keeper takes the agent for hung: a dm table swap flushes
-# the I/O in flight, which under io-delay with a deep queue takes seconds.
-UNDO_ALLOWANCE = 10.0
 MAX_LEASES = 64      # at once; a plan's steps count one each while active
 SNAPSHOT_VERSION = 1
 
@@ -117,10 +114,13 @@ class LeaseBook:
 
     def restore(self, leases: Iterable[Lease], reason: EndReason, now: Now) -> list[Action]:
         """Leases a predecessor left (read from the state file): undo each, since nobody holds
-        them any more."""
+        them any more.  New ids start past theirs: a new lease must never replace one that is
+        still being undone, nor reuse an id the timeline already has."""
         actions: list[Action] = []
         for lease in leases:
             self.leases[lease.id] = lease
+            if lease.id[:1] == "f" and lease.id[1:].isdigit():
+                self.next_id = max(self.next_id, int(lease.id[1:]) + 1)
             actions.append(self._begin_undo(lease, reason, now))
         return [self._publish(), *actions] if actions else []
 

@@ -11,6 +11,9 @@ driver; only the kernel is imagined.  It models what matters to a freeze:
   until the test runs them, so a FIFREEZE "hangs" for as long as the test leaves its job alone;
 - every kernel transition is logged with the job that caused it, so the tests can check
   counts, "lost" and "safety thaws never undo a foreign freeze" against kernel truth.
+
+:class:`ModelFaultKernel` does the same for the fault leases' recipes (filesystems to freeze and
+fill, dm devices with tables), behind :class:`pyqga.agent.faults.recipes.FaultKernel`.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyqga.agent.faults.dm import TableLine
 from pyqga.agent.freeze.driver import SystemClock
 from pyqga.agent.freeze.hooks import HookResult
 from pyqga.agent.freeze.mounts import Mount
@@ -273,3 +277,190 @@ class ModelHooks:
         self.calls.append(action)
         ok = not (action == "freeze" and self.fail_freeze)
         return HookResult(ran=True, returncode=0 if ok else 1, output="" if ok else "refused")
+
+
+# --- the fault kernel ------------------------------------------------------------------------------
+
+FAULT_OPS = ("freeze", "thaw", "fill", "unlink", "dm-table", "dm-suspend", "dm-resume")
+
+
+@dataclass
+class Change:
+    """One real change of the model fault kernel's state (a no-op undo logs none)."""
+
+    op: str        # the recipe op that made it (a table swap that also resumes logs both)
+    target: str    # the mount point, fill file or dm name
+    job: str       # what the test said was running (``kernel.job``), e.g. "f1 apply"
+
+
+@dataclass
+class Failure:
+    errno: int
+    after: bool    # the change happens, then the call fails (a partial apply, a lost reply)
+
+
+class ModelFaultKernel:
+    """:class:`pyqga.agent.faults.recipes.FaultKernel` in memory, as the real one behaves:
+
+    - filesystems by mount point, with bytes available: FIFREEZE of a frozen one is EBUSY, a
+      thaw of a thawed one does nothing (the real port takes EINVAL as done); a fill creates its
+      file (EEXIST if it is there) and takes the space down to ``free-bytes``; unlink gives it
+      back, and does nothing if the file is gone;
+    - dm devices with a live table, an inactive one and a suspended flag: a swap loads, suspends
+      and resumes (so it also resumes a suspended device); suspend and resume are no-ops when the
+      device already is so (dm-ioctl's do_suspend and do_resume);
+    - creating or removing a file on a frozen filesystem would hang the caller for good: an
+      AssertionError here, since no recipe may do it;
+    - :meth:`fail_next` makes the next call of an op raise OSError, before or after its change;
+    - every real change is logged (:attr:`changes`) with :attr:`job`, so tests count them.
+    """
+
+    def __init__(self, filesystems: Mapping[str, int], devices: Mapping[str, list[TableLine]]) -> None:
+        """``filesystems``: mount point -> bytes available; ``devices``: dm name -> live table."""
+        self.free = dict(filesystems)
+        self.frozen: set[str] = set()
+        self.files: dict[str, int] = {}
+        self.live = {name: tuple(table) for name, table in devices.items()}
+        self.inactive: dict[str, tuple[TableLine, ...] | None] = {name: None for name in devices}
+        self.suspended = {name: False for name in devices}
+        self.failures: dict[str, list[Failure]] = {}
+        self.changes: list[Change] = []
+        self.calls: list[tuple[str, str]] = []
+        self.job = "?"
+
+    # --- for tests ---------------------------------------------------------------------------
+
+    def fail_next(self, op: str, number: int = errno.EIO, after: bool = False) -> None:
+        """The next call of ``op`` (a recipe op name) raises OSError(``number``); ``after``: once
+        its change is made."""
+        assert op in FAULT_OPS, op
+        self.failures.setdefault(op, []).append(Failure(number, after))
+
+    def state(self) -> dict[str, Any]:
+        """Everything a fault may change, by resource: ``fs:MOUNT`` and ``dm:NAME``."""
+        out: dict[str, Any] = {}
+        for mount, free in self.free.items():
+            files = {path: size for path, size in self.files.items() if self._mount_of(path) == mount}
+            out[f"fs:{mount}"] = (mount in self.frozen, free, tuple(sorted(files.items())))
+        for name in self.live:
+            out[f"dm:{name}"] = (self.live[name], self.inactive[name], self.suspended[name])
+        return out
+
+    def count(self, op: str | None = None, job: str | None = None) -> int:
+        return sum(1 for c in self.changes if (op is None or c.op == op) and (job is None or c.job == job))
+
+    def clone(self) -> ModelFaultKernel:
+        """The same state, no failures pending, an empty log."""
+        twin = ModelFaultKernel(self.free, {name: list(table) for name, table in self.live.items()})
+        twin.frozen, twin.files = set(self.frozen), dict(self.files)
+        twin.inactive, twin.suspended = dict(self.inactive), dict(self.suspended)
+        return twin
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _enter(self, op: str, target: str) -> Failure | None:
+        """Log the call; raise an injected failure that comes before the change, or return one
+        that comes after it."""
+        self.calls.append((op, target))
+        queue = self.failures.get(op)
+        failure = queue.pop(0) if queue else None
+        if failure is not None and not failure.after:
+            raise OSError(failure.errno, os.strerror(failure.errno), target)
+        return failure
+
+    @staticmethod
+    def _leave(failure: Failure | None, target: str) -> None:
+        if failure is not None:
+            raise OSError(failure.errno, os.strerror(failure.errno), target)
+
+    def _log(self, op: str, target: str) -> None:
+        self.changes.append(Change(op, target, self.job))
+
+    def _mount_of(self, path: str) -> str | None:
+        """The mount point a path is on (the longest that contains it)."""
+        inside = [mount for mount in self.free if path == mount or path.startswith(mount.rstrip("/") + "/")]
+        return max(inside, key=len, default=None)
+
+    def _writable(self, path: str) -> str:
+        mount = self._mount_of(path)
+        if mount is None:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        if mount in self.frozen:
+            raise AssertionError(f"{path}: creating or removing a file on frozen {mount} waits for its thaw")
+        return mount
+
+    def _device(self, name: str) -> None:
+        if name not in self.live:
+            raise OSError(errno.ENXIO, os.strerror(errno.ENXIO), name)
+
+    # --- the FaultKernel port ----------------------------------------------------------------
+
+    def freeze(self, path: str) -> None:
+        failure = self._enter("freeze", path)
+        if path not in self.free:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        if path in self.frozen:
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), path)
+        self.frozen.add(path)
+        self._log("freeze", path)
+        self._leave(failure, path)
+
+    def thaw(self, path: str) -> None:
+        failure = self._enter("thaw", path)
+        if path not in self.free:
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        if path in self.frozen:
+            self.frozen.remove(path)
+            self._log("thaw", path)
+        self._leave(failure, path)
+
+    def fill(self, path: str, free_bytes: int) -> None:
+        failure = self._enter("fill", path)
+        mount = self._writable(path)
+        if path in self.files:
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+        size = max(0, self.free[mount] - free_bytes)
+        self.files[path] = size
+        self.free[mount] -= size
+        self._log("fill", path)
+        self._leave(failure, path)
+
+    def unlink(self, path: str) -> None:
+        failure = self._enter("unlink", path)
+        if path in self.files:
+            mount = self._writable(path)
+            self.free[mount] += self.files.pop(path)
+            self._log("unlink", path)
+        self._leave(failure, path)
+
+    def dm_swap(self, name: str, table: list[TableLine]) -> None:
+        failure = self._enter("dm-table", name)
+        self._device(name)
+        self.inactive[name] = tuple(table)   # load
+        self._resume(name)                   # suspend (a no-op if it is), resume: the swap
+        self._leave(failure, name)
+
+    def dm_suspend(self, name: str) -> None:
+        failure = self._enter("dm-suspend", name)
+        self._device(name)
+        if not self.suspended[name]:
+            self.suspended[name] = True
+            self._log("dm-suspend", name)
+        self._leave(failure, name)
+
+    def dm_resume(self, name: str) -> None:
+        failure = self._enter("dm-resume", name)
+        self._device(name)
+        self._resume(name)
+        self._leave(failure, name)
+
+    def _resume(self, name: str) -> None:
+        table = self.inactive[name]
+        if table is not None:
+            self.inactive[name] = None
+            if table != self.live[name]:
+                self.live[name] = table
+                self._log("dm-table", name)
+        if self.suspended[name]:
+            self.suspended[name] = False
+            self._log("dm-resume", name)
