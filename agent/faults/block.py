@@ -352,20 +352,21 @@ def flakey_accepts(table: list[dm.TableLine], feature: str) -> bool:
     return result
 
 
-def _module_file(module: str, release: str) -> bool:
-    """The kernel has ``module`` built in or in its modules tree (it loads it on first use)."""
+def _module_file(module: str, release: str) -> str | None:
+    """``builtin`` when the kernel has ``module`` built in, ``module`` when its modules tree has
+    it (the kernel loads it on first use), else None."""
     base = f"{MODULES}/{release}"
     names = {module.replace("_", "-") + ".ko", module.replace("-", "_") + ".ko"}
     try:
         with open(f"{base}/modules.builtin") as f:
             if any(line.rstrip().rsplit("/", 1)[-1] in names for line in f):
-                return True
+                return "builtin"
     except OSError:
         pass
     for _dirpath, _dirs, files in os.walk(f"{base}/kernel/drivers/md"):
         if any(f.split(".ko")[0] + ".ko" in names for f in files):
-            return True
-    return False
+            return "module"
+    return None
 
 
 def target_missing(target: str, release: str | None = None) -> str | None:
@@ -378,13 +379,15 @@ def target_missing(target: str, release: str | None = None) -> str | None:
             return None
     except OSError:
         pass
-    module = f"dm_{target}"
-    if os.path.isdir(f"{SYS_MODULE}/{module}"):
+    if os.path.isdir(f"{SYS_MODULE}/dm_{target}"):
         return None
     release = release or os.uname().release
-    if not _module_file(f"dm-{target}", release):
+    where = _module_file(f"dm-{target}", release)
+    if where is None:
         return (f"this kernel ({release}) has no dm-{target} target: not loaded, not built in, "
                 f"not in {MODULES}/{release}")
+    if where == "builtin":
+        return None
     try:
         with open(MODPROBE) as f:
             helper = f.read().strip()
