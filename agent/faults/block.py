@@ -13,7 +13,7 @@ The new tables are built by pure functions (:func:`flakey_table`, :func:`delay_t
 measured on Debian 12's 6.1 cloud kernel (``tests/vm/test_block_faults.py``):
 
 - dm-flakey (1.5.0) knows ``drop_writes``, ``error_writes`` and ``corrupt_bio_byte``, not
-  ``error_reads`` (Linux 6.5): without features a down interval fails reads and writes,
+  ``error_reads`` (added in 2023): without features a down interval fails reads and writes,
   ``error_writes`` fails writes only, and failing reads only is impossible (refused).
   ``corrupt_bio_byte`` on writes changes the written byte; on reads it is accepted and does
   nothing, so read corruption is refused where ``error_reads`` (the rework that came with the
@@ -265,8 +265,8 @@ def _io_error(target: str, params: Mapping[str, Any], force: bool, context: Cont
     key, name, table = dm_target(target, context, Kind.IO_ERROR, force)
     io = params["io"]
     if io == "read" and not flakey_accepts(table, "error_reads"):
-        raise Refused("io-error on reads only needs dm-flakey's error_reads (Linux 6.5), which this kernel "
-                      "lacks; use io read-write (reads and writes fail) or write")
+        raise Refused("io-error on reads only needs dm-flakey's error_reads (newer kernels), which this "
+                      "kernel lacks; use io read-write (reads and writes fail) or write")
     new = flakey_table(table, name, Kind.IO_ERROR, flakey_features(io), *_intervals(params))
     return _swap(key, name, table, new, params)
 
@@ -276,7 +276,7 @@ def _corrupt(target: str, params: Mapping[str, Any], force: bool, context: Conte
     direction = params["direction"]
     if direction == "read" and not flakey_accepts(table, "error_reads"):
         raise Refused("this kernel's dm-flakey accepts corrupt_bio_byte on reads but leaves the data "
-                      "unchanged (fixed with its error_reads rework, Linux 6.5); corrupt writes instead")
+                      "unchanged (fixed in newer kernels, with error_reads); corrupt writes instead")
     features = flakey_features(corrupt=(params["byte"], direction[0], params["value"]))
     new = flakey_table(table, name, Kind.CORRUPT, features, *_intervals(params))
     return _swap(key, name, table, new, params)
@@ -417,7 +417,7 @@ PARAMS: dict[Kind, tuple[ParamSpec, ...]] = {
     Kind.IO_STALL: (),
     Kind.IO_ERROR: (
         ParamSpec("io", str, "read-write", "which I/O fails with EIO in a down interval: read-write, "
-                  "write, or read (needs Linux 6.5's dm-flakey)", choices=("read-write", "write", "read")),
+                  "write, or read (needs a newer dm-flakey)", choices=("read-write", "write", "read")),
         *_INTERVALS,
     ),
     Kind.IO_DELAY: (
@@ -428,7 +428,7 @@ PARAMS: dict[Kind, tuple[ParamSpec, ...]] = {
     ),
     Kind.CORRUPT: (
         ParamSpec("direction", str, "write", "corrupt what is written (write) or what is read (read, "
-                  "needs Linux 6.5's dm-flakey)", choices=("write", "read")),
+                  "needs a newer dm-flakey)", choices=("write", "read")),
         ParamSpec("byte", int, 1, "which byte of each I/O request is overwritten (1: the first)",
                   minimum=1, maximum=(1 << 31) - 1),
         ParamSpec("value", int, 0, "the value written into that byte", minimum=0, maximum=255),
