@@ -54,7 +54,10 @@ class TableLine(NamedTuple):
     params: str
 
     def text(self) -> str:
-        return f"{self.start} {self.length} {self.type} {self.params}".rstrip()
+        """The line as ``dmsetup table`` prints it, byte for byte: the kernel's parameter string
+        unchanged, so an empty one (``error``) or one a target ends with a space (``flakey``)
+        leaves a trailing space."""
+        return f"{self.start} {self.length} {self.type} {self.params}"
 
 
 class DeviceInfo(NamedTuple):
@@ -112,7 +115,7 @@ def available() -> bool:
 
 def info(name: str) -> DeviceInfo:
     fields, _ = _call(DM_DEV_STATUS, name)
-    dev = int(fields[9])   # type: ignore[call-overload]
+    dev = int(fields[10])   # type: ignore[call-overload]  # the kernel's huge_encode_dev
     major, minor = (dev >> 8) & 0xFFF, (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
     return DeviceInfo(name, (major, minor), bool(int(fields[7]) & SUSPEND_FLAG),  # type: ignore[call-overload]
                       int(fields[6]), int(fields[5]))  # type: ignore[call-overload]
@@ -176,6 +179,13 @@ def create(name: str, lines: list[TableLine]) -> DeviceInfo:
         remove(name)
         raise
     return info(name)
+
+
+def create_inactive(name: str, lines: list[TableLine]) -> None:
+    """A new device with ``lines`` loaded but never resumed: no I/O reaches it, and the targets
+    have checked their arguments (a probe of what the kernel accepts).  The caller removes it."""
+    _call(DM_DEV_CREATE, name)
+    load(name, lines)
 
 
 def remove(name: str) -> None:

@@ -12,6 +12,8 @@ does the work, quickly: busybox init's own shutdown path sleeps two seconds.
 
 Which agents start is read from the kernel command line (``pyqga.agents=a,b``) so one image
 serves every test; ``AGENT_COMMANDS`` is the single place their command lines are defined.
+``pyqga.dmdata=1`` mounts ``/data`` through a dm-linear layer (:data:`DATA_LAYER`, made by
+``pyqga.agent.faults.layer``) for the block fault tests; without it ``/data`` is the plain disk.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from __future__ import annotations
 # sets them as virtio-blk serial numbers, so the order of the disks on the PCI bus does not matter.
 ROOT_SERIAL = "pyqga-root"
 DATA_SERIAL = "pyqga-data"
+# The dm name of the linear layer under /data when the kernel command line has pyqga.dmdata=1.
+DATA_LAYER = "pyqga-data"
 
 # Lines the console control loop acts on: a clean power-off, and a dump of the agents' logs
 # and output (ended by LOGS_END and the request's argument, so the host knows where it stops).
@@ -115,22 +119,31 @@ for p in /sys/class/virtio-ports/*; do
     name=$(cat "$p/name" 2>/dev/null)
     [ -n "$name" ] && ln -sf "../${{p##*/}}" "/dev/virtio-ports/$name"
 done
-for d in /sys/block/vd*; do
-    if [ "$(cat "$d/serial" 2>/dev/null)" = "{DATA_SERIAL}" ]; then
-        mkdir -p /data
-        if mount -t ext4 "/dev/${{d##*/}}" /data; then log "mounted /dev/${{d##*/}} on /data"
-        else log "cannot mount /dev/${{d##*/}} on /data"; fi
-    fi
-done
 agents=
 PYQGA_ARGS=
 workload=
+dmdata=
 for word in $(cat /proc/cmdline); do
     case "$word" in
         pyqga.agents=*) agents=$(echo "${{word#*=}}" | tr , ' ') ;;
         pyqga.args=*) PYQGA_ARGS=$(echo "${{word#*=}}" | tr , ' ') ;;
         pyqga.workload=1) workload=1 ;;
+        pyqga.dmdata=1) dmdata=1 ;;
     esac
+done
+for d in /sys/block/vd*; do
+    if [ "$(cat "$d/serial" 2>/dev/null)" = "{DATA_SERIAL}" ]; then
+        mkdir -p /data
+        dev=/dev/${{d##*/}}
+        # pyqga.dmdata=1: /data through a dm-linear layer (the block fault kinds swap its table)
+        if [ -n "$dmdata" ]; then
+            if modprobe dm-mod && python3 -B -m pyqga.agent.faults.layer "$dev" {DATA_LAYER} > /dev/null
+            then dev=/dev/mapper/{DATA_LAYER}
+            else log "cannot put a dm layer under $dev"; fi
+        fi
+        if mount -t ext4 "$dev" /data; then log "mounted $dev on /data"
+        else log "cannot mount $dev on /data"; fi
+    fi
 done
 if [ -n "$workload" ] && [ -d /data ]; then
     python3 -B /etc/pyqga-vm/workload /data < /dev/null > /run/workload.out 2>&1 &

@@ -76,9 +76,10 @@ VIRTIO_MODULES = (
 )
 VSOCK_MODULES = ("vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport")
 # On the root disk for `modprobe` (busybox; modules.dep made at build time), not loaded at boot:
-# loop devices and device-mapper (dm-linear, LVM) for the stacked-device freeze tests.  Their
+# loop devices and device-mapper (dm-linear, LVM) for the stacked-device freeze tests, and the dm
+# targets of the disk fault kinds (the kernel loads one itself when a table names it).  Their
 # dependencies come along.
-ROOT_MODULES = ("loop", "dm-mod")
+ROOT_MODULES = ("loop", "dm-mod", "dm-flakey", "dm-delay", "dm-log-writes")
 # pyqga's own packages (from this checkout) and its pure-Python dependencies (from the host).
 # (guest path in the site dir, folder of this checkout): the pyqga package's own files (its parts
 # are symlinks, which the copy skips) and the parts the guest runs.
