@@ -59,6 +59,7 @@ class Config:
     freeze_timeout: float = 600.0
     on_agent_death: str = "thaw"
     exec_output_limit: int = DEFAULT_EXEC_OUTPUT_LIMIT
+    faults: bool = False   # accept the guest-fault-* commands (opt-in: not for production guests)
     config_file: str | None = field(default=None, compare=False)
     # Field name -> "PATH:LINE" for values read from the config file.
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -101,6 +102,7 @@ _INI_KEYS: dict[str, tuple[str, str]] = {
     "freeze-timeout": ("freeze_timeout", "float"),
     "on-agent-death": ("on_agent_death", "str"),
     "exec-output-limit": ("exec_output_limit", "int"),
+    "faults": ("faults", "bool"),
 }
 # Lists -D prints even when empty, as qemu-ga does (other lists only when set; other keys
 # whenever they have a value: the pid file's default, STATEDIR/pyqga.pid, is left to follow -t).
@@ -254,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--exec-output-limit", type=int, metavar="BYTES",
         help="guest-exec keeps at most this much of each output stream, the rest is dropped and "
              "reported as truncated (default 16 MiB, as qemu-ga)")
+    add("--enable-faults", dest="faults", action="store_true", default=None,
+        help="accept the fault-injection commands (guest-fault-*: stalls, I/O errors, disk full...); "
+             "off by default, for test guests only (config file: faults=true)")
     add("--max-message-size", type=int, metavar="BYTES",
         help="largest request accepted, up to 64 MiB (default 1 MiB)")
     add("-c", "--config",
@@ -280,7 +285,7 @@ def from_args(args: argparse.Namespace) -> Config:
         config_file = None
     for name in ("method", "path", "logfile", "pidfile", "statedir", "verbose", "daemonize",
                  "retry_path", "fsfreeze_hook", "fsfreeze_hook_timeout", "max_message_size",
-                 "freeze_timeout", "on_agent_death", "exec_output_limit"):
+                 "freeze_timeout", "on_agent_death", "exec_output_limit", "faults"):
         value = getattr(args, name)
         if value is not None:
             values[name] = value

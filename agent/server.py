@@ -273,6 +273,7 @@ class AgentConnection(StreamProtocol):
 async def serve(agent: AgentState, channel: Channel, stop: asyncio.Event) -> None:
     """Serve ``channel`` until ``stop`` is set."""
     agent.freezer.start()
+    agent.faults.start()   # after the freezer's start: that waits for an earlier agent's keeper
     dispatcher = Dispatcher(agent)
     # Freeze and thaw requests have threads of their own: a command let through just before a
     # freeze may block a worker on the frozen filesystem, and the thaw must not wait behind it.
@@ -285,4 +286,5 @@ async def serve(agent: AgentState, channel: Channel, stop: asyncio.Event) -> Non
         limit = ConnectionLimit(agent.log)
         await channel.serve(lambda: AgentConnection(dispatcher, executors, limit), stop)
         # Before the pools close: undoing our freeze also answers a freeze request still waiting.
+        await asyncio.to_thread(agent.faults.shutdown)   # while the keeper still runs
         await asyncio.to_thread(agent.freezer.shutdown)

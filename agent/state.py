@@ -16,13 +16,18 @@ from pyqga.agent.commands.fsinfo import FsinfoCache
 from pyqga.agent.commands.power import SuspendSetup
 from pyqga.agent.commands.system import SystemPrograms
 from pyqga.agent.config import LIST_RULE, VERSION, Config, ConfigError
+from pyqga.agent.faults.engine import FaultEngine
 from pyqga.agent.freeze.build import build_freezer
 from pyqga.agent.freeze.driver import Freezer
+from pyqga.agent.keeper.handle import KeeperHandle
 from pyqga.agent.logs import LogControl
 from pyqga.agent.registry import QEMU_GA_DISABLED, Registry, build_registry
 
 BLOCKED_REASON = "the command is not allowed"
 FROZEN_REASON = "the agent is in frozen state"  # qemu-ga's words (qga/main.c)
+FAULTS_OFF_REASON = ("fault injection is off in this agent; start it with --enable-faults or set "
+                     "faults=true in its config file (test guests only)")
+FAULT_COMMAND_PREFIX = "guest-fault-"
 
 
 @dataclass
@@ -43,15 +48,21 @@ class AgentState:
     fsinfo: FsinfoCache = field(default_factory=FsinfoCache)
     blocked: frozenset[str] = field(init=False)
     freezer: Freezer = field(init=False)
+    faults: FaultEngine = field(init=False)
 
     def __post_init__(self) -> None:
         self.blocked = blocked_commands(self.registry, self.config)
         self.freezer = build_freezer(self.config, self.log, self.logs)
+        self.faults = FaultEngine(self.config.statedir, self.freezer.keeper, log=self.log)
+        if isinstance(self.freezer.keeper, KeeperHandle):
+            self.freezer.keeper.resend.append(self.faults.snapshot)
 
     def disabled_reason(self, name: str) -> str | None:
         """Why ``name`` may not run now, or None.  Checked on every request."""
         if name in self.blocked:
             return BLOCKED_REASON
+        if not self.config.faults and name.startswith(FAULT_COMMAND_PREFIX):
+            return FAULTS_OFF_REASON
         if self.freezer.frozen:
             command = self.registry.get(name)
             if command is not None and not command.allowed_while_frozen:

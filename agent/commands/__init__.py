@@ -6,6 +6,7 @@ from pyqga.agent.commands import (
     cpus_memory,
     disks,
     exec,
+    faults,
     files,
     fsfreeze,
     network,
@@ -15,5 +16,5 @@ from pyqga.agent.commands import (
     users,
 )
 
-COMMAND_MODULES = (core, fsfreeze, exec, files, system, network, stats, cpus_memory, disks, users, accounts,
-                   power)
+COMMAND_MODULES = (core, fsfreeze, faults, exec, files, system, network, stats, cpus_memory, disks, users,
+                   accounts, power)

@@ -24,7 +24,8 @@ def unavailable(kind: Kind) -> str | None:
     return None
 
 
-def prepare(kind_name: str, target: str, params: Mapping[str, Any] | None, force: bool, context: Context) -> Spec:
+def prepare(kind_name: str, target: str, params: Mapping[str, Any] | None, force: bool,
+            context: Context) -> Spec:
     """Check a request against this guest and build its recipe; :class:`Refused` says why not."""
     kind = kinds.kind_of(kind_name)
     why = unavailable(kind)
@@ -42,7 +43,8 @@ def capabilities(target: str | None, context: Context) -> list[dict[str, Any]]:
         why = unavailable(kind)
         if why is None and target is not None:
             try:
-                PREPARERS[kind](target, kinds.check_params(kind, {}, PARAMS, defaults_only=True), False, context)
+                defaults = kinds.check_params(kind, {}, PARAMS, defaults_only=True)
+                PREPARERS[kind](target, defaults, False, context)
             except Refused as e:
                 why = str(e)
         entry: dict[str, Any] = {"kind": kind.value, "available": why is None,

@@ -105,10 +105,13 @@ def check_params(kind: Kind, params: Mapping[str, Any] | None, table: Mapping[Ki
             raise Refused(f"{kind.value}: {name} must be {spec.type.__name__}, not {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
             raise Refused(f"{kind.value}: {name} must be finite, not {value!r}")
-        if spec.minimum is not None and value < spec.minimum or spec.maximum is not None and value > spec.maximum:
-            raise Refused(f"{kind.value}: {name} must be between {spec.minimum} and {spec.maximum}, not {value!r}")
+        low, high = spec.minimum, spec.maximum
+        number = float(value) if isinstance(value, int | float) else 0.0
+        if (low is not None and number < low) or (high is not None and number > high):
+            raise Refused(f"{kind.value}: {name} must be between {low} and {high}, not {value!r}")
         if spec.choices and value not in spec.choices:
-            raise Refused(f"{kind.value}: {name} must be one of {', '.join(map(str, spec.choices))}, not {value!r}")
+            choices = ", ".join(map(str, spec.choices))
+            raise Refused(f"{kind.value}: {name} must be one of {choices}, not {value!r}")
         out[name] = value
     return out
 

@@ -39,6 +39,12 @@ from pyqga.agent.faults.vocabulary import (
 )
 
 RETRY = 1.0          # seconds between tries of a failed undo
+# How long an undo may take before the keeper takes the agent for hung: a dm table swap flushes
+# the I/O in flight, which under io-delay with a deep queue takes seconds.
+UNDO_ALLOWANCE = 10.0
+# How long an undo may take before the keeper takes the agent for hung: a dm table swap flushes
+# the I/O in flight, which under io-delay with a deep queue takes seconds.
+UNDO_ALLOWANCE = 10.0
 MAX_LEASES = 64      # at once; a plan's steps count one each while active
 SNAPSHOT_VERSION = 1
 
@@ -104,7 +110,7 @@ class LeaseBook:
             if lease.phase is Phase.ARMING:
                 self.leases[lease.id] = lease._replace(revert_reason=reason)
             else:
-                actions.append(self._begin_undo(lease, reason))
+                actions.append(self._begin_undo(lease, reason, now))
         if actions:
             actions.insert(0, self._publish())
         return count, actions
@@ -115,7 +121,7 @@ class LeaseBook:
         actions: list[Action] = []
         for lease in leases:
             self.leases[lease.id] = lease
-            actions.append(self._begin_undo(lease, reason))
+            actions.append(self._begin_undo(lease, reason, now))
         return [self._publish(), *actions] if actions else []
 
     # --- what came of the actions ---------------------------------------------------------------
@@ -127,11 +133,11 @@ class LeaseBook:
         if error is not None:
             refused = Record(Event("refused", lease.id, lease.kind, lease.target, now.mono, now.wall,
                                    detail=error))
-            return [refused, *self._end(lease, EndReason.FAILED)]
+            return [refused, *self._end(lease, EndReason.FAILED, now)]
         reason = lease.revert_reason or (EndReason.DEADLINE if now.mono >= lease.deadline_mono else None)
         fired = self._record("fired", lease, now)
         if reason is not None:
-            return [fired, *self._end(lease, reason)]
+            return [fired, *self._end(lease, reason, now)]
         self.leases[lease_id] = lease._replace(phase=Phase.ACTIVE)
         return [self._publish(), fired]
 
@@ -140,7 +146,7 @@ class LeaseBook:
         lease = self.leases[lease_id]
         assert lease.phase is Phase.REVERTING, lease
         if error is not None:
-            self.leases[lease_id] = lease._replace(retry_at=now.mono + RETRY)
+            self.leases[lease_id] = lease._replace(retry_at=now.mono + RETRY, acting_until=None)
             return [self._publish(), self._record("revert-failed", lease, now, detail=error)]
         del self.leases[lease_id]
         reason = lease.revert_reason or EndReason.REVERT
@@ -155,12 +161,12 @@ class LeaseBook:
         actions: list[Action] = []
         for lease in list(self.leases.values()):
             if lease.phase is Phase.ACTIVE and now.mono >= lease.deadline_mono:
-                actions.append(self._begin_undo(lease, EndReason.DEADLINE))
-            elif lease.phase is Phase.ARMING and lease.revert_reason is None and now.mono >= lease.deadline_mono:
+                actions.append(self._begin_undo(lease, EndReason.DEADLINE, now))
+            elif lease.phase is Phase.ARMING and lease.revert_reason is None \
+                    and now.mono >= lease.deadline_mono:
                 self.leases[lease.id] = lease._replace(revert_reason=EndReason.DEADLINE)
             elif lease.phase is Phase.REVERTING and lease.retry_at is not None and now.mono >= lease.retry_at:
-                self.leases[lease.id] = lease._replace(retry_at=None)
-                actions.append(Undo(self.leases[lease.id], lease.revert_reason or EndReason.REVERT))
+                actions.append(self._begin_undo(lease, lease.revert_reason or EndReason.REVERT, now))
         return [self._publish(), *actions] if actions else []
 
     # --- reading ---------------------------------------------------------------------------------
@@ -170,8 +176,8 @@ class LeaseBook:
 
     def next_wakeup(self) -> float | None:
         """The monotonic instant :meth:`tick` has something to do, or None."""
-        times = [lease.deadline_mono for lease in self.leases.values()
-                 if lease.phase is Phase.ACTIVE or (lease.phase is Phase.ARMING and lease.revert_reason is None)]
+        times = [lease.deadline_mono for lease in self.leases.values() if lease.phase is Phase.ACTIVE
+                 or (lease.phase is Phase.ARMING and lease.revert_reason is None)]
         times += [lease.retry_at for lease in self.leases.values() if lease.retry_at is not None]
         return min(times, default=None)
 
@@ -183,17 +189,18 @@ class LeaseBook:
 
     # --- helpers -----------------------------------------------------------------------------------
 
-    def _begin_undo(self, lease: Lease, reason: EndReason) -> Undo:
-        lease = lease._replace(phase=Phase.REVERTING, revert_reason=reason, retry_at=None)
+    def _begin_undo(self, lease: Lease, reason: EndReason, now: Now) -> Undo:
+        lease = lease._replace(phase=Phase.REVERTING, revert_reason=reason, retry_at=None,
+                               acting_until=now.mono + UNDO_ALLOWANCE)
         self.leases[lease.id] = lease
         return Undo(lease, reason)
 
     def _publish(self) -> Publish:
         return Publish(self.snapshot())
 
-    def _end(self, lease: Lease, reason: EndReason) -> list[Action]:
+    def _end(self, lease: Lease, reason: EndReason, now: Now) -> list[Action]:
         """Begin ending ``lease``: publish it as reverting, then undo it."""
-        undo = self._begin_undo(lease, reason)
+        undo = self._begin_undo(lease, reason, now)
         return [self._publish(), undo]
 
     @staticmethod
@@ -206,16 +213,25 @@ def lease_record(lease: Lease) -> dict[str, Any]:
     return {
         "id": lease.id, "kind": lease.kind, "target": lease.target, "params": dict(lease.params),
         "device": lease.device, "phase": lease.phase.value, "started": lease.started,
-        "started-mono": lease.started_mono, "deadline-mono": lease.retry_at or lease.deadline_mono,
+        "started-mono": lease.started_mono, "deadline-mono": keeper_deadline(lease),
         "duration": lease.duration, "undo": [dict(step) for step in lease.undo],
         "reason": lease.revert_reason.value if lease.revert_reason else None, "plan": lease.plan,
     }
+
+
+def keeper_deadline(lease: Lease) -> float:
+    """By when the agent must have acted on ``lease``, on CLOCK_MONOTONIC: its deadline, or while
+    an undo runs that undo's allowance, or a failed undo's retry."""
+    if lease.phase is Phase.REVERTING:
+        return lease.acting_until or lease.retry_at or lease.deadline_mono
+    return lease.deadline_mono
 
 
 def leases_view(leases: Mapping[str, Lease], now: Now) -> list[dict[str, Any]]:
     """``guest-fault-list``: the active leases, for people."""
     return [{"id": lease.id, "kind": lease.kind, "target": lease.target, "params": dict(lease.params),
              "state": lease.phase.value, "started": round(lease.started, 6),
-             "deadline": round(lease.deadline, 6), "remaining": round(max(0.0, lease.deadline_mono - now.mono), 3),
+             "deadline": round(lease.deadline, 6),
+             "remaining": round(max(0.0, lease.deadline_mono - now.mono), 3),
              **({"plan": lease.plan} if lease.plan else {})}
             for lease in leases.values()]

@@ -27,6 +27,7 @@ size) before anything runs it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Iterable, Mapping
@@ -125,7 +126,8 @@ def run_step(step: Mapping[str, Any], kernel: FaultKernel) -> None:
 def undo_order(steps: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """``steps`` with those that release held I/O first, each group in its given order."""
     steps = list(steps)
-    return [s for s in steps if s.get("op") in RELEASES_IO] + [s for s in steps if s.get("op") not in RELEASES_IO]
+    first = [s for s in steps if s.get("op") in RELEASES_IO]
+    return first + [s for s in steps if s.get("op") not in RELEASES_IO]
 
 
 class LinuxFaultKernel:
@@ -166,10 +168,8 @@ class LinuxFaultKernel:
             os.close(fd)
 
     def unlink(self, path: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
 
     def dm_swap(self, name: str, table: list[dm.TableLine]) -> None:
         dm.swap(name, table)

@@ -68,6 +68,7 @@ class Lease(NamedTuple):
     phase: Phase = Phase.ARMING
     revert_reason: EndReason | None = None   # set when a revert was asked (or began)
     retry_at: float | None = None            # a failed undo's next try (monotonic)
+    acting_until: float | None = None        # an undo under way: the keeper waits until then
     plan: str | None = None
 
     @property

@@ -33,16 +33,16 @@ MAX_SIZE = 1 << 20
 class StateFile:
     """The state store port's real implementation (tests use an in-memory one)."""
 
-    def __init__(self, statedir: str | os.PathLike[str]) -> None:
+    def __init__(self, statedir: str | os.PathLike[str], name: str = STATE_FILE) -> None:
         self.directory: Path = Path(statedir)
-        self.path: Path = self.directory / STATE_FILE
+        self.path: Path = self.directory / name
 
     def write(self, snapshot: Mapping[str, Any]) -> None:
         """Atomically: a temporary file, fsynced, renamed over the old one, directory fsynced;
         a reader sees the old state or the new one, never half of one."""
         data = json.dumps(snapshot, sort_keys=True, allow_nan=False).encode() + b"\n"
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", dir=self.directory)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.directory)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

@@ -1,5 +1,8 @@
 """The keeper's one decision, without I/O: how long to wait for the agent, or that it is hung.
 
+Fault leases count as freezes do: each carries the instant by which the agent must have acted
+on it (:func:`pyqga.agent.faults.snapshot.keeper_deadline`), and the earliest of all counts.
+
 The agent enforces its freeze's deadline itself; but an agent that is alive and does not act
 (stopped, in a debugger, deadlocked, a thread wedged in D-state, the cgroup freezer) never does.
 So the keeper watches the same deadline on its own CLOCK_MONOTONIC (the snapshot carries it as
@@ -17,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from pyqga.agent.faults.snapshot import keeper_deadline
 from pyqga.agent.freeze.snapshot import monotonic_deadline
 
 # After the deadline, how long the agent has to show it acted.  Its own thaw takes milliseconds
@@ -44,9 +48,11 @@ class DeadlineWatch:
         self.grace = grace
         self.deadline: float | None = None
 
-    def seen(self, snapshot: Mapping[str, Any] | None) -> None:
-        """The agent's latest snapshot (None: none yet, or not readable) replaces what came before."""
-        self.deadline = monotonic_deadline(snapshot)
+    def seen(self, snapshot: Mapping[str, Any] | None, faults: Mapping[str, Any] | None = None) -> None:
+        """The agent's latest freeze snapshot and fault snapshot (None: none yet, or not
+        readable) replace what came before; the earliest deadline of the two counts."""
+        deadlines = [d for d in (monotonic_deadline(snapshot), keeper_deadline(faults)) if d is not None]
+        self.deadline = min(deadlines, default=None)
 
     def decide(self, now: float) -> Wait | Hung:
         if self.deadline is None:

@@ -39,6 +39,8 @@ class KeeperHandle:
         self.log: logging.Logger = log or logging.getLogger("pyqga.agent")
         self.process: subprocess.Popen[bytes] | None = None
         self.on_death: Callable[[str], None] | None = None
+        # Snapshots other than the freeze's (the faults'), sent again to every new keeper.
+        self.resend: list[Callable[[], Mapping[str, Any]]] = []
         self._starting = threading.Lock()
         self._sending = threading.Lock()
         self._stopped = False
@@ -85,6 +87,9 @@ class KeeperHandle:
             if reply == b"R":
                 self.process = process
                 self._watch(process)
+                for snapshot in self.resend:
+                    with contextlib.suppress(OSError):
+                        self.send(snapshot())
                 return
             if not reply:
                 break  # it exited before it was ready
@@ -116,7 +121,7 @@ class KeeperHandle:
         """Tell the keeper the state; an OSError if it is not there while something is frozen."""
         process = self.process
         if process is None or process.stdin is None or process.poll() is not None:
-            if snapshot.get("superblocks") or snapshot.get("freeze"):
+            if snapshot.get("superblocks") or snapshot.get("freeze") or snapshot.get("leases"):
                 raise OSError("the freeze guard is not running")
             return
         with self._sending:

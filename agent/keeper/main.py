@@ -1,5 +1,9 @@
-"""The keeper process's own main (``python -m pyqga.agent.keeper``): undo the agent's freeze when
-the agent dies, or when it is alive but does not act by its freeze's deadline.
+"""The keeper process's own main (``python -m pyqga.agent.keeper``): undo the agent's freeze and
+fault leases when the agent dies, or when it is alive but does not act by a deadline.
+
+Fault leases (:mod:`.leases`) follow the freeze's rules below: the agent sends their snapshot on
+the same pipe (``"of": "faults"``), the earliest lease deadline counts as the freeze's does, and
+the keeper undoes them after the freeze's thaw (a frozen filesystem would block their undo).
 
 This is the user-space form of "the freeze lives as long as a descriptor does": the agent holds
 the write end of a pipe, the keeper the read end (its stdin).  The agent sends every state change
@@ -40,12 +44,15 @@ import sys
 import time
 from typing import Any
 
+from pyqga.agent.faults.recipes import LinuxFaultKernel
+from pyqga.agent.faults.vocabulary import EndReason
 from pyqga.agent.freeze.driver import Freezer, run_inline
 from pyqga.agent.freeze.kernel import LinuxKernel, thaw_fully
 from pyqga.agent.freeze.snapshot import CorruptState, parse_snapshot
 from pyqga.agent.freeze.statefile import StateFile
 from pyqga.agent.freeze.vocabulary import Restored, ThawReason
 from pyqga.agent.keeper.deadline import DeadlineWatch, Hung, Wait
+from pyqga.agent.keeper.leases import end_leases
 from pyqga.agent.keeper.lock import hold_keeper_lock
 
 MAX_LINE = 1 << 20
@@ -75,12 +82,14 @@ class KeeperKernel(LinuxKernel):
 
 
 class SnapshotPipe:
-    """The agent's end of the story: snapshot lines on ``fd``, the last complete one kept
-    (a line over MAX_LINE is dropped; a line that is not a JSON object is ignored)."""
+    """The agent's end of the story: snapshot lines on ``fd``, the last complete freeze snapshot
+    and the last fault snapshot (``"of": "faults"``) kept (a line over MAX_LINE is dropped; a
+    line that is not a JSON object is ignored)."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.last: dict[str, Any] | None = None
+        self.faults: dict[str, Any] | None = None
         self.closed = False
         self._buffer = b""
 
@@ -103,7 +112,9 @@ class SnapshotPipe:
         for line in lines:
             with contextlib.suppress(ValueError):
                 value = json.loads(line)
-                if isinstance(value, dict):
+                if isinstance(value, dict) and value.get("of") == "faults":
+                    self.faults = value
+                elif isinstance(value, dict):
                     self.last = value
         if len(self._buffer) > MAX_LINE:
             self._buffer = b""
@@ -135,6 +146,7 @@ def keep(statedir: str, hook: str | None, hook_timeout: float, agent_pid: int | 
     log.addHandler(logging.NullHandler())
     log.propagate = False
     kernel = KeeperKernel()
+    faults = LinuxFaultKernel()
     freezer = Freezer(kernel=kernel, store=StateFile(statedir), hook=hook, hook_timeout=hook_timeout,
                       default_timeout=None, log=log, runner=run_inline)
     lock_memory()
@@ -146,18 +158,23 @@ def keep(statedir: str, hook: str | None, hook_timeout: float, agent_pid: int | 
             break
         if not pipe.read(decision.seconds):
             thaw(freezer, pipe.last, ThawReason.AGENT_DEATH, DIED)
+            end_leases(statedir, pipe.faults, EndReason.AGENT_DEATH, faults)
             return 0
-        watch.seen(pipe.last)
+        watch.seen(pipe.last, pipe.faults)
     assert agent is not None
     end_agent(agent, pipe)
-    watch.seen(pipe.last)
-    if isinstance(watch.decide(time.monotonic()), Hung):
+    watch.seen(pipe.last, pipe.faults)
+    hung = isinstance(watch.decide(time.monotonic()), Hung)
+    if hung:
         thaw(freezer, pipe.last, ThawReason.TIMEOUT, HUNG)
     else:  # it acted after all (a new freeze, a thaw) before the kill took: an ordinary death
         thaw(freezer, pipe.last, ThawReason.AGENT_DEATH, DIED)
+    end_leases(statedir, pipe.faults, EndReason.AGENT_HUNG if hung else EndReason.AGENT_DEATH, faults)
     select.select([agent], [], [])   # until it is gone: then no FIFREEZE of it is in the kernel
     for path in sorted(kernel.not_frozen):
         thaw_fully(kernel, path)
+    pipe.read(0)   # its last words, if any came after the kill: an apply it had begun
+    end_leases(statedir, pipe.faults, EndReason.AGENT_HUNG, faults, record=False)
     return 0
 
 

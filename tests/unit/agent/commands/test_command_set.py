@@ -36,6 +36,11 @@ QEMU_LINUX_COMMANDS = {
 # guest-get-devices is Windows-only in qemu's build (CONFIG_WIN32): not a Linux command.
 QEMU_LINUX_COMMANDS.discard("guest-get-devices")
 OURS = {"guest-fsfreeze-info"}
+# The fault commands (issue 20), opt-in; list, revert and events answer while frozen, so a test
+# can always see and end its faults.
+FAULTS = {"guest-fault-capabilities", "guest-fault-inject", "guest-fault-list", "guest-fault-revert",
+          "guest-fault-events"}
+FAULTS_WHILE_FROZEN = {"guest-fault-list", "guest-fault-revert", "guest-fault-events"}
 # qga/main.c's ga_freeze_allowlist (QEMU 11.1).
 FREEZE_ALLOWLIST = {"guest-ping", "guest-info", "guest-sync", "guest-sync-delimited", "guest-fsfreeze-status",
                     "guest-fsfreeze-thaw"}
@@ -53,14 +58,14 @@ PROXMOX_READS = sorted(PROXMOX - {"fsfreeze-freeze", "fsfreeze-thaw", "fstrim", 
 
 def test_every_linux_command_of_qemu_11_1_and_only_those() -> None:
     assert len(QEMU_LINUX_COMMANDS) == 43
-    assert set(build_registry().names()) == QEMU_LINUX_COMMANDS | OURS
+    assert set(build_registry().names()) == QEMU_LINUX_COMMANDS | OURS | FAULTS
 
 
 def test_only_qemu_ga_s_freeze_allowlist_runs_while_frozen() -> None:
     """qga/main.c's ga_freeze_allowlist, plus our read-only guest-fsfreeze-info; every command
     added since (get-load, network-get-route, ...) stays off while frozen, as in qemu-ga."""
     allowed = {command.name for command in build_registry() if command.allowed_while_frozen}
-    assert allowed == FREEZE_ALLOWLIST | OURS
+    assert allowed == FREEZE_ALLOWLIST | OURS | FAULTS_WHILE_FROZEN
 
 
 def test_generated_command_docs_are_current() -> None:

@@ -1,0 +1,234 @@
+"""The driver around the lease book: one lock, the deadline timer, the state file, the timeline
+and the keeper.
+
+A request takes the lock only to ask the book (:class:`~.machine.LeaseBook`) what to do; the
+actions run outside it, in order, on the caller's thread: publish (state file, then the keeper)
+before a fault's apply steps run, record events, run apply and undo steps through the kernel
+port (:mod:`.recipes`), and feed what came of them back to the book.  So a slow apply (a
+FIFREEZE with dirty data, a table swap that flushes) never holds up ``guest-fault-list``.
+
+The timer thread sleeps until the book's next deadline (a condition variable, no polling: an
+idle agent makes no wake-ups) and ends what is due.  A revert is synchronous: it returns when
+the undo steps have run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from pyqga.agent.faults import catalog
+from pyqga.agent.faults.kinds import Context
+from pyqga.agent.faults.machine import LeaseBook, Refused, leases_view
+from pyqga.agent.faults.recipes import FaultKernel, LinuxFaultKernel, run_step, undo_order
+from pyqga.agent.faults.snapshot import FAULTS_STATE, parse_leases
+from pyqga.agent.faults.timeline import Timeline, read_boot_id
+from pyqga.agent.faults.vocabulary import (
+    Action,
+    Apply,
+    EndReason,
+    Lease,
+    Now,
+    Prepared,
+    Publish,
+    Record,
+    Step,
+    Undo,
+)
+from pyqga.agent.freeze.snapshot import CorruptState
+from pyqga.agent.freeze.statefile import StateFile
+
+
+class KeeperLink(Protocol):
+    """What the engine needs of the keeper handle (:class:`pyqga.agent.keeper.handle.KeeperHandle`)."""
+
+    def ensure_started(self) -> None: ...
+    def send(self, snapshot: Mapping[str, Any]) -> None: ...
+
+
+def now() -> Now:
+    return Now(time.monotonic(), time.time())
+
+
+def run_steps(steps: tuple[Step, ...] | list[Step], kernel: FaultKernel) -> str | None:
+    """Run steps in order, stopping at the first failure; its error, or None."""
+    for step in steps:
+        try:
+            run_step(step, kernel)
+        except Exception as e:
+            return f"{step.get('op')}: {e}"
+    return None
+
+
+class FaultEngine:
+    """The agent's faults (see the module docstring)."""
+
+    def __init__(self, statedir: str, keeper: KeeperLink | None, kernel: FaultKernel | None = None,
+                 log: logging.Logger | None = None, clock: Callable[[], Now] = now) -> None:
+        self.statedir = statedir
+        self.keeper = keeper
+        self.kernel: FaultKernel = kernel or LinuxFaultKernel()
+        self.log = log or logging.getLogger("pyqga.agent")
+        self.clock = clock
+        self.book = LeaseBook()
+        self.store = StateFile(statedir, FAULTS_STATE)
+        self.timeline = Timeline(statedir)
+        self.boot_id = read_boot_id()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._publishing = threading.Lock()
+        self._published = 0
+        self._stopped = False
+        self._timer: threading.Thread | None = None
+        self._refusals: dict[str, str] = {}   # lease id -> why its apply failed, for inject's error
+
+    # --- life cycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Read what an earlier agent left (its leases are undone: nobody holds them now), then
+        start the deadline timer.  Call after the freezer's start, which waits for an earlier
+        keeper to finish."""
+        self.timeline.load()
+        left: list[Lease] = []
+        try:
+            saved = self.store.read()
+            if saved is not None:
+                left, next_id = parse_leases(saved)
+                self.book.next_id = next_id
+        except CorruptState as e:
+            self.log.error("fault state file unreadable, faults it held are unknown: %s", e)
+        if left:
+            self.log.warning("undoing %d fault(s) an earlier agent left: %s", len(left),
+                             ", ".join(f"{lease.id} ({lease.kind} on {lease.target})" for lease in left))
+            with self._lock:
+                actions = self.book.restore(left, EndReason.AGENT_RESTART, self.clock())
+            self._drive(actions)
+        self._timer = threading.Thread(target=self._run_timer, name="pyqga-fault-timer", daemon=True)
+        self._timer.start()
+
+    def shutdown(self) -> None:
+        """The agent is stopping: end every fault (what fails stays with the keeper)."""
+        with contextlib.suppress(Refused):
+            self.revert(None, EndReason.AGENT_EXIT)
+        with self._lock:
+            self._stopped = True
+            self._wake.notify_all()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The current state, for a restarted keeper."""
+        with self._lock:
+            return self.book.snapshot()
+
+    # --- requests --------------------------------------------------------------------------------
+
+    def inject(self, kind: str, target: str, duration: float, params: Mapping[str, Any] | None = None,
+               force: bool = False, plan: str | None = None) -> dict[str, Any]:
+        """Start a fault; its lease as the wire shows it.  :class:`Refused` (also recorded)
+        when it may not start, an error naming the failed step when the kernel refused it."""
+        try:
+            spec = catalog.prepare(kind, target, params, force, Context.read(self.statedir))
+            if self.keeper is None:
+                raise Refused("faults need the keeper, which ends them if the agent dies or hangs; "
+                              "it runs under --on-agent-death thaw (the default)")
+            try:
+                self.keeper.ensure_started()
+            except OSError as e:
+                raise Refused(f"cannot start the keeper, refusing the fault: {e}") from None
+            request = Prepared(kind, target, spec.params, spec.device, spec.apply, spec.undo, duration, plan)
+            with self._lock:
+                lease, actions = self.book.inject(request, self.clock())
+                self._wake.notify_all()
+        except Refused as e:
+            with self._lock:
+                refusal = self.book.refused(str(kind), str(target), str(e), self.clock())
+            self._drive(refusal)
+            raise
+        self._drive(actions)
+        with self._lock:
+            failed = self._refusals.pop(lease.id, None)
+        if failed is not None:
+            raise Refused(f"{kind} on {target} failed and was rolled back: {failed}")
+        return {"id": lease.id, "kind": lease.kind, "target": lease.target,
+                "deadline": round(lease.deadline, 6), "duration": lease.duration}
+
+    def revert(self, lease_id: str | None, reason: EndReason = EndReason.REVERT) -> int:
+        """End one lease or all; how many this call ended."""
+        with self._lock:
+            count, actions = self.book.revert(lease_id, reason, self.clock())
+        self._drive(actions)
+        return count
+
+    def leases(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return leases_view(self.book.leases, self.clock())
+
+    def events(self, since: int = 0) -> dict[str, Any]:
+        return self.timeline.since(since)
+
+    def capabilities(self, target: str | None = None) -> dict[str, Any]:
+        return {"kinds": catalog.capabilities(target, Context.read(self.statedir)), "boot-id": self.boot_id}
+
+    # --- the actions -----------------------------------------------------------------------------
+
+    def _drive(self, actions: list[Action]) -> None:
+        """Perform actions in order; what an apply or undo returns adds the book's next ones."""
+        queue = deque(actions)
+        while queue:
+            action = queue.popleft()
+            if isinstance(action, Publish):
+                self._publish(action.snapshot)
+            elif isinstance(action, Record):
+                self.timeline.append(action.event.as_dict(self.boot_id))
+                if action.event.name == "refused" and action.event.lease is not None:
+                    with self._lock:
+                        self._refusals[action.event.lease] = action.event.detail
+            elif isinstance(action, Apply):
+                error = run_steps(action.lease.apply, self.kernel)
+                if error is not None:
+                    self.log.error("fault %s (%s on %s) failed: %s", action.lease.id, action.lease.kind,
+                                   action.lease.target, error)
+                with self._lock:
+                    queue.extend(self.book.applied(action.lease.id, self.clock(), error))
+            elif isinstance(action, Undo):
+                error = run_steps(undo_order(action.lease.undo), self.kernel)
+                if error is not None:
+                    self.log.error("could not undo fault %s (%s on %s), retrying: %s", action.lease.id,
+                                   action.lease.kind, action.lease.target, error)
+                with self._lock:
+                    queue.extend(self.book.undone(action.lease.id, self.clock(), error))
+                    self._wake.notify_all()
+
+    def _publish(self, snapshot: Mapping[str, Any]) -> None:
+        """State file, then keeper; an older snapshot than one already written is dropped."""
+        with self._publishing:
+            if snapshot["serial"] <= self._published:
+                return
+            self._published = snapshot["serial"]
+            try:
+                self.store.write(snapshot)
+            except OSError as e:
+                self.log.error("cannot write the fault state file: %s", e)
+            if self.keeper is not None:
+                try:
+                    self.keeper.send(snapshot)
+                except OSError as e:
+                    self.log.error("cannot tell the keeper about faults: %s", e)
+
+    def _run_timer(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopped:
+                    due = self.book.next_wakeup()
+                    moment = self.clock()
+                    if due is not None and due <= moment.mono:
+                        break
+                    self._wake.wait(None if due is None else due - moment.mono)
+                if self._stopped:
+                    return
+                actions = self.book.tick(self.clock())
+            self._drive(actions)
