@@ -43,6 +43,8 @@ ENDED = ("reverted", "expired")   # the events that end a lease
 WAIT_POLL = 0.2                   # seconds between guest-fault-list polls while waiting for an end
 WAIT_GRACE = 10.0                 # how long past its deadline wait() still expects the lease to end
 FOLLOW_INTERVAL = 0.5             # seconds between guest-fault-events polls when following
+LATEST = 1 << 53                  # a cursor past any timeline's end (and exact as a JSON number)
+LOOK_BACK = (64, 1024)            # events searched back for how a lease ended, before the whole timeline
 
 
 # --- replies, typed -----------------------------------------------------------------------------
@@ -295,8 +297,25 @@ def wait_op(session: Session, lease: Lease, timeout: float | None,
                                    f"({entry.remaining:g} s left by the agent's clock)",
                                    address=session.address)
         yield Sleep(max(0.05, min(WAIT_POLL, entry.remaining, give_up - time.monotonic())))
-    events, _ = yield from events_op(session, 0)
-    return next((e for e in reversed(events) if e.id == lease.id and e.ends_lease), None)
+    return (yield from ending_event_op(session, lease.id))
+
+
+def ending_event_op(session: Session, lease_id: str) -> Op[FaultEvent | None]:
+    """The newest event that ended ``lease_id``, looked for from the end of the timeline back
+    (it is recent: the agent keeps up to 10000 events, no need to fetch them all)."""
+    _, cursor = yield from events_op(session, LATEST)   # a cursor past the end: no events, the cursor
+    for back in (*LOOK_BACK, cursor):
+        events, _ = yield from events_op(session, max(0, cursor - back))
+        found = next((e for e in reversed(events) if e.id == lease_id and e.ends_lease), None)
+        if found is not None or back >= cursor:
+            return found
+    return None
+
+
+def restart_from(since: int, cursor: int) -> int:
+    """Where following goes on: the new cursor, or 0 if the timeline began again (a cursor never
+    goes back while the agent's state directory lasts)."""
+    return cursor if cursor >= since else 0
 
 
 def note_revert_failure(failure: BaseException, lease: Lease, revert_error: BaseException) -> None:
@@ -380,7 +399,8 @@ class Faults:
     def follow(self, since: int = 0, interval: float = FOLLOW_INTERVAL) -> Iterator[FaultEvent]:
         """Every event from cursor ``since`` on, as it comes (polling every ``interval`` s); endless."""
         while True:
-            events, since = self.events(since)
+            events, cursor = self.events(since)
+            since = restart_from(since, cursor)
             yield from events
             if not events:
                 time.sleep(interval)
@@ -487,7 +507,8 @@ class AsyncFaults:
         import asyncio  # here: the sync client, which imports this module, need not load asyncio
 
         while True:
-            events, since = await self.events(since)
+            events, cursor = await self.events(since)
+            since = restart_from(since, cursor)
             for event in events:
                 yield event
             if not events:

@@ -224,3 +224,26 @@ def test_the_fake_knows_the_agents_kinds() -> None:
 def test_the_fault_types_are_public() -> None:
     for name in ("Fault", "AsyncFault", "FaultEvent", "ActiveFault", "FaultCapabilities"):
         assert getattr(pyqga, name).__module__ == "pyqga.host_client.faults"
+
+
+def test_wait_finds_the_end_far_back_without_fetching_the_whole_timeline(client: AgentClient,
+                                                                         agent: ScriptedAgent) -> None:
+    fault = client.faults.inject("write-stall", "/data", 0.05)
+    time.sleep(0.1)
+    for n in range(40):                                   # 120 events after it expired
+        client.faults.inject("disk-full", f"/other{n}", 30)
+        client.faults.revert(f"f{n + 2}")
+    ended = fault.wait()
+    assert ended is not None and (ended.event, ended.id) == ("expired", "f1")
+    assert [p.get("since") for p in sent(agent, "guest-fault-events")] == [1 << 53, 123 - 64, None]
+
+
+def test_following_starts_again_when_the_timeline_did(tmp_path: Path) -> None:
+    replies = iter([{"events": [], "cursor": 2}, {"events": [
+        {"event": "armed", "id": "f1", "kind": "disk-full", "target": "/d", "mono": 1, "wall": 2,
+         "boot-id": BOOT_ID}], "cursor": 1}])
+    with scripted_agent(tmp_path / "a.sock", {"guest-fault-events": lambda params: next(replies)}) as agent, \
+            AgentClient(agent.address) as client:
+        first = next(client.faults.follow(since=5, interval=0.01))
+    assert first.event == "armed"
+    assert [p.get("since") for p in sent(agent, "guest-fault-events")] == [5, None]   # None: from 0
