@@ -17,18 +17,16 @@ import sys
 import time
 from typing import Any
 
-from pyqga.agent.faults.vocabulary import Kind
 from pyqga.host_client.cli_interrupt import on_interrupt
 from pyqga.host_client.cli_output import Output, Status, print_json
 from pyqga.host_client.cli_values import TIME_HELP, non_negative_int, parse_time
 from pyqga.host_client.cli_verbs import table
 from pyqga.host_client.client import AgentClient
 from pyqga.host_client.errors import AgentClientError
-from pyqga.host_client.faults import FOLLOW_INTERVAL, ActiveFault, Fault, FaultCapabilities
+from pyqga.host_client.faults import FOLLOW_INTERVAL, KINDS, ActiveFault, Fault, FaultCapabilities
 
 EXIT_OK = 0
 
-KINDS = tuple(kind.value for kind in Kind)
 VERBS = ("list", "revert", "events", "capabilities")
 
 # What the application in the guest sees (issue 20's table); the agent documents the parameters.

@@ -19,9 +19,10 @@ import pytest
 
 from pyqga.host_client import AgentCallError, AgentClient
 from pyqga.host_client.aio import AsyncAgentClient
-from tests.rig.agent_process import REPO_ROOT, PyqgaAgent, agent_env
+from tests.rig.agent_process import PyqgaAgent, agent_env
 from tests.rig.freezing import start_agent, start_writer
 from tests.rig.loopfs import LoopFs, LoopMounts
+from tests.rig.paths import REPO_ROOT
 
 FREE = 1 << 20
 

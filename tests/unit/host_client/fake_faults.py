@@ -9,12 +9,11 @@ import threading
 import time
 from typing import Any
 
+from pyqga.host_client.faults import KINDS
 from pyqga.protocol.errors import AgentError, ErrorKind
 from tests.unit.host_client.scripted_agent import Handler
 
 BOOT_ID = "0b7c1f0e-6f0a-4c8e-9d0e-2a3b4c5d6e7f"
-KINDS = ("write-stall", "io-stall", "io-error", "io-delay", "corrupt", "drop-writes", "bad-extents",
-         "disk-full")
 
 
 class FakeFaults:

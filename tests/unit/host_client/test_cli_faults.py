@@ -18,7 +18,7 @@ import pytest
 
 from pyqga.host_client import cli
 from pyqga.host_client.cli_completion import levels
-from pyqga.host_client.cli_faults import KINDS
+from pyqga.host_client.faults import KINDS
 from pyqga.protocol.errors import ErrorKind
 from tests.unit.host_client.fake_faults import FakeFaults
 from tests.unit.host_client.scripted_agent import ScriptedAgent, failure, scripted_agent

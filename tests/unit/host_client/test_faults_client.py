@@ -18,9 +18,9 @@ from pyqga.agent.faults.vocabulary import EndReason, Kind, Now
 from pyqga.host_client import AgentClient
 from pyqga.host_client.aio import AsyncAgentClient
 from pyqga.host_client.errors import AgentCallError, AgentClientError
-from pyqga.host_client.faults import NOT_ACTIVE, AsyncFault, Fault, FaultEvent
+from pyqga.host_client.faults import KINDS, NOT_ACTIVE, AsyncFault, Fault, FaultEvent
 from pyqga.protocol.errors import ErrorKind
-from tests.unit.host_client.fake_faults import BOOT_ID, KINDS, FakeFaults
+from tests.unit.host_client.fake_faults import BOOT_ID, FakeFaults
 from tests.unit.host_client.scripted_agent import ScriptedAgent, failure, scripted_agent
 
 
@@ -217,7 +217,7 @@ def test_the_not_active_words_are_the_agents() -> None:
     assert str(caught.value).startswith(NOT_ACTIVE)
 
 
-def test_the_fake_knows_the_agents_kinds() -> None:
+def test_the_host_knows_the_agents_kinds() -> None:
     assert tuple(kind.value for kind in Kind) == KINDS
 
 
