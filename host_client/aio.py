@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from functools import cached_property
 from typing import Any, Protocol, TypeVar
 
 from pyqga.host_client import guest_ops
@@ -38,6 +39,7 @@ from pyqga.host_client.errors import (
     receive_failed,
     timed_out,
 )
+from pyqga.host_client.faults import AsyncFaults
 from pyqga.host_client.guest_ops import ExecResult, StallHandle, StallResult
 from pyqga.host_client.session import (
     FREEZE_CALL_TIMEOUT,
@@ -334,6 +336,11 @@ class AsyncAgentClient:
         return await self._run(self.session.thaw(epoch, call_timeout))
 
     # --- fault injection ---------------------------------------------------------------------
+
+    @cached_property
+    def faults(self) -> AsyncFaults:
+        """As :attr:`AgentClient.faults <host_client.client.AgentClient.faults>`."""
+        return AsyncFaults(self)
 
     @asynccontextmanager
     async def stall(self, mountpoints: Sequence[str], seconds: float,

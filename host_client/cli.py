@@ -15,10 +15,11 @@ import json
 import os
 import signal
 import sys
+import textwrap
 import time
 from typing import Any
 
-from pyqga.host_client import cli_completion, cli_group, cli_interrupt, cli_output, cli_verbs
+from pyqga.host_client import cli_completion, cli_faults, cli_group, cli_interrupt, cli_output, cli_verbs
 from pyqga.host_client.cli_interrupt import EXIT_INTERRUPTED, Interrupted, thaw_on_interrupt
 from pyqga.host_client.cli_options import (
     add_connection_options,
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  pyqga -s S freeze --mount /data --thaw-after 2m\n"
             "  pyqga -s qga.sock snapshot --qmp qmp.sock --disk data=/vm/data-snap1.qcow2 --thaw-after 30s\n"
             "  pyqga -s qga.sock fault stall --mount /data --duration 5s --repeat 3 --interval 10s\n"
+            "  pyqga -s qga.sock fault disk-full --target /data --for 30s --param free-bytes=0 --wait\n"
             "  pyqga group snapshot --guest /run/vm1/qga.sock --guest /run/vm2/qga.sock --deadline 30s\n"
             "  source <(pyqga completion bash)\n"
             "The agent's address: --socket (alias --address), else $PYQGA_ADDRESS, else\n"
@@ -88,7 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
                     "qcow2 overlay with QMP blockdev-snapshot-sync (one transaction for several "
                     "disks), thaw, and report the timings. The old top image of each disk is the "
                     "snapshot. Exit status 4 if the freeze did not hold (snapshot may be inconsistent).")
-    fault = commands.add_parser("fault", parents=[common], help="inject faults: fault stall ...")
+    fault = commands.add_parser(
+        "fault", parents=[common], help="inject faults: fault KIND --target PATH --for TIME, list, revert...",
+        description=textwrap.fill(
+            "Inject a fault into the guest for a while (fault KIND), see and end the faults active "
+            "now (list, revert), read the agent's fault timeline (events), and ask which kinds this "
+            f"guest can do (capabilities). {cli_faults.LEASE_TEXT} 'fault stall' is a repeated "
+            "write-stall of mount points. 'pyqga fault KIND --help' says more. Exit status: 0 ok, "
+            "1 the agent refused, 2 usage, 3 agent unreachable, 130 interrupted.", 78),
+        epilog="Examples:\n"
+               "  pyqga fault capabilities --target /data\n"
+               "  pyqga fault disk-full --target /data --for 30s --param free-bytes=0\n"
+               "  pyqga fault write-stall --target /data --for 5s --wait\n"
+               "  pyqga fault list\n"
+               "  pyqga fault revert f1\n"
+               "  pyqga fault events --since 12 --follow",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     faults = fault.add_subparsers(dest="fault", required=True, metavar="FAULT")
     stall = faults.add_parser(
         "stall", parents=[common], help="freeze mount points for a while, as a stalled disk would",
@@ -113,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_thaw_after_option(snap, "--freeze-timeout", default=DEFAULT_FREEZE_TIMEOUT,
                          help="the agent thaws by itself after TIME, whatever happens here "
                               f"(default {DEFAULT_FREEZE_TIMEOUT:g}s)")
+    cli_faults.add_parsers(faults, common)
     cli_group.add_parser(commands, common, parse_time)
     cli_verbs.add_parsers(commands, common, argparse.SUPPRESS)
     call.add_argument("method", help="command name, e.g. guest-get-osinfo")
@@ -304,6 +322,8 @@ def run(argv: list[str] | None, out: Output) -> int:
     arguments = parse_arguments(parser, args.arguments) if args.command == "call" else None
     if args.command == "exec":
         cli_verbs.check_exec(parser, args)
+    if args.command == "fault":
+        cli_faults.check(parser, args)
     out = Output(bool(args.json), out.progress)
     try:
         if args.command == "snapshot":
@@ -317,8 +337,10 @@ def run(argv: list[str] | None, out: Output) -> int:
                 run_info(client, out)
             elif args.command == "sync":
                 run_sync(client, out)
-            elif args.command == "fault":
+            elif args.command == "fault" and args.fault == "stall":
                 return run_stall(client, args, out)
+            elif args.command == "fault":
+                return cli_faults.run(client, args, out)
             elif args.command in cli_verbs.VERBS:
                 return cli_verbs.run(client, args, out, note_without_auto_thaw)
             else:

@@ -3,14 +3,15 @@
 The first Ctrl-C raises :class:`KeyboardInterrupt` where the verb is; every later one is
 ignored, so the thaw that follows cannot itself be interrupted half-way (it is bounded by its
 own timeout).  A verb that froze or stalls the guest runs inside :func:`thaw_on_interrupt`, which
-thaws and turns the interrupt into :class:`Interrupted`, whose text is the line to print.
+thaws and turns the interrupt into :class:`Interrupted`, whose text is the line to print; one
+that holds another fault runs inside :func:`on_interrupt` with its own cleanup (a revert).
 """
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from types import FrameType
 
 from pyqga.host_client.client import AgentClient
@@ -35,12 +36,19 @@ def install() -> None:
 
 
 @contextmanager
-def thaw_on_interrupt(client: AgentClient) -> Iterator[None]:
-    """Thaw the guest if the body is interrupted; raise :class:`Interrupted` saying how it went."""
+def on_interrupt(cleanup: Callable[[], str]) -> Iterator[None]:
+    """Run ``cleanup`` (with later Ctrl-Cs ignored) if the body is interrupted; raise
+    :class:`Interrupted` with the line it returns, saying how it went."""
     try:
         yield
     except KeyboardInterrupt:
-        raise Interrupted(thaw_after_interrupt(client)) from None
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise Interrupted(cleanup()) from None
+
+
+def thaw_on_interrupt(client: AgentClient) -> AbstractContextManager[None]:
+    """Thaw the guest if the body is interrupted; raise :class:`Interrupted` saying how it went."""
+    return on_interrupt(lambda: thaw_after_interrupt(client))
 
 
 def thaw_after_interrupt(client: AgentClient) -> str:

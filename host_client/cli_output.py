@@ -27,9 +27,9 @@ class Status:
     is False once the label counts the time itself."""
 
     def __init__(self, label: str) -> None:
-        self.label = label
-        self.timed = True
-        self.started = time.monotonic()
+        self.label: str = label
+        self.timed: bool = True
+        self.started: float = time.monotonic()
 
 
 class Progress:
@@ -41,9 +41,10 @@ class Progress:
     SPINNER = "|/-\\"
 
     def __init__(self, stream: TextIO | None = None, delay: float = 0.3, period: float = 0.1) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.live = _isatty(self.stream)
-        self.delay, self.period = delay, period
+        self.stream: TextIO = stream if stream is not None else sys.stderr
+        self.live: bool = _isatty(self.stream)
+        self.delay: float = delay
+        self.period: float = period
         self._lock = threading.Lock()
         self._drawn = False
 

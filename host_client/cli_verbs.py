@@ -293,7 +293,7 @@ def format_fsinfo(result: list[dict[str, Any]]) -> str:
         disks = ", ".join(_disk_name(d) for d in fs.get("disk", []))
         rows.append((fs.get("mountpoint", "?"), fs.get("type", "?"), fs.get("name", "?"),
                      _size(fs.get("used-bytes")), _size(fs.get("total-bytes")), disks or "-"))
-    return _table(rows)
+    return table(rows)
 
 
 def _disk_name(disk: dict[str, Any]) -> str:
@@ -351,7 +351,7 @@ def format_vcpus(result: list[dict[str, Any]]) -> str:
         rows.append((str(cpu.get("logical-id")), "yes" if cpu.get("online") else "no",
                      "-" if can is None else ("yes" if can else "no")))
     online = sum(1 for cpu in result if cpu.get("online"))
-    return _table(rows) + f"\n{online} of {len(result)} online"
+    return table(rows) + f"\n{online} of {len(result)} online"
 
 
 def format_users(result: list[dict[str, Any]]) -> str:
@@ -364,7 +364,7 @@ def format_users(result: list[dict[str, Any]]) -> str:
         if isinstance(login, int | float):
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(login))
         rows.append((str(user.get("user")), str(user.get("domain", "-")), when))
-    return _table(rows)
+    return table(rows)
 
 
 OSINFO_KEYS = ("name", "pretty-name", "version", "version-id", "id", "variant", "variant-id",
@@ -377,7 +377,7 @@ def format_osinfo(result: dict[str, Any]) -> str:
     return "\n".join(f"{k + ':':<{width + 1}} {result[k]}" for k in keys)
 
 
-def _table(rows: Sequence[tuple[str, ...]]) -> str:
+def table(rows: Sequence[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)

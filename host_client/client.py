@@ -26,10 +26,12 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Generic, TypeVar
 
 from pyqga.host_client import guest_ops
 from pyqga.host_client.errors import client_closed
+from pyqga.host_client.faults import Faults
 from pyqga.host_client.guest_ops import ExecResult, StallHandle, StallResult
 from pyqga.host_client.session import (
     FREEZE_CALL_TIMEOUT,
@@ -266,7 +268,13 @@ class AgentClient:
         """Thaw; with ``epoch``, raise :class:`FreezeLost` if that freeze had not held."""
         return self._run(self.session.thaw(epoch, call_timeout))
 
-    # --- fault injection: stalls, commands, files ------------------------------------------------
+    # --- fault injection: leases, stalls, commands, files -----------------------------------------
+
+    @cached_property
+    def faults(self) -> Faults:
+        """Fault leases (``guest-fault-*``; the agent needs ``--enable-faults``): see
+        :mod:`pyqga.host_client.faults`."""
+        return Faults(self)
 
     @contextmanager
     def stall(self, mountpoints: Sequence[str], seconds: float,

@@ -27,6 +27,11 @@ if TYPE_CHECKING:
     from pyqga.host_client.errors import ClientClosed as ClientClosed
     from pyqga.host_client.errors import ExecFailed as ExecFailed
     from pyqga.host_client.errors import FreezeLost as FreezeLost
+    from pyqga.host_client.faults import ActiveFault as ActiveFault
+    from pyqga.host_client.faults import AsyncFault as AsyncFault
+    from pyqga.host_client.faults import Fault as Fault
+    from pyqga.host_client.faults import FaultCapabilities as FaultCapabilities
+    from pyqga.host_client.faults import FaultEvent as FaultEvent
     from pyqga.host_client.guest_ops import ExecResult as ExecResult
     from pyqga.host_client.guest_ops import StallResult as StallResult
 
@@ -41,6 +46,11 @@ _PUBLIC = {
     "ClientClosed": "pyqga.host_client.errors",
     "ExecFailed": "pyqga.host_client.errors",
     "FreezeLost": "pyqga.host_client.errors",
+    "ActiveFault": "pyqga.host_client.faults",
+    "AsyncFault": "pyqga.host_client.faults",
+    "Fault": "pyqga.host_client.faults",
+    "FaultCapabilities": "pyqga.host_client.faults",
+    "FaultEvent": "pyqga.host_client.faults",
     "ExecResult": "pyqga.host_client.guest_ops",
     "StallResult": "pyqga.host_client.guest_ops",
 }
@@ -49,15 +59,20 @@ _PUBLIC = {
 # name here, `importlib` and `Any` included); tests/process/test_public_package.py checks it is
 # _PUBLIC's keys.
 __all__ = [
+    "ActiveFault",
     "AgentCallError",
     "AgentClient",
     "AgentClientError",
     "AgentConnectionError",
     "AgentTimeout",
     "AsyncAgentClient",
+    "AsyncFault",
     "ClientClosed",
     "ExecFailed",
     "ExecResult",
+    "Fault",
+    "FaultCapabilities",
+    "FaultEvent",
     "Freeze",
     "FreezeLost",
     "StallResult",
