@@ -25,9 +25,9 @@ from pyqga.host_client.client import AgentClient
 from pyqga.host_client.errors import AgentClientError
 from pyqga.host_client.faults import FOLLOW_INTERVAL, KINDS, ActiveFault, Fault, FaultCapabilities
 
-EXIT_OK = 0
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
-VERBS = ("list", "revert", "events", "capabilities")
+VERBS = ("list", "revert", "events", "capabilities", "plan", "power-cut")
 
 # What the application in the guest sees (issue 20's table); the agent documents the parameters.
 SEES = {
@@ -104,6 +104,31 @@ def add_parsers(faults: argparse._SubParsersAction[argparse.ArgumentParser],
                     "target not on a device-mapper device, a kernel target missing), and its "
                     "parameters with their types, defaults and meaning.")
     capabilities.add_argument("--target", metavar="PATH", help="a mount point or device to ask about")
+    plan = faults.add_parser(
+        "plan", parents=[common], help="run a seeded schedule of faults in the guest",
+        description="Send the plan in FILE (JSON: a list of steps, or {\"seed\", \"steps\", \"repeat\"}; "
+                    "'-' reads standard input) to the agent (guest-fault-plan), which runs it on its own "
+                    "clock, and print the plan as one JSON line: id, hash, deadline, faults and the drawn "
+                    "schedule. The same seed gives the same schedule and hash. With --wait, print the "
+                    "plan's events as JSON lines until it ends; Ctrl-C reverts it (and its faults). "
+                    "Steps: docs/faults.md, 'Seeded plans'.")
+    plan.add_argument("file", metavar="FILE", help="the plan, JSON")
+    plan.add_argument("--seed", type=int, metavar="N", help="the seed (overrides the file's)")
+    plan.add_argument("--repeat", type=non_negative_int, metavar="N", help="run the steps N times")
+    plan.add_argument("--wait", action="store_true", help="print its events until it ends")
+    cut = faults.add_parser(
+        "power-cut", parents=[common], help="lose the disk's recent writes, then reset the VM (QMP)",
+        description="Start drop-writes on --target through the agent (writes are acknowledged and lost "
+                    "from then on), wait --after TIME, then reset the VM through QEMU's QMP monitor "
+                    "(system_reset), as a power cut would: the guest reboots with what the disk held at "
+                    "the cut, and the application's recovery can be checked. Prints the lease and the "
+                    "reset time as one JSON line. If the reset fails, the fault is reverted. The target "
+                    "must be on a device-mapper device (docs/faults.md, 'A dm layer'). A QEMU started "
+                    "with -no-reboot quits instead of rebooting.")
+    cut.add_argument("--qmp", required=True, metavar="PATH", help="QEMU's QMP monitor socket")
+    cut.add_argument("--target", required=True, metavar="PATH", help="the guest's mount point or device")
+    cut.add_argument("--after", type=parse_time, default=0.0, metavar="TIME",
+                     help="how long writes are lost before the reset (default 0)")
 
 
 def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -141,6 +166,10 @@ def run(client: AgentClient, args: argparse.Namespace, out: Output) -> int:
         out.show(count, f"{count} fault{'' if count == 1 else 's'} reverted")
     elif verb == "events":
         run_events(client, args, out)
+    elif verb == "plan":
+        return run_plan(client, args, out)
+    elif verb == "power-cut":
+        return run_power_cut(client, args)
     else:
         caps = client.faults.capabilities(args.target)
         out.show(caps.as_dict(), lambda: format_capabilities(caps))
@@ -204,6 +233,75 @@ def run_events(client: AgentClient, args: argparse.Namespace, out: Output) -> No
     for event in events:
         json_line(event.as_dict())
     print(f"pyqga: cursor {cursor} (next: pyqga fault events --since {cursor})", file=sys.stderr)
+
+
+def read_plan(args: argparse.Namespace) -> tuple[int, list[Any], int]:
+    """(seed, steps, repeat) from FILE and the options; ValueError saying what is wrong."""
+    try:
+        text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()  # noqa: SIM115
+        value = json.loads(text)
+    except OSError as exc:
+        raise ValueError(f"cannot read the plan {args.file}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"the plan {args.file} is not JSON: {exc}") from None
+    plan = {"steps": value} if isinstance(value, list) else value
+    if not isinstance(plan, dict) or not isinstance(plan.get("steps"), list):
+        raise ValueError(f"the plan {args.file} is neither a list of steps nor an object with steps")
+    seed = args.seed if args.seed is not None else plan.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError("a plan needs a seed (an integer): --seed N, or \"seed\" in the file")
+    repeat = args.repeat if args.repeat is not None else plan.get("repeat", 1)
+    return seed, plan["steps"], repeat
+
+
+def run_plan(client: AgentClient, args: argparse.Namespace, out: Output) -> int:
+    try:
+        seed, steps, repeat = read_plan(args)
+    except ValueError as exc:
+        print(f"pyqga: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    _, since = client.faults.events(0)
+    with out.progress.running("starting the plan"):
+        plan = client.faults.plan(seed, steps, repeat)
+    out.progress.clear()
+    json_line(plan.as_dict())
+    if not args.wait:
+        return EXIT_OK
+
+    def cancel() -> str:
+        client.session.needs_resync = not client.session.synchronised
+        try:
+            client.faults.revert(plan.id)
+        except AgentClientError as exc:
+            return f"interrupted; could not revert plan {plan.id} ({exc}); it ends by itself"
+        return f"interrupted; plan {plan.id} reverted with its faults"
+
+    with on_interrupt(cancel):
+        for event in client.faults.follow(since):
+            if event.id == plan.id or event.plan == plan.id:
+                json_line(event.as_dict())
+            if event.id == plan.id and event.ends_lease:
+                break
+    return EXIT_OK
+
+
+def run_power_cut(client: AgentClient, args: argparse.Namespace) -> int:
+    from pyqga.host_client.power_cut import power_cut
+    from pyqga.host_client.qmp import QMPConnection, QMPError, describe
+
+    try:
+        qmp = QMPConnection(args.qmp, timeout=args.timeout)
+    except (QMPError, OSError) as exc:
+        print(f"pyqga: error: cannot talk to QMP at {args.qmp}: {describe(exc)}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    with qmp:
+        try:
+            lease, at = power_cut(client, qmp, args.target, args.after)
+        except QMPError as exc:
+            print(f"pyqga: error: the reset failed, drop-writes reverted: {describe(exc)}", file=sys.stderr)
+            return EXIT_REFUSED
+    json_line({"fault": lease.as_dict(), "reset": round(at, 6)})
+    return EXIT_OK
 
 
 def format_list(faults: list[ActiveFault]) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -138,6 +138,7 @@ class FaultEvent:
     boot_id: str
     reason: str | None = None
     detail: str | None = None
+    plan: str | None = None   # the plan that started the fault, if one did
 
     @property
     def ends_lease(self) -> bool:
@@ -150,7 +151,27 @@ class FaultEvent:
             out["reason"] = self.reason
         if self.detail is not None:
             out["detail"] = self.detail
+        if self.plan is not None:
+            out["plan"] = self.plan
         return out
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``guest-fault-plan`` started: the plan's own lease id, the schedule the seed drew
+    (each fault with ``at``, seconds from the plan's start) and its SHA-256, by which a replay
+    with the same seed can be checked.  Revert it (``faults.revert(plan.id)``) to cancel its
+    future steps and end its faults."""
+
+    id: str
+    hash: str
+    deadline: float       # Unix time: the end of its last fault, plus 1 s
+    faults: int
+    schedule: tuple[Mapping[str, Any], ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "hash": self.hash, "deadline": self.deadline, "faults": self.faults,
+                "schedule": [dict(entry) for entry in self.schedule]}
 
 
 @dataclass(frozen=True)
@@ -193,7 +214,8 @@ def _optional_str(value: Any) -> str | None:
 def _event(raw: Mapping[str, Any]) -> FaultEvent:
     return FaultEvent(str(raw["event"]), _optional_str(raw.get("id")), str(raw["kind"]), str(raw["target"]),
                       float(raw["mono"]), float(raw["wall"]), str(raw["boot-id"]),
-                      _optional_str(raw.get("reason")), _optional_str(raw.get("detail")))
+                      _optional_str(raw.get("reason")), _optional_str(raw.get("detail")),
+                      _optional_str(raw.get("plan")))
 
 
 def _active(raw: Mapping[str, Any]) -> ActiveFault:
@@ -239,6 +261,15 @@ def inject_op(session: Session, request: Mapping[str, Any]) -> Op[Lease]:
         str(reply["id"]), str(reply.get("kind", request["kind"])),
         str(reply.get("target", request["target"])), float(reply["deadline"]),
         float(reply.get("duration", request["duration"])), dict(request.get("params") or {})), reply)
+
+
+def plan_op(session: Session, seed: int, steps: Sequence[Mapping[str, Any]], repeat: int) -> Op[Plan]:
+    method = "guest-fault-plan"
+    reply = yield from session.call(method, {"seed": seed, "steps": [dict(step) for step in steps],
+                                             "repeat": repeat})
+    return _parsed(method, session.address, lambda: Plan(
+        str(reply["id"]), str(reply["hash"]), float(reply["deadline"]), int(reply["faults"]),
+        tuple(dict(entry) for entry in reply["schedule"])), reply)
 
 
 def list_op(session: Session) -> Op[list[ActiveFault]]:
@@ -389,6 +420,11 @@ class Faults:
         lease = self.run(inject_op(self.session(), request))
         return Fault(**_fields(lease), faults=self)
 
+    def plan(self, seed: int, steps: Sequence[Mapping[str, Any]], repeat: int = 1) -> Plan:
+        """Run a seeded schedule of faults on the agent's own clock (docs/faults.md, 'Seeded
+        plans'): the same seed and steps give the same schedule, whose hash the plan carries."""
+        return self.run(plan_op(self.session(), seed, steps, repeat))
+
     def list(self) -> ActiveFaults:
         return self.run(list_op(self.session()))
 
@@ -497,6 +533,9 @@ class AsyncFaults:
             return AsyncFault(**_fields(lease), faults=self)
 
         return Injecting(start())
+
+    async def plan(self, seed: int, steps: Sequence[Mapping[str, Any]], repeat: int = 1) -> Plan:
+        return await self.run(plan_op(self.session(), seed, steps, repeat))
 
     async def list(self) -> ActiveFaults:
         return await self.run(list_op(self.session()))

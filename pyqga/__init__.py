@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from pyqga.host_client.faults import Fault as Fault
     from pyqga.host_client.faults import FaultCapabilities as FaultCapabilities
     from pyqga.host_client.faults import FaultEvent as FaultEvent
+    from pyqga.host_client.faults import Plan as Plan
     from pyqga.host_client.guest_ops import ExecResult as ExecResult
     from pyqga.host_client.guest_ops import StallResult as StallResult
 
@@ -51,6 +52,7 @@ _PUBLIC = {
     "Fault": "pyqga.host_client.faults",
     "FaultCapabilities": "pyqga.host_client.faults",
     "FaultEvent": "pyqga.host_client.faults",
+    "Plan": "pyqga.host_client.faults",
     "ExecResult": "pyqga.host_client.guest_ops",
     "StallResult": "pyqga.host_client.guest_ops",
 }
@@ -75,6 +77,7 @@ __all__ = [
     "FaultEvent",
     "Freeze",
     "FreezeLost",
+    "Plan",
     "StallResult",
 ]
 

@@ -154,3 +154,39 @@ def test_an_agent_without_enable_faults_says_how(tmp_path: Path, loops: LoopMoun
         agent.stop()
     assert done.returncode == 1 and done.stdout == "" and done.stderr.count("\n") == 1
     assert "--enable-faults" in done.stderr and "--enable-faults" in str(caught.value)
+
+
+def test_a_plan_from_the_cli_waits_and_prints_its_events(faulting: tuple[LoopFs, PyqgaAgent],
+                                                        tmp_path: Path) -> None:
+    fs, agent = faulting
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps({"seed": 3, "steps": [
+        {"at": {"between": [0.1, 0.3]}, "kind": "disk-full", "target": str(fs), "duration": 0.5,
+         "params": {"free-bytes": FREE}}]}))
+    done = pyqga(agent, "fault", "plan", str(plan_file), "--repeat", "2", "--wait")
+    assert done.returncode == 0, done.stderr
+    first, *events = [json.loads(line) for line in done.stdout.splitlines()]
+    assert first["faults"] == 2 and len(first["hash"]) == 64
+    one_fault = [("armed", "disk-full"), ("fired", "disk-full"), ("expired", "disk-full")]
+    expected = [("armed", "plan"), ("fired", "plan"), *one_fault, *one_fault, ("expired", "plan")]
+    assert [(e["event"], e["kind"]) for e in events] == expected, events
+    assert available(fs) > FREE * 4
+    again = pyqga(agent, "fault", "plan", str(plan_file), "--repeat", "2")
+    assert json.loads(again.stdout)["hash"] == first["hash"], "the same seed drew another schedule"
+    with AgentClient(str(agent.socket_path), timeout=30) as client:
+        assert client.faults.revert(json.loads(again.stdout)["id"]) == 1
+        plan = client.faults.plan(4, [{"at": 0, "kind": "disk-full", "target": str(fs), "duration": 5}])
+        assert plan.faults == 1 and plan.schedule[0]["at"] == 0
+        assert client.faults.revert(plan.id) == 1
+
+
+def test_plan_usage_errors_are_one_line(faulting: tuple[LoopFs, PyqgaAgent], tmp_path: Path) -> None:
+    _, agent = faulting
+    (tmp_path / "noseed.json").write_text("[]")
+    (tmp_path / "bad.json").write_text("{")
+    for name, says in (("noseed.json", "a plan needs a seed"), ("bad.json", "is not JSON"),
+                       ("missing.json", "cannot read the plan")):
+        done = pyqga(agent, "fault", "plan", str(tmp_path / name))
+        assert done.returncode == 2 and says in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    done = pyqga(agent, "fault", "plan", str(tmp_path / "noseed.json"), "--seed", "1")
+    assert done.returncode == 1 and "a plan needs at least one step" in done.stderr, done.stderr

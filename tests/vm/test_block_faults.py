@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from pyqga.host_client import AgentCallError, AgentClient
+from pyqga.host_client.power_cut import power_cut
 from pyqga.host_client.qmp import QMPConnection
 from tests.rig.guest_files import DATA_LAYER
 from tests.rig.guest_shell import sh
@@ -321,14 +322,15 @@ def test_inject_and_revert_times(guest: AgentClient, original: str) -> None:
 def test_drop_writes_then_a_reset_loses_what_was_written_after_the_cut(vm: GuestVM, original: str) -> None:
     """The power cut: what was fsynced before drop-writes survives a reset, what was fsynced after
     it is gone, and the journal replay leaves a consistent filesystem.  Last: it reboots the guest."""
-    with vm.client("pyqga-serial", timeout=120) as client:
-        sh(client, "echo before > /data/before-cut && sync")
-        assert "id" in inject(client, "drop-writes")
+    def written_after_the_cut(_: float) -> None:   # power_cut's wait before the reset
         sh(client, "echo after > /data/after-cut && sync && echo changed > /data/before-cut && sync")
         assert sh(client, "cat /data/after-cut") == "after\n"   # the page cache still has it
-    with QMPConnection(vm.qmp_socket) as qmp:
+
+    with vm.client("pyqga-serial", timeout=120) as client, QMPConnection(vm.qmp_socket) as qmp:
+        sh(client, "echo before > /data/before-cut && sync")
         qmp.execute("set-action", {"reboot": "reset"})   # the rig runs QEMU with -no-reboot
-        qmp.execute("system_reset")
+        lease, _ = power_cut(client, qmp, "/data", after=1.0, sleep=written_after_the_cut)
+        assert lease.kind == "drop-writes"
     vm.ready_seconds.pop("pyqga-serial", None)
     time.sleep(2.0)   # the old agent's channel stays open until the guest's kernel is gone
     vm.wait_ready(agents=("pyqga-serial",))
