@@ -55,7 +55,7 @@ class AgentState:
         self.freezer = build_freezer(self.config, self.log, self.logs)
         self.faults = FaultEngine(self.config.statedir, self.freezer.keeper, log=self.log)
         if isinstance(self.freezer.keeper, KeeperHandle):
-            self.freezer.keeper.resend.append(self.faults.snapshot)
+            self.freezer.keeper.resend.append(self.faults.republish)
 
     def disabled_reason(self, name: str) -> str | None:
         """Why ``name`` may not run now, or None.  Checked on every request."""

@@ -126,10 +126,12 @@ class FaultEngine:
             self._stopped = True
             self._wake.notify_all()
 
-    def snapshot(self) -> dict[str, Any]:
-        """The current state, for a restarted keeper."""
+    def republish(self) -> None:
+        """Publish the current state again (a restarted keeper has none): a fresh snapshot, so
+        one prepared before it and not yet sent is dropped rather than sent after it."""
         with self._lock:
-            return self.book.snapshot()
+            snapshot = self.book.snapshot()
+        self._publish(snapshot)
 
     # --- requests --------------------------------------------------------------------------------
 

@@ -190,7 +190,7 @@ class LeaseBook:
 
     def _begin_undo(self, lease: Lease, reason: EndReason, now: Now) -> Undo:
         lease = lease._replace(phase=Phase.REVERTING, revert_reason=reason, retry_at=None,
-                               acting_until=now.mono + UNDO_ALLOWANCE)
+                               acting_until=undo_allowance(lease, now))
         self.leases[lease.id] = lease
         return Undo(lease, reason)
 
@@ -217,6 +217,16 @@ def lease_record(lease: Lease) -> dict[str, Any]:
         "duration": lease.duration, "undo": [dict(step) for step in lease.undo],
         "reason": lease.revert_reason.value if lease.revert_reason else None, "plan": lease.plan,
     }
+
+
+def undo_allowance(lease: Lease, now: Now) -> float:
+    """Until when the keeper lets an undo begun ``now`` run before it takes the agent for hung.
+    From the deadline on, :data:`UNDO_ALLOWANCE`; an undo begun earlier (a revert) may not move
+    the keeper past the lease's own deadline plus a second, so an agent that hangs in it still
+    has its fault ended by deadline + 1 s + the keeper's grace."""
+    if now.mono >= lease.deadline_mono:
+        return now.mono + UNDO_ALLOWANCE
+    return min(now.mono + UNDO_ALLOWANCE, max(lease.deadline_mono, now.mono) + 1.0)
 
 
 def keeper_deadline(lease: Lease) -> float:

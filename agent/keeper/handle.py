@@ -39,8 +39,10 @@ class KeeperHandle:
         self.log: logging.Logger = log or logging.getLogger("pyqga.agent")
         self.process: subprocess.Popen[bytes] | None = None
         self.on_death: Callable[[str], None] | None = None
-        # Snapshots other than the freeze's (the faults'), sent again to every new keeper.
-        self.resend: list[Callable[[], Mapping[str, Any]]] = []
+        # Who sends state other than the freeze's (the faults' engine) to every new keeper: each
+        # is called once the keeper is ready and sends its current snapshot itself, through
+        # its own ordering (so an older snapshot cannot overtake it).
+        self.resend: list[Callable[[], None]] = []
         self._starting = threading.Lock()
         self._sending = threading.Lock()
         self._stopped = False
@@ -87,9 +89,9 @@ class KeeperHandle:
             if reply == b"R":
                 self.process = process
                 self._watch(process)
-                for snapshot in self.resend:
+                for resend in self.resend:
                     with contextlib.suppress(OSError):
-                        self.send(snapshot())
+                        resend()
                 return
             if not reply:
                 break  # it exited before it was ready

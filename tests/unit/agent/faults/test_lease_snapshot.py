@@ -63,7 +63,9 @@ def test_a_reverting_lease_keeps_its_own_deadline() -> None:
     lease's deadline, which moved 10 s later with every restart."""
     written = book()
     snapshot = through_json(written.snapshot())
-    assert snapshot["leases"][1]["deadline-mono"] == NOW.mono + UNDO_ALLOWANCE
+    # An early revert's undo: the keeper waits until the lease's deadline plus a second, not the
+    # whole UNDO_ALLOWANCE (undo_allowance).
+    assert snapshot["leases"][1]["deadline-mono"] == NOW.mono + 0.25 + 1.0 < NOW.mono + UNDO_ALLOWANCE
     leases, _ = parse_leases(snapshot)
     assert leases[1].deadline_mono == NOW.mono + 0.25
     assert leases[1].deadline == written.leases["f2"].deadline
@@ -173,10 +175,10 @@ def test_fields_the_reader_does_not_know_are_ignored() -> None:
 
 def test_the_keeper_deadline_is_the_earliest() -> None:
     snapshot = book().snapshot()
-    # f1 active: 110; f2 reverting: its undo's allowance, 110; f3 arming: 3700
-    assert keeper_deadline(snapshot) == NOW.mono + 10.0
-    snapshot["leases"][0]["deadline-mono"] = 105.5
-    assert keeper_deadline(snapshot) == 105.5
+    # f1 active: 110; f2 reverting early: its deadline plus a second, 101.25; f3 arming: 3700
+    assert keeper_deadline(snapshot) == NOW.mono + 1.25
+    snapshot["leases"][0]["deadline-mono"] = 100.5
+    assert keeper_deadline(snapshot) == 100.5
     snapshot["leases"][0]["deadline-mono"] = math.nan   # not a number it can wait for: skipped
     snapshot["leases"][1]["deadline-mono"] = True
     assert keeper_deadline(snapshot) == NOW.mono + 3600
