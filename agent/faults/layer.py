@@ -21,6 +21,7 @@ import struct
 import sys
 import time
 
+from pyqga.agent.errors import AgentFailure
 from pyqga.agent.faults import dm
 
 MAPPER = "/dev/mapper"
@@ -28,7 +29,7 @@ BLKGETSIZE64 = 0x80081272
 UDEV_WAIT_S = 2.0
 
 
-class LayerError(Exception):
+class LayerError(AgentFailure):
     """The layer cannot be made or removed; the message says why and what to do."""
 
 

@@ -147,3 +147,11 @@ def test_list_revert_and_events_answer_while_frozen(tmp_path: Path, loops: LoopM
     finally:
         loops.thaw_all()
         agent.stop()
+
+
+def test_a_plan_of_a_million_steps_is_refused_before_it_runs(faulting: Any) -> None:
+    fs, client = faulting
+    step = {"at": 0, "kind": "disk-full", "target": str(fs), "duration": 1}
+    error = refusal(client, "guest-fault-plan", {"seed": 1, "steps": [step], "repeat": 10**6})
+    assert "a plan runs at most 1000 faults; this one has 1 steps x 1000000 repeats" in str(error), error
+    untouched(fs, client)

@@ -207,7 +207,8 @@ def test_fault_stall_is_unchanged() -> None:
 
 def test_every_kind_explains_itself_and_completes(capsys: pytest.CaptureFixture[str]) -> None:
     found = levels(cli.build_parser())
-    assert set(found["fault"].subcommands) == {"stall", *KINDS, "list", "revert", "events", "capabilities"}
+    assert set(found["fault"].subcommands) == {"stall", *KINDS, "list", "revert", "events", "capabilities",
+                                               "plan", "power-cut"}
     for kind in KINDS:
         options = set(found[f"fault {kind}"].options)
         assert {"--target", "--for", "--param", "--seed", "--force", "--wait"} <= options

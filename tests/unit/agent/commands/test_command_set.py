@@ -39,7 +39,7 @@ OURS = {"guest-fsfreeze-info"}
 # The fault commands (issue 20), opt-in; list, revert and events answer while frozen, so a test
 # can always see and end its faults.
 FAULTS = {"guest-fault-capabilities", "guest-fault-inject", "guest-fault-list", "guest-fault-revert",
-          "guest-fault-events"}
+          "guest-fault-events", "guest-fault-plan"}
 FAULTS_WHILE_FROZEN = {"guest-fault-list", "guest-fault-revert", "guest-fault-events"}
 # qga/main.c's ga_freeze_allowlist (QEMU 11.1).
 FREEZE_ALLOWLIST = {"guest-ping", "guest-info", "guest-sync", "guest-sync-delimited", "guest-fsfreeze-status",
