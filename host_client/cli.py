@@ -27,7 +27,7 @@ from pyqga.host_client.cli_options import (
     add_thaw_after_option,
     package_version,
 )
-from pyqga.host_client.cli_output import Output
+from pyqga.host_client.cli_output import Output, open_qmp
 from pyqga.host_client.cli_values import (
     TIME_HELP,
     agent_address,
@@ -247,13 +247,10 @@ def run_snapshot(parser: argparse.ArgumentParser, args: argparse.Namespace, out:
         if not sep or not device or not overlay:
             parser.error(f"--disk takes DEVICE=OVERLAY (e.g. data=/vm/data-snap1.qcow2), not {spec!r}")
         overlays[device] = os.path.abspath(overlay)
-    # Imported here: qemu.qmp brings asyncio, which no other command needs (~50 ms at start).
-    from pyqga.host_client.qmp import QMPConnection, QMPError, describe
+    from pyqga.host_client.qmp import QMPError, describe
 
-    try:
-        qmp = QMPConnection(args.qmp, timeout=args.timeout)
-    except (QMPError, OSError) as exc:
-        print(f"pyqga: error: cannot talk to QMP at {args.qmp}: {describe(exc)}", file=sys.stderr)
+    qmp = open_qmp(args.qmp, args.timeout)
+    if qmp is None:
         return EXIT_UNREACHABLE
     with qmp:
         try:

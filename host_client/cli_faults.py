@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from pyqga.host_client.cli_interrupt import on_interrupt
-from pyqga.host_client.cli_output import Output, Status, print_json
+from pyqga.host_client.cli_output import Output, Status, open_qmp, print_json
 from pyqga.host_client.cli_values import TIME_HELP, non_negative_int, parse_time
 from pyqga.host_client.cli_verbs import table
 from pyqga.host_client.client import AgentClient
@@ -287,12 +287,10 @@ def run_plan(client: AgentClient, args: argparse.Namespace, out: Output) -> int:
 
 def run_power_cut(client: AgentClient, args: argparse.Namespace) -> int:
     from pyqga.host_client.power_cut import power_cut
-    from pyqga.host_client.qmp import QMPConnection, QMPError, describe
+    from pyqga.host_client.qmp import QMPError, describe
 
-    try:
-        qmp = QMPConnection(args.qmp, timeout=args.timeout)
-    except (QMPError, OSError) as exc:
-        print(f"pyqga: error: cannot talk to QMP at {args.qmp}: {describe(exc)}", file=sys.stderr)
+    qmp = open_qmp(args.qmp, args.timeout)
+    if qmp is None:
         return EXIT_UNREACHABLE
     with qmp:
         try:

@@ -15,7 +15,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from pyqga.host_client.qmp import QMPConnection
 
 
 def print_json(value: Any) -> None:
@@ -120,3 +123,15 @@ def _isatty(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def open_qmp(path: str, timeout: float) -> QMPConnection | None:
+    """A QMP connection for a command that needs QEMU's monitor, or None after one error line.
+    Imported here: qemu.qmp brings asyncio, which no other command needs (~50 ms at start)."""
+    from pyqga.host_client.qmp import QMPConnection, QMPError, describe
+
+    try:
+        return QMPConnection(path, timeout=timeout)
+    except (QMPError, OSError) as exc:
+        print(f"pyqga: error: cannot talk to QMP at {path}: {describe(exc)}", file=sys.stderr)
+        return None
