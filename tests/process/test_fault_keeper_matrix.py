@@ -4,8 +4,8 @@ The keeper matrix on this host, where faults can run only on loop mounts the tes
 ``write-stall`` and ``disk-full`` x {deadline, revert, SIGKILL of the agent, SIGSTOP of the
 agent, agent restart, SIGKILL of the keeper}.  Real agents, real keepers, real signals; each
 fault must end by its deadline plus 1 s (or within 1 s of the event that ends it early), and the
-timeline must say who ended it and why.  The device-mapper kinds run through the same matrix in
-the VM (tests/vm/test_block_faults.py).
+timeline must say who ended it and why.  Every kind, the device-mapper ones included, runs
+through the same matrix in the VM (tests/vm/test_fault_keeper_matrix.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,420 @@
+"""The keeper matrix in a real guest: every fault kind x every way its lease can end (issue 20).
+
+Kinds: ``write-stall``, ``disk-full`` and the device-mapper ones, all on ``/data`` (the guest
+boots with ``pyqga.dmdata=1``: ``/data`` sits on the dm-linear layer ``pyqga-data``).  Ends:
+its deadline, ``guest-fault-revert``, SIGKILL of the agent, SIGSTOP of the agent, an agent
+restart (agent and keeper both killed, a new agent on the same state directory), and SIGKILL of
+the keeper (the agent starts a new one and resends the leases) followed by SIGSTOP of the agent.
+
+Two agents run in the guest.  The *subject* (``pyqga-virtio``, state directory ``/run/pyqga``)
+takes the faults over virtio-serial and is the one signalled, killed and restarted.  The *hands*
+(``pyqga-serial``) are never faulted nor signalled: through their guest-exec a small program in
+the guest (:data:`CELL_SOURCE`) watches the fault, does the cell's deed to the subject (signal,
+restart) on the guest's own clock, polls every 20 ms until the fault no longer holds, and
+starts a new subject if the old one died, so the next cell has one.  So every time below is the
+guest's CLOCK_MONOTONIC, the clock of the events' ``mono`` and of the keeper's deadlines; the
+host's latency does not count.
+
+Each fault must end by its deadline plus 1 s, or within 1 s of what ends it early (the revert,
+the agent's death), except after a restart, which ends it as soon as the new agent is up; the
+timeline (``guest-fault-events``, which a new agent reads back from the state directory) must
+give the reason; and after every cell ``/data``'s table is byte-identical to the one at boot
+(``dmsetup table``), the device is not suspended and no fill file is left.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pyqga.host_client import AgentCallError, AgentClient
+from tests.rig.guest_files import AGENT_COMMANDS, DATA_LAYER
+from tests.rig.guest_shell import sh
+from tests.rig.image import GuestImage
+from tests.rig.machine import GuestVM
+from tests.vm.test_block_faults import dm_table, make_file
+
+pytestmark = pytest.mark.root
+
+SUBJECT, HANDS = "pyqga-virtio", "pyqga-serial"
+AGENT_ARGS = ("--enable-faults",)
+SUBJECT_COMMAND = AGENT_COMMANDS[SUBJECT].replace("$PYQGA_ARGS", " ".join(AGENT_ARGS))
+SUBJECT_STATEDIR = "/run/pyqga"
+SUBJECT_PORT = "org.qemu.guest_agent.0"
+CELL = "/run/keeper-cell.py"
+MARKER = "/run/keeper-cell.armed"
+BAD_FILE = "/data/bad-extents.bin"
+FREE = 1 << 20        # disk-full leaves this much
+FULL = FREE + (8 << 20)   # and holds while no more than this is available
+
+KINDS: list[tuple[str, dict[str, Any]]] = [
+    ("write-stall", {}), ("disk-full", {"free-bytes": FREE}), ("io-stall", {}),
+    ("io-delay", {"read-ms": 50, "write-ms": 50, "flush-ms": 50}), ("bad-extents", {"path": BAD_FILE}),
+    # Last: these three hit the journal's own writes if a commit falls inside them.
+    ("corrupt", {}), ("drop-writes", {}), ("io-error", {}),
+]
+# cell -> (duration, the ending event and its reason).  Short where the deadline ends it; long
+# where something else must end it first.  kill-keeper's covers the new keeper's start.
+CELLS: dict[str, tuple[float, str, str]] = {
+    "deadline": (2.0, "expired", "deadline"),
+    "revert": (30.0, "reverted", "revert"),
+    "kill-agent": (30.0, "reverted", "agent-death"),
+    "stop-agent": (2.0, "reverted", "agent-hung"),
+    "restart": (30.0, "reverted", "agent-restart"),
+    "kill-keeper": (5.0, "reverted", "agent-hung"),
+}
+LATE_S = 1.0          # how late after its deadline (or the deed that ends it) a fault may end
+AGENT_START_S = 15.0  # a new agent's start in the TCG guest, to its undo of what it found
+
+# In the guest, run by the hands: python3 -B CELL JSON (see the module docstring).  Prints one
+# JSON object of monotonic times: held (the fault held when it started), action (the deed),
+# ended (the fault no longer held), and what it found on the way; "error" if something failed.
+CELL_SOURCE = r'''
+import errno, fcntl, glob, json, os, shlex, signal, subprocess, sys, time
+from pyqga.agent.faults import dm
+
+args = json.loads(sys.argv[1])
+kind, action, target, layer = args["kind"], args["action"], args["target"], args["layer"]
+FIFREEZE, FITHAW = 0xC0045877, 0xC0045878
+out = {}
+
+
+class Failed(Exception):
+    pass
+
+
+def now():
+    return time.monotonic()
+
+
+def wait(cond, limit, what):
+    end = now() + limit
+    while not cond():
+        if now() > end:
+            raise Failed(f"waited {limit} s for {what}")
+        time.sleep(0.02)
+    return now()
+
+
+def frozen():
+    """FIFREEZE answers EBUSY on a frozen filesystem; on a thawed one it freezes it, so thaw at once
+    (EINVAL: a keeper's second, idempotent thaw came first)."""
+    fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.ioctl(fd, FIFREEZE, 0)
+        except OSError as e:
+            if e.errno == errno.EBUSY:
+                return True
+            raise
+        try:
+            fcntl.ioctl(fd, FITHAW, 0)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+        return False
+    finally:
+        os.close(fd)
+
+
+def table():
+    return [line.text() for line in dm.table(layer)]
+
+
+def held():
+    if kind == "write-stall":
+        return frozen()
+    if kind == "disk-full":
+        st = os.statvfs(target)
+        return st.f_bavail * st.f_frsize <= args["full"]
+    return table() != args["boot"] or dm.info(layer).suspended
+
+
+def stat(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def gone(pid):
+    fields = stat(pid)
+    return fields is None or fields[0] in ("Z", "X")
+
+
+def agent():
+    with open(args["pidfile"]) as f:
+        pid = int(f.read())
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        if args["port"].encode() not in f.read():
+            raise Failed(f"pid {pid} of {args['pidfile']} is not the subject agent")
+    return pid
+
+
+def keepers(parent):
+    found = []
+    for entry in os.listdir("/proc"):
+        fields = stat(entry) if entry.isdigit() else None
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                mine = fields is not None and int(fields[1]) == parent and b"pyqga.agent.keeper" in f.read()
+        except OSError:
+            mine = False
+        if mine:
+            found.append(int(entry))
+    return found
+
+
+def locked(pid):
+    """The keeper locks its memory just before it says it is ready."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.startswith("VmLck:") and int(line.split()[1]) > 0 for line in f)
+    except OSError:
+        return False
+
+
+def spawn():
+    """A new subject, detached (init adopts it when we exit), as the guest's init starts it."""
+    with open(args["log"], "ab") as log:
+        subprocess.Popen(shlex.split(args["command"]), stdin=subprocess.DEVNULL, stdout=log,
+                         stderr=subprocess.STDOUT, cwd="/", start_new_session=True,
+                         env={"PATH": "/usr/sbin:/usr/bin"})
+    return now()
+
+
+def cell():
+    if not held():
+        raise Failed("the fault does not hold when the cell starts")
+    out["held"] = now()
+    with open(args["marker"], "w") as f:
+        f.write(args["nonce"])
+    pid = agent()
+    if action == "kill-agent":
+        out["action"] = now()
+        os.kill(pid, signal.SIGKILL)
+    elif action == "stop-agent":
+        out["action"] = now()
+        os.kill(pid, signal.SIGSTOP)
+    elif action == "restart":
+        (keeper,) = keepers(pid)
+        os.kill(pid, signal.SIGSTOP)   # so it cannot start a new keeper meanwhile
+        os.kill(keeper, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
+        wait(lambda: gone(pid) and gone(keeper), 10, "the agent and its keeper to die")
+        time.sleep(0.3)
+        if not held():
+            raise Failed("the fault ended with nobody to end it")
+        out["action"] = spawn()
+    elif action == "kill-keeper":
+        (first,) = keepers(pid)
+        out["keeper-killed"] = now()
+        os.kill(first, signal.SIGKILL)
+        out["keeper-back"] = wait(lambda: any(k != first and locked(k) for k in keepers(pid)), args["limit"],
+                                  "the agent to start a new keeper")
+        time.sleep(0.3)   # the agent resends the leases right after the new keeper's "R"
+        out["action"] = now()
+        os.kill(pid, signal.SIGSTOP)
+    out["ended"] = wait(lambda: not held(), args["limit"], "the fault to end")
+    if action in ("kill-agent", "stop-agent", "kill-keeper"):
+        out["agent-gone"] = wait(lambda: gone(pid), 10, "the agent to die")
+        out["respawned"] = spawn()
+
+
+def repair():
+    """After a failed cell: whatever it left, undone; the subject running."""
+    fixed = []
+    with open(args["pidfile"]) as f:
+        pid = int(f.read() or 0)
+    fields = stat(pid) if pid else None
+    if fields is not None and fields[0] == "T":
+        os.kill(pid, signal.SIGCONT)
+        fixed.append("SIGCONT to the agent")
+    # The device first: the freeze probe would wait for a suspended one.
+    if table() != args["boot"]:
+        dm.load(layer, [dm.TableLine(int(a), int(b), c, d) for a, b, c, d in
+                        (line.split(" ", 3) for line in args["boot"])])
+        dm.resume(layer)   # swaps the loaded table in
+        fixed.append("boot table back")
+    elif dm.info(layer).suspended:
+        dm.resume(layer)
+        fixed.append("resumed")
+    while frozen():
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.ioctl(fd, FITHAW, 0)
+        os.close(fd)
+        fixed.append("thawed")
+    for path in glob.glob(os.path.join(target, ".pyqga-fill-*")):
+        os.unlink(path)
+        fixed.append(f"removed {path}")
+    if fields is None or fields[0] in ("Z", "X"):
+        spawn()
+        fixed.append("new agent")
+    out["fixed"] = fixed
+
+
+try:
+    repair() if action == "repair" else cell()
+except Exception as e:
+    out["error"] = f"{type(e).__name__}: {e}"
+print(json.dumps(out))
+'''
+
+
+class Rig:
+    """The guest, its hands, the subject's client and its timeline cursor."""
+
+    def __init__(self, vm: GuestVM, hands: AgentClient, boot: str) -> None:
+        self.vm, self.hands, self.boot = vm, hands, boot
+        self.subject = vm.client(SUBJECT, timeout=60)
+        self.cursor: int = self.subject.call("guest-fault-events", {"since": 0})["cursor"]
+        self.lateness: list[str] = []
+
+    def reconnect(self) -> float:
+        """Wait until the new subject answers; how long that took."""
+        started = time.monotonic()
+        self.subject.close()
+        self.vm.ready_seconds.pop(SUBJECT, None)
+        self.vm.wait_ready(timeout=60, agents=(SUBJECT,))
+        self.subject = self.vm.client(SUBJECT, timeout=60)
+        return time.monotonic() - started
+
+    def start(self, kind: str, action: str, limit: float) -> tuple[int, str]:
+        """Start the guest program for ``action``; its guest-exec pid and its marker's nonce."""
+        nonce = secrets.token_hex(8)
+        spec = {"kind": kind, "action": action, "target": "/data", "layer": DATA_LAYER,
+                "boot": self.boot.splitlines(), "full": FULL, "limit": limit, "nonce": nonce,
+                "marker": MARKER, "pidfile": f"{SUBJECT_STATEDIR}/pyqga.pid", "port": SUBJECT_PORT,
+                "command": SUBJECT_COMMAND, "log": f"/run/{SUBJECT}.out"}
+        request = {"path": "/usr/bin/python3", "arg": ["-B", CELL, json.dumps(spec)], "capture-output": True}
+        pid: int = self.hands.call("guest-exec", request)["pid"]
+        return pid, nonce
+
+    def result(self, pid: int, limit: float) -> dict[str, Any]:
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            status = self.hands.call("guest-exec-status", {"pid": pid})
+            if status["exited"]:
+                text = base64.b64decode(status.get("out-data", "")).decode(errors="replace")
+                errors = base64.b64decode(status.get("err-data", "")).decode(errors="replace")
+                assert status.get("exitcode") == 0 and text.strip(), f"cell program failed: {text}{errors}"
+                out: dict[str, Any] = json.loads(text)
+                return out
+            time.sleep(0.05)
+        raise AssertionError(f"the cell program did not finish in {limit} s")
+
+    def wait_marker(self, nonce: str, limit: float = 30.0) -> None:
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            with contextlib.suppress(AgentCallError):
+                if self.hands.read_file(MARKER).decode() == nonce:
+                    return
+            time.sleep(0.03)
+        raise AssertionError("the cell program never saw the fault hold")
+
+    def events(self, lease: str) -> list[dict[str, Any]]:
+        reply = self.subject.call("guest-fault-events", {"since": self.cursor})
+        self.cursor = reply["cursor"]
+        return [event for event in reply["events"] if event.get("id") == lease]
+
+    def repair(self) -> None:
+        """After a failure: the guest program undoes what is left; the subject, if it answers,
+        reverts what it holds."""
+        pid, _ = self.start("write-stall", "repair", 10)
+        print(f"repair: {self.result(pid, 60)}")
+        with contextlib.suppress(Exception):
+            self.reconnect()
+            self.subject.call("guest-fault-revert", {})
+
+
+@pytest.fixture(scope="module")
+def rig(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    started = time.monotonic()
+    with GuestVM(tmp_path_factory.mktemp("vm"), agents=(HANDS, SUBJECT), image=guest_image,
+                 kernel_args=("pyqga.dmdata=1",), agent_args=AGENT_ARGS) as vm, \
+            vm.client(HANDS, timeout=120) as hands:
+        hands.write_file(CELL, CELL_SOURCE.encode())
+        make_file(hands, BAD_FILE, 16, 0x42)
+        rig = Rig(vm, hands, dm_table(hands))
+        print(f"\nbooted in {vm.boot_seconds:.1f} s")
+        yield rig
+        print("\n" + "\n".join(rig.lateness))
+        print(f"keeper matrix: {time.monotonic() - started:.1f} s in all")
+        rig.subject.close()
+
+
+MATRIX = [pytest.param(kind, params, cell, id=f"{kind}-{cell}") for kind, params in KINDS for cell in CELLS]
+
+
+@pytest.mark.parametrize(("kind", "params", "cell"), MATRIX)
+def test_keeper_matrix(rig: Rig, kind: str, params: dict[str, Any], cell: str) -> None:
+    duration, ending, reason = CELLS[cell]
+    try:
+        run_cell(rig, kind, params, cell, duration, ending, reason)
+    except BaseException:
+        rig.repair()
+        raise
+
+
+def run_cell(rig: Rig, kind: str, params: dict[str, Any], cell: str, duration: float, ending: str,
+             reason: str) -> None:
+    if kind in ("corrupt", "drop-writes", "io-error"):
+        sh(rig.hands, "sync")   # nothing dirty for the journal to commit while it holds
+    lease = rig.subject.call("guest-fault-inject", {"kind": kind, "target": "/data", "duration": duration,
+                                                    "params": params})
+    limit = duration + 5 if duration < 10 else AGENT_START_S + 5
+    pid, nonce = rig.start(kind, cell, limit)
+    took = 0.0
+    if cell == "revert":
+        rig.wait_marker(nonce)
+        asked = time.monotonic()
+        assert rig.subject.call("guest-fault-revert", {"id": lease["id"]}) == 1
+        took = time.monotonic() - asked
+    seen = rig.result(pid, limit + 30)
+    assert "error" not in seen, seen
+    back = rig.reconnect() if "respawned" in seen or cell == "restart" else 0.0
+
+    events = rig.events(lease["id"])
+    assert [e["event"] for e in events] == ["armed", "fired", ending], events
+    end = events[-1]
+    assert end.get("reason") == reason, end
+    deadline = events[0]["mono"] + duration
+    if cell in ("deadline", "stop-agent", "kill-keeper"):
+        late, since = seen["ended"] - deadline, "its deadline"
+        assert late > -0.1, f"it ended {-late:.2f} s before its deadline"
+    elif cell == "revert":   # the revert reached the guest at the earliest `took` before it ended
+        late, since = max(0.0, seen["ended"] - end["mono"]) + took, "the revert request (at most)"
+    else:
+        late, since = seen["ended"] - seen["action"], {"kill-agent": "the agent's SIGKILL",
+                                                       "restart": "the new agent's start"}[cell]
+    if cell in ("stop-agent", "kill-keeper"):   # the keeper killed the stopped agent, then undid
+        assert seen["agent-gone"] - seen["ended"] < 0.5, seen
+    if cell == "kill-keeper":
+        assert seen["action"] < deadline - 0.2, f"the new keeper came too late to test: {seen}"
+        assert end["mono"] > seen["keeper-back"], "the fault ended before the new keeper was ready"
+    if cell == "restart":
+        assert end["mono"] >= seen["action"], "the fault ended before the new agent started"
+    allowed = AGENT_START_S if cell == "restart" else LATE_S
+    row = f"{kind:12s} {cell:11s} ended {late:+.3f} s after {since}"
+    if cell == "kill-keeper":
+        row += f" (new keeper ready {seen['keeper-back'] - seen['keeper-killed']:.2f} s after the kill)"
+    if "respawned" in seen:
+        row += f"; a new agent answered {back:.1f} s later"
+    rig.lateness.append(row)   # printed at the module's end
+    assert late < allowed, row
+
+    assert rig.subject.call("guest-fault-list") == []
+    after = sh(rig.hands, f"dmsetup table {DATA_LAYER}; echo --; "
+                          f"dmsetup info -c --noheadings -o attr {DATA_LAYER}; echo --; ls -a /data")
+    table, attr, files = after.split("--\n")
+    assert table == rig.boot, after
+    assert "s" not in attr, f"/data's device is still suspended: {attr}"
+    assert ".pyqga-fill-" not in files, files
