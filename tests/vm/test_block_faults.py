@@ -358,3 +358,75 @@ def _wait(client: AgentClient, pid: int, limit: float = 60.0) -> list[list[Any]]
             return samples
         time.sleep(0.3)
     raise AssertionError("the probe did not finish")
+
+
+# In the guest: an agent whose own files (its pyqga package) live on /data, driven over a unix
+# socket.  io-stall of /data is refused unless forced; forced, and with that agent stopped, its
+# keeper (its code on the stalled device too, but imported up front and locked in memory) must
+# still end the stall by the deadline plus its grace.  Prints one JSON object.
+OWN_DEVICE = r"""
+import json, os, shutil, signal, socket, subprocess, sys, time
+from pyqga.agent.faults import dm
+site = os.path.dirname(os.path.dirname(os.path.abspath(dm.__file__)))   # .../pyqga/agent -> .../pyqga
+copy = "/data/own-agent"
+shutil.rmtree(copy, ignore_errors=True)
+shutil.copytree(os.path.dirname(site), copy + "/pyqga", symlinks=True,
+                ignore=shutil.ignore_patterns("__pycache__"))
+for dep in ("jsonrpcserver", "oslash"):
+    import importlib
+    shutil.copytree(os.path.dirname(importlib.import_module(dep).__file__), f"{copy}/{dep}",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+os.sync()
+sock_path, state = "/run/own-agent.sock", "/run/own-agent-state"
+os.makedirs(state, exist_ok=True)
+agent = subprocess.Popen([sys.executable, "-B", "-m", "pyqga.agent", "-m", "unix-listen", "-p", sock_path,
+                          "-t", state, "-l", "/run/own-agent.log", "--enable-faults"],
+                         env=dict(os.environ, PYTHONPATH=copy), cwd="/", stdin=subprocess.DEVNULL)
+def call(command, arguments):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(60)
+        s.connect(sock_path)
+        s.sendall(json.dumps({"execute": command, "arguments": arguments}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            data += s.recv(65536)
+        return json.loads(data)
+end = time.monotonic() + 120
+while not os.path.exists(sock_path):
+    assert time.monotonic() < end, "the agent on /data did not start"
+    time.sleep(0.1)
+out = {"agent-file": call("guest-fault-capabilities", {"target": "/data"}) and os.path.realpath(copy)}
+refused = call("guest-fault-inject", {"kind": "io-stall", "target": "/data", "duration": 2})
+out["refused"] = refused.get("error", {}).get("desc")
+forced = call("guest-fault-inject", {"kind": "io-stall", "target": "/data", "duration": 2, "force": True})
+deadline = time.monotonic() + 2
+out["forced"] = "return" in forced
+os.kill(agent.pid, signal.SIGSTOP)      # only the keeper can end it now
+assert dm.info("pyqga-data").suspended
+while dm.info("pyqga-data").suspended:
+    assert time.monotonic() < deadline + 10, "still suspended 10 s after the deadline"
+    time.sleep(0.02)
+out["late"] = round(time.monotonic() - deadline, 3)
+out["agent"] = agent.wait(10)
+events = [json.loads(line) for line in open(state + "/fault-events.jsonl")]
+out["ended"] = [(e["event"], e.get("reason")) for e in events if e["event"] in ("reverted", "expired")]
+shutil.rmtree(copy, ignore_errors=True)
+print(json.dumps(out))
+"""
+
+
+def test_a_forced_stall_of_the_agents_own_device_is_still_ended_by_the_keeper(guest: AgentClient,
+                                                                             original: str) -> None:
+    guest.write_file("/run/own-device.py", OWN_DEVICE.encode())
+    result = guest.exec(["/usr/bin/python3", "-B", "/run/own-device.py"], kill_after=300)
+    assert result.exitcode == 0, (result.stdout + result.stderr).decode(errors="replace")
+    out = json.loads(result.stdout)
+    print(f"\nforced io-stall of the agent's own device, agent stopped: ended {out['late']:.3f} s after "
+          "its deadline")
+    assert out["refused"] and "holds the agent's own files" in out["refused"], out
+    assert out["forced"], out
+    assert 0 < out["late"] < 1.0, out
+    assert out["agent"] == -9, out                      # the keeper killed the stopped agent
+    assert out["ended"] == [["reverted", "agent-hung"]], out
+    assert dm_table(guest) == original
+    workload_resumes(guest)
