@@ -10,7 +10,6 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,6 @@ from pyqga.host_client.faults import KINDS
 from pyqga.protocol.errors import ErrorKind
 from tests.unit.host_client.fake_faults import FakeFaults
 from tests.unit.host_client.scripted_agent import ScriptedAgent, failure, scripted_agent
-
-
-@pytest.fixture
-def fake() -> FakeFaults:
-    return FakeFaults()
-
-
-@pytest.fixture
-def agent(tmp_path: Path, fake: FakeFaults) -> Iterator[ScriptedAgent]:
-    with scripted_agent(tmp_path / "agent.sock", fake.handlers()) as scripted:
-        yield scripted
 
 
 class Run:

@@ -24,17 +24,6 @@ from tests.unit.host_client.fake_faults import BOOT_ID, FakeFaults
 from tests.unit.host_client.scripted_agent import ScriptedAgent, failure, scripted_agent
 
 
-@pytest.fixture
-def fake() -> FakeFaults:
-    return FakeFaults()
-
-
-@pytest.fixture
-def agent(tmp_path: Path, fake: FakeFaults) -> Iterator[ScriptedAgent]:
-    with scripted_agent(tmp_path / "agent.sock", fake.handlers()) as scripted:
-        yield scripted
-
-
 @pytest.fixture(params=["jsonrpc", "qga"])
 def client(request: pytest.FixtureRequest, agent: ScriptedAgent) -> Iterator[AgentClient]:
     with AgentClient(agent.address, dialect=request.param, timeout=5) as connected:

@@ -3,15 +3,11 @@ order; a failed reset reverts the fault (the guest must not go on losing writes 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from pyqga.host_client import AgentClient
 from pyqga.host_client.power_cut import power_cut
-from tests.unit.host_client.fake_faults import FakeFaults
-from tests.unit.host_client.scripted_agent import ScriptedAgent, scripted_agent
+from tests.unit.host_client.scripted_agent import ScriptedAgent
 
 
 class Monitor:
@@ -24,12 +20,6 @@ class Monitor:
         if self.fails:
             raise OSError("monitor gone")
         return {}
-
-
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[ScriptedAgent]:
-    with scripted_agent(tmp_path / "agent.sock", FakeFaults().handlers()) as scripted:
-        yield scripted
 
 
 def test_the_cut_starts_drop_writes_waits_then_resets(agent: ScriptedAgent) -> None:
