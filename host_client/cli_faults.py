@@ -39,6 +39,9 @@ SEES = {
     "drop-writes": "writes acknowledged but lost: the building block of a power cut",
     "bad-extents": "EIO on exactly one file's blocks (--param path=FILE)",
     "disk-full": "the filesystem full until N bytes remain (--param free-bytes=N); released on revert",
+    "process-pause": "the processes of --target (pid:N, name:NAME, cgroup:PATH, unit:NAME) stopped, "
+                     "continued on revert",
+    "process-kill": "a signal to the processes of --target (--param signal=TERM; default KILL)",
 }
 
 LEASE_TEXT = ("Each fault is a lease: the agent, or its keeper if the agent hangs or dies, ends it "

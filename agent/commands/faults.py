@@ -66,8 +66,9 @@ COMMANDS = (
             "deadline even if the agent dies or hangs (the keeper ends it). Kinds and parameters: "
             "docs/faults.md.",
             params=(Param("kind", str, doc="write-stall, io-stall, io-error, io-delay, corrupt, drop-writes, "
-                                          "bad-extents or disk-full"),
-                    Param("target", str, doc="a mount point or mounted /dev path"),
+                                          "bad-extents, disk-full, process-pause or process-kill"),
+                    Param("target", str, doc="a mount point or mounted /dev path; for the process kinds "
+                                            "pid:N, name:NAME, cgroup:PATH or unit:NAME"),
                     AnyValueParam("duration", float, doc="seconds, > 0, <= 604800 (with a seed: a choice)"),
                     Param("params", dict, required=False, doc="the kind's parameters"),
                     Param("force", bool, required=False,

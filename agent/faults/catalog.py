@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pyqga.agent.faults import block, kinds
+from pyqga.agent.faults import block, kinds, processes
 from pyqga.agent.faults.kinds import Context, ParamSpec, Spec
 from pyqga.agent.faults.machine import Refused
 from pyqga.agent.faults.vocabulary import Kind
 
-PARAMS: dict[Kind, tuple[ParamSpec, ...]] = {**kinds.PARAMS, **block.PARAMS}
-PREPARERS: dict[Kind, kinds.Preparer] = {**kinds.PREPARERS, **block.PREPARERS}
+PARAMS: dict[Kind, tuple[ParamSpec, ...]] = {**kinds.PARAMS, **block.PARAMS, **processes.PARAMS}
+PREPARERS: dict[Kind, kinds.Preparer] = {**kinds.PREPARERS, **block.PREPARERS, **processes.PREPARERS}
 
 
 def unavailable(kind: Kind) -> str | None:

@@ -79,7 +79,7 @@ class LeaseBook:
                 raise Refused(f"fault {holder.id} ({holder.kind}) on {holder.target} is being reverted; "
                               "inject again once guest-fault-list no longer shows it")
             raise Refused(f"{request.target} already has fault {holder.id} ({holder.kind}) on the same "
-                          f"device; faults on one device are not stacked: revert {holder.id} first")
+                          f"device or process; faults there are not stacked: revert {holder.id} first")
         if len(self.leases) >= MAX_LEASES:
             raise Refused(f"{MAX_LEASES} faults are active, the most one agent holds; revert some first")
         lease = Lease(f"f{self.next_id}", request.kind, request.target, dict(request.params), request.device,
@@ -171,7 +171,10 @@ class LeaseBook:
     # --- reading ---------------------------------------------------------------------------------
 
     def holder(self, device: str) -> Lease | None:
-        return next((lease for lease in self.leases.values() if lease.device == device), None)
+        """The lease that holds ``device`` or any part of it (a process fault's device is a
+        comma-separated list of pids)."""
+        wanted = set(device.split(","))
+        return next((lease for lease in self.leases.values() if wanted & set(lease.device.split(","))), None)
 
     def next_wakeup(self) -> float | None:
         """The monotonic instant :meth:`tick` has something to do, or None."""

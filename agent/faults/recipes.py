@@ -30,6 +30,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
@@ -46,9 +48,11 @@ STEP_FIELDS: Mapping[str, Mapping[str, type]] = {
     "dm-table": {"name": str, "table": list},
     "dm-suspend": {"name": str},
     "dm-resume": {"name": str},
+    "signal": {"pid": int, "start": int, "signal": int},
 }
-RELEASES_IO = ("thaw", "dm-resume")   # undo these first: other steps may wait on the I/O they hold
+RELEASES_IO = ("thaw", "dm-resume", "signal")   # undo these first: other steps may wait on the I/O they hold
 MAX_TABLE_LINES = 65536
+STOP_WAIT = 1.0   # how long a SIGSTOP step waits for the process to be stopped
 
 
 class StepError(AgentFailure):
@@ -67,6 +71,7 @@ class FaultKernel(Protocol):
     def dm_swap(self, name: str, table: list[dm.TableLine]) -> None: ...
     def dm_suspend(self, name: str) -> None: ...
     def dm_resume(self, name: str) -> None: ...
+    def signal(self, pid: int, start: int, signum: int) -> None: ...
 
 
 def check_step(step: Any) -> Mapping[str, Any]:
@@ -119,6 +124,8 @@ def run_step(step: Mapping[str, Any], kernel: FaultKernel) -> None:
         kernel.dm_swap(step["name"], table_lines(step["table"]))
     elif op == "dm-suspend":
         kernel.dm_suspend(step["name"])
+    elif op == "signal":
+        kernel.signal(step["pid"], step["start"], step["signal"])
     else:
         kernel.dm_resume(step["name"])
 
@@ -179,3 +186,37 @@ class LinuxFaultKernel:
 
     def dm_resume(self, name: str) -> None:
         dm.resume(name)
+
+    def signal(self, pid: int, start: int, signum: int) -> None:
+        """Signal ``pid`` if it is still the process that started at ``start``; a process that
+        is gone, or a reused pid, is left alone (the undone state).  A SIGSTOP returns once the
+        process is stopped (at most :data:`STOP_WAIT`), so a pause holds when inject returns."""
+        if start_time(pid) != start:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+        if signum == signal.SIGSTOP:
+            end = time.monotonic() + STOP_WAIT
+            while process_state(pid) not in ("T", "t", "", "Z", "X") and time.monotonic() < end:
+                time.sleep(0.001)
+
+
+def _stat(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state first), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22), or None if it is gone."""
+    fields = _stat(pid)
+    return None if fields is None else int(fields[19])
+
+
+def process_state(pid: int) -> str:
+    """The process's state letter (T: stopped), "" if it is gone."""
+    fields = _stat(pid)
+    return "" if fields is None else fields[0].decode()

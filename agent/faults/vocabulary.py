@@ -28,6 +28,8 @@ class Kind(Enum):
     DROP_WRITES = "drop-writes"    # dm-flakey drop_writes: acknowledged, lost
     BAD_EXTENTS = "bad-extents"    # one file's extents mapped to dm's error target
     DISK_FULL = "disk-full"        # a file fills the filesystem until free-bytes remain
+    PROCESS_PAUSE = "process-pause"  # SIGSTOP, SIGCONT on revert
+    PROCESS_KILL = "process-kill"    # a signal, once
 
 
 class Phase(Enum):

@@ -1,11 +1,12 @@
 """Every fault is a lease that ends by its deadline whatever happens to the agent (issue 20).
 
-The keeper matrix on this host, where faults can run only on loop mounts the test made:
-``write-stall`` and ``disk-full`` x {deadline, revert, SIGKILL of the agent, SIGSTOP of the
-agent, agent restart, SIGKILL of the keeper}.  Real agents, real keepers, real signals; each
-fault must end by its deadline plus 1 s (or within 1 s of the event that ends it early), and the
-timeline must say who ended it and why.  Every kind, the device-mapper ones included, runs
-through the same matrix in the VM (tests/vm/test_fault_keeper_matrix.py).
+The keeper matrix on this host, where faults can run only on loop mounts and processes the test
+made: ``write-stall``, ``disk-full`` and ``process-pause`` (of a ``sleep`` it started) x
+{deadline, revert, SIGKILL of the agent, SIGSTOP of the agent, agent restart, SIGKILL of the
+keeper}. Real agents, real keepers, real signals; each fault must end by its deadline plus 1 s (or
+within 1 s of the event that ends it early), and the timeline must say who ended it and why. Every
+disk kind, the device-mapper ones included, runs through the same matrix in the VM
+(tests/vm/test_fault_keeper_matrix.py).
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ class Probe:
         self.writer: subprocess.Popen[bytes] | None = None
         self.before = available(fs)
         assert self.before > 4 * FREE, "the test's filesystem is too small to fill"
+        # process-pause: a process this test started, and only that one, is the target.
+        self.sleeper = subprocess.Popen(["sleep", "600"]) if kind == "process-pause" else None
+
+    @property
+    def target(self) -> str:
+        return f"pid:{self.sleeper.pid}" if self.sleeper is not None else str(self.fs)
 
     def params(self) -> dict[str, Any]:
         return {"free-bytes": FREE} if self.kind == "disk-full" else {}
@@ -54,6 +61,8 @@ class Probe:
             self.writer = start_writer(self.fs.mountpoint / "probe.txt")
             time.sleep(0.3)
             assert self.writer.poll() is None, "a writer finished: the stall does not hold"
+        elif self.sleeper is not None:
+            assert process_state(self.sleeper.pid) == "T", "the process was not stopped"
         else:
             assert available(self.fs) <= FREE + (64 << 10), "the filesystem was not filled"
 
@@ -61,11 +70,20 @@ class Probe:
         if self.kind == "write-stall":
             assert self.writer is not None
             return self.writer.poll() is not None
+        if self.sleeper is not None:
+            return process_state(self.sleeper.pid) != "T"
         return available(self.fs) > self.before - FREE
 
     def close(self) -> None:
-        if self.writer is not None and self.writer.poll() is None:
-            self.writer.kill()
+        for process in (self.writer, self.sleeper):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def process_state(pid: int) -> str:
+    """The state letter in /proc/PID/stat (T: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def ended_by(probe: Probe, until: float, what: str) -> float:
@@ -116,8 +134,8 @@ def faulted(tmp_path: Path, loops: LoopMounts, kind: str, duration: float
     probe = Probe(kind, fs)
     try:
         with AgentClient(str(agent.socket_path), timeout=30) as client:
-            lease = client.call("guest-fault-inject", {"kind": kind, "target": str(fs), "duration": duration,
-                                                       "params": probe.params()})
+            lease = client.call("guest-fault-inject", {"kind": kind, "target": probe.target,
+                                                       "duration": duration, "params": probe.params()})
             deadline = time.monotonic() + duration
             probe.arm()
             yield agent, client, lease, probe, deadline
@@ -130,7 +148,7 @@ def faulted(tmp_path: Path, loops: LoopMounts, kind: str, duration: float
             agent.stop()
 
 
-KINDS = ("write-stall", "disk-full")
+KINDS = ("write-stall", "disk-full", "process-pause")
 
 
 @pytest.mark.parametrize("kind", KINDS)

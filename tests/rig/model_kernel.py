@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -281,7 +282,7 @@ class ModelHooks:
 
 # --- the fault kernel ------------------------------------------------------------------------------
 
-FAULT_OPS = ("freeze", "thaw", "fill", "unlink", "dm-table", "dm-suspend", "dm-resume")
+FAULT_OPS = ("freeze", "thaw", "fill", "unlink", "dm-table", "dm-suspend", "dm-resume", "signal")
 
 
 @dataclass
@@ -311,12 +312,19 @@ class ModelFaultKernel:
       device already is so (dm-ioctl's do_suspend and do_resume);
     - creating or removing a file on a frozen filesystem would hang the caller for good: an
       AssertionError here, since no recipe may do it;
+    - processes by pid, with their start time and whether they are stopped: a signal to a pid
+      whose start time differs (a reused pid) or that is gone does nothing; SIGKILL and SIGTERM
+      end it, SIGSTOP stops it, SIGCONT continues it;
     - :meth:`fail_next` makes the next call of an op raise OSError, before or after its change;
     - every real change is logged (:attr:`changes`) with :attr:`job`, so tests count them.
     """
 
-    def __init__(self, filesystems: Mapping[str, int], devices: Mapping[str, list[TableLine]]) -> None:
-        """``filesystems``: mount point -> bytes available; ``devices``: dm name -> live table."""
+    def __init__(self, filesystems: Mapping[str, int], devices: Mapping[str, list[TableLine]],
+                 processes: Mapping[int, int] | None = None) -> None:
+        """``filesystems``: mount point -> bytes available; ``devices``: dm name -> live table;
+        ``processes``: pid -> start time."""
+        self.processes = dict(processes or {})
+        self.stopped: set[int] = set()
         self.free = dict(filesystems)
         self.frozen: set[str] = set()
         self.files: dict[str, int] = {}
@@ -453,6 +461,21 @@ class ModelFaultKernel:
         self._device(name)
         self._resume(name)
         self._leave(failure, name)
+
+    def signal(self, pid: int, start: int, signum: int) -> None:
+        failure = self._enter("signal", str(pid))
+        if self.processes.get(pid) == start:
+            if signum in (signal.SIGKILL, signal.SIGTERM):
+                del self.processes[pid]
+                self.stopped.discard(pid)
+                self._log("signal", f"{pid} ended")
+            elif signum == signal.SIGSTOP and pid not in self.stopped:
+                self.stopped.add(pid)
+                self._log("signal", f"{pid} stopped")
+            elif signum == signal.SIGCONT and pid in self.stopped:
+                self.stopped.remove(pid)
+                self._log("signal", f"{pid} continued")
+        self._leave(failure, str(pid))
 
     def _resume(self, name: str) -> None:
         table = self.inactive[name]

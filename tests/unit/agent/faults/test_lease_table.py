@@ -277,7 +277,7 @@ REFUSALS: list[tuple[str, Event, str]] = [
     *[("empty", Inject(request(duration=bad)), "duration must be a number of seconds, > 0 and <= 604800")
       for bad in (0, 0.0, -1, -1e-9, math.nan, math.inf, -math.inf, 1e10, MAX_DURATION + 1, True, "5", None)],
     ("arming", Inject(A_AGAIN), "/a already has fault f1 (write-stall) on the same device"),
-    ("active", Inject(A_AGAIN), "faults on one device are not stacked: revert f1 first"),
+    ("active", Inject(A_AGAIN), "faults there are not stacked: revert f1 first"),
     ("reverting", Inject(A_AGAIN), "fault f1 (write-stall) on /a is being reverted"),
     ("undo failed", Inject(A_AGAIN), "being reverted; inject again once guest-fault-list no longer shows it"),
     ("apply failed", Inject(A_AGAIN), "is being reverted"),

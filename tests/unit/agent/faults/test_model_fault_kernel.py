@@ -88,3 +88,17 @@ def test_a_clone_has_the_state_and_nothing_else() -> None:
     assert twin.state() == k.state() and twin.changes == [] and twin.failures == {}
     run_step({"op": "unlink", "path": "/m/f"}, twin)
     assert twin.state() != k.state() and k.count(job="f1 apply") == 1
+
+
+def test_signals_reach_only_the_process_that_started_when_recorded() -> None:
+    from tests.rig.model_kernel import ModelFaultKernel
+    kernel = ModelFaultKernel({}, {}, processes={40: 1000, 41: 2000})
+    kernel.signal(40, 999, 19)      # a reused pid (another start time): left alone
+    assert kernel.stopped == set()
+    kernel.signal(40, 1000, 19)     # SIGSTOP
+    kernel.signal(40, 1000, 19)     # again: no change
+    assert kernel.stopped == {40} and kernel.count("signal") == 1
+    kernel.signal(40, 1000, 18)     # SIGCONT
+    kernel.signal(41, 2000, 15)     # SIGTERM ends it
+    kernel.signal(41, 2000, 18)     # gone: nothing
+    assert kernel.stopped == set() and 41 not in kernel.processes and kernel.count("signal") == 3
