@@ -1,7 +1,8 @@
 """The keeper matrix in a real guest: every fault kind x every way its lease can end (issue 20).
 
 Kinds: ``write-stall``, ``disk-full`` and the device-mapper ones, all on ``/data`` (the guest
-boots with ``pyqga.dmdata=1``: ``/data`` sits on the dm-linear layer ``pyqga-data``).  Ends:
+boots with ``pyqga.dmdata=1``: ``/data`` sits on the dm-linear layer ``pyqga-data``), and
+``process-pause`` of a ``sleep`` the hands start for the cell.  Ends:
 its deadline, ``guest-fault-revert``, SIGKILL of the agent, SIGSTOP of the agent, an agent
 restart (agent and keeper both killed, a new agent on the same state directory), and SIGKILL of
 the keeper (the agent starts a new one and resends the leases) followed by SIGSTOP of the agent.
@@ -59,6 +60,8 @@ KINDS: list[tuple[str, dict[str, Any]]] = [
     ("io-delay", {"read-ms": 50, "write-ms": 50, "flush-ms": 50}), ("bad-extents", {"path": BAD_FILE}),
     # Last: these three hit the journal's own writes if a commit falls inside them.
     ("corrupt", {}), ("drop-writes", {}), ("io-error", {}),
+    # A process the hands started (a sleep), not /data.
+    ("process-pause", {}),
 ]
 # cell -> (duration, the ending event and its reason).  Short where the deadline ends it; long
 # where something else must end it first.  kill-keeper's covers the new keeper's start.
@@ -131,6 +134,9 @@ def table():
 def held():
     if kind == "write-stall":
         return frozen()
+    if kind == "process-pause":
+        fields = stat(args["sleeper"])
+        return fields is not None and fields[0] == "T"
     if kind == "disk-full":
         st = os.statvfs(target)
         return st.f_bavail * st.f_frsize <= args["full"]
@@ -287,10 +293,10 @@ class Rig:
         self.subject = self.vm.client(SUBJECT, timeout=60)
         return time.monotonic() - started
 
-    def start(self, kind: str, action: str, limit: float) -> tuple[int, str]:
+    def start(self, kind: str, action: str, limit: float, sleeper: int = 0) -> tuple[int, str]:
         """Start the guest program for ``action``; its guest-exec pid and its marker's nonce."""
         nonce = secrets.token_hex(8)
-        spec = {"kind": kind, "action": action, "target": "/data", "layer": DATA_LAYER,
+        spec = {"kind": kind, "action": action, "target": "/data", "layer": DATA_LAYER, "sleeper": sleeper,
                 "boot": self.boot.splitlines(), "full": FULL, "limit": limit, "nonce": nonce,
                 "marker": MARKER, "pidfile": f"{SUBJECT_STATEDIR}/pyqga.pid", "port": SUBJECT_PORT,
                 "command": SUBJECT_COMMAND, "log": f"/run/{SUBJECT}.out"}
@@ -368,10 +374,25 @@ def run_cell(rig: Rig, kind: str, params: dict[str, Any], cell: str, duration: f
              reason: str) -> None:
     if kind in ("corrupt", "drop-writes", "io-error"):
         sh(rig.hands, "sync")   # nothing dirty for the journal to commit while it holds
-    lease = rig.subject.call("guest-fault-inject", {"kind": kind, "target": "/data", "duration": duration,
+    sleeper = 0
+    if kind == "process-pause":   # its target: a process the hands start, and only that one
+        sleeper = rig.hands.call("guest-exec", {"path": "/bin/sleep", "arg": ["600"]})["pid"]
+    try:
+        run_faulted(rig, kind, params, cell, duration, ending, reason, sleeper)
+    finally:
+        if sleeper:
+            rig.hands.call("guest-exec", {"path": "/bin/kill", "arg": ["-9", str(sleeper)]})
+            time.sleep(0.2)
+            rig.hands.call("guest-exec-status", {"pid": sleeper})   # reaps it
+
+
+def run_faulted(rig: Rig, kind: str, params: dict[str, Any], cell: str, duration: float, ending: str,
+                reason: str, sleeper: int) -> None:
+    target = f"pid:{sleeper}" if sleeper else "/data"
+    lease = rig.subject.call("guest-fault-inject", {"kind": kind, "target": target, "duration": duration,
                                                     "params": params})
     limit = duration + 5 if duration < 10 else AGENT_START_S + 5
-    pid, nonce = rig.start(kind, cell, limit)
+    pid, nonce = rig.start(kind, cell, limit, sleeper)
     took = 0.0
     if cell == "revert":
         rig.wait_marker(nonce)
