@@ -24,7 +24,6 @@ from pyqga.agent.freeze.mounts import Mount, read_mountinfo
 
 FREEZABLE = ("ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "gfs2", "nilfs2", "reiserfs")
 FILL_PREFIX = ".pyqga-fill-"
-KEEPER_MODULE = b"pyqga.agent.keeper"
 
 
 class ParamSpec(NamedTuple):
@@ -52,32 +51,12 @@ class Context(NamedTuple):
     mounts: list[Mount]
     own_devices: frozenset[str]   # MAJOR:MINOR of the devices holding the agent's own files
     state_device: str = ""        # MAJOR:MINOR of the state directory's filesystem
-    protected: frozenset[int] = frozenset()   # pids no fault may stop or kill (1, agent, keeper)
 
     @classmethod
     def read(cls, statedir: str) -> Context:
         own = {_device_of(path) for path in (sys.executable, os.path.dirname(os.path.abspath(__file__)),
                                              statedir, sys.prefix)}
-        return cls(read_mountinfo(), frozenset(own - {""}), _device_of(statedir), protected_pids())
-
-
-def all_pids() -> list[int]:
-    return sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
-
-
-def protected_pids() -> frozenset[int]:
-    """Pid 1, this agent, and its keeper(s): the processes no fault may stop or kill."""
-    me = os.getpid()
-    out = {1, me}
-    for pid in all_pids():
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if KEEPER_MODULE in argv:
-            out.add(pid)
-    return frozenset(out)
+        return cls(read_mountinfo(), frozenset(own - {""}), _device_of(statedir))
 
 
 def _device_of(path: str) -> str:

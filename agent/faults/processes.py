@@ -18,14 +18,35 @@ import signal
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pyqga.agent.faults.kinds import Context, ParamSpec, Preparer, Spec, all_pids
+from pyqga.agent.faults.kinds import Context, ParamSpec, Preparer, Spec
 from pyqga.agent.faults.machine import Refused
 from pyqga.agent.faults.recipes import start_time
 from pyqga.agent.faults.vocabulary import Kind
 from pyqga.agent.freeze.mounts import read_mountinfo
 
 MAX_PROCESSES = 256
+KEEPER_MODULE = b"pyqga.agent.keeper"
 SIGNALS = ("KILL", "TERM", "INT", "HUP", "QUIT", "ABRT", "USR1", "USR2")
+
+
+def all_pids() -> list[int]:
+    return sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
+
+
+def protected_pids() -> frozenset[int]:
+    """Pid 1, this agent, and every pyqga keeper: the processes no fault may stop or kill.
+    Read when a process fault is prepared (a walk of /proc), not for the other kinds."""
+    me = os.getpid()
+    out = {1, me}
+    for pid in all_pids():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if KEEPER_MODULE in argv:
+            out.add(pid)
+    return frozenset(out)
 
 
 def comm(pid: int) -> str | None:
@@ -94,7 +115,7 @@ def _steps(pids: Iterable[tuple[int, int]], signum: int) -> tuple[dict[str, Any]
 
 def _chosen(target: str, kind: Kind, context: Context) -> tuple[str, list[tuple[int, int]]]:
     pids = resolve(target)
-    guarded = sorted(set(pids) & context.protected)
+    guarded = sorted(set(pids) & protected_pids())
     if guarded:
         raise Refused(f"{kind.value} of {target} would reach pid {guarded[0]} (pid 1, the agent or its "
                       "keeper), which is refused")
