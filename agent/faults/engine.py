@@ -28,7 +28,7 @@ from pyqga.agent.faults import catalog
 from pyqga.agent.faults import plan as plans
 from pyqga.agent.faults.kinds import Context
 from pyqga.agent.faults.machine import LeaseBook, Refused, leases_view
-from pyqga.agent.faults.recipes import FaultKernel, LinuxFaultKernel, run_step, undo_order
+from pyqga.agent.faults.recipes import ATOMIC, FaultKernel, LinuxFaultKernel, run_step, undo_order
 from pyqga.agent.faults.snapshot import FAULTS_STATE, parse_leases
 from pyqga.agent.faults.timeline import Timeline, read_boot_id
 from pyqga.agent.faults.vocabulary import (
@@ -61,14 +61,16 @@ def now() -> Now:
     return Now(time.monotonic(), time.time())
 
 
-def run_steps(steps: tuple[Step, ...] | list[Step], kernel: FaultKernel) -> str | None:
-    """Run steps in order, stopping at the first failure; its error, or None."""
-    for step in steps:
+def run_steps(steps: tuple[Step, ...] | list[Step], kernel: FaultKernel) -> tuple[str | None, bool]:
+    """Run steps in order, stopping at the first failure: (its error or None, whether the kernel
+    may have changed: False only when the first step failed and is one that changes nothing
+    when it fails, :data:`.recipes.ATOMIC`)."""
+    for index, step in enumerate(steps):
         try:
             run_step(step, kernel)
         except Exception as e:
-            return f"{step.get('op')}: {e}"
-    return None
+            return f"{step.get('op')}: {e}", index > 0 or step.get("op") not in ATOMIC
+    return None, bool(steps)
 
 
 class FaultEngine:
@@ -91,7 +93,6 @@ class FaultEngine:
         self._published = 0
         self._stopped = False
         self._timer: threading.Thread | None = None
-        self._refusals: dict[str, str] = {}   # lease id -> why its apply failed, for inject's error
         self._plans: dict[str, threading.Event] = {}   # plan lease id -> set to cancel its runner
 
     # --- life cycle ------------------------------------------------------------------------------
@@ -162,11 +163,9 @@ class FaultEngine:
                 refusal = self.book.refused(str(kind), str(target), str(e), self.clock())
             self._drive(refusal)
             raise
-        self._drive(actions)
-        with self._lock:
-            failed = self._refusals.pop(lease.id, None)
+        failed = self._drive(actions).get(lease.id)
         if failed is not None:
-            raise Refused(f"{kind} on {target} failed and was rolled back: {failed}")
+            raise Refused(f"{kind} on {target} failed (what it had done is undone): {failed}")
         return {"id": lease.id, "kind": lease.kind, "target": lease.target,
                 "deadline": round(lease.deadline, 6), "duration": lease.duration}
 
@@ -226,8 +225,10 @@ class FaultEngine:
 
     # --- the actions -----------------------------------------------------------------------------
 
-    def _drive(self, actions: list[Action]) -> None:
-        """Perform actions in order; what an apply or undo returns adds the book's next ones."""
+    def _drive(self, actions: list[Action]) -> dict[str, str]:
+        """Perform actions in order; what an apply or undo returns adds the book's next ones.
+        Returns why each apply that failed failed, by lease id (its fault was rolled back)."""
+        failed: dict[str, str] = {}
         queue = deque(actions)
         while queue:
             action = queue.popleft()
@@ -235,26 +236,25 @@ class FaultEngine:
                 self._publish(action.snapshot)
             elif isinstance(action, Record):
                 self.timeline.append(action.event.as_dict(self.boot_id))
-                if action.event.name == "refused" and action.event.lease is not None:
-                    with self._lock:
-                        self._refusals[action.event.lease] = action.event.detail
             elif isinstance(action, Apply):
-                error = run_steps(action.lease.apply, self.kernel)
+                error, changed = run_steps(action.lease.apply, self.kernel)
                 if error is not None:
+                    failed[action.lease.id] = error
                     self.log.error("fault %s (%s on %s) failed: %s", action.lease.id, action.lease.kind,
                                    action.lease.target, error)
                 with self._lock:
-                    queue.extend(self.book.applied(action.lease.id, self.clock(), error))
+                    queue.extend(self.book.applied(action.lease.id, self.clock(), error, changed))
             elif isinstance(action, Undo):
                 if action.lease.kind == PLAN_KIND:
                     self._end_plan(action.lease.id)
-                error = run_steps(undo_order(action.lease.undo), self.kernel)
+                error, _ = run_steps(undo_order(action.lease.undo), self.kernel)
                 if error is not None:
                     self.log.error("could not undo fault %s (%s on %s), retrying: %s", action.lease.id,
                                    action.lease.kind, action.lease.target, error)
                 with self._lock:
                     queue.extend(self.book.undone(action.lease.id, self.clock(), error))
                     self._wake.notify_all()
+        return failed
 
     def _publish(self, snapshot: Mapping[str, Any]) -> None:
         """State file, then keeper; an older snapshot than one already written is dropped."""

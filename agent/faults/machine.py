@@ -126,12 +126,19 @@ class LeaseBook:
 
     # --- what came of the actions ---------------------------------------------------------------
 
-    def applied(self, lease_id: str, now: Now, error: str | None = None) -> list[Action]:
-        """The lease's apply steps returned (``error``: the first that failed; the rest did not run)."""
+    def applied(self, lease_id: str, now: Now, error: str | None = None,
+                changed: bool = True) -> list[Action]:
+        """The lease's apply steps returned (``error``: the first that failed; the rest did not run).
+        ``changed`` False: the failure left the kernel as it was (:func:`.recipes.run_steps`), so
+        there is nothing to roll back, and an undo could only reverse someone else's change (a
+        thaw of a freeze that made our FIFREEZE fail with EBUSY)."""
         lease = self.leases[lease_id]
         assert lease.phase is Phase.ARMING, lease
         if error is not None:
             refused = self._record("refused", lease, now, detail=error)
+            if not changed:
+                del self.leases[lease_id]
+                return [refused, self._publish()]
             return [refused, *self._end(lease, EndReason.FAILED, now)]
         reason = lease.revert_reason or (EndReason.DEADLINE if now.mono >= lease.deadline_mono else None)
         fired = self._record("fired", lease, now)

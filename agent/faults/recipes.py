@@ -50,7 +50,10 @@ STEP_FIELDS: Mapping[str, Mapping[str, type]] = {
     "dm-resume": {"name": str},
     "signal": {"pid": int, "start": int, "signal": int},
 }
-RELEASES_IO = ("thaw", "dm-resume", "signal")   # undo these first: other steps may wait on the I/O they hold
+RELEASES_IO = ("thaw", "dm-resume", "signal")
+# A failed call of these changed nothing (one ioctl or kill(2) that failed); the others do
+# several things (a table load, suspend and resume; a create and allocations) and may have.
+ATOMIC = ("freeze", "signal", "dm-suspend")   # undo these first: other steps may wait on the I/O they hold
 MAX_TABLE_LINES = 65536
 STOP_WAIT = 1.0   # how long a SIGSTOP step waits for the process to be stopped
 

@@ -12,7 +12,7 @@ import pytest
 
 from pyqga.host_client import AgentCallError, AgentClient
 from tests.rig.freezing import start_agent, start_writer
-from tests.rig.loopfs import LoopFs, LoopMounts, thaw_fully
+from tests.rig.loopfs import LoopFs, LoopMounts, freeze_directly, thaw_fully
 
 DISK_FULL = {"kind": "disk-full", "duration": 5}
 
@@ -155,3 +155,16 @@ def test_a_plan_of_a_million_steps_is_refused_before_it_runs(faulting: Any) -> N
     error = refusal(client, "guest-fault-plan", {"seed": 1, "steps": [step], "repeat": 10**6})
     assert "a plan runs at most 1000 faults; this one has 1 steps x 1000000 repeats" in str(error), error
     untouched(fs, client)
+
+
+def test_a_write_stall_of_a_filesystem_someone_else_froze_leaves_that_freeze(faulting: Any) -> None:
+    """FIFREEZE fails with EBUSY: nothing was applied, so nothing is undone; a rollback that
+    thawed would end the other freeze (a backup's, say) under its owner's feet."""
+    fs, client = faulting
+    freeze_directly(fs.mountpoint)
+    error = refusal(client, "guest-fault-inject", {"kind": "write-stall", "target": str(fs), "duration": 30})
+    assert "write-stall on" in str(error) and "freeze:" in str(error), error
+    assert client.call("guest-fault-list") == []
+    events = client.call("guest-fault-events")["events"]
+    assert [e["event"] for e in events] == ["armed", "refused"], events
+    assert thaw_fully(fs.mountpoint) == 1, "the other freeze was thawed by the fault's rollback"
