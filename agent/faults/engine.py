@@ -28,7 +28,7 @@ from pyqga.agent.faults import catalog
 from pyqga.agent.faults import plan as plans
 from pyqga.agent.faults.kinds import Context
 from pyqga.agent.faults.machine import LeaseBook, Refused, leases_view
-from pyqga.agent.faults.recipes import ATOMIC, FaultKernel, LinuxFaultKernel, run_step, undo_order
+from pyqga.agent.faults.recipes import FaultKernel, LinuxFaultKernel, run_steps, undo_order
 from pyqga.agent.faults.snapshot import FAULTS_STATE, parse_leases
 from pyqga.agent.faults.timeline import Timeline, read_boot_id
 from pyqga.agent.faults.vocabulary import (
@@ -40,7 +40,6 @@ from pyqga.agent.faults.vocabulary import (
     Prepared,
     Publish,
     Record,
-    Step,
     Undo,
 )
 from pyqga.agent.freeze.snapshot import CorruptState
@@ -59,18 +58,6 @@ class KeeperLink(Protocol):
 
 def now() -> Now:
     return Now(time.monotonic(), time.time())
-
-
-def run_steps(steps: tuple[Step, ...] | list[Step], kernel: FaultKernel) -> tuple[str | None, bool]:
-    """Run steps in order, stopping at the first failure: (its error or None, whether the kernel
-    may have changed: False only when the first step failed and is one that changes nothing
-    when it fails, :data:`.recipes.ATOMIC`)."""
-    for index, step in enumerate(steps):
-        try:
-            run_step(step, kernel)
-        except Exception as e:
-            return f"{step.get('op')}: {e}", index > 0 or step.get("op") not in ATOMIC
-    return None, bool(steps)
 
 
 class FaultEngine:

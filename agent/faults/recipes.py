@@ -32,7 +32,7 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from pyqga.agent.errors import AgentFailure
@@ -131,6 +131,18 @@ def run_step(step: Mapping[str, Any], kernel: FaultKernel) -> None:
         kernel.signal(step["pid"], step["start"], step["signal"])
     else:
         kernel.dm_resume(step["name"])
+
+
+def run_steps(steps: Sequence[Mapping[str, Any]], kernel: FaultKernel) -> tuple[str | None, bool]:
+    """Run steps in order, stopping at the first failure: (its error or None, whether the kernel
+    may have changed: False only when the first step failed and is one that changes nothing
+    when it fails, :data:`ATOMIC`)."""
+    for index, step in enumerate(steps):
+        try:
+            run_step(step, kernel)
+        except Exception as e:
+            return f"{step.get('op')}: {e}", index > 0 or step.get("op") not in ATOMIC
+    return None, bool(steps)
 
 
 def undo_order(steps: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

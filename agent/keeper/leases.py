@@ -19,8 +19,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from pyqga.agent.faults.machine import lease_record
-from pyqga.agent.faults.recipes import RELEASES_IO, FaultKernel, run_step
+from pyqga.agent.faults.machine import LeaseBook
+from pyqga.agent.faults.recipes import RELEASES_IO, FaultKernel, run_steps
 from pyqga.agent.faults.snapshot import FAULTS_STATE, parse_leases
 from pyqga.agent.faults.timeline import EVENTS_FILE, append_line, read_boot_id
 from pyqga.agent.faults.vocabulary import EndReason, Event, Lease
@@ -41,18 +41,13 @@ def end_leases(statedir: str, snapshot: Mapping[str, Any] | None, reason: EndRea
     if not leases:
         return []
     errors: dict[str, str] = {}
-    for releasing in (True, False):
+    for releasing in (True, False):   # every lease's thaw and resume first: the rest may wait on them
         for lease in leases:
-            if lease.id in errors:
-                continue
-            for step in lease.undo:
-                if (step.get("op") in RELEASES_IO) != releasing:
-                    continue
-                try:
-                    run_step(step, kernel)
-                except Exception as e:
-                    errors[lease.id] = f"{step.get('op')}: {e}"
-                    break
+            if lease.id not in errors:
+                error, _ = run_steps([s for s in lease.undo if (s.get("op") in RELEASES_IO) == releasing],
+                                     kernel)
+                if error is not None:
+                    errors[lease.id] = error
     failed = [lease for lease in leases if lease.id in errors]
     if record:
         boot_id, events = read_boot_id(), f"{statedir}/{EVENTS_FILE}"
@@ -62,8 +57,8 @@ def end_leases(statedir: str, snapshot: Mapping[str, Any] | None, reason: EndRea
                           reason.value, errors.get(lease.id, ""))
             with contextlib.suppress(OSError):
                 append_line(events, event.as_dict(boot_id))
+        left = LeaseBook(next_id)   # the state file's format has one writer: the book
+        left.leases = {lease.id: lease for lease in failed}
         with contextlib.suppress(OSError):
-            StateFile(statedir, FAULTS_STATE).write({
-                "of": "faults", "version": 1, "serial": 0, "next-id": next_id,
-                "leases": [lease_record(lease) for lease in failed]})
+            StateFile(statedir, FAULTS_STATE).write(left.snapshot())
     return failed

@@ -1,7 +1,7 @@
 """The lease book under random interleavings, against the model fault kernel.
 
 Hypothesis drives :class:`LeaseBook` through a driver as small as the engine's
-(:mod:`pyqga.agent.faults.engine`: it runs steps with the engine's own ``run_steps`` and
+(:mod:`pyqga.agent.faults.engine`: it runs steps with the engine's own ``recipes.run_steps`` and
 ``undo_order``), but whose apply and undo jobs wait until the test runs them, in any order:
 injects of several kinds on a few devices (two of them sharing one), with durations in and out
 of range, reverts of one lease or all (also while it is still being applied), time passing with
@@ -33,9 +33,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from pyqga.agent.faults.dm import TableLine
-from pyqga.agent.faults.engine import run_steps
 from pyqga.agent.faults.machine import LeaseBook, Refused
-from pyqga.agent.faults.recipes import ATOMIC, run_step, table_step, undo_order
+from pyqga.agent.faults.recipes import ATOMIC, run_step, run_steps, table_step, undo_order
 from pyqga.agent.faults.snapshot import keeper_deadline, parse_leases
 from pyqga.agent.faults.vocabulary import (
     MAX_DURATION,
