@@ -100,7 +100,7 @@ def build(seed: int, steps: Sequence[Any], repeat: int = 1) -> Schedule:
                       f"{repeat} repeats = {len(steps) * repeat}")
     rng = random.Random(seed)
     entries: list[Entry] = []
-    start = end = 0.0   # the repetition's start, the previous fault's end
+    start = end = span = 0.0   # the repetition's start, the previous fault's end, the latest end
     for round_ in range(repeat):
         for index, step in enumerate(steps):
             what = f"step {index + 1}" + (f" (repeat {round_ + 1})" if repeat > 1 else "")
@@ -126,11 +126,11 @@ def build(seed: int, steps: Sequence[Any], repeat: int = 1) -> Schedule:
             except Refused as e:
                 raise Refused(f"{what}: {e}") from None
             params = resolve_params(step.get("params"), rng, what)
-            entries.append(Entry(round(at, 6), kind, target, params, duration))
+            entry = Entry(round(at, 6), kind, target, params, duration)
+            entries.append(entry)
             end = at + duration
-        start = max(entry.at + entry.duration for entry in entries)
-        end = start
-    span = max(entry.at + entry.duration for entry in entries)
+            span = max(span, entry.at + entry.duration)
+        start = end = span
     if span > MAX_DURATION:
         raise Refused(f"a plan must end within {MAX_DURATION:.0f} s (a week); this one takes {span:.0f} s")
     canonical = json.dumps([entry.as_dict() for entry in entries], sort_keys=True, separators=(",", ":"))
