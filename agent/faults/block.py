@@ -31,6 +31,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
+from pyqga.agent.commands.kernel_files import read_optional
 from pyqga.agent.faults import dm
 from pyqga.agent.faults.kinds import Context, ParamSpec, Preparer, Spec, device_key, find_mount
 from pyqga.agent.faults.machine import Refused
@@ -54,11 +55,7 @@ TARGET = {Kind.IO_ERROR: "flakey", Kind.CORRUPT: "flakey", Kind.DROP_WRITES: "fl
 
 def dm_name(major: int, minor: int) -> str | None:
     """The dm name of a block device, or None when it is not a dm device."""
-    try:
-        with open(f"{SYS_BLOCK}/{major}:{minor}/dm/name") as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
+    return (read_optional(f"{SYS_BLOCK}/{major}:{minor}/dm/name") or "").strip() or None
 
 
 def dm_target(target: str, context: Context, kind: Kind, force: bool) -> tuple[str, str, list[dm.TableLine]]:

@@ -18,6 +18,7 @@ import signal
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pyqga.agent.commands.kernel_files import read_optional
 from pyqga.agent.faults.kinds import Context, ParamSpec, Preparer, Spec
 from pyqga.agent.faults.machine import Refused
 from pyqga.agent.faults.recipes import start_time
@@ -50,11 +51,8 @@ def protected_pids() -> frozenset[int]:
 
 
 def comm(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().rstrip("\n")
-    except OSError:
-        return None
+    text = read_optional(f"/proc/{pid}/comm")
+    return None if text is None else text.rstrip("\n")
 
 
 def cgroup_root() -> str | None:

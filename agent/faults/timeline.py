@@ -20,6 +20,8 @@ import threading
 from collections import deque
 from typing import Any
 
+from pyqga.agent.commands.kernel_files import read_optional
+
 EVENTS_FILE = "fault-events.jsonl"
 MAX_EVENTS = 10000
 MAX_FILE = 16 << 20
@@ -27,11 +29,7 @@ BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
 def read_boot_id() -> str:
-    try:
-        with open(BOOT_ID) as f:
-            return f.read().strip()
-    except OSError:
-        return ""
+    return (read_optional(BOOT_ID) or "").strip()
 
 
 def append_line(path: str, event: dict[str, Any]) -> None:
