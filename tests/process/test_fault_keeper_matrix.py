@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from pyqga.host_client import AgentClient
-from tests.rig.agent_process import PyqgaAgent
+from tests.rig.agent_process import PyqgaAgent, keeper_of, process_state
 from tests.rig.freezing import start_agent, start_writer, wait_until
 from tests.rig.loopfs import LoopFs, LoopMounts
 
@@ -81,11 +81,6 @@ class Probe:
                 process.wait()
 
 
-def process_state(pid: int) -> str:
-    """The state letter in /proc/PID/stat (T: stopped)."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-
-
 def ended_by(probe: Probe, until: float, what: str) -> float:
     """Wait until the fault no longer holds; fail if that is after the monotonic ``until``."""
     while not probe.ended():
@@ -111,17 +106,6 @@ def ending(statedir: Path, lease: str) -> dict[str, Any]:
     wait_until(look, 5, f"an event that ends {lease}")
     assert len(found) == 1, found
     return found[0]
-
-
-def keeper_of(agent: PyqgaAgent) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                argv = (entry / "cmdline").read_bytes()
-                if int(stat[1]) == agent.pid and b"pyqga.agent.keeper" in argv:
-                    return int(entry.name)
-    return None
 
 
 @contextlib.contextmanager
@@ -194,7 +178,7 @@ def test_the_keeper_ends_a_stopped_agent_and_its_fault_by_the_deadline(tmp_path:
 def test_a_restarted_agent_ends_what_its_predecessor_left(tmp_path: Path, loops: LoopMounts,
                                                           kind: str) -> None:
     with faulted(tmp_path, loops, kind, LONG) as (agent, _, lease, probe, _):
-        keeper = keeper_of(agent)
+        keeper = keeper_of(agent.pid)
         assert keeper is not None
         os.kill(agent.pid, signal.SIGSTOP)      # so it cannot start a new keeper meanwhile
         os.kill(keeper, signal.SIGKILL)
@@ -218,12 +202,10 @@ def test_a_restarted_agent_ends_what_its_predecessor_left(tmp_path: Path, loops:
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_restarted_keeper_still_ends_the_fault(tmp_path: Path, loops: LoopMounts, kind: str) -> None:
     with faulted(tmp_path, loops, kind, SHORT + 1.5) as (agent, _, lease, probe, deadline):
-        first = keeper_of(agent)
+        first = keeper_of(agent.pid)
         assert first is not None
         os.kill(first, signal.SIGKILL)
-        second: list[int] = []
-        wait_until(lambda: bool(second.append(keeper_of(agent) or 0) or second[-1] not in (0, first)), 5,
-                   "the agent to start a new keeper")
+        wait_until(lambda: keeper_of(agent.pid) not in (None, first), 5, "the agent to start a new keeper")
         time.sleep(0.3)   # it sends the new keeper the leases right after it is ready
         os.kill(agent.pid, signal.SIGSTOP)   # only the new keeper can end it now
         ended_by(probe, deadline + 1, "by the restarted keeper")

@@ -23,12 +23,8 @@ import pytest
 
 from pyqga.agent.faults.recipes import LinuxFaultKernel, start_time
 from pyqga.host_client import AgentCallError, AgentClient
-from tests.rig.agent_process import PyqgaAgent
+from tests.rig.agent_process import PyqgaAgent, keeper_of, process_state
 from tests.rig.requirements import require, require_root
-
-
-def state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 @pytest.fixture
@@ -73,11 +69,11 @@ def test_pause_by_name_stops_every_match_and_revert_continues_them(
     name, processes = sleepers
     with AgentClient(str(agent.socket_path), timeout=30) as client:
         lease = inject(client, "process-pause", f"name:{name}")
-        assert [state(p.pid) for p in processes] == ["T", "T"]
+        assert [process_state(p.pid) for p in processes] == ["T", "T"]
         error = refused(client, "process-pause", f"pid:{processes[1].pid}")
         assert f"already has fault {lease['id']}" in error, error
         assert client.call("guest-fault-revert", {"id": lease["id"]}) == 1
-        assert [state(p.pid) != "T" for p in processes] == [True, True], "still stopped after revert"
+        assert [process_state(p.pid) != "T" for p in processes] == [True, True], "still stopped after revert"
 
 
 Sleepers = tuple[str, list[subprocess.Popen[bytes]]]
@@ -88,8 +84,8 @@ def test_pause_ends_at_its_deadline(agent: PyqgaAgent, sleepers: Sleepers) -> No
     with AgentClient(str(agent.socket_path), timeout=30) as client:
         inject(client, "process-pause", f"pid:{process.pid}", duration=1.0)
         deadline = time.monotonic() + 1.0
-        assert state(process.pid) == "T"
-        while state(process.pid) == "T":
+        assert process_state(process.pid) == "T"
+        while process_state(process.pid) == "T":
             assert time.monotonic() < deadline + 1, "still stopped a second after the deadline"
             time.sleep(0.01)
         assert time.monotonic() >= deadline - 0.2
@@ -120,9 +116,9 @@ def test_pause_by_cgroup(agent: PyqgaAgent, sleepers: tuple[str, list[subprocess
         (group / "cgroup.procs").write_text(str(inside.pid))
         with AgentClient(str(agent.socket_path), timeout=30) as client:
             lease = inject(client, "process-pause", f"cgroup:{group.name}")
-            assert state(inside.pid) == "T" and state(outside.pid) != "T"
+            assert process_state(inside.pid) == "T" and process_state(outside.pid) != "T"
             assert client.call("guest-fault-revert", {"id": lease["id"]}) == 1
-            assert state(inside.pid) != "T"
+            assert process_state(inside.pid) != "T"
     finally:
         with contextlib.suppress(OSError):
             (Path(root) / "cgroup.procs").write_text(str(inside.pid))
@@ -134,9 +130,8 @@ def test_pid_1_the_agent_its_keeper_and_bad_targets_are_refused(agent: PyqgaAgen
         # Any fault starts the keeper: a disk-full that fills nothing (free-bytes over the size).
         client.call("guest-fault-inject", {"kind": "disk-full", "target": "/dev/shm", "duration": 60,
                                            "params": {"free-bytes": 1 << 60}, "force": True})
-        keeper = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-                      and b"pyqga.agent.keeper" in (p / "cmdline").read_bytes().split(b"\0")
-                      and int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == agent.pid)
+        keeper = keeper_of(agent.pid)
+        assert keeper is not None
         for target, says in [("pid:1", "would reach pid 1"),
                              (f"pid:{agent.pid}", f"would reach pid {agent.pid}"),
                              (f"pid:{keeper}", f"would reach pid {keeper}"),
@@ -160,7 +155,7 @@ def test_a_reused_pid_is_left_alone(sleepers: tuple[str, list[subprocess.Popen[b
     assert start is not None
     LinuxFaultKernel().signal(process.pid, start + 1, signal.SIGSTOP)   # another process's start
     time.sleep(0.1)   # a stop would have shown by now (the kernel's own signal returns at once)
-    assert state(process.pid) != "T", "a pid with another start time was stopped"
+    assert process_state(process.pid) != "T", "a pid with another start time was stopped"
     LinuxFaultKernel().signal(process.pid, start, signal.SIGSTOP)
-    assert state(process.pid) == "T"
+    assert process_state(process.pid) == "T"
     os.kill(process.pid, signal.SIGCONT)

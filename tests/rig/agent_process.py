@@ -8,6 +8,7 @@ folder.  The real qemu-ga peer lives in ``tests/rig/qemu_ga.py``.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -157,3 +158,19 @@ class PyqgaAgent(ListeningProcess):
     def __enter__(self) -> PyqgaAgent:
         self.start()
         return self
+
+
+def process_state(pid: int) -> str:
+    """The state letter in /proc/PID/stat (T: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def keeper_of(agent_pid: int) -> int | None:
+    """The pid of the keeper the agent ``agent_pid`` started (its child), or None."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(stat[1]) == agent_pid and b"pyqga.agent.keeper" in (entry / "cmdline").read_bytes():
+                    return int(entry.name)
+    return None
