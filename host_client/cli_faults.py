@@ -42,6 +42,18 @@ SEES = {
     "process-pause": "the processes of --target (pid:N, name:NAME, cgroup:PATH, unit:NAME) stopped, "
                      "continued on revert",
     "process-kill": "a signal to the processes of --target (--param signal=TERM; default KILL)",
+    "clock-step": "the wall clock stepped by --param offset=SECONDS; true time back on revert",
+    "clock-skew": "the wall clock running fast or slow (--param ppm=N); true time back on revert",
+    "clock-strobe": "the wall clock jumping back and forth (--param offset=SECONDS, interval=SECONDS)",
+    "net-partition": "traffic to and from --param peers/ports dropped (nftables); the agent's channel "
+                     "is not touched",
+    "net-delay": "packets on the interface --target delayed (--param delay-ms, jitter-ms)",
+    "net-loss": "packets on the interface --target lost (--param percent)",
+    "net-duplicate": "packets on the interface --target duplicated (--param percent)",
+    "net-reorder": "packets on the interface --target reordered (--param percent)",
+    "net-corrupt": "packets on the interface --target corrupted (--param percent)",
+    "cpu-hog": "busy threads taking a share of the CPUs (--param threads, percent)",
+    "memory-pressure": "memory locked away from the application (--param mib)",
 }
 
 LEASE_TEXT = ("Each fault is a lease: the agent, or its keeper if the agent hangs or dies, ends it "

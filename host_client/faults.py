@@ -39,7 +39,9 @@ T = TypeVar("T")
 # Every kind the wire knows, as the agent's vocabulary has them (agent/faults/vocabulary.py, Kind;
 # a unit test checks the two agree): the host side does not import the agent's code.
 KINDS = ("write-stall", "io-stall", "io-error", "io-delay", "corrupt", "drop-writes", "bad-extents",
-         "disk-full", "process-pause", "process-kill")
+         "disk-full", "process-pause", "process-kill", "clock-step", "clock-skew", "clock-strobe",
+         "net-partition", "net-delay", "net-loss", "net-duplicate", "net-reorder", "net-corrupt", "cpu-hog",
+         "memory-pressure")
 # The start of the agent's refusal to revert a lease it no longer holds
 # (agent/faults/machine.py, LeaseBook.revert; a unit test checks the two agree).
 NOT_ACTIVE = "no active fault"

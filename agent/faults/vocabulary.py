@@ -30,6 +30,17 @@ class Kind(Enum):
     DISK_FULL = "disk-full"        # a file fills the filesystem until free-bytes remain
     PROCESS_PAUSE = "process-pause"  # SIGSTOP, SIGCONT on revert
     PROCESS_KILL = "process-kill"    # a signal, once
+    CLOCK_STEP = "clock-step"        # the wall clock stepped by an offset
+    CLOCK_SKEW = "clock-skew"        # the wall clock's rate changed (adjtimex)
+    CLOCK_STROBE = "clock-strobe"    # the wall clock jumps back and forth at an interval
+    NET_PARTITION = "net-partition"  # traffic to and from chosen peers or ports dropped (nftables)
+    NET_DELAY = "net-delay"          # netem delay and jitter on an interface
+    NET_LOSS = "net-loss"            # netem loss
+    NET_DUPLICATE = "net-duplicate"  # netem duplicate
+    NET_REORDER = "net-reorder"      # netem reorder
+    NET_CORRUPT = "net-corrupt"      # netem corrupt
+    CPU_HOG = "cpu-hog"              # busy threads at a set share
+    MEMORY_PRESSURE = "memory-pressure"  # memory locked
 
 
 class Phase(Enum):
