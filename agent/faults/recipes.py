@@ -15,6 +15,12 @@ dm-table       load ``table`` into device ``name``, swap  the same table again: 
   name table   it in (suspend without lockfs, resume)
 dm-suspend     suspend ``name`` without flush or lockfs   (apply only)
 dm-resume      resume ``name``                            resuming an active device: no-op
+signal pid     signal the process if it still is the one  gone, or another process: left alone
+  start signal that started at ``start``
+spawn worker   start a worker program (:mod:`.worker`)    (apply only)
+  token args   and wait until it holds
+reap token     SIGKILL every process whose command line   none left: done
+               carries ``token``, wait until they are gone
 =============  =========================================  ======================================
 
 So every undo step is idempotent: the agent and the keeper may both run one, and the kernel ends
@@ -29,14 +35,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from pyqga.agent.errors import AgentFailure
 from pyqga.agent.faults import dm
+from pyqga.agent.faults.worker import TOKEN_FLAG
 from pyqga.agent.freeze.ioctls import FsIoctl
 
 # op -> its fields and their types
@@ -49,13 +59,18 @@ STEP_FIELDS: Mapping[str, Mapping[str, type]] = {
     "dm-suspend": {"name": str},
     "dm-resume": {"name": str},
     "signal": {"pid": int, "start": int, "signal": int},
+    "spawn": {"worker": str, "token": str, "args": dict},
+    "reap": {"token": str},
 }
-RELEASES_IO = ("thaw", "dm-resume", "signal")
+RELEASES_IO = ("thaw", "dm-resume", "signal", "reap")
 # A failed call of these changed nothing (one ioctl or kill(2) that failed); the others do
 # several things (a table load, suspend and resume; a create and allocations) and may have.
 ATOMIC = ("freeze", "signal", "dm-suspend")   # undo these first: other steps may wait on the I/O they hold
 MAX_TABLE_LINES = 65536
 STOP_WAIT = 1.0   # how long a SIGSTOP step waits for the process to be stopped
+SPAWN_WAIT = 10.0   # how long a spawn step waits for its worker to hold (locking memory takes time)
+REAP_WAIT = 2.0     # how long a reap step waits for its workers to be gone
+WORKER_PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 
 
 class StepError(AgentFailure):
@@ -75,6 +90,8 @@ class FaultKernel(Protocol):
     def dm_suspend(self, name: str) -> None: ...
     def dm_resume(self, name: str) -> None: ...
     def signal(self, pid: int, start: int, signum: int) -> None: ...
+    def spawn(self, worker: str, token: str, args: Mapping[str, Any]) -> None: ...
+    def reap(self, token: str) -> None: ...
 
 
 def check_step(step: Any) -> Mapping[str, Any]:
@@ -129,6 +146,10 @@ def run_step(step: Mapping[str, Any], kernel: FaultKernel) -> None:
         kernel.dm_suspend(step["name"])
     elif op == "signal":
         kernel.signal(step["pid"], step["start"], step["signal"])
+    elif op == "spawn":
+        kernel.spawn(step["worker"], step["token"], step["args"])
+    elif op == "reap":
+        kernel.reap(step["token"])
     else:
         kernel.dm_resume(step["name"])
 
@@ -214,6 +235,51 @@ class LinuxFaultKernel:
             end = time.monotonic() + STOP_WAIT
             while process_state(pid) not in ("T", "t", "", "Z", "X") and time.monotonic() < end:
                 time.sleep(0.001)
+
+
+    def spawn(self, worker: str, token: str, args: Mapping[str, Any]) -> None:
+        """Start the worker and return once it holds; StepError with its reason if it cannot.
+        A worker left behind by a failure is the undo's (reap) to end."""
+        command = [sys.executable, "-B", "-I", WORKER_PROGRAM, f"{TOKEN_FLAG}{token}", worker,
+                   json.dumps(args)]
+        try:
+            done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, cwd="/",
+                                  timeout=SPAWN_WAIT, check=False)
+        except subprocess.TimeoutExpired:
+            raise StepError(f"worker {worker} did not hold within {SPAWN_WAIT:g} s") from None
+        word = done.stdout.decode(errors="replace").strip()
+        if done.returncode != 0 or not word.startswith("ready "):
+            lines = (word or done.stderr.decode(errors="replace")).strip().splitlines()
+            raise StepError(f"worker {worker}: {lines[-1] if lines else 'no reason given'}")
+
+    def reap(self, token: str) -> None:
+        """SIGKILL the workers of ``token`` (and a CPU hog's children, which carry it too) until
+        none is left, at most :data:`REAP_WAIT`; StepError if one outlives that."""
+        end = time.monotonic() + REAP_WAIT
+        while pids := workers_of(token):
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() > end:
+                raise StepError(f"workers {pids[:4]} of {token} outlived SIGKILL for {REAP_WAIT:g} s")
+            time.sleep(0.005)
+
+
+def workers_of(token: str) -> list[int]:
+    """The live processes (not zombies) whose command line carries ``token``'s flag."""
+    flag = f"{TOKEN_FLAG}{token}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if flag in argv and process_state(int(name)) not in ("", "Z", "X"):
+            found.append(int(name))
+    return found
 
 
 def _stat(pid: int) -> list[bytes] | None:

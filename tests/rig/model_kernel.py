@@ -282,7 +282,8 @@ class ModelHooks:
 
 # --- the fault kernel ------------------------------------------------------------------------------
 
-FAULT_OPS = ("freeze", "thaw", "fill", "unlink", "dm-table", "dm-suspend", "dm-resume", "signal")
+FAULT_OPS = ("freeze", "thaw", "fill", "unlink", "dm-table", "dm-suspend", "dm-resume", "signal", "spawn",
+             "reap")
 
 
 @dataclass
@@ -331,6 +332,7 @@ class ModelFaultKernel:
         self.live = {name: tuple(table) for name, table in devices.items()}
         self.inactive: dict[str, tuple[TableLine, ...] | None] = {name: None for name in devices}
         self.suspended = {name: False for name in devices}
+        self.workers: set[str] = set()   # the tokens of running workers
         self.failures: dict[str, list[Failure]] = {}
         self.changes: list[Change] = []
         self.calls: list[tuple[str, str]] = []
@@ -352,6 +354,8 @@ class ModelFaultKernel:
             out[f"fs:{mount}"] = (mount in self.frozen, free, tuple(sorted(files.items())))
         for name in self.live:
             out[f"dm:{name}"] = (self.live[name], self.inactive[name], self.suspended[name])
+        for token in self.workers:
+            out[f"worker:{token}"] = True
         return out
 
     def count(self, op: str | None = None, job: str | None = None) -> int:
@@ -362,6 +366,7 @@ class ModelFaultKernel:
         twin = ModelFaultKernel(self.free, {name: list(table) for name, table in self.live.items()})
         twin.frozen, twin.files = set(self.frozen), dict(self.files)
         twin.inactive, twin.suspended = dict(self.inactive), dict(self.suspended)
+        twin.workers = set(self.workers)
         return twin
 
     # --- helpers -----------------------------------------------------------------------------
@@ -476,6 +481,22 @@ class ModelFaultKernel:
                 self.stopped.remove(pid)
                 self._log("signal", f"{pid} continued")
         self._leave(failure, str(pid))
+
+    def spawn(self, worker: str, token: str, args: Mapping[str, Any]) -> None:
+        """A worker starts (EEXIST if one of that token runs: a recipe spawns each token once)."""
+        failure = self._enter("spawn", token)
+        if token in self.workers:
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST), token)
+        self.workers.add(token)
+        self._log("spawn", token)
+        self._leave(failure, token)
+
+    def reap(self, token: str) -> None:
+        failure = self._enter("reap", token)
+        if token in self.workers:
+            self.workers.remove(token)
+            self._log("reap", token)
+        self._leave(failure, token)
 
     def _resume(self, name: str) -> None:
         table = self.inactive[name]
