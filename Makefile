@@ -57,7 +57,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 test: $(STAMP) deps lint
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra --durations=25 tests
 
 bench: $(STAMP) deps
 	$(PY) -m bench.rpc
