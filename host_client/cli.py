@@ -313,7 +313,8 @@ def run(argv: list[str] | None, out: Output) -> int:
     if args.command == "completion":
         sys.stdout.write(cli_completion.bash_script(parser))
         return EXIT_OK
-    needs_agent = not (args.command == "snapshot" and args.no_freeze) and args.command != "group"
+    report = args.command == "fault" and args.fault == "report"   # draws a file, talks to no agent
+    needs_agent = not ((args.command == "snapshot" and args.no_freeze) or args.command == "group" or report)
     if needs_agent:
         args.socket = resolve_address(parser, args.socket)
     arguments = parse_arguments(parser, args.arguments) if args.command == "call" else None
@@ -327,6 +328,8 @@ def run(argv: list[str] | None, out: Output) -> int:
             return run_snapshot(parser, args, out)
         if args.command == "group":
             return cli_group.run(args, out)
+        if report:
+            return cli_faults.run_report(args)
         with AgentClient(args.socket, dialect=args.dialect, timeout=args.timeout) as client:
             if args.command == "ping":
                 run_ping(client, out)
