@@ -25,6 +25,7 @@ import hashlib
 import html
 import json
 import math
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -37,7 +38,7 @@ WIDTH = 1200
 LEFT = 210              # lane labels left of the plot
 RIGHT = 30
 PLOT = WIDTH - LEFT - RIGHT
-TOP = 70                # title, summary and the time axis above the lanes
+TOP = 84                # title, summary and the time axis above the lanes
 LANE = 44               # one lane's height
 BAR = 18                # a bar's height; it sits BAR_Y below the lane's top, under its label
 BAR_Y = 20
@@ -218,6 +219,7 @@ def lay_out(events: Sequence[FaultEvent], samples: Sequence[Sample] = ()) -> Pic
     for lane, armed, start in open_.values():
         picture.bars.append(Bar(lane, armed.id or "", armed.kind, start, last, "no end in the events",
                                 armed.plan))
+    picture.bars.sort(key=lambda bar: (bar.start, bar.lane))
     span = max(last - picture.t0, 1e-3)
     picture.t1 = last + span * 0.02
     return picture
@@ -249,7 +251,8 @@ def render(events: Sequence[FaultEvent], samples: Sequence[Sample] = (), title: 
         f'viewBox="0 0 {WIDTH} {height}" data-t0="{p.t0!r}" data-t1="{p.t1!r}" font-family="sans-serif">',
         f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>',
         f'<text x="10" y="22" font-size="17" font-weight="bold">{esc(title)}</text>',
-        f'<text x="10" y="42" font-size="12" fill="#444">{esc(summary(events, p, source))}</text>',
+        *(f'<text x="10" y="{40 + 15 * n}" font-size="12" fill="#444">{esc(line)}</text>'
+          for n, line in enumerate(summary(events, p, source))),
     ]
     for i, name in enumerate(p.lanes):
         top = TOP + i * LANE
@@ -293,12 +296,13 @@ def render(events: Sequence[FaultEvent], samples: Sequence[Sample] = (), title: 
     return page(title, "\n".join(svg), events, p)
 
 
-def summary(events: Sequence[FaultEvent], p: Picture, source: str) -> str:
+def summary(events: Sequence[FaultEvent], p: Picture, source: str) -> tuple[str, str]:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(p.first_wall))
     boots = f", {len(p.boots) + 1} boots" if p.boots else ""
-    what = f"{source}: " if source else ""
-    return (f"{what}{len(p.bars)} faults on {len(p.lanes)} targets, {len(events)} events{boots}; seconds "
-            f"from the first event ({when} UTC, the guest's clock), on the guest's monotonic clock")
+    what = f"{os.path.basename(source) or source}: " if source else ""
+    return (f"{what}{len(p.bars)} faults on {len(p.lanes)} targets, {len(events)} events{boots}",
+            f"time: seconds from the first event ({when} UTC by the guest's clock), on the guest's "
+            "monotonic clock; a reboot is placed by the guest's wall clock")
 
 
 def metrics_panel(p: Picture, top: int) -> list[str]:
