@@ -51,7 +51,7 @@ ReportHook = Generator[None, pytest.TestReport, pytest.TestReport]
 SESSION = pytest.StashKey[Session]()
 NEMESIS = pytest.StashKey[Nemesis]()
 TIMELINE = pytest.StashKey[str]()
-FAILED_REPORT = pytest.StashKey[pytest.TestReport]()
+MAIN_REPORT = pytest.StashKey[pytest.TestReport]()   # the call's (or a failed setup's)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -171,23 +171,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report: pytest.TestReport = yield
     if NEMESIS not in item.stash:
         return report
-    if report.failed and report.when != "teardown":
-        item.stash[FAILED_REPORT] = report
+    if report.when == "call" or (report.failed and report.when == "setup"):
+        item.stash[MAIN_REPORT] = report
     if report.when == "teardown":
         timeline = item.stash.get(TIMELINE, "")
+        main = item.stash.get(MAIN_REPORT, None)
         if timeline:
             report.sections.append((SECTION, timeline))
-            failed = item.stash.get(FAILED_REPORT, None)
-            if failed is not None:
-                # The failure's own report, whose sections the terminal prints under it at the end.
-                failed.sections.append((SECTION, timeline))
-        if failed_report(item) or report.failed:
+            if main is not None:
+                # The test's own report, whose sections the terminal prints under a failure (and
+                # under a pass with -rP) at the end of the run.
+                main.sections.append((SECTION, timeline))
+        if report.failed or (main is not None and main.failed):
             state(item.config).failed.append(item.nodeid)
     return report
-
-
-def failed_report(item: pytest.Item) -> bool:
-    return FAILED_REPORT in item.stash
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
