@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 import time
 from typing import Any
 
@@ -144,7 +145,8 @@ def add_parsers(faults: argparse._SubParsersAction[argparse.ArgumentParser],
     cut.add_argument("--target", required=True, metavar="PATH", help="the guest's mount point or device")
     report = faults.add_parser(
         "report", help="draw a fault timeline as an HTML page (no agent needed)",
-        description="Read fault events (EVENTS: the JSON lines 'pyqga fault events' prints, its --json "
+        description=textwrap.fill(
+                    "Read fault events (EVENTS: the JSON lines 'pyqga fault events' prints, its --json "
                     "document, or the agent's fault-events.jsonl; '-' reads standard input) and write one "
                     "self-contained HTML page with an SVG timeline: one lane per fault target, a bar per "
                     "fault from when it took effect to its end, labelled with its kind and how it ended "
@@ -152,7 +154,7 @@ def add_parsers(faults: argparse._SubParsersAction[argparse.ArgumentParser],
                     "in a table below. The time axis is seconds from the first event on the guest's "
                     "monotonic clock (a clock fault does not bend it); a reboot (a new boot id) is placed "
                     "by the guest's wall clock and drawn as a dashed line. --metrics adds application "
-                    "metrics underneath on the same axis. Nothing is sent to the agent.",
+                    "metrics underneath on the same axis. Nothing is sent to the agent.", 78),
         epilog="example:\n"
                "  pyqga fault events > events.jsonl\n"
                "  pyqga fault report events.jsonl --metrics latency.jsonl -o faults.html",
