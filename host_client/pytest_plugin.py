@@ -125,7 +125,7 @@ def guest(pytestconfig: pytest.Config) -> Iterator[AgentClient]:
     try:
         client = AgentClient(s.address, timeout=s.timeout)
     except AgentClientError as exc:
-        raise pytest.UsageError(f"pyqga: cannot reach the agent at {s.address} ({s.source}): {exc}") from None
+        pytest.fail(f"pyqga: cannot reach the agent at {s.address} ({s.source}): {exc}", pytrace=False)
     with client:
         yield client
 
