@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := e2fsprogs util-linux xfsprogs btrfs-progs socat qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
 	libvirt-dev pkg-config gcc python3-dev mmdebstrap
+# chromium renders `pyqga fault report`'s page for tests/process/test_fault_report_render.py.
+APT_PACKAGES += chromium
 # lintian checks the .deb: `make dist` installs it, and so does `deps`, because
 # tests/process/test_packaging.py runs it (a skip elsewhere, a failure in CI).
 DIST_APT_PACKAGES := lintian

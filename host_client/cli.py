@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
         "fault", parents=[common], help="inject faults: fault KIND --target PATH --for TIME, list, revert...",
         description=textwrap.fill(
             "Inject a fault into the guest for a while (fault KIND), see and end the faults active "
-            "now (list, revert), read the agent's fault timeline (events), and ask which kinds this "
+            "now (list, revert), read the agent's fault timeline (events) or draw it as an HTML "
+            "page (report), and ask which kinds this "
             f"guest can do (capabilities). {cli_faults.LEASE_TEXT} 'fault stall' is a repeated "
             "write-stall of mount points. 'pyqga fault KIND --help' says more. Exit status: 0 ok, "
             "1 the agent refused, 2 usage, 3 agent unreachable, 130 interrupted.", 78),
@@ -104,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  pyqga fault write-stall --target /data --for 5s --wait\n"
                "  pyqga fault list\n"
                "  pyqga fault revert f1\n"
-               "  pyqga fault events --since 12 --follow",
+               "  pyqga fault events --since 12 --follow\n"
+               "  pyqga fault report events.jsonl --metrics latency.jsonl -o faults.html",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     faults = fault.add_subparsers(dest="fault", required=True, metavar="FAULT")
     stall = faults.add_parser(
@@ -313,7 +315,8 @@ def run(argv: list[str] | None, out: Output) -> int:
     if args.command == "completion":
         sys.stdout.write(cli_completion.bash_script(parser))
         return EXIT_OK
-    needs_agent = not (args.command == "snapshot" and args.no_freeze) and args.command != "group"
+    report = args.command == "fault" and args.fault == "report"   # draws a file, talks to no agent
+    needs_agent = not ((args.command == "snapshot" and args.no_freeze) or args.command == "group" or report)
     if needs_agent:
         args.socket = resolve_address(parser, args.socket)
     arguments = parse_arguments(parser, args.arguments) if args.command == "call" else None
@@ -327,6 +330,8 @@ def run(argv: list[str] | None, out: Output) -> int:
             return run_snapshot(parser, args, out)
         if args.command == "group":
             return cli_group.run(args, out)
+        if report:
+            return cli_faults.run_report(args)
         with AgentClient(args.socket, dialect=args.dialect, timeout=args.timeout) as client:
             if args.command == "ping":
                 run_ping(client, out)

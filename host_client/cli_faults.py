@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 import time
 from typing import Any
 
@@ -27,7 +28,7 @@ from pyqga.host_client.faults import FOLLOW_INTERVAL, KINDS, ActiveFault, Fault,
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
-VERBS = ("list", "revert", "events", "capabilities", "plan", "power-cut")
+VERBS = ("list", "revert", "events", "capabilities", "plan", "power-cut", "report")
 
 # What the application in the guest sees (issue 20's table); the agent documents the parameters.
 SEES = {
@@ -142,6 +143,30 @@ def add_parsers(faults: argparse._SubParsersAction[argparse.ArgumentParser],
                     "with -no-reboot quits instead of rebooting.")
     cut.add_argument("--qmp", required=True, metavar="PATH", help="QEMU's QMP monitor socket")
     cut.add_argument("--target", required=True, metavar="PATH", help="the guest's mount point or device")
+    report = faults.add_parser(
+        "report", help="draw a fault timeline as an HTML page (no agent needed)",
+        description=textwrap.fill(
+                    "Read fault events (EVENTS: the JSON lines 'pyqga fault events' prints, its --json "
+                    "document, or the agent's fault-events.jsonl; '-' reads standard input) and write one "
+                    "self-contained HTML page with an SVG timeline: one lane per fault target, a bar per "
+                    "fault from when it took effect to its end, labelled with its kind and how it ended "
+                    "(reverted, expired, and why), a color per kind, refusals marked in red, every event "
+                    "in a table below. The time axis is seconds from the first event on the guest's "
+                    "monotonic clock (a clock fault does not bend it); a reboot (a new boot id) is placed "
+                    "by the guest's wall clock and drawn as a dashed line. --metrics adds application "
+                    "metrics underneath on the same axis. Nothing is sent to the agent.", 78),
+        epilog="example:\n"
+               "  pyqga fault events > events.jsonl\n"
+               "  pyqga fault report events.jsonl --metrics latency.jsonl -o faults.html",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    report.add_argument("events", metavar="EVENTS", help="the events, JSON lines ('-': standard input)")
+    report.add_argument("--metrics", metavar="FILE",
+                        help="application metrics, JSON lines {\"time\": UNIX_SECONDS, \"value\": NUMBER} "
+                             "with an optional \"name\" (one line per name), e.g. each request's latency; "
+                             "placed by Unix time against the guest's wall clock at the first event")
+    report.add_argument("-o", "--output", metavar="OUT",
+                        help="the HTML file to write (default: standard output, unless it is a terminal)")
+    report.add_argument("--title", default="pyqga fault timeline", help="the page's title")
     cut.add_argument("--after", type=parse_time, default=0.0, metavar="TIME",
                      help="how long writes are lost before the reset (default 0)")
 
@@ -185,6 +210,8 @@ def run(client: AgentClient, args: argparse.Namespace, out: Output) -> int:
         return run_plan(client, args, out)
     elif verb == "power-cut":
         return run_power_cut(client, args)
+    elif verb == "report":
+        return run_report(args)
     else:
         caps = client.faults.capabilities(args.target)
         out.show(caps.as_dict(), lambda: format_capabilities(caps))
@@ -297,6 +324,43 @@ def run_plan(client: AgentClient, args: argparse.Namespace, out: Output) -> int:
                 json_line(event.as_dict())
             if event.id == plan.id and event.ends_lease:
                 break
+    return EXIT_OK
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """``pyqga fault report``: no agent; errors in the inputs are one line and status 2."""
+    from pyqga.host_client.fault_report import read_events, read_metrics, render
+
+    def read(path: str) -> str:
+        try:
+            if path == "-":
+                return sys.stdin.read()
+            with open(path, encoding="utf-8") as file:
+                return file.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+    if args.output is None and sys.stdout.isatty():
+        print("pyqga: error: give -o OUT.html (or redirect standard output): the report is an HTML page",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        events = read_events(read(args.events), args.events)
+        samples = read_metrics(read(args.metrics), args.metrics) if args.metrics else []
+    except ValueError as exc:
+        print(f"pyqga: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    text = render(events, samples, args.title, "standard input" if args.events == "-" else args.events)
+    if args.output is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    try:
+        with open(args.output, "w", encoding="utf-8") as out:
+            out.write(text)
+    except OSError as exc:
+        print(f"pyqga: error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"pyqga: wrote {args.output} ({len(events)} events)", file=sys.stderr)
     return EXIT_OK
 
 

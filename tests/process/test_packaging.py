@@ -140,6 +140,7 @@ def test_wheel_has_host_and_guest(dist: tuple[Path, subprocess.CompletedProcess[
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "pyqga-agent = pyqga.agent.main:main" in text and "pyqga = pyqga.host_client.cli:main" in text
+    assert "[pytest11]\npyqga = pyqga.host_client.pytest_plugin" in text   # the pytest plugin
     # One import name: nothing but the pyqga package and its metadata (no tests, rig or bench).
     assert {n.split("/")[0] for n in names} == {"pyqga", "pyqga-0.1.0.dist-info"}
     assert {"pyqga-agent.8", "pyqga.1"} <= {p.name for p in (dist[0] / "man").iterdir()}

@@ -196,7 +196,7 @@ def test_fault_stall_is_unchanged() -> None:
 def test_every_kind_explains_itself_and_completes(capsys: pytest.CaptureFixture[str]) -> None:
     found = levels(cli.build_parser())
     assert set(found["fault"].subcommands) == {"stall", *KINDS, "list", "revert", "events", "capabilities",
-                                               "plan", "power-cut"}
+                                               "plan", "power-cut", "report"}
     for kind in KINDS:
         options = set(found[f"fault {kind}"].options)
         assert {"--target", "--for", "--param", "--seed", "--force", "--wait"} <= options
@@ -205,6 +205,7 @@ def test_every_kind_explains_itself_and_completes(capsys: pytest.CaptureFixture[
         text = re.sub(r"-\s+", "-", " ".join(capsys.readouterr().out.split()))  # argparse wraps at hyphens
         assert "guest-fault-inject" in text and "--enable-faults" in text
     assert "--follow" in found["fault events"].options
+    assert {"--metrics", "--output", "--title"} <= set(found["fault report"].options)
     script = cli_completion_script()
     assert "'fault disk-full') echo" in script
 
