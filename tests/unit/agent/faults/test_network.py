@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pyqga.agent.faults import catalog, kinds, network, nettools
+from pyqga.agent.faults import catalog, kinds, nettools, network
 from pyqga.agent.faults.kinds import Context
 from pyqga.agent.faults.machine import Refused
 from pyqga.agent.faults.recipes import StepError, check_step, run_step, run_steps
@@ -51,7 +51,8 @@ def prepare(kind: str, target: str, params: dict[str, Any] | None = None, force:
     ("net-corrupt", {"rate": 5}, "net-corrupt has no parameter 'rate'; it takes: percent, correlation"),
     ("net-partition", {"direction": "sideways"}, "direction must be one of both, in, out"),
 ])
-def test_out_of_range_parameters_are_refused_in_one_line(kind: str, params: dict[str, Any], message: str) -> None:
+def test_out_of_range_parameters_are_refused_in_one_line(kind: str, params: dict[str, Any],
+                                                         message: str) -> None:
     with pytest.raises(Refused) as caught:
         kinds.check_params(Kind(kind), params, catalog.PARAMS)
     assert message in str(caught.value) and "\n" not in str(caught.value)
@@ -89,15 +90,15 @@ def test_a_netem_fault_holds_its_interface_and_undoes_by_its_own_handle(guest: d
 
 def test_a_root_qdisc_someone_set_is_refused_unless_forced(guest: dict[str, Any]) -> None:
     guest["eth0"] = nettools.RootQdisc("htb", "1:")
-    with pytest.raises(Refused, match="eth0's root qdisc is htb 1:, someone's; revert restores only the "
-                                      "kernel's default root qdisc.*pass force"):
+    with pytest.raises(Refused, match=r"eth0's root qdisc is htb 1:, someone's; revert restores only the "
+                                      r"kernel's default root qdisc.*pass force"):
         prepare("net-loss", "eth0")
     assert prepare("net-loss", "eth0", force=True).apply[0]["mode"] == "replace"
 
 
 @pytest.mark.parametrize("kind", [k.value for k in network.NETEM_KINDS] + ["net-partition"])
 def test_an_interface_that_does_not_exist_is_refused(guest: dict[str, Any], kind: str) -> None:
-    with pytest.raises(Refused, match=f"{kind}: no network interface 'eth9'.*this guest has: eth0, lo, veth-a"):
+    with pytest.raises(Refused, match=rf"{kind}: no network interface 'eth9'.*this guest has: eth0, lo, veth-a"):
         prepare(kind, "eth9")
 
 
@@ -115,6 +116,9 @@ def test_a_partition_is_a_table_of_its_own(guest: dict[str, Any]) -> None:
     assert other.apply[0]["table"] != table   # two partitions never share a table
 
 
+RULE = '    iifname "veth-a" ip saddr { 10.0.0.2/32, 10.1.0.0/16 } meta l4proto udp th '
+
+
 def test_the_partition_script() -> None:
     script = nettools.partition_script("pyqga-0123456789ab", "veth-a", ["10.0.0.2", "10.1.0.0/16"], ["53"],
                                        "udp", "in")
@@ -122,13 +126,13 @@ def test_the_partition_script() -> None:
         "table inet pyqga-0123456789ab {\n"
         "  chain input {\n"
         "    type filter hook input priority filter - 10; policy accept;\n"
-        '    iifname "veth-a" ip saddr { 10.0.0.2/32, 10.1.0.0/16 } meta l4proto udp th sport { 53 } counter drop\n'
-        '    iifname "veth-a" ip saddr { 10.0.0.2/32, 10.1.0.0/16 } meta l4proto udp th dport { 53 } counter drop\n'
+        f"{RULE}sport {{ 53 }} counter drop\n"
+        f"{RULE}dport {{ 53 }} counter drop\n"
         "  }\n"
         "  chain forward {\n"
         "    type filter hook forward priority filter - 10; policy accept;\n"
-        '    iifname "veth-a" ip saddr { 10.0.0.2/32, 10.1.0.0/16 } meta l4proto udp th sport { 53 } counter drop\n'
-        '    iifname "veth-a" ip saddr { 10.0.0.2/32, 10.1.0.0/16 } meta l4proto udp th dport { 53 } counter drop\n'
+        f"{RULE}sport {{ 53 }} counter drop\n"
+        f"{RULE}dport {{ 53 }} counter drop\n"
         "  }\n"
         "  chain output {\n"
         "    type filter hook output priority filter - 10; policy accept;\n"
@@ -150,8 +154,8 @@ def test_a_partition_both_ways_drops_to_and_from_each_family() -> None:
 
 
 @pytest.mark.parametrize(("target", "params", "message"), [
-    ("vsock", {}, "net-partition: vsock is the agent's control channel: virtio-serial, a serial line or vsock, "
-                  "never IP"),
+    ("vsock", {}, "net-partition: vsock is the agent's control channel: virtio-serial, a serial line or "
+                  "vsock, never IP"),
     ("any", {"peers": "vsock:3"}, "peers 'vsock:3' is the agent's control channel"),
     ("any", {"protocol": "vsock"}, "protocol 'vsock' is the agent's control channel"),
     ("any", {"protocol": "icmp"}, "protocol must be one of any, tcp, udp, not 'icmp'"),
@@ -224,7 +228,8 @@ def test_a_partition_table_and_its_undo_twice(guest: dict[str, Any]) -> None:
     spec = prepare("net-partition", "lo", {"ports": "80", "direction": "out"})
     assert run_steps(spec.apply, k) == (None, True)
     table = spec.apply[0]["table"]
-    assert k.tables == {table: {"iface": "lo", "peers": [], "ports": ["80"], "protocol": "any", "direction": "out"}}
+    assert k.tables == {table: {"iface": "lo", "peers": [], "ports": ["80"], "protocol": "any",
+                                "direction": "out"}}
     with pytest.raises(OSError) as caught:
         run_step(spec.apply[0], k)
     assert caught.value.errno == errno.EEXIST
