@@ -98,7 +98,7 @@ def test_a_root_qdisc_someone_set_is_refused_unless_forced(guest: dict[str, Any]
 
 @pytest.mark.parametrize("kind", [k.value for k in network.NETEM_KINDS] + ["net-partition"])
 def test_an_interface_that_does_not_exist_is_refused(guest: dict[str, Any], kind: str) -> None:
-    with pytest.raises(Refused, match=rf"{kind}: no network interface 'eth9'.*this guest has: eth0, lo, veth"):
+    with pytest.raises(Refused, match=rf"{kind}: no network interface 'eth9'.*has: eth0, lo, veth-a"):
         prepare(kind, "eth9")
 
 
