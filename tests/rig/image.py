@@ -1,6 +1,6 @@
 """Build and cache the test guest: a Debian cloud kernel, a busybox initramfs, an ext4 root with
-python3, qemu-ga, pyqga, lvm2 and dmsetup (and the loop and dm-mod modules, for ``modprobe``), and
-an empty ext4 data disk.
+python3, qemu-ga, pyqga, lvm2 and dmsetup, nftables and iproute2 (and the loop, dm, nf_tables,
+netem and veth modules, for ``modprobe``), and an empty ext4 data disk.
 
 Nothing is installed on the host and nothing is mounted: packages come from ``apt-get download``
 and are unpacked with ``dpkg-deb``; the root image is made by ``mkfs.ext4 -d DIR``.  That keeps the

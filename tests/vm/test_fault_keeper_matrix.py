@@ -2,7 +2,9 @@
 
 Kinds: ``write-stall``, ``disk-full`` and the device-mapper ones, all on ``/data`` (the guest
 boots with ``pyqga.dmdata=1``: ``/data`` sits on the dm-linear layer ``pyqga-data``), and
-``process-pause`` of a ``sleep`` the hands start for the cell.  Ends:
+``process-pause`` of a ``sleep`` the hands start for the cell, ``net-partition`` (a table that
+drops an address nobody uses) and ``net-delay`` on ``lo`` (the other netem kinds share its
+recipe: only their netem words differ).  Ends:
 its deadline, ``guest-fault-revert``, SIGKILL of the agent, SIGSTOP of the agent, an agent
 restart (agent and keeper both killed, a new agent on the same state directory), and SIGKILL of
 the keeper (the agent starts a new one and resends the leases) followed by SIGSTOP of the agent.
@@ -20,7 +22,8 @@ Each fault must end by its deadline plus 1 s, or within 1 s of what ends it earl
 the agent's death), except after a restart, which ends it as soon as the new agent is up; the
 timeline (``guest-fault-events``, which a new agent reads back from the state directory) must
 give the reason; and after every cell ``/data``'s table is byte-identical to the one at boot
-(``dmsetup table``), the device is not suspended and no fill file is left.
+(``dmsetup table``), the device is not suspended, no fill file is left, ``lo``'s qdisc reads as
+at boot (``tc qdisc show``) and no pyqga table is left in nftables.
 """
 
 from __future__ import annotations
@@ -62,7 +65,11 @@ KINDS: list[tuple[str, dict[str, Any]]] = [
     ("corrupt", {}), ("drop-writes", {}), ("io-error", {}),
     # A process the hands started (a sleep), not /data.
     ("process-pause", {}),
+    # The network: an nftables table of its own, and netem on lo (NET_TARGETS).
+    ("net-partition", {"peers": "10.91.9.9"}), ("net-delay", {"delay-ms": 50}),
 ]
+NET_TARGETS = {"net-partition": "any", "net-delay": "lo"}
+TC, NFT = "/usr/sbin/tc", "/usr/sbin/nft"
 # cell -> (duration, the ending event and its reason).  Short where the deadline ends it; long
 # where something else must end it first.  kill-keeper's covers the new keeper's start.
 CELLS: dict[str, tuple[float, str, str]] = {
@@ -131,7 +138,15 @@ def table():
     return [line.text() for line in dm.table(layer)]
 
 
+def run(*argv):
+    return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+
+
 def held():
+    if kind == "net-partition":
+        return "pyqga-" in run("/usr/sbin/nft", "list", "tables")
+    if kind.startswith("net-"):
+        return "netem" in run("/usr/sbin/tc", "qdisc", "show", "dev", "lo", "root")
     if kind == "write-stall":
         return frozen()
     if kind == "process-pause":
@@ -241,6 +256,13 @@ def repair():
     with open(args["pidfile"]) as f:
         pid = int(f.read() or 0)
     fields = stat(pid) if pid else None
+    for table in run("/usr/sbin/nft", "list", "tables").split():
+        if table.startswith("pyqga-"):
+            run("/usr/sbin/nft", "delete", "table", "inet", table)
+            fixed.append(f"deleted table {table}")
+    if "netem" in run("/usr/sbin/tc", "qdisc", "show", "dev", "lo", "root"):
+        run("/usr/sbin/tc", "qdisc", "del", "dev", "lo", "root")
+        fixed.append("netem off lo")
     if fields is not None and fields[0] == "T":
         os.kill(pid, signal.SIGCONT)
         fixed.append("SIGCONT to the agent")
@@ -280,6 +302,7 @@ class Rig:
 
     def __init__(self, vm: GuestVM, hands: AgentClient, boot: str) -> None:
         self.vm, self.hands, self.boot = vm, hands, boot
+        self.boot_lo = sh(hands, f"{TC} qdisc show dev lo")
         self.subject = vm.client(SUBJECT, timeout=60)
         self.cursor: int = self.subject.call("guest-fault-events", {"since": 0})["cursor"]
         self.lateness: list[str] = []
@@ -388,7 +411,7 @@ def run_cell(rig: Rig, kind: str, params: dict[str, Any], cell: str, duration: f
 
 def run_faulted(rig: Rig, kind: str, params: dict[str, Any], cell: str, duration: float, ending: str,
                 reason: str, sleeper: int) -> None:
-    target = f"pid:{sleeper}" if sleeper else "/data"
+    target = f"pid:{sleeper}" if sleeper else NET_TARGETS.get(kind, "/data")
     lease = rig.subject.call("guest-fault-inject", {"kind": kind, "target": target, "duration": duration,
                                                     "params": params})
     limit = duration + 5 if duration < 10 else AGENT_START_S + 5
@@ -424,7 +447,7 @@ def run_faulted(rig: Rig, kind: str, params: dict[str, Any], cell: str, duration
     if cell == "restart":
         assert end["mono"] >= seen["action"], "the fault ended before the new agent started"
     allowed = AGENT_START_S if cell == "restart" else LATE_S
-    row = f"{kind:12s} {cell:11s} ended {late:+.3f} s after {since}"
+    row = f"{kind:13s} {cell:11s} ended {late:+.3f} s after {since}"
     if cell == "kill-keeper":
         row += f" (new keeper ready {seen['keeper-back'] - seen['keeper-killed']:.2f} s after the kill)"
     if "respawned" in seen:
@@ -434,8 +457,11 @@ def run_faulted(rig: Rig, kind: str, params: dict[str, Any], cell: str, duration
 
     assert rig.subject.call("guest-fault-list") == []
     after = sh(rig.hands, f"dmsetup table {DATA_LAYER}; echo --; "
-                          f"dmsetup info -c --noheadings -o attr {DATA_LAYER}; echo --; ls -a /data")
-    table, attr, files = after.split("--\n")
+                          f"dmsetup info -c --noheadings -o attr {DATA_LAYER}; echo --; ls -a /data; "
+                          f"echo --; {TC} qdisc show dev lo; echo --; {NFT} list tables")
+    table, attr, files, lo, tables = after.split("--\n")
+    assert lo == rig.boot_lo, f"lo's qdisc at boot: {rig.boot_lo}; now: {lo}"
+    assert "pyqga-" not in tables, tables
     assert table == rig.boot, after
     assert "s" not in attr, f"/data's device is still suspended: {attr}"
     assert ".pyqga-fill-" not in files, files
