@@ -6,8 +6,9 @@
 - :mod:`.recipes`: the steps that apply and undo a fault, and the one function that runs a step
   (the agent and the keeper both run undo steps through it; every undo step is idempotent).
 - :mod:`.kinds`: from a request (kind, target, params) to a recipe; :mod:`.block` for the
-  device-mapper kinds, :mod:`.dm` the device-mapper ioctls; :mod:`.processes` and
-  :mod:`.resources`; :mod:`.catalog` joins them.
+  device-mapper kinds, :mod:`.dm` the device-mapper ioctls; :mod:`.processes`; :mod:`.network`
+  for nftables partitions and netem, :mod:`.nettools` the nft and tc programs; :mod:`.resources`;
+  :mod:`.catalog` joins them.
 - :mod:`.worker`: the program behind a fault that needs a running process (spawn and reap steps).
 - :mod:`.engine`: the driver, with the lock, the deadline timer, the events file and the keeper.
 """

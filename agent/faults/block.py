@@ -349,9 +349,9 @@ def flakey_accepts(table: list[dm.TableLine], feature: str) -> bool:
     return result
 
 
-def _module_file(module: str, release: str) -> str | None:
+def _module_file(module: str, release: str, tree: str = "kernel/drivers/md") -> str | None:
     """``builtin`` when the kernel has ``module`` built in, ``module`` when its modules tree has
-    it (the kernel loads it on first use), else None."""
+    it under ``tree`` (the kernel loads it on first use), else None."""
     base = f"{MODULES}/{release}"
     names = {module.replace("_", "-") + ".ko", module.replace("-", "_") + ".ko"}
     try:
@@ -360,9 +360,34 @@ def _module_file(module: str, release: str) -> str | None:
                 return "builtin"
     except OSError:
         pass
-    for _dirpath, _dirs, files in os.walk(f"{base}/kernel/drivers/md"):
+    for _dirpath, _dirs, files in os.walk(f"{base}/{tree}"):
         if any(f.split(".ko")[0] + ".ko" in names for f in files):
             return "module"
+    return None
+
+
+def module_missing(module: str, tree: str, release: str | None = None, what: str = "") -> str | None:
+    """Why the kernel cannot have ``module`` (e.g. ``sch_netem``, under ``tree`` in its modules
+    folder) now, or None: loaded, built in, or a module the kernel loads itself on first use
+    (through its modprobe helper).  ``what`` names it in the reason (default: the module)."""
+    if os.path.isdir(f"{SYS_MODULE}/{module.replace('-', '_')}"):
+        return None
+    release = release or os.uname().release
+    what = what or module
+    where = _module_file(module, release, tree)
+    if where is None:
+        return (f"this kernel ({release}) has no {what}: not loaded, not built in, "
+                f"not in {MODULES}/{release}")
+    if where == "builtin":
+        return None
+    try:
+        with open(MODPROBE) as f:
+            helper = f.read().strip()
+    except OSError:
+        helper = ""
+    if not helper or not os.path.exists(helper):
+        return (f"{module} is in {MODULES}/{release} but the kernel's module loader "
+                f"({helper or 'none'}) is missing: load it with modprobe {module}")
     return None
 
 
@@ -376,24 +401,7 @@ def target_missing(target: str, release: str | None = None) -> str | None:
             return None
     except OSError:
         pass
-    if os.path.isdir(f"{SYS_MODULE}/dm_{target}"):
-        return None
-    release = release or os.uname().release
-    where = _module_file(f"dm-{target}", release)
-    if where is None:
-        return (f"this kernel ({release}) has no dm-{target} target: not loaded, not built in, "
-                f"not in {MODULES}/{release}")
-    if where == "builtin":
-        return None
-    try:
-        with open(MODPROBE) as f:
-            helper = f.read().strip()
-    except OSError:
-        helper = ""
-    if not helper or not os.path.exists(helper):
-        return (f"dm-{target} is in {MODULES}/{release} but the kernel's module loader "
-                f"({helper or 'none'}) is missing: load it with modprobe dm-{target}")
-    return None
+    return module_missing(f"dm-{target}", "kernel/drivers/md", release, f"dm-{target} target")
 
 
 def unavailable(kind: Kind) -> str | None:

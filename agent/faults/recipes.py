@@ -15,8 +15,20 @@ dm-table       load ``table`` into device ``name``, swap  the same table again: 
   name table   it in (suspend without lockfs, resume)
 dm-suspend     suspend ``name`` without flush or lockfs   (apply only)
 dm-resume      resume ``name``                            resuming an active device: no-op
-signal pid     signal the process if it still is the one  gone, or another process: left alone
-  start signal that started at ``start``
+signal         a signal to ``pid`` if it still started    (undo: SIGCONT) a gone or reused pid:
+  pid start    at ``start``                               left alone
+nft-table      make nftables table ``inet TABLE`` that    (apply only; one nft transaction)
+  table iface  drops what the rule names
+  peers ports
+  protocol
+  direction
+nft-delete     delete table ``inet TABLE``                no such table: done
+  table
+netem dev      ``tc qdisc add|replace`` ``dev``'s root:   (apply only)
+  handle args  netem ``args`` under ``handle``
+  mode
+netem-remove   delete ``dev``'s root qdisc if it has      another handle, or no such
+  dev handle   ``handle``; the kernel's default returns   interface: done
 spawn worker   start a worker program (:mod:`.worker`)    (apply only)
   token args   and wait until it holds
 reap token     SIGKILL every process whose command line   none left: done
@@ -45,7 +57,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from pyqga.agent.errors import AgentFailure
-from pyqga.agent.faults import dm
+from pyqga.agent.faults import dm, nettools
 from pyqga.agent.faults.worker import TOKEN_FLAG
 from pyqga.agent.freeze.ioctls import FsIoctl
 
@@ -59,13 +71,20 @@ STEP_FIELDS: Mapping[str, Mapping[str, type]] = {
     "dm-suspend": {"name": str},
     "dm-resume": {"name": str},
     "signal": {"pid": int, "start": int, "signal": int},
+    "nft-table": {"table": str, "iface": str, "peers": list, "ports": list, "protocol": str,
+                  "direction": str},
+    "nft-delete": {"table": str},
+    "netem": {"dev": str, "handle": str, "args": list, "mode": str},
+    "netem-remove": {"dev": str, "handle": str},
     "spawn": {"worker": str, "token": str, "args": dict},
     "reap": {"token": str},
 }
+# Undo these first: other steps may wait on the I/O they hold (or on the CPU a hog takes).
 RELEASES_IO = ("thaw", "dm-resume", "signal", "reap")
 # A failed call of these changed nothing (one ioctl or kill(2) that failed); the others do
 # several things (a table load, suspend and resume; a create and allocations) and may have.
-ATOMIC = ("freeze", "signal", "dm-suspend")   # undo these first: other steps may wait on the I/O they hold
+# (nft -f is one transaction; a tc qdisc change one netlink request.)
+ATOMIC = ("freeze", "signal", "dm-suspend", "nft-table", "netem")
 MAX_TABLE_LINES = 65536
 STOP_WAIT = 1.0   # how long a SIGSTOP step waits for the process to be stopped
 SPAWN_WAIT = 10.0   # how long a spawn step waits for its worker to hold (locking memory takes time)
@@ -92,6 +111,11 @@ class FaultKernel(Protocol):
     def signal(self, pid: int, start: int, signum: int) -> None: ...
     def spawn(self, worker: str, token: str, args: Mapping[str, Any]) -> None: ...
     def reap(self, token: str) -> None: ...
+    def nft_table(self, table: str, iface: str, peers: list[str], ports: list[str], protocol: str,
+                  direction: str) -> None: ...
+    def nft_delete(self, table: str) -> None: ...
+    def netem(self, dev: str, handle: str, args: list[str], mode: str) -> None: ...
+    def netem_remove(self, dev: str, handle: str) -> None: ...
 
 
 def check_step(step: Any) -> Mapping[str, Any]:
@@ -107,7 +131,39 @@ def check_step(step: Any) -> Mapping[str, Any]:
             raise StepError(f"step {step['op']}: {name} is not a {kind.__name__}")
     if step["op"] == "dm-table":
         table_lines(step["table"])
+    _check_net(step)
     return step
+
+
+def _words(step: Mapping[str, Any], name: str, pattern: Any = None) -> None:
+    words = step[name]
+    if len(words) > nettools.MAX_ITEMS or not all(isinstance(w, str) and len(w) <= 64 for w in words):
+        raise StepError(f"step {step['op']}: {name} is not a list of at most {nettools.MAX_ITEMS} words")
+    if pattern is not None and not all(pattern.fullmatch(w) for w in words):
+        raise StepError(f"step {step['op']}: {name} has a word netem does not take")
+
+
+def _check_net(step: Mapping[str, Any]) -> None:
+    """The network steps' fields beyond their types: names and words that nft and tc take as
+    themselves, never as more syntax (a snapshot is read back from disk)."""
+    op = step["op"]
+    if op in ("nft-table", "nft-delete") and not nettools.TABLE_RE.fullmatch(step["table"]):
+        raise StepError(f"step {op}: {step['table'][:40]!r} is not a pyqga table")
+    if op == "nft-table":
+        _words(step, "peers")
+        _words(step, "ports")
+        try:
+            nettools.partition_script(step["table"], step["iface"], step["peers"], step["ports"],
+                                      step["protocol"], step["direction"])
+        except ValueError as e:
+            raise StepError(f"step nft-table: {e}") from None
+    if op in ("netem", "netem-remove") and not (nettools.IFACE_RE.fullmatch(step["dev"])
+                                                and nettools.HANDLE_RE.fullmatch(step["handle"])):
+        raise StepError(f"step {op}: bad interface or handle")
+    if op == "netem":
+        _words(step, "args", nettools.NETEM_WORD_RE)
+        if step["mode"] not in nettools.MODES:
+            raise StepError(f"step netem: mode {step['mode'][:20]!r}")
 
 
 def table_lines(raw: list[Any]) -> list[dm.TableLine]:
@@ -150,6 +206,15 @@ def run_step(step: Mapping[str, Any], kernel: FaultKernel) -> None:
         kernel.spawn(step["worker"], step["token"], step["args"])
     elif op == "reap":
         kernel.reap(step["token"])
+    elif op == "nft-table":
+        kernel.nft_table(step["table"], step["iface"], step["peers"], step["ports"], step["protocol"],
+                         step["direction"])
+    elif op == "nft-delete":
+        kernel.nft_delete(step["table"])
+    elif op == "netem":
+        kernel.netem(step["dev"], step["handle"], step["args"], step["mode"])
+    elif op == "netem-remove":
+        kernel.netem_remove(step["dev"], step["handle"])
     else:
         kernel.dm_resume(step["name"])
 
@@ -235,6 +300,19 @@ class LinuxFaultKernel:
             end = time.monotonic() + STOP_WAIT
             while process_state(pid) not in ("T", "t", "", "Z", "X") and time.monotonic() < end:
                 time.sleep(0.001)
+
+    def nft_table(self, table: str, iface: str, peers: list[str], ports: list[str], protocol: str,
+                  direction: str) -> None:
+        nettools.add_table(nettools.partition_script(table, iface, peers, ports, protocol, direction))
+
+    def nft_delete(self, table: str) -> None:
+        nettools.delete_table(table)
+
+    def netem(self, dev: str, handle: str, args: list[str], mode: str) -> None:
+        nettools.netem_add(dev, handle, args, mode)
+
+    def netem_remove(self, dev: str, handle: str) -> None:
+        nettools.netem_remove(dev, handle)
 
 
     def spawn(self, worker: str, token: str, args: Mapping[str, Any]) -> None:

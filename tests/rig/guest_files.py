@@ -113,6 +113,7 @@ ln -sf /proc/self/fd/0 /dev/stdin
 ln -sf /proc/self/fd/1 /dev/stdout
 ln -sf /proc/self/fd/2 /dev/stderr
 hostname pyqga-guest
+ip link set lo up
 # No udev: name the virtio-serial ports as udev's rules would.
 mkdir -p /dev/virtio-ports
 for p in /sys/class/virtio-ports/*; do

@@ -1,6 +1,6 @@
 """Build and cache the test guest: a Debian cloud kernel, a busybox initramfs, an ext4 root with
-python3, qemu-ga, pyqga, lvm2 and dmsetup (and the loop and dm-mod modules, for ``modprobe``), and
-an empty ext4 data disk.
+python3, qemu-ga, pyqga, lvm2 and dmsetup, nftables and iproute2 (and the loop, dm, nf_tables,
+netem and veth modules, for ``modprobe``), and an empty ext4 data disk.
 
 Nothing is installed on the host and nothing is mounted: packages come from ``apt-get download``
 and are unpacked with ``dpkg-deb``; the root image is made by ``mkfs.ext4 -d DIR``.  That keeps the
@@ -67,7 +67,7 @@ KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 # no compiled extension (jsonschema's rpds) has to match the guest's Python.
 ROOT_PACKAGES = (
     "python3", "python3-jsonschema", "python3-typing-extensions", "qemu-guest-agent",
-    "busybox-static", "base-files", "e2fsprogs", "dmsetup", "lvm2",
+    "busybox-static", "base-files", "e2fsprogs", "dmsetup", "lvm2", "nftables", "iproute2",
 )
 # Virtio drivers in load order (no modules.dep in the initramfs); vsock ones are optional.
 VIRTIO_MODULES = (
@@ -77,9 +77,9 @@ VIRTIO_MODULES = (
 VSOCK_MODULES = ("vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport")
 # On the root disk for `modprobe` (busybox; modules.dep made at build time), not loaded at boot:
 # loop devices and device-mapper (dm-linear, LVM) for the stacked-device freeze tests, and the dm
-# targets of the disk fault kinds (the kernel loads one itself when a table names it).  Their
-# dependencies come along.
-ROOT_MODULES = ("loop", "dm-mod", "dm-flakey", "dm-delay", "dm-log-writes")
+# targets of the disk fault kinds (the kernel loads one itself when a table names it); nftables,
+# netem and veth pairs for the network fault kinds.  Their dependencies come along.
+ROOT_MODULES = ("loop", "dm-mod", "dm-flakey", "dm-delay", "dm-log-writes", "nf_tables", "sch_netem", "veth")
 # pyqga's own packages (from this checkout) and its pure-Python dependencies (from the host).
 # (guest path in the site dir, folder of this checkout): the pyqga package's own files (its parts
 # are symlinks, which the copy skips) and the parts the guest runs.

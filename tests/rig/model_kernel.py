@@ -282,8 +282,9 @@ class ModelHooks:
 
 # --- the fault kernel ------------------------------------------------------------------------------
 
-FAULT_OPS = ("freeze", "thaw", "fill", "unlink", "dm-table", "dm-suspend", "dm-resume", "signal", "spawn",
-             "reap")
+FAULT_OPS = ("freeze", "thaw", "fill", "unlink", "dm-table", "dm-suspend", "dm-resume", "signal",
+             "nft-table", "nft-delete", "netem", "netem-remove", "spawn", "reap")
+DEFAULT_HANDLE = "0:"   # a root qdisc the kernel attached by itself
 
 
 @dataclass
@@ -316,15 +317,26 @@ class ModelFaultKernel:
     - processes by pid, with their start time and whether they are stopped: a signal to a pid
       whose start time differs (a reused pid) or that is gone does nothing; SIGKILL and SIGTERM
       end it, SIGSTOP stops it, SIGCONT continues it;
+    - nftables tables by name (a second table of the same name: EEXIST; deleting one that is not
+      there does nothing, as the real port takes "no such table" as done) and each interface's
+      root qdisc, (kind, handle, netem words): ``tc qdisc add`` over a root that is not the
+      kernel's default is EEXIST, ``replace`` is not; deleting the root qdisc while it has the
+      given handle brings the interface's default back, any other handle or a gone interface is
+      left alone;
     - :meth:`fail_next` makes the next call of an op raise OSError, before or after its change;
     - every real change is logged (:attr:`changes`) with :attr:`job`, so tests count them.
     """
 
     def __init__(self, filesystems: Mapping[str, int], devices: Mapping[str, list[TableLine]],
-                 processes: Mapping[int, int] | None = None) -> None:
+                 processes: Mapping[int, int] | None = None,
+                 interfaces: Mapping[str, str] | None = None) -> None:
         """``filesystems``: mount point -> bytes available; ``devices``: dm name -> live table;
-        ``processes``: pid -> start time."""
+        ``processes``: pid -> start time; ``interfaces``: name -> its default root qdisc's kind."""
         self.processes = dict(processes or {})
+        self.default_qdisc = dict(interfaces or {})
+        self.qdisc: dict[str, tuple[str, str, tuple[str, ...]]] = {
+            dev: (kind, DEFAULT_HANDLE, ()) for dev, kind in self.default_qdisc.items()}
+        self.tables: dict[str, dict[str, Any]] = {}
         self.stopped: set[int] = set()
         self.free = dict(filesystems)
         self.frozen: set[str] = set()
@@ -356,6 +368,9 @@ class ModelFaultKernel:
             out[f"dm:{name}"] = (self.live[name], self.inactive[name], self.suspended[name])
         for token in self.workers:
             out[f"worker:{token}"] = True
+        for dev, root in self.qdisc.items():
+            out[f"net:{dev}"] = root
+        out["nft"] = tuple(sorted(self.tables))
         return out
 
     def count(self, op: str | None = None, job: str | None = None) -> int:
@@ -367,6 +382,8 @@ class ModelFaultKernel:
         twin.frozen, twin.files = set(self.frozen), dict(self.files)
         twin.inactive, twin.suspended = dict(self.inactive), dict(self.suspended)
         twin.workers = set(self.workers)
+        twin.default_qdisc, twin.qdisc = dict(self.default_qdisc), dict(self.qdisc)
+        twin.tables = dict(self.tables)
         return twin
 
     # --- helpers -----------------------------------------------------------------------------
@@ -497,6 +514,42 @@ class ModelFaultKernel:
             self.workers.remove(token)
             self._log("reap", token)
         self._leave(failure, token)
+    def nft_table(self, table: str, iface: str, peers: list[str], ports: list[str], protocol: str,
+                  direction: str) -> None:
+        failure = self._enter("nft-table", table)
+        if table in self.tables:
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST), table)
+        self.tables[table] = {"iface": iface, "peers": list(peers), "ports": list(ports),
+                              "protocol": protocol, "direction": direction}
+        self._log("nft-table", table)
+        self._leave(failure, table)
+
+    def nft_delete(self, table: str) -> None:
+        failure = self._enter("nft-delete", table)
+        if self.tables.pop(table, None) is not None:
+            self._log("nft-delete", table)
+        self._leave(failure, table)
+
+    def netem(self, dev: str, handle: str, args: list[str], mode: str) -> None:
+        failure = self._enter("netem", dev)
+        if dev not in self.qdisc:
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV), dev)
+        if mode == "add" and self.qdisc[dev][1] != DEFAULT_HANDLE:
+            raise OSError(errno.EEXIST, os.strerror(errno.EEXIST), dev)
+        self.qdisc[dev] = ("netem", f"{handle}:", tuple(args))
+        self._log("netem", dev)
+        self._leave(failure, dev)
+
+    def netem_remove(self, dev: str, handle: str) -> None:
+        failure = self._enter("netem-remove", dev)
+        if dev in self.qdisc and self.qdisc[dev][1] == f"{handle}:":
+            self.qdisc[dev] = (self.default_qdisc[dev], DEFAULT_HANDLE, ())
+            self._log("netem-remove", dev)
+        self._leave(failure, dev)
+
+    def foreign_qdisc(self, dev: str, kind: str, handle: str) -> None:
+        """Someone else sets ``dev``'s root qdisc (``tc qdisc replace``)."""
+        self.qdisc[dev] = (kind, handle, ())
 
     def _resume(self, name: str) -> None:
         table = self.inactive[name]
