@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pyqga-fault-demo-") as scratch, \
             GuestVM(Path(scratch) / "vm", agents=(durability.AGENT,), image=image,
                     kernel_args=("pyqga.dmdata=1",), agent_args=("--enable-faults",),
-                    ports=(durability.ACK_PORT,), lifetime=600.0 + 60.0 * args.cuts) as vm:
+                    ports=(durability.ACK_PORT,), lifetime=600.0 + 2 * 60.0 * args.cuts) as vm:
         print(f"booted in {vm.boot_seconds:.1f} s\n\n{durability.CUT_HEADER}", flush=True)
         results = durability.run(vm, args.seed, args.cuts,
                                  report=lambda r: print(durability.format_cut(r), flush=True))

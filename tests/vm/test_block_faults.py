@@ -356,6 +356,8 @@ def test_sqlite_full_loses_no_acknowledged_commit_and_off_does(vm: GuestVM, orig
     assert len(full) == len(off) == DURABILITY_CUTS
     assert all(r.acked > 0 and r.after > 0 for r in results), results   # committing through the cut
     assert [(r.lost, r.earlier_lost) for r in full] == [(0, 0)] * DURABILITY_CUTS, full
+    # and the cut did cut: the rows committed after the fault held (FULL synced each) are gone
+    assert all(r.beyond < r.in_flight + r.after for r in full), full
     assert all(r.integrity == "ok" for r in full), full
     assert sum(r.lost for r in off) > 0, off   # the same plan finds OFF's loss
 
