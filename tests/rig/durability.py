@@ -22,8 +22,10 @@ committed one at a time, so a cut's counted rows are 1..N.
 QMP ``system_reset``: the same QEMU process, /data's image kept); wait for the new boot; e2fsck
 the unmounted filesystem (asserted clean: ext4's journal must hold whatever the application
 does); then in the guest ``PRAGMA integrity_check`` and, for every cut of this database so far,
-how many of its counted rows are there.  ``random.Random(seed)`` draws the delays, and both modes
-run the same plan.  With ``OFF`` the loss is reliable at these delays: nothing forces the
+how many of its counted rows are there.  A database SQLite cannot read at all after a cut
+(``OFF`` can leave it malformed: a checkpoint's pages half on disk) keeps none of its rows: every
+counted one is lost, and the next cut starts a fresh database.  ``random.Random(seed)`` draws
+the delays, and both modes run the same plan.  With ``OFF`` the loss is reliable at these delays: nothing forces the
 committed pages out of the guest's page cache within :data:`DELAYS` (the kernel writes dirty
 pages back after 30 s, and ext4's 5 s journal commit does not carry delayed-allocation or
 overwritten data).
@@ -60,7 +62,7 @@ START_TIMEOUT = 60.0
 # In the guest.  setup DB: a fresh database in WAL mode, synced.  client DB MODE CUT PORT: commit
 # rows (CUT, 1), (CUT, 2), ... with synchronous=MODE, each acknowledged on PORT after its commit.
 # check DB ACKED: integrity_check, and per cut of ACKED ({cut: N}) how many of rows 1..N are
-# there and how many rows beyond N.
+# there and how many rows beyond N; or the error when the database cannot be read at all.
 GUEST_SOURCE = r"""
 import json, os, sqlite3, sys
 op, path = sys.argv[1], sys.argv[2]
@@ -87,12 +89,16 @@ elif op == "client":
         os.write(port, b"ack %d %d\n" % (cut, seq))
 else:
     acked = json.loads(sys.argv[3])
-    db = sqlite3.connect(path, isolation_level=None)
-    out = {"integrity": [r[0] for r in db.execute("PRAGMA integrity_check")], "present": {}, "beyond": {}}
-    for cut, n in acked.items():
-        count = "SELECT count(*) FROM rows WHERE cut = ? AND seq %s ?"
-        out["present"][cut] = db.execute(count % "<=", (int(cut), n)).fetchone()[0]
-        out["beyond"][cut] = db.execute(count % ">", (int(cut), n)).fetchone()[0]
+    out = {"integrity": [], "present": {}, "beyond": {}}
+    try:
+        db = sqlite3.connect(path, isolation_level=None)
+        out["integrity"] = [r[0] for r in db.execute("PRAGMA integrity_check")]
+        for cut, n in acked.items():
+            count = "SELECT count(*) FROM rows WHERE cut = ? AND seq %s ?"
+            out["present"][cut] = db.execute(count % "<=", (int(cut), n)).fetchone()[0]
+            out["beyond"][cut] = db.execute(count % ">", (int(cut), n)).fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        out["error"] = "%s: %s" % (type(e).__name__, e)
     print(json.dumps(out))
 """
 
@@ -175,7 +181,8 @@ class CutResult:
     lost: int              # counted rows missing after the reboot
     beyond: int            # rows past the counted ones that survived (committed before the fault held)
     earlier_lost: int      # rows of earlier cuts found after their own cut and missing now
-    integrity: str         # PRAGMA integrity_check's first line
+    integrity: str         # PRAGMA integrity_check's first line, or the error reading the database
+    unreadable: bool       # the database could not be read: all its rows count as lost
     reboot_s: float        # reset to the agent answering again
     seconds: float         # the whole cut: client start to the check's end
 
@@ -219,12 +226,13 @@ def run(vm: GuestVM, seed: int, cuts: int, modes: Sequence[str] = MODES,
     with AckReader(vm.port_socket(ACK_PORT)) as acks:
         for mode in modes:
             db = f"/data/durability-{mode.lower()}.db"
-            with _agent(vm) as client:
-                client.write_file(SCRIPT, GUEST_SOURCE.encode())
-                client.exec(["/usr/bin/python3", "-B", SCRIPT, "setup", db], kill_after=120, check=True)
             counted: dict[int, int] = {}    # cut -> rows acknowledged before it
             survived: dict[int, int] = {}   # cut -> of those, found after its reboot
-            for delay in delays:
+            for i, delay in enumerate(delays):
+                if i == 0 or results[-1].unreadable:   # a fresh database, also after a ruined one
+                    _setup(vm, db)
+                    counted.clear()
+                    survived.clear()
                 number += 1
                 result = _one_cut(vm, acks, db, mode, number, delay, counted, survived)
                 if after_reboot is not None:
@@ -234,6 +242,12 @@ def run(vm: GuestVM, seed: int, cuts: int, modes: Sequence[str] = MODES,
                 if report is not None:
                     report(result)
     return results
+
+
+def _setup(vm: GuestVM, db: str) -> None:
+    with _agent(vm) as client:
+        client.write_file(SCRIPT, GUEST_SOURCE.encode())
+        client.exec(["/usr/bin/python3", "-B", SCRIPT, "setup", db], kill_after=120, check=True)
 
 
 def _one_cut(vm: GuestVM, acks: AckReader, db: str, mode: str, number: int, delay: float,
@@ -263,15 +277,17 @@ def _one_cut(vm: GuestVM, acks: AckReader, db: str, mode: str, number: int, dela
         fsck_clean(client)   # before SQLite opens the database (its recovery writes)
         client.write_file(SCRIPT, GUEST_SOURCE.encode())
         check = _check(client, db, counted)
-    present: dict[str, int] = check["present"]  # type: ignore[assignment]
-    beyond: dict[str, int] = check["beyond"]  # type: ignore[assignment]
+    error = check.get("error")
+    # An unreadable database keeps none of its rows: every counted one is lost.
+    present: dict[str, int] = {} if error else check["present"]  # type: ignore[assignment]
+    beyond: dict[str, int] = {} if error else check["beyond"]  # type: ignore[assignment]
     integrity: list[str] = check["integrity"]  # type: ignore[assignment]
-    earlier = sum(n - present[str(c)] for c, n in survived.items())
-    survived[number] = present[str(number)]
+    earlier = sum(n - present.get(str(c), 0) for c, n in survived.items())
+    survived[number] = present.get(str(number), 0)
     return CutResult(mode=mode, cut=number, delay=delay, acked=acked, in_flight=held[0] - acked,
-                     after=last - held[0], lost=acked - present[str(number)], beyond=beyond[str(number)],
-                     earlier_lost=earlier, integrity=integrity[0], reboot_s=reboot_s,
-                     seconds=time.monotonic() - started)
+                     after=last - held[0], lost=acked - survived[number], beyond=beyond.get(str(number), 0),
+                     earlier_lost=earlier, integrity=str(error or integrity[0]), unreadable=bool(error),
+                     reboot_s=reboot_s, seconds=time.monotonic() - started)
 
 
 @dataclass
@@ -283,6 +299,7 @@ class ModeSummary:
     cuts_with_loss: int
     in_flight: int
     integrity_ok: int
+    unreadable: int
     seconds_per_cut: float
 
 
@@ -292,27 +309,28 @@ def summarise(results: Sequence[CutResult]) -> list[ModeSummary]:
         rs = [r for r in results if r.mode == mode]
         out.append(ModeSummary(mode, len(rs), sum(r.acked for r in rs), sum(r.lost for r in rs),
                                sum(r.lost > 0 for r in rs), sum(r.in_flight for r in rs),
-                               sum(r.integrity == "ok" for r in rs), sum(r.seconds for r in rs) / len(rs)))
+                               sum(r.integrity == "ok" for r in rs), sum(r.unreadable for r in rs),
+                               sum(r.seconds for r in rs) / len(rs)))
     return out
 
 
-CUT_HEADER = ("mode  cut  delay s  acked  in flight  after  lost  beyond  earlier lost  integrity  "
-              "reboot s  cut s")
+CUT_HEADER = ("mode  cut  delay s  acked  in flight  after  lost  beyond  earlier lost  reboot s  cut s  "
+              "integrity")
 
 
 def format_cut(r: CutResult) -> str:
     return (f"{r.mode:4s}  {r.cut:3d}  {r.delay:7.3f}  {r.acked:5d}  {r.in_flight:9d}  {r.after:5d}  "
-            f"{r.lost:4d}  {r.beyond:6d}  {r.earlier_lost:12d}  {r.integrity:9s}  {r.reboot_s:8.1f}  "
-            f"{r.seconds:5.1f}")
+            f"{r.lost:4d}  {r.beyond:6d}  {r.earlier_lost:12d}  {r.reboot_s:8.1f}  {r.seconds:5.1f}  "
+            f"{r.integrity}")
 
 
 def format_summary(results: Sequence[CutResult], seed: int) -> str:
     lines = [f"seed {seed}: acknowledged = read by the host before the cut's inject request",
              "| mode | cuts | acknowledged | lost | cuts with loss | in flight (not counted) "
-             "| integrity_check ok | e2fsck clean | s per cut |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| integrity_check ok | database unreadable | e2fsck clean | s per cut |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summarise(results):
         lines.append(f"| `synchronous={s.mode}` | {s.cuts} | {s.acked} | {s.lost} | {s.cuts_with_loss} "
-                     f"| {s.in_flight} | {s.integrity_ok}/{s.cuts} | {s.cuts}/{s.cuts} "
+                     f"| {s.in_flight} | {s.integrity_ok}/{s.cuts} | {s.unreadable} | {s.cuts}/{s.cuts} "
                      f"| {s.seconds_per_cut:.1f} |")
     return "\n".join(lines)
