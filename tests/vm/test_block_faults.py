@@ -5,6 +5,9 @@ One guest (Debian's 6.1 cloud kernel) boots with ``pyqga.dmdata=1``: ``/data`` i
 the dm-linear layer ``pyqga-data`` (``pyqga.agent.faults.layer``).  The serial agent, started
 with ``--enable-faults``, is the harness's hands: faults go through guest-fault-inject and
 guest-fault-revert (:func:`inject`, :func:`revert`).
+The last tests cut the power (drop-writes, then a reset of the same QEMU process): the plain
+power cut, and SQLite under seeded cuts (``tests/rig/durability.py``, whose client acknowledges
+its commits on the guest's extra virtio-serial port ``pyqga.acks``).
 
 The probes read and write with O_DIRECT (the page cache would hide a block fault) from programs
 on ``/`` (never on the faulted device).  Every test ends with ``/data``'s table byte-identical to
