@@ -30,6 +30,8 @@ DATA_LAYER = "pyqga-data"
 POWEROFF_REQUEST = "pyqga-vm-poweroff"
 LOGS_REQUEST = "pyqga-vm-logs"
 LOGS_END = "pyqga-vm-logs-end"
+# What init prints to the console once it has started the agents (each boot, a reset's too).
+AGENTS_STARTED = "agents started:"
 
 # name -> the shell command line that starts it.  ``$PYQGA_ARGS`` carries the extra agent
 # arguments from ``pyqga.args=`` (comma-separated on the kernel command line).
@@ -168,7 +170,7 @@ for agent in $agents; do
     *) log "unknown agent $agent" ;;
     esac
 done
-log "agents started: $agents"
+log "{AGENTS_STARTED} $agents"
 """
 
 CONSOLE_CONTROL = rf"""#!/bin/sh

@@ -82,6 +82,9 @@ class GuestVM:
     ``s3`` True or False turns the firmware's S3 (suspend to RAM) on or off (None: QEMU's
     default); ``disks`` are raw images attached read-write as further virtio-blk disks, with
     serials ``pyqga-disk0``, ``pyqga-disk1``, ... (drive ids ``disk0``, ..., device ids ``vdisk0``, ...).
+    ``ports`` are further virtio-serial ports by name (``/dev/virtio-ports/NAME`` in the guest),
+    each with a host end on a chardev socket, :meth:`port_socket`: a channel for a test's own
+    program in the guest that no disk or network fault touches.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class GuestVM:
         max_memory_mb: int | None = None,
         s3: bool | None = None,
         disks: Sequence[Path] = (),
+        ports: Sequence[str] = (),
         agent_args: Sequence[str] = (),
         kernel_args: Sequence[str] = (),
         qemu_args: Sequence[str] = (),
@@ -119,6 +123,10 @@ class GuestVM:
         self.max_memory_mb = max_memory_mb
         self.s3 = s3
         self.disks = tuple(Path(d).resolve() for d in disks)
+        bad_ports = [p for p in ports if not p or any(c in p for c in " ,/\t\n")]
+        if bad_ports:
+            raise ValueError(f"port names are QEMU option values and guest file names: {bad_ports}")
+        self.ports = tuple(ports)
         self.agent_args = tuple(agent_args)
         self.kernel_args = tuple(kernel_args)
         self.qemu_args = tuple(qemu_args)
@@ -230,6 +238,9 @@ class GuestVM:
         for i, disk in enumerate(self.disks):
             cmd += ["-drive", f"file={_chardev_path(disk)},format=raw,if=none,id=disk{i}",
                     "-device", f"virtio-blk-pci,id=vdisk{i},drive=disk{i},serial={DISK_SERIAL_PREFIX}{i}"]
+        for i, name in enumerate(self.ports):
+            cmd += [*server(f"port{i}", self.port_socket(name)),
+                    "-device", f"virtserialport,bus=vser0.0,chardev=port{i},name={name}"]
         if self.s3 is not None:  # the pc machine's ACPI is PIIX4's
             cmd += ["-global", f"PIIX4_PM.disable_s3={0 if self.s3 else 1}"]
         cmd += [*server("qmp", self.qmp_socket), "-mon", "chardev=qmp,mode=control",
@@ -343,8 +354,12 @@ class GuestVM:
 
     def _remove_sockets(self) -> None:
         for path in (self.pyqga_socket, self.qga_socket, self.qmp_socket, self.console_socket,
-                     self._harness_qmp_socket):
+                     self._harness_qmp_socket, *map(self.port_socket, self.ports)):
             path.unlink(missing_ok=True)
+
+    def port_socket(self, name: str) -> Path:
+        """The host end of the extra virtio-serial port ``name`` (a chardev socket QEMU listens on)."""
+        return self._sockdir / f"port-{name}.sock"
 
     def _check_alive(self, doing: str) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -408,6 +423,34 @@ class GuestVM:
                 probe.channel.close()
         self.boot_seconds = max(self.ready_seconds.values(), default=0.0)
         return self.boot_seconds
+
+    def console_mark(self) -> int:
+        """Where the console log ends now: give it to :meth:`wait_rebooted` after a reset."""
+        try:
+            return self.console_log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def wait_rebooted(self, mark: int, timeout: float = 90.0, agents: Sequence[str] | None = None) -> float:
+        """After a reset (``system_reset``, the same QEMU process): wait until the new boot's init
+        has started the agents (its line in the console log after ``mark``), then until each agent
+        answers; the seconds that took.  Waiting for the log line first means an agent of the old
+        boot, still answering in the instant before the reset lands, is never taken for the new one."""
+        started = time.monotonic()
+        deadline = started + timeout
+        while True:
+            self._check_alive("while waiting for the guest to reboot")
+            with open(self.console_log, "rb") as log:
+                log.seek(mark)
+                if guest_files.AGENTS_STARTED.encode() in log.read():
+                    break
+            if time.monotonic() > deadline:
+                raise VMError(f"no new boot within {timeout} s after the reset\n{self.diagnostics()}")
+            time.sleep(0.1)
+        for agent in self.agents if agents is None else agents:
+            self.ready_seconds.pop(agent, None)
+        self.wait_ready(max(1.0, deadline - time.monotonic()), agents)
+        return time.monotonic() - started
 
     # --- diagnostics -----------------------------------------------------------------------
 
