@@ -143,6 +143,10 @@ class FaultEngine:
                 raise Refused(f"cannot start the keeper, refusing the fault: {e}") from None
             request = Prepared(kind, target, spec.params, spec.device, spec.apply, spec.undo, duration, plan)
             with self._lock:
+                if plan is not None and plan not in self._plans:
+                    # Reverted while this step was on its way: _end_plan has collected the plan's
+                    # faults already, so a fault armed now would outlive the plan.
+                    raise Refused(f"plan {plan} has ended; its step was not started")
                 lease, actions = self.book.inject(request, self.clock())
                 self._wake.notify_all()
         except Refused as e:

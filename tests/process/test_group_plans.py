@@ -1,0 +1,171 @@
+"""A fault plan across guests (issue 21): real agents on unix sockets, each standing for a guest,
+pausing ``sleep`` processes this test started (process-pause: safe on the host).
+
+Checked: every guest runs exactly its part of the schedule the seed drew (the same seed gives
+the same schedule and hash again); the merged timeline has both guests' events, in order, on
+the host's clock; a guest that refuses its part leaves nothing running on the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pyqga.host_client import AgentClient
+from pyqga.host_client.group_plan import GroupPlanFailed, start_group_plan
+from tests.rig.agent_process import REPO_ROOT, PyqgaAgent, process_state
+from tests.rig.requirements import require_root
+
+LATE = 0.5   # how late a step may start on a loaded 2-CPU machine (the agent's clock)
+
+
+@pytest.fixture
+def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Three sleep processes of this test's own: the targets."""
+    started = [subprocess.Popen([shutil.which("sleep") or "/bin/sleep", "600"]) for _ in range(3)]
+    try:
+        yield started
+    finally:
+        for process in started:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGCONT)
+            process.kill()
+            process.wait()
+
+
+def agents(tmp_path: Path, names: str, *extra: str) -> contextlib.ExitStack:
+    stack = contextlib.ExitStack()
+    for name in names:
+        stack.enter_context(PyqgaAgent(tmp_path / name, ["--enable-faults", *extra]))
+    return stack
+
+
+def address(tmp_path: Path, name: str) -> str:
+    return str(tmp_path / name / "agent.sock")
+
+
+def partition_like(pids: list[int]) -> list[dict[str, Any]]:
+    """Pause a's process, then b's, with drawn times and durations, then both at once."""
+    return [
+        {"guest": "a", "at": {"between": [0.1, 0.3]}, "kind": "process-pause", "target": f"pid:{pids[0]}",
+         "duration": {"between": [0.3, 0.5]}},
+        {"guest": "b", "after": 0.1, "kind": "process-pause", "target": f"pid:{pids[1]}",
+         "duration": 0.3},
+        {"guest": {"one-of": ["a", "b"]}, "after": 0.1, "kind": "process-pause",
+         "target": {"one-of": [f"pid:{pids[2]}"]}, "duration": {"between": [0.2, 0.4]}},
+    ]
+
+
+def test_a_plan_across_two_guests_runs_each_part_and_merges_the_timelines(
+        tmp_path: Path, sleepers: list[subprocess.Popen[bytes]]) -> None:
+    require_root()
+    pids = [p.pid for p in sleepers]
+    with agents(tmp_path, "ab"):
+        async def run() -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+            guests = {"a": address(tmp_path, "a"), "b": address(tmp_path, "b")}
+            async with await start_group_plan(guests, 7, partition_like(pids), timeout=30) as plan:
+                seen = []
+                # While a's first pause holds, its process is stopped and b's is not.
+                first = plan.schedule.entries[0]
+                await asyncio.sleep(max(0.0, plan.parts[0].started + first.at + 0.1 - time.monotonic()))
+                seen.append(process_state(pids[0]) + process_state(pids[1]))
+                timeline = [event.as_dict() for event in await plan.wait(interval=0.1)]
+                return plan.as_dict(), timeline, seen
+
+        summary, timeline, seen = asyncio.run(run())
+        assert seen == ["TS"], seen
+        for name in "ab":
+            with AgentClient(address(tmp_path, name), timeout=10) as client:
+                assert client.call("guest-fault-list") == []
+    assert all(process_state(pid) != "T" for pid in pids)
+    schedule = summary["schedule"]
+    assert [entry["guest"] for entry in schedule[:2]] == ["a", "b"] and len(schedule) == 3
+    assert summary["guests"]["a"]["faults"] + summary["guests"]["b"]["faults"] == 3
+    assert summary["skew"] < 0.1, summary   # both started within 100 ms (measured: a few ms)
+
+    # One axis: ordered, both guests, each fault at its scheduled time (within the mapping's error).
+    assert [e["t"] for e in timeline] == sorted(e["t"] for e in timeline)
+    assert {e["guest"] for e in timeline} == {"a", "b"}
+    armed = [e for e in timeline if e["event"] == "armed" and e["kind"] == "process-pause"]
+    assert [(e["guest"], e["target"]) for e in armed] == [(s["guest"], s["target"]) for s in schedule]
+    for entry, event in zip(schedule, armed, strict=True):
+        error = summary["guests"][entry["guest"]]["uncertainty"] + summary["skew"] + summary["skew-uncertainty"]
+        late = event["t"] - entry["at"]
+        assert -error <= late < LATE + error, (entry, event, summary)
+    ends = [e for e in timeline if e["event"] in ("expired", "reverted") and e["kind"] == "process-pause"]
+    assert len(ends) == 3 and all(e["event"] == "expired" for e in ends), ends
+    assert sum(1 for e in timeline if e["kind"] == "plan" and e["event"] == "expired") == 2
+
+
+def test_the_same_seed_gives_the_same_schedule_and_hash_again(
+        tmp_path: Path, sleepers: list[subprocess.Popen[bytes]]) -> None:
+    require_root()
+    pids = [p.pid for p in sleepers]
+    summaries = []
+    for run_ in ("first", "second"):
+        with agents(tmp_path / run_, "ab"):
+            async def run(where: Path = tmp_path / run_) -> dict[str, Any]:
+                guests = {"a": address(where, "a"), "b": address(where, "b")}
+                async with await start_group_plan(guests, 1234, partition_like(pids), repeat=2) as plan:
+                    return plan.as_dict()
+
+            summaries.append(asyncio.run(run()))
+    first, second = summaries
+    assert first["hash"] == second["hash"] and first["schedule"] == second["schedule"]
+    assert {n: g["hash"] for n, g in first["guests"].items()} == {n: g["hash"] for n, g in second["guests"].items()}
+    assert len(first["schedule"]) == 6
+
+
+def test_a_guest_that_refuses_its_part_leaves_nothing_on_the_other(
+        tmp_path: Path, sleepers: list[subprocess.Popen[bytes]]) -> None:
+    """b's agent takes capabilities but has guest-fault-plan blocked: a's part, whose first step
+    is due at once, is reverted, and a's process runs again."""
+    require_root()
+    pids = [p.pid for p in sleepers]
+    steps = [{"guest": "a", "at": 0, "kind": "process-pause", "target": f"pid:{pids[0]}", "duration": 60},
+             {"guest": "b", "at": 0, "kind": "process-pause", "target": f"pid:{pids[1]}", "duration": 60}]
+    with agents(tmp_path, "a"), agents(tmp_path, "b", "-b", "guest-fault-plan"):
+        guests = {"a": address(tmp_path, "a"), "b": address(tmp_path, "b")}
+        with pytest.raises(GroupPlanFailed) as failed:
+            asyncio.run(start_group_plan(guests, 3, steps, timeout=30))
+        assert failed.value.guest == "b" and failed.value.left == ()
+        message = str(failed.value)
+        assert "guest b" in message and "guest-fault-plan" in message and "the parts of a were reverted" in message
+        with AgentClient(address(tmp_path, "a"), timeout=10) as client:
+            assert client.call("guest-fault-list") == []
+            events = client.call("guest-fault-events")["events"]
+    plan_events = [e for e in events if e["kind"] == "plan"]
+    assert [e["event"] for e in plan_events][-1] == "reverted", events
+    assert all(e.get("reason") == "plan" for e in events if e["kind"] == "process-pause" and e["event"] == "reverted")
+    assert process_state(pids[0]) != "T" and process_state(pids[1]) != "T"
+
+
+def test_the_cli_prints_the_plan_and_the_merged_events(tmp_path: Path,
+                                                       sleepers: list[subprocess.Popen[bytes]]) -> None:
+    require_root()
+    pids = [p.pid for p in sleepers]
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps({"seed": 9, "steps": partition_like(pids)}))
+    with agents(tmp_path, "ab"):
+        done = subprocess.run(
+            [sys.executable, "-m", "pyqga.host_client", "fault", "plan", str(plan_file), "--wait",
+             "--guest", f"a={address(tmp_path, 'a')}", "--guest", f"b=unix:{address(tmp_path, 'b')}"],
+            capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary, *events = (json.loads(line) for line in done.stdout.splitlines())
+    assert summary["faults"] == 3 and set(summary["guests"]) == {"a", "b"}
+    assert [e["t"] for e in events] == sorted(e["t"] for e in events)
+    assert {e["guest"] for e in events} == {"a", "b"}
+    assert sum(1 for e in events if e["event"] == "armed" and e["kind"] == "process-pause") == 3
+    assert [e["event"] for e in events if e["kind"] == "plan"][-2:] == ["expired", "expired"]
