@@ -19,7 +19,15 @@ import textwrap
 import time
 from typing import Any
 
-from pyqga.host_client import cli_completion, cli_faults, cli_group, cli_interrupt, cli_output, cli_verbs
+from pyqga.host_client import (
+    cli_completion,
+    cli_faults,
+    cli_group,
+    cli_group_plan,
+    cli_interrupt,
+    cli_output,
+    cli_verbs,
+)
 from pyqga.host_client.cli_interrupt import EXIT_INTERRUPTED, Interrupted, thaw_on_interrupt
 from pyqga.host_client.cli_options import (
     add_connection_options,
@@ -313,7 +321,9 @@ def run(argv: list[str] | None, out: Output) -> int:
     if args.command == "completion":
         sys.stdout.write(cli_completion.bash_script(parser))
         return EXIT_OK
-    needs_agent = not (args.command == "snapshot" and args.no_freeze) and args.command != "group"
+    group_plan = args.command == "fault" and args.fault == "plan" and bool(args.guest)
+    needs_agent = not (args.command == "snapshot" and args.no_freeze) and args.command != "group" \
+        and not group_plan
     if needs_agent:
         args.socket = resolve_address(parser, args.socket)
     arguments = parse_arguments(parser, args.arguments) if args.command == "call" else None
@@ -327,6 +337,8 @@ def run(argv: list[str] | None, out: Output) -> int:
             return run_snapshot(parser, args, out)
         if args.command == "group":
             return cli_group.run(args, out)
+        if group_plan:
+            return cli_group_plan.run(args, out)
         with AgentClient(args.socket, dialect=args.dialect, timeout=args.timeout) as client:
             if args.command == "ping":
                 run_ping(client, out)

@@ -100,7 +100,8 @@ def test_a_plan_across_two_guests_runs_each_part_and_merges_the_timelines(
     armed = [e for e in timeline if e["event"] == "armed" and e["kind"] == "process-pause"]
     assert [(e["guest"], e["target"]) for e in armed] == [(s["guest"], s["target"]) for s in schedule]
     for entry, event in zip(schedule, armed, strict=True):
-        error = summary["guests"][entry["guest"]]["uncertainty"] + summary["skew"] + summary["skew-uncertainty"]
+        guest = summary["guests"][entry["guest"]]
+        error = guest["uncertainty"] + summary["skew"] + summary["skew-uncertainty"]
         late = event["t"] - entry["at"]
         assert -error <= late < LATE + error, (entry, event, summary)
     ends = [e for e in timeline if e["event"] in ("expired", "reverted") and e["kind"] == "process-pause"]
@@ -123,7 +124,7 @@ def test_the_same_seed_gives_the_same_schedule_and_hash_again(
             summaries.append(asyncio.run(run()))
     first, second = summaries
     assert first["hash"] == second["hash"] and first["schedule"] == second["schedule"]
-    assert {n: g["hash"] for n, g in first["guests"].items()} == {n: g["hash"] for n, g in second["guests"].items()}
+    assert [g["hash"] for g in first["guests"].values()] == [g["hash"] for g in second["guests"].values()]
     assert len(first["schedule"]) == 6
 
 
@@ -141,13 +142,15 @@ def test_a_guest_that_refuses_its_part_leaves_nothing_on_the_other(
             asyncio.run(start_group_plan(guests, 3, steps, timeout=30))
         assert failed.value.guest == "b" and failed.value.left == ()
         message = str(failed.value)
-        assert "guest b" in message and "guest-fault-plan" in message and "the parts of a were reverted" in message
+        assert "guest b" in message and "guest-fault-plan" in message, message
+        assert "the parts of a were reverted" in message, message
         with AgentClient(address(tmp_path, "a"), timeout=10) as client:
             assert client.call("guest-fault-list") == []
             events = client.call("guest-fault-events")["events"]
     plan_events = [e for e in events if e["kind"] == "plan"]
     assert [e["event"] for e in plan_events][-1] == "reverted", events
-    assert all(e.get("reason") == "plan" for e in events if e["kind"] == "process-pause" and e["event"] == "reverted")
+    pauses = [e for e in events if e["kind"] == "process-pause" and e["event"] in ("reverted", "expired")]
+    assert all(e.get("reason") == "plan" for e in pauses), pauses
     assert process_state(pids[0]) != "T" and process_state(pids[1]) != "T"
 
 
