@@ -10,19 +10,23 @@ checked against the part the host drew.
 Starting, all or nothing:
 
 1. draw the schedule (a bad plan fails here, before anything is sent);
-2. connect to every guest that has a part, and ask each which kinds it can run: a guest that
-   cannot run a kind of its part fails the plan before anything starts;
-3. send every part at once (the connections are open and in sync, so the parts start within
-   a few milliseconds of each other: :attr:`GroupPlan.skew` says how far apart);
+2. connect to every guest that has a part, ask each which kinds it can run (a guest that
+   cannot run a kind of its part fails the plan before anything starts), and read its clock;
+3. send every part at once, each with the same origin, :data:`LEAD` seconds ahead, given on
+   that guest's own CLOCK_MONOTONIC (``start``) by the offset just read: the parts' steps are
+   timed from one instant, whatever each call's latency (a keeper that starts first, a slow
+   channel).  :attr:`GroupPlan.skew` is how far apart the origins are by the offsets read
+   again after the start;
 4. if a guest refuses its part, revert the parts that started (a part is a plan lease:
    reverting it cancels its future steps and ends its faults) and raise
    :class:`GroupPlanFailed`, naming the guest and its reason.
 
-The timeline: each guest's events carry its ``mono`` (CLOCK_MONOTONIC in that guest).  The
-guest's plan started (its ``armed`` event) while the host waited for the plan's reply, so the
-host maps that guest's clock to its own by the round trip's midpoint; the mapping is right
-within half the round trip (:attr:`GuestPart.uncertainty`).  :class:`Merger` puts every guest's
-events on that one axis, in order, each tagged with its guest's name.
+The timeline: each guest's events carry its ``mono`` (CLOCK_MONOTONIC in that guest).  Right
+after the start, the host reads each guest's clock by a few round trips (``guest-fault-events``
+tells its ``mono``) and maps that guest's clock to its own by the shortest one's midpoint; the
+mapping is right within half that round trip (:attr:`GuestPart.uncertainty`); monotonic clocks
+drift apart by parts per million, nothing over a plan's minutes.  :class:`Merger` puts every
+guest's events on that one axis, in order, each tagged with its guest's name.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from pyqga.host_client.faults import (
     LATEST,
     FaultEvent,
     Plan,
+    _parsed,
     capabilities_op,
     end_lease_op,
     events_op,
@@ -51,8 +56,11 @@ from pyqga.host_client.faults import (
     plan_op,
     restart_from,
 )
+from pyqga.host_client.session import Op, Session
 
 Starts = Mapping[str, "asyncio.Future[tuple[Plan, float, float]]"]   # by guest: its plan, sent, replied
+CLOCK_SAMPLES = 5   # round trips per guest to measure its clock's offset; the shortest counts
+LEAD = 0.5          # seconds from sending the parts to their common origin (each call must arrive by then)
 GUEST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -68,31 +76,28 @@ class GroupPlanFailed(AgentClientError):
 
 @dataclass(frozen=True)
 class GuestPart:
-    """One guest's part, started: its own plan lease, and how its clock maps to the host's.
-    ``sent`` and ``replied`` are the host's monotonic clock around the ``guest-fault-plan``
-    call; ``started_mono`` the guest's monotonic clock when its plan started."""
+    """One guest's part, started: its own plan lease, when it started on the guest's
+    CLOCK_MONOTONIC, and how that clock maps to the host's (``offset``, right within
+    ``uncertainty`` seconds: half the round trip it was measured by)."""
 
     name: str
     address: str
     plan: Plan
-    sent: float
-    replied: float
     started_mono: float
+    offset: float
+    uncertainty: float
 
     @property
     def started(self) -> float:
-        """The part's start on the host's monotonic clock (the round trip's midpoint)."""
-        return (self.sent + self.replied) / 2
+        """The part's start on the host's monotonic clock."""
+        return self.started_mono + self.offset
 
-    @property
-    def offset(self) -> float:
-        """Add to this guest's ``mono`` for the host's monotonic clock."""
-        return self.started - self.started_mono
 
-    @property
-    def uncertainty(self) -> float:
-        """How far :attr:`offset` may be off: half the round trip."""
-        return (self.replied - self.sent) / 2
+def clock_offset(samples: Sequence[tuple[float, float, float]]) -> tuple[float, float]:
+    """(offset, uncertainty) from round trips (host time sent, host time replied, the guest's
+    clock read in between): the shortest one's midpoint, right within half of it."""
+    sent, replied, mono = min(samples, key=lambda sample: sample[1] - sample[0])
+    return (sent + replied) / 2 - mono, (replied - sent) / 2
 
 
 def start_skew(parts: Sequence[GuestPart]) -> tuple[float, float]:
@@ -274,32 +279,68 @@ class GroupPlan:
 
 
 async def start_group_plan(guests: Mapping[str, str], seed: int, steps: Sequence[Mapping[str, Any]],
-                           repeat: int = 1, *, dialect: str = "jsonrpc", timeout: float = 10.0) -> GroupPlan:
+                           repeat: int = 1, *, dialect: str = "jsonrpc", timeout: float = 10.0,
+                           lead: float = LEAD) -> GroupPlan:
     """Start a plan across ``guests`` (name -> agent address, any form ``AsyncAgentClient``
-    takes, ``libvirt:`` included): the sequence of the module docstring.  ValueError for a bad
-    plan (nothing sent), :class:`GroupPlanFailed` when a guest cannot run its part (nothing
-    left behind where a revert could reach)."""
+    takes, ``libvirt:`` included): the sequence of the module docstring.  Every part's origin
+    is ``lead`` seconds after its call is sent, the same instant on every guest's clock.
+    ValueError for a bad plan (nothing sent), :class:`GroupPlanFailed` when a guest cannot run
+    its part (nothing left behind where a revert could reach)."""
     names = list(guests)
     schedule = draw(seed, steps, repeat, names)
     cast = [name for name in names if any(entry.guest == name for entry in schedule.entries)]
     clients = {name: AsyncAgentClient(guests[name], dialect=dialect, timeout=timeout) for name in cast}
     try:
-        cursors = await _prepare(clients, schedule)
-        parts = await _start(clients, schedule, seed, cursors)
+        clocks = await _prepare(clients, schedule)
+        parts = await _start(clients, schedule, seed, clocks, lead)
     except BaseException:
         await asyncio.gather(*(client.close() for client in clients.values()), return_exceptions=True)
         raise
-    return GroupPlan(seed, schedule, parts, clients, cursors)
+    return GroupPlan(seed, schedule, parts, clients, {name: clock.cursor for name, clock in clocks.items()})
 
 
-async def _prepare(clients: dict[str, AsyncAgentClient], schedule: plans.Schedule) -> dict[str, int]:
-    """Connect to every guest, check it can run its part's kinds; its timeline's cursor now."""
-    async def one(name: str) -> int:
+@dataclass(frozen=True)
+class Clock:
+    """A guest's clock as the host read it: its timeline's cursor then, and the offset from its
+    CLOCK_MONOTONIC to the host's (None: the agent does not tell its clock)."""
+
+    cursor: int
+    offset: float | None
+    uncertainty: float | None
+
+
+async def read_clock(client: AsyncAgentClient) -> Clock:
+    samples = [await client.faults.run(clock_op(client.session)) for _ in range(CLOCK_SAMPLES)]
+    read = [(sent, replied, mono) for sent, replied, mono, _ in samples if mono is not None]
+    if not read:
+        return Clock(samples[-1][3], None, None)
+    offset, error = clock_offset(read)
+    return Clock(samples[-1][3], offset, error)
+
+
+def clock_op(session: Session) -> Op[tuple[float, float, float | None, int]]:
+    """One round trip that reads the guest's CLOCK_MONOTONIC (``mono`` of guest-fault-events'
+    reply; None from an agent that does not send it) and its timeline's cursor."""
+    sent = time.monotonic()
+    reply = yield from session.call("guest-fault-events", {"since": LATEST})
+    replied = time.monotonic()
+
+    def parse() -> tuple[float, float, float | None, int]:
+        mono = reply.get("mono")
+        number = not isinstance(mono, bool) and isinstance(mono, int | float)
+        return sent, replied, float(mono) if number else None, int(reply["cursor"])
+
+    return _parsed("guest-fault-events", session.address, parse, reply)
+
+
+async def _prepare(clients: dict[str, AsyncAgentClient], schedule: plans.Schedule) -> dict[str, Clock]:
+    """Connect to every guest, check it can run its part's kinds, and read its clock."""
+    async def one(name: str) -> Clock:
         client = clients[name]
         try:
             await client.open()
             caps = await client.faults.run(capabilities_op(client.session, None))
-            _, cursor = await client.faults.run(events_op(client.session, LATEST))
+            clock = await read_clock(client)
         except AgentClientError as exc:
             raise GroupPlanFailed(f"guest {name} ({client.address}) cannot run its part: {exc}; "
                                   "no part was started", name) from exc
@@ -310,27 +351,31 @@ async def _prepare(clients: dict[str, AsyncAgentClient], schedule: plans.Schedul
             if problem is not None:
                 raise GroupPlanFailed(f"guest {name} ({client.address}) cannot run {kind}: {problem}; "
                                       "no part was started", name)
-        return cursor
+        return clock
 
     results = await asyncio.gather(*(one(name) for name in clients), return_exceptions=True)
-    cursors: dict[str, int] = {}
+    clocks: dict[str, Clock] = {}
     for name, result in zip(clients, results, strict=True):
         if isinstance(result, BaseException):
             raise result
-        cursors[name] = result
-    return cursors
+        clocks[name] = result
+    return clocks
 
 
 async def _start(clients: dict[str, AsyncAgentClient], schedule: plans.Schedule, seed: int,
-                 cursors: Mapping[str, int]) -> list[GuestPart]:
-    """Send every part at once; all of them started, or none left (:class:`GroupPlanFailed`)."""
+                 clocks: Mapping[str, Clock], lead: float) -> list[GuestPart]:
+    """Send every part at once, each with the same origin on its guest's clock; all of them
+    started, or none left (:class:`GroupPlanFailed`)."""
     entries = {name: plans.part(schedule, name) for name in clients}
+    origin = time.monotonic() + lead
 
     async def one(name: str) -> tuple[Plan, float, float]:
         client = clients[name]
         steps = [entry.as_step() for entry in entries[name]]
+        offset = clocks[name].offset
+        start = None if offset is None else round(origin - offset, 6)
         sent = time.monotonic()
-        started = await client.faults.run(plan_op(client.session, seed, steps, 1))
+        started = await client.faults.run(plan_op(client.session, seed, steps, 1, start))
         return started, sent, time.monotonic()
 
     tasks = {name: asyncio.ensure_future(one(name)) for name in clients}
@@ -364,7 +409,7 @@ async def _start(clients: dict[str, AsyncAgentClient], schedule: plans.Schedule,
         name, exc = next(iter(failed.items()))
         raise GroupPlanFailed("; ".join(said), name, left) from exc
     try:
-        return await _parts(clients, tasks, cursors)
+        return await _parts(clients, tasks, clocks)
     except BaseException:
         await _undo(clients, tasks, entries, seed)
         raise
@@ -395,16 +440,23 @@ async def _undo(clients: dict[str, AsyncAgentClient], tasks: Starts, entries: Ma
 
 
 async def _parts(clients: dict[str, AsyncAgentClient], tasks: Starts,
-                 cursors: Mapping[str, int]) -> list[GuestPart]:
-    """Each part with its guest's start on the guest's clock (its plan's ``armed`` event)."""
+                 clocks: Mapping[str, Clock]) -> list[GuestPart]:
+    """Each part with its origin on its guest's clock, and that clock's offset read again now
+    (the timeline is mapped with it)."""
     async def one(name: str) -> GuestPart:
         started, sent, replied = tasks[name].result()
         client = clients[name]
-        events, _ = await client.faults.run(events_op(client.session, cursors[name]))
+        clock = await read_clock(client)
+        if started.start is not None and clock.offset is not None and clock.uncertainty is not None:
+            return GuestPart(name, client.address, started, started.start, clock.offset, clock.uncertainty)
+        # An agent that does not tell its clock: its plan started (the armed event) during the
+        # plan call, whose round trip maps its clock.
+        events, _ = await client.faults.run(events_op(client.session, clocks[name].cursor))
         armed = next((e for e in reversed(events) if e.id == started.id and e.event == "armed"), None)
         if armed is None:
             raise AgentClientError(f"guest {name}: its plan {started.id} has no armed event in its timeline",
                                    address=client.address)
-        return GuestPart(name, client.address, started, sent, replied, armed.mono)
+        offset, error = clock_offset([(sent, replied, armed.mono)])
+        return GuestPart(name, client.address, started, armed.mono, offset, error)
 
     return list(await asyncio.gather(*(one(name) for name in clients)))

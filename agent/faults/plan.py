@@ -34,6 +34,8 @@ from pyqga.agent.faults.machine import Refused, check_duration
 from pyqga.agent.faults.vocabulary import MAX_DURATION
 
 MAX_ENTRIES = 1000
+MAX_LEAD = 60.0    # seconds a plan's start may be ahead of the guest's clock
+MAX_LATE = 1.0     # seconds it may be behind (a slow call): its steps start at once
 MAX_CHOICES = 1000
 STEP_KEYS = frozenset({"at", "after", "kind", "target", "params", "duration"})
 GROUP_STEP_KEYS = STEP_KEYS | {"guest"}
@@ -101,6 +103,20 @@ def resolve_params(params: Any, rng: random.Random, what: str) -> dict[str, Any]
     if not isinstance(params, Mapping):
         raise Refused(f"{what}: params must be an object")
     return {name: resolve(params[name], rng, f"{what}: params.{name}") for name in sorted(params)}
+
+
+def check_start(start: Any, now: float) -> float:
+    """Seconds from ``now`` to a plan's ``start`` (both CLOCK_MONOTONIC): at most
+    :data:`MAX_LEAD` ahead, and at most :data:`MAX_LATE` behind (then 0: its steps run late,
+    and the timeline shows by how much)."""
+    origin = float(_number(start, "start"))
+    if origin > now + MAX_LEAD:
+        raise Refused(f"start is {origin - now:.3f} s ahead of this guest's monotonic clock; "
+                      f"at most {MAX_LEAD:g} s")
+    if origin < now - MAX_LATE:
+        raise Refused(f"start was {now - origin:.3f} s ago on this guest's monotonic clock; a host sets "
+                      "it a little ahead, from the clock's offset it measured")
+    return max(0.0, origin - now)
 
 
 def digest(entries: Sequence[Entry]) -> str:

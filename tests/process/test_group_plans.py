@@ -77,8 +77,9 @@ def test_a_plan_across_two_guests_runs_each_part_and_merges_the_timelines(
             async with await start_group_plan(guests, 7, partition_like(pids), timeout=30) as plan:
                 seen = []
                 # While a's first pause holds, its process is stopped and b's is not.
-                first = plan.schedule.entries[0]
-                await asyncio.sleep(max(0.0, plan.parts[0].started + first.at + 0.1 - time.monotonic()))
+                give_up = time.monotonic() + 5
+                while process_state(pids[0]) != "T" and time.monotonic() < give_up:
+                    await asyncio.sleep(0.005)
                 seen.append(process_state(pids[0]) + process_state(pids[1]))
                 timeline = [event.as_dict() for event in await plan.wait(interval=0.1)]
                 return plan.as_dict(), timeline, seen
@@ -92,7 +93,9 @@ def test_a_plan_across_two_guests_runs_each_part_and_merges_the_timelines(
     schedule = summary["schedule"]
     assert [entry["guest"] for entry in schedule[:2]] == ["a", "b"] and len(schedule) == 3
     assert summary["guests"]["a"]["faults"] + summary["guests"]["b"]["faults"] == 3
-    assert summary["skew"] < 0.1, summary   # both started within 100 ms (measured: a few ms)
+    print(f"skew {summary['skew'] * 1000:.2f} ms +- {summary['skew-uncertainty'] * 1000:.2f} ms; "
+          + ", ".join(f"{n}: +-{g['uncertainty'] * 1000:.2f} ms" for n, g in summary["guests"].items()))
+    assert summary["skew"] < 0.02, summary   # one origin on both clocks (measured: under 1 ms)
 
     # One axis: ordered, both guests, each fault at its scheduled time (within the mapping's error).
     assert [e["t"] for e in timeline] == sorted(e["t"] for e in timeline)
@@ -103,6 +106,7 @@ def test_a_plan_across_two_guests_runs_each_part_and_merges_the_timelines(
         guest = summary["guests"][entry["guest"]]
         error = guest["uncertainty"] + summary["skew"] + summary["skew-uncertainty"]
         late = event["t"] - entry["at"]
+        print(f"{entry['guest']}: step at {entry['at']:.3f} s armed {late * 1000:+.1f} ms late")
         assert -error <= late < LATE + error, (entry, event, summary)
     ends = [e for e in timeline if e["event"] in ("expired", "reverted") and e["kind"] == "process-pause"]
     assert len(ends) == 3 and all(e["event"] == "expired" for e in ends), ends

@@ -10,21 +10,26 @@ import pytest
 
 from pyqga.host_client.cli_group_plan import parse_guests
 from pyqga.host_client.faults import FaultEvent, Plan
-from pyqga.host_client.group_plan import GuestPart, Merger, draw, merge, start_skew
+from pyqga.host_client.group_plan import GuestPart, Merger, clock_offset, draw, merge, start_skew
 
 
 def part(name: str, sent: float, replied: float, started_mono: float, plan_id: str = "f1") -> GuestPart:
-    return GuestPart(name, f"/run/{name}.sock", Plan(plan_id, "h", 0.0, 1, ()), sent, replied, started_mono)
+    """A part whose guest clock was read as ``started_mono`` between host times sent and replied."""
+    offset, error = clock_offset([(sent, replied, started_mono)])
+    return GuestPart(name, f"/run/{name}.sock", Plan(plan_id, "h", 0.0, 1, ()), started_mono, offset, error)
 
 
 def event(name: str, mono: float, lease: str = "f2", plan: str | None = "f1") -> FaultEvent:
     return FaultEvent(name, lease, "process-pause", "pid:1", mono, 0.0, "boot", plan=plan)
 
 
-def test_a_guest_s_clock_maps_to_the_host_s_by_the_round_trip_s_midpoint() -> None:
+def test_a_guest_s_clock_maps_to_the_host_s_by_the_shortest_round_trip_s_midpoint() -> None:
     a = part("a", 100.0, 100.004, 5.0)
     assert a.started == pytest.approx(100.002) and a.offset == pytest.approx(95.002)
     assert a.uncertainty == pytest.approx(0.002)
+    samples = [(200.0, 200.010, 105.0), (201.0, 201.001, 106.0003), (202.0, 202.003, 107.001)]
+    offset, error = clock_offset(samples)
+    assert offset == pytest.approx(201.0005 - 106.0003) and error == pytest.approx(0.0005)
 
 
 def test_the_skew_is_between_the_mapped_starts_within_the_two_largest_errors() -> None:
