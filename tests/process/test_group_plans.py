@@ -22,11 +22,12 @@ from typing import Any
 
 import pytest
 
-from pyqga.host_client import AgentClient
+from pyqga.host_client import AgentCallError, AgentClient
 from pyqga.host_client.group_plan import GroupPlanFailed, start_group_plan
 from tests.rig.agent_process import REPO_ROOT, PyqgaAgent, process_state
 from tests.rig.requirements import require_root
 
+ENDS = ("reverted", "expired")
 LATE = 0.5   # how late a step may start on a loaded 2-CPU machine (the agent's clock)
 
 
@@ -132,30 +133,47 @@ def test_the_same_seed_gives_the_same_schedule_and_hash_again(
     assert len(first["schedule"]) == 6
 
 
-def test_a_guest_that_refuses_its_part_leaves_nothing_on_the_other(
-        tmp_path: Path, sleepers: list[subprocess.Popen[bytes]]) -> None:
-    """b's agent takes capabilities but has guest-fault-plan blocked: a's part, whose first step
-    is due at once, is reverted, and a's process runs again."""
+@pytest.mark.parametrize("lead", [0.0, 0.3])
+def test_a_guest_that_refuses_its_part_leaves_nothing_on_the_others(
+        tmp_path: Path, sleepers: list[subprocess.Popen[bytes]], lead: float) -> None:
+    """Three guests; b's agent answers capabilities but has guest-fault-plan blocked.  The parts
+    of a and c (each pausing its process at the origin, already passed or still ahead) are
+    reverted, and their processes run again."""
     require_root()
     pids = [p.pid for p in sleepers]
-    steps = [{"guest": "a", "at": 0, "kind": "process-pause", "target": f"pid:{pids[0]}", "duration": 60},
-             {"guest": "b", "at": 0, "kind": "process-pause", "target": f"pid:{pids[1]}", "duration": 60}]
-    with agents(tmp_path, "a"), agents(tmp_path, "b", "-b", "guest-fault-plan"):
-        guests = {"a": address(tmp_path, "a"), "b": address(tmp_path, "b")}
+    steps = [{"guest": name, "at": 0, "kind": "process-pause", "target": f"pid:{pid}", "duration": 60}
+             for name, pid in zip("abc", pids, strict=True)]
+    with agents(tmp_path, "ac"), agents(tmp_path, "b", "-b", "guest-fault-plan"):
+        guests = {name: address(tmp_path, name) for name in "abc"}
         with pytest.raises(GroupPlanFailed) as failed:
-            asyncio.run(start_group_plan(guests, 3, steps, timeout=30))
+            asyncio.run(start_group_plan(guests, 3, steps, timeout=30, lead=lead))
         assert failed.value.guest == "b" and failed.value.left == ()
         message = str(failed.value)
         assert "guest b" in message and "guest-fault-plan" in message, message
-        assert "the parts of a were reverted" in message, message
-        with AgentClient(address(tmp_path, "a"), timeout=10) as client:
-            assert client.call("guest-fault-list") == []
-            events = client.call("guest-fault-events")["events"]
-    plan_events = [e for e in events if e["kind"] == "plan"]
-    assert [e["event"] for e in plan_events][-1] == "reverted", events
-    pauses = [e for e in events if e["kind"] == "process-pause" and e["event"] in ("reverted", "expired")]
-    assert all(e.get("reason") == "plan" for e in pauses), pauses
-    assert process_state(pids[0]) != "T" and process_state(pids[1]) != "T"
+        assert "the parts of a, c were reverted; nothing was left behind" in message, message
+        time.sleep(lead + 0.2)   # past the origin: a cancelled part starts nothing
+        for name in "ac":
+            with AgentClient(address(tmp_path, name), timeout=10) as client:
+                assert client.call("guest-fault-list") == []
+                events = client.call("guest-fault-events")["events"]
+            assert [e["event"] for e in events if e["kind"] == "plan"][-1] == "reverted", events
+            pauses = [e for e in events if e["kind"] == "process-pause" and e["event"] in ENDS]
+            assert all(e.get("reason") == "plan" for e in pauses), pauses
+    assert all(process_state(pid) != "T" for pid in pids)
+
+
+def test_an_agent_refuses_a_start_too_far_from_its_clock(tmp_path: Path) -> None:
+    require_root()
+    step = {"at": 0, "kind": "process-pause", "target": "pid:999999999", "duration": 1}
+    with agents(tmp_path, "a"), AgentClient(address(tmp_path, "a"), timeout=10) as client:
+        mono = client.call("guest-fault-events", {"since": 1 << 53})["mono"]
+        for start, says in ((mono + 3600, "at most 60 s"), (mono - 30, "s ago on this guest's monotonic")):
+            with pytest.raises(AgentCallError, match=says):
+                client.call("guest-fault-plan", {"seed": 1, "steps": [step], "start": start})
+        assert client.call("guest-fault-list") == []
+        ahead = client.call("guest-fault-plan", {"seed": 1, "steps": [step], "start": mono + 5})
+        assert ahead["start"] == pytest.approx(mono + 5)
+        assert client.call("guest-fault-revert", {"id": ahead["id"]}) == 1
 
 
 def test_the_cli_prints_the_plan_and_the_merged_events(tmp_path: Path,

@@ -118,3 +118,15 @@ def test_bad_guests_are_refused(steps: list[Any], says: str) -> None:
 def test_a_single_guest_plan_refuses_a_guest_key() -> None:
     with pytest.raises(Refused, match="unknown key 'guest'"):
         build(1, [{"guest": "a", "at": 0, "kind": "k", "target": "t", "duration": 1}])
+
+
+def test_a_start_may_be_a_little_behind_or_up_to_a_minute_ahead() -> None:
+    assert plan.check_start(105.5, 100.0) == pytest.approx(5.5)
+    assert plan.check_start(99.5, 100.0) == 0.0            # a slow call: its steps start at once
+    assert plan.check_start(100 + plan.MAX_LEAD, 100.0) == plan.MAX_LEAD
+    with pytest.raises(Refused, match="ahead of this guest's monotonic clock; at most 60 s"):
+        plan.check_start(161.0, 100.0)
+    with pytest.raises(Refused, match=r"start was 2\.000 s ago"):
+        plan.check_start(98.0, 100.0)
+    with pytest.raises(Refused, match="start must be a finite number"):
+        plan.check_start(float("nan"), 100.0)
