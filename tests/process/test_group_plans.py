@@ -194,3 +194,74 @@ def test_the_cli_prints_the_plan_and_the_merged_events(tmp_path: Path,
     assert {e["guest"] for e in events} == {"a", "b"}
     assert sum(1 for e in events if e["event"] == "armed" and e["kind"] == "process-pause") == 3
     assert [e["event"] for e in events if e["kind"] == "plan"][-2:] == ["expired", "expired"]
+
+
+def test_reverting_the_group_plan_reverts_every_part(tmp_path: Path,
+                                                     sleepers: list[subprocess.Popen[bytes]]) -> None:
+    require_root()
+    pids = [p.pid for p in sleepers]
+    steps = [{"guest": name, "at": 0, "kind": "process-pause", "target": f"pid:{pid}", "duration": 60}
+             for name, pid in zip("ab", pids[:2], strict=True)]
+    with agents(tmp_path, "ab"):
+        async def run() -> dict[str, bool]:
+            guests = {name: address(tmp_path, name) for name in "ab"}
+            async with await start_group_plan(guests, 5, steps, lead=0.1) as plan:
+                give_up = time.monotonic() + 5
+                while not all(process_state(pid) == "T" for pid in pids[:2]):
+                    assert time.monotonic() < give_up, "the pauses did not start"
+                    await asyncio.sleep(0.01)
+                ended = await plan.revert()
+                assert all(process_state(pid) != "T" for pid in pids[:2])
+                timeline = await plan.wait(interval=0.05)
+            reasons = {(e.guest, e.event.kind): e.event.reason for e in timeline if e.event.ends_lease}
+            assert reasons == {("a", "plan"): "revert", ("b", "plan"): "revert",
+                               ("a", "process-pause"): "plan", ("b", "process-pause"): "plan"}, reasons
+            return ended
+
+        assert asyncio.run(run()) == {"a": True, "b": True}
+        for name in "ab":
+            with AgentClient(address(tmp_path, name), timeout=10) as client:
+                assert client.call("guest-fault-list") == []
+
+
+def test_ctrl_c_in_the_cli_reverts_every_part(tmp_path: Path,
+                                              sleepers: list[subprocess.Popen[bytes]]) -> None:
+    require_root()
+    pids = [p.pid for p in sleepers]
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps({"seed": 2, "steps": [
+        {"guest": name, "at": 0, "kind": "process-pause", "target": f"pid:{pid}", "duration": 60}
+        for name, pid in zip("ab", pids[:2], strict=True)]}))
+    with agents(tmp_path, "ab"):
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "pyqga.host_client", "fault", "plan", str(plan_file), "--wait",
+             "--guest", f"a={address(tmp_path, 'a')}", "--guest", f"b={address(tmp_path, 'b')}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+        try:
+            give_up = time.monotonic() + 20
+            while not all(process_state(pid) == "T" for pid in pids[:2]):
+                assert time.monotonic() < give_up and cli.poll() is None, "the pauses did not start"
+                time.sleep(0.02)
+            cli.send_signal(signal.SIGINT)
+            out, err = cli.communicate(timeout=30)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
+        assert cli.returncode == 130, out + err
+        assert "every guest's part of the plan was reverted" in err, err
+        assert all(process_state(pid) != "T" for pid in pids[:2])
+        for name in "ab":
+            with AgentClient(address(tmp_path, name), timeout=10) as client:
+                assert client.call("guest-fault-list") == []
+
+
+def test_the_cli_says_what_is_wrong_with_a_guest_option(tmp_path: Path) -> None:
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps({"seed": 1, "steps": [
+        {"guest": "a", "at": 0, "kind": "process-pause", "target": "pid:1", "duration": 1}]}))
+    for guest, says in (("/run/a.sock", "expected NAME=ADDRESS"), ("a=tcp:x", "expected tcp:HOST:PORT"),
+                        ("b=/run/b.sock", "guest 'a' is not one of the plan's guests (b)")):
+        done = subprocess.run([sys.executable, "-m", "pyqga.host_client", "fault", "plan", str(plan_file),
+                               "--guest", guest], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+        assert done.returncode == 2 and says in done.stderr, done.stderr
