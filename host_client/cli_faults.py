@@ -283,6 +283,10 @@ def run_plan(client: AgentClient, args: argparse.Namespace, out: Output) -> int:
     except ValueError as exc:
         print(f"pyqga: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if any(isinstance(step, dict) and "guest" in step for step in steps):
+        print("pyqga: error: the plan's steps name guests: give each as --guest NAME=ADDRESS "
+              "(docs/faults.md, 'Plans across guests')", file=sys.stderr)
+        return EXIT_USAGE
     _, since = client.faults.events(0)
     with out.progress.running("starting the plan"):
         plan = client.faults.plan(seed, steps, repeat)

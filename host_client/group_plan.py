@@ -46,6 +46,7 @@ from pyqga.host_client.errors import AgentCallError, AgentClientError
 from pyqga.host_client.faults import (
     FOLLOW_INTERVAL,
     LATEST,
+    WAIT_GRACE,
     FaultEvent,
     Plan,
     _parsed,
@@ -59,6 +60,7 @@ from pyqga.host_client.faults import (
 from pyqga.host_client.session import Op, Session
 
 Starts = Mapping[str, "asyncio.Future[tuple[Plan, float, float]]"]   # by guest: its plan, sent, replied
+PLAN_MARGIN = 1.0   # a guest's plan lease outlives its last fault by this (agent/faults/engine.py)
 CLOCK_SAMPLES = 5   # round trips per guest to measure its clock's offset; the shortest counts
 LEAD = 0.5          # seconds from sending the parts to their common origin (each call must arrive by then)
 GUEST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -245,12 +247,18 @@ class GroupPlan:
         return len(self.ended) == len(self.parts)
 
     async def follow(self, interval: float = FOLLOW_INTERVAL) -> AsyncIterator[TimedEvent]:
-        """The merged timeline as it comes, in order, until every part has ended."""
+        """The merged timeline as it comes, in order, until every part has ended.
+        AgentClientError if a part is still running :data:`WAIT_GRACE` s after its deadline."""
+        give_up = self.merger.origin + self.schedule.span + PLAN_MARGIN + WAIT_GRACE
         while True:
             for event in await self.poll():
                 yield event
             if self.done:
                 return
+            if time.monotonic() > give_up:
+                running = ", ".join(part.name for part in self.parts if part.name not in self.ended)
+                raise AgentClientError(f"the part of {running} has not ended {WAIT_GRACE:g} s after its "
+                                       "deadline; 'pyqga fault list' on that guest shows it")
             await asyncio.sleep(interval)
 
     async def wait(self, interval: float = FOLLOW_INTERVAL) -> list[TimedEvent]:
