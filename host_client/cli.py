@@ -19,7 +19,15 @@ import textwrap
 import time
 from typing import Any
 
-from pyqga.host_client import cli_completion, cli_faults, cli_group, cli_interrupt, cli_output, cli_verbs
+from pyqga.host_client import (
+    cli_completion,
+    cli_faults,
+    cli_group,
+    cli_group_plan,
+    cli_interrupt,
+    cli_output,
+    cli_verbs,
+)
 from pyqga.host_client.cli_interrupt import EXIT_INTERRUPTED, Interrupted, thaw_on_interrupt
 from pyqga.host_client.cli_options import (
     add_connection_options,
@@ -316,7 +324,9 @@ def run(argv: list[str] | None, out: Output) -> int:
         sys.stdout.write(cli_completion.bash_script(parser))
         return EXIT_OK
     report = args.command == "fault" and args.fault == "report"   # draws a file, talks to no agent
-    needs_agent = not ((args.command == "snapshot" and args.no_freeze) or args.command == "group" or report)
+    group_plan = args.command == "fault" and args.fault == "plan" and bool(args.guest)
+    needs_agent = not ((args.command == "snapshot" and args.no_freeze) or args.command == "group" or report
+                       or group_plan)
     if needs_agent:
         args.socket = resolve_address(parser, args.socket)
     arguments = parse_arguments(parser, args.arguments) if args.command == "call" else None
@@ -332,6 +342,8 @@ def run(argv: list[str] | None, out: Output) -> int:
             return cli_group.run(args, out)
         if report:
             return cli_faults.run_report(args)
+        if group_plan:
+            return cli_group_plan.run(args, out)
         with AgentClient(args.socket, dialect=args.dialect, timeout=args.timeout) as client:
             if args.command == "ping":
                 run_ping(client, out)

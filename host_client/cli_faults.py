@@ -132,6 +132,14 @@ def add_parsers(faults: argparse._SubParsersAction[argparse.ArgumentParser],
     plan.add_argument("--seed", type=int, metavar="N", help="the seed (overrides the file's)")
     plan.add_argument("--repeat", type=non_negative_int, metavar="N", help="run the steps N times")
     plan.add_argument("--wait", action="store_true", help="print its events until it ends")
+    plan.add_argument("--guest", action="append", default=[], metavar="NAME=ADDRESS",
+                      help="a plan across guests: a guest its steps name (\"guest\": NAME), at ADDRESS "
+                           "(any form --socket takes, libvirt: included); repeatable. The host draws the "
+                           "schedule and sends each guest its part at once; the first line adds each "
+                           "guest's part and clock offset and the start skew, and --wait prints the "
+                           "merged events of every guest, in order, each with its guest and t (seconds "
+                           "from the plan's start on this host's clock). If a guest refuses its part, "
+                           "the others' are reverted. docs/faults.md, 'Plans across guests'")
     cut = faults.add_parser(
         "power-cut", parents=[common], help="lose the disk's recent writes, then reset the VM (QMP)",
         description="Start drop-writes on --target through the agent (writes are acknowledged and lost "
@@ -301,6 +309,10 @@ def run_plan(client: AgentClient, args: argparse.Namespace, out: Output) -> int:
         seed, steps, repeat = read_plan(args)
     except ValueError as exc:
         print(f"pyqga: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if any(isinstance(step, dict) and "guest" in step for step in steps):
+        print("pyqga: error: the plan's steps name guests: give each as --guest NAME=ADDRESS "
+              "(docs/faults.md, 'Plans across guests')", file=sys.stderr)
         return EXIT_USAGE
     _, since = client.faults.events(0)
     with out.progress.running("starting the plan"):

@@ -72,9 +72,15 @@ def run(args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK if report.consistent else EXIT_FREEZE_LOST
 
 
-async def interruptible(work: Coroutine[Any, Any, T]) -> T:
+THAW_SAID = ("every guest of the group was thawed",
+             "{left} guest(s) did not confirm the thaw in time "
+             "(an agent with auto-thaw still thaws by itself)")
+
+
+async def interruptible(work: Coroutine[Any, Any, T], said: tuple[str, str] = THAW_SAID) -> T:
     """Run ``work``; the first Ctrl-C cancels it (each member's ``frozen()`` thaws on the way
-    out) and raises :class:`Interrupted` once that is done; later ones are ignored."""
+    out) and raises :class:`Interrupted` once that is done; later ones are ignored.  ``said``:
+    what the message says when every guest confirmed, and when ``{left}`` of them did not."""
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(work)
     interrupted = False
@@ -94,9 +100,8 @@ async def interruptible(work: Coroutine[Any, Any, T]) -> T:
             raise
         left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
         if left:
-            raise Interrupted(f"interrupted; {len(left)} guest(s) did not confirm the thaw in time "
-                              "(an agent with auto-thaw still thaws by itself)") from None
-        raise Interrupted("interrupted; every guest of the group was thawed") from None
+            raise Interrupted("interrupted; " + said[1].format(left=len(left))) from None
+        raise Interrupted(f"interrupted; {said[0]}") from None
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         signal.signal(signal.SIGINT, previous)

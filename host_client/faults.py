@@ -170,10 +170,12 @@ class Plan:
     deadline: float       # Unix time: the end of its last fault, plus 1 s
     faults: int
     schedule: tuple[Mapping[str, Any], ...]
+    start: float | None = None   # the plan's origin on the guest's CLOCK_MONOTONIC (newer agents)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "hash": self.hash, "deadline": self.deadline, "faults": self.faults,
-                "schedule": [dict(entry) for entry in self.schedule]}
+        out = {"id": self.id, "hash": self.hash, "deadline": self.deadline, "faults": self.faults,
+               "schedule": [dict(entry) for entry in self.schedule]}
+        return out if self.start is None else {**out, "start": self.start}
 
 
 @dataclass(frozen=True)
@@ -265,13 +267,16 @@ def inject_op(session: Session, request: Mapping[str, Any]) -> Op[Lease]:
         float(reply.get("duration", request["duration"])), dict(request.get("params") or {})), reply)
 
 
-def plan_op(session: Session, seed: int, steps: Sequence[Mapping[str, Any]], repeat: int) -> Op[Plan]:
+def plan_op(session: Session, seed: int, steps: Sequence[Mapping[str, Any]], repeat: int,
+            start: float | None = None) -> Op[Plan]:
+    """``start``: the plan's origin on the guest's CLOCK_MONOTONIC (a plan across guests)."""
     method = "guest-fault-plan"
-    reply = yield from session.call(method, {"seed": seed, "steps": [dict(step) for step in steps],
-                                             "repeat": repeat})
+    request = {"seed": seed, "steps": [dict(step) for step in steps], "repeat": repeat}
+    reply = yield from session.call(method, request if start is None else {**request, "start": start})
     return _parsed(method, session.address, lambda: Plan(
         str(reply["id"]), str(reply["hash"]), float(reply["deadline"]), int(reply["faults"]),
-        tuple(dict(entry) for entry in reply["schedule"])), reply)
+        tuple(dict(entry) for entry in reply["schedule"]),
+        None if reply.get("start") is None else float(reply["start"])), reply)
 
 
 def list_op(session: Session) -> Op[list[ActiveFault]]:

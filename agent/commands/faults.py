@@ -31,9 +31,10 @@ def guest_fault_inject(agent: AgentState, kind: str, target: str, duration: Any,
         raise command_failed(str(e)) from None
 
 
-def guest_fault_plan(agent: AgentState, seed: int, steps: list[Any], repeat: int = 1) -> dict[str, Any]:
+def guest_fault_plan(agent: AgentState, seed: int, steps: list[Any], repeat: int = 1,
+                     start: float | None = None) -> dict[str, Any]:
     try:
-        return agent.faults.plan(seed, steps, repeat)
+        return agent.faults.plan(seed, steps, repeat, start)
     except Refused as e:
         raise command_failed(str(e)) from None
 
@@ -79,12 +80,15 @@ COMMANDS = (
             blocking=True),
     Command("guest-fault-plan", guest_fault_plan,
             "Run a seeded schedule of faults on the agent's own clock: {id, hash, deadline, faults, "
-            "schedule}. Steps: {at|after, kind, target, params, duration}, any of them a choice; the "
+            "start, schedule}. Steps: {at|after, kind, target, params, duration}, any of them a choice; the "
             "same seed gives the same schedule. The plan is a lease: reverting it cancels its future "
             "steps and ends its faults.",
             params=(Param("seed", int, doc="the seed of every choice"),
                     Param("steps", list, doc="the steps (docs/faults.md, 'Seeded plans')"),
-                    Param("repeat", int, required=False, doc="run the steps this many times (default 1)")),
+                    Param("repeat", int, required=False, doc="run the steps this many times (default 1)"),
+                    Param("start", float, required=False,
+                          doc="the plan's origin on the guest's CLOCK_MONOTONIC, at most 60 s ahead "
+                              "(default now): a host starting plans on several guests together")),
             blocking=True),
     Command("guest-fault-list", guest_fault_list,
             "The faults in force: id, kind, target, params, state, started, deadline, remaining.",

@@ -134,15 +134,13 @@ class FaultEngine:
                 duration = plans.resolve(duration, rng, "duration")
                 params = plans.resolve_params(params, rng, kind)
             spec = catalog.prepare(kind, target, params, force, Context.read(self.statedir))
-            if self.keeper is None:
-                raise Refused("faults need the keeper, which ends them if the agent dies or hangs; "
-                              "it runs under --on-agent-death thaw (the default)")
-            try:
-                self.keeper.ensure_started()
-            except OSError as e:
-                raise Refused(f"cannot start the keeper, refusing the fault: {e}") from None
+            self._need_keeper()
             request = Prepared(kind, target, spec.params, spec.device, spec.apply, spec.undo, duration, plan)
             with self._lock:
+                if plan is not None and plan not in self._plans:
+                    # Reverted while this step was on its way: _end_plan has collected the plan's
+                    # faults already, so a fault armed now would outlive the plan.
+                    raise Refused(f"plan {plan} has ended; its step was not started")
                 lease, actions = self.book.inject(request, self.clock())
                 self._wake.notify_all()
         except Refused as e:
@@ -156,28 +154,45 @@ class FaultEngine:
         return {"id": lease.id, "kind": lease.kind, "target": lease.target,
                 "deadline": round(lease.deadline, 6), "duration": lease.duration}
 
-    def plan(self, seed: int, steps: list[Any], repeat: int = 1) -> dict[str, Any]:
+    def _need_keeper(self) -> None:
+        """The keeper running (started now if it is not yet); :class:`Refused` if it cannot be."""
+        if self.keeper is None:
+            raise Refused("faults need the keeper, which ends them if the agent dies or hangs; "
+                          "it runs under --on-agent-death thaw (the default)")
+        try:
+            self.keeper.ensure_started()
+        except OSError as e:
+            raise Refused(f"cannot start the keeper, refusing the fault: {e}") from None
+
+    def plan(self, seed: int, steps: list[Any], repeat: int = 1,
+             start: float | None = None) -> dict[str, Any]:
         """Run a seeded plan on this agent's clock; the plan is itself a lease (reverting it
         cancels its future steps and ends the faults it started).  Its id, its schedule and the
-        schedule's digest."""
+        schedule's digest.  ``start``: the plan's origin on this agent's CLOCK_MONOTONIC, for a
+        host that starts several guests' plans together (default: now)."""
         schedule = plans.build(seed, steps, repeat)
+        ahead = 0.0 if start is None else plans.check_start(start, self.clock().mono)
+        self._need_keeper()   # before the plan's clock starts (with a start ahead: meanwhile)
         about = {"seed": seed, "hash": schedule.digest, "faults": len(schedule.entries)}
         request = Prepared(PLAN_KIND, PLAN_KIND, about, f"plan:{secrets.token_hex(6)}", (), (),
-                           schedule.span + PLAN_MARGIN)
+                           ahead + schedule.span + PLAN_MARGIN)
         with self._lock:
             lease, actions = self.book.inject(request, self.clock())
             cancel = self._plans[lease.id] = threading.Event()
             self._wake.notify_all()
         self._drive(actions)
-        threading.Thread(target=self._run_plan, args=(lease, schedule, cancel),
+        origin = lease.started_mono if start is None else start
+        threading.Thread(target=self._run_plan, args=(lease, schedule, cancel, origin),
                          name=f"pyqga-plan-{lease.id}", daemon=True).start()
         return {"id": lease.id, "hash": schedule.digest, "deadline": round(lease.deadline, 6),
-                "faults": len(schedule.entries), "schedule": [entry.as_dict() for entry in schedule.entries]}
+                "faults": len(schedule.entries), "start": round(origin, 6),
+                "schedule": [entry.as_dict() for entry in schedule.entries]}
 
-    def _run_plan(self, lease: Lease, schedule: plans.Schedule, cancel: threading.Event) -> None:
-        """Start each fault at its time after the plan's start; a refused one is in the timeline."""
+    def _run_plan(self, lease: Lease, schedule: plans.Schedule, cancel: threading.Event,
+                  origin: float) -> None:
+        """Start each fault at its time after the plan's origin; a refused one is in the timeline."""
         for entry in sorted(schedule.entries, key=lambda e: e.at):
-            if cancel.wait(max(0.0, lease.started_mono + entry.at - self.clock().mono)):
+            if cancel.wait(max(0.0, origin + entry.at - self.clock().mono)):
                 return
             with contextlib.suppress(Refused):
                 self.inject(entry.kind, entry.target, entry.duration, entry.params, plan=lease.id)
@@ -205,7 +220,9 @@ class FaultEngine:
             return leases_view(self.book.leases, self.clock())
 
     def events(self, since: int = 0) -> dict[str, Any]:
-        return self.timeline.since(since)
+        """The timeline after ``since``, and ``mono``, this agent's CLOCK_MONOTONIC now: a host
+        maps the events' ``mono`` to its own clock by the round trip of this call."""
+        return {**self.timeline.since(since), "mono": round(self.clock().mono, 6)}
 
     def capabilities(self, target: str | None = None) -> dict[str, Any]:
         return {"kinds": catalog.capabilities(target, Context.read(self.statedir)), "boot-id": self.boot_id}

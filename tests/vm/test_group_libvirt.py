@@ -5,6 +5,9 @@ The group freezes both through libvirt (``libvirt:URI?domain=NAME``), takes a di
 snapshot of each data disk through libvirt, thaws, and reports.  The snapshots are then examined
 on the host: a consistent group leaves both clean (no ``needs_recovery``, e2fsck clean, the
 writer's log intact after replay).
+
+A fault plan across guests (issue 21) reaches guest A (pyqga, ``--enable-faults``) through its
+libvirt URI, together with an agent on this host: one schedule, one merged timeline.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,7 +41,8 @@ def hypervisors(private_libvirt: PrivateLibvirt, guest_image: GuestImage,
     pytest.importorskip("libvirt", reason="libvirt-python (pyqga[libvirt]) is not installed")
     with PrivateLibvirt(tmp_path_factory.mktemp("libvirt-b")) as second:
         a = LibvirtGuest.create(private_libvirt, guest_image, tmp_path_factory.mktemp("group-a"),
-                                agents=("pyqga-virtio",), kernel_args=("pyqga.workload=1",))
+                                agents=("pyqga-virtio",),
+                                kernel_args=("pyqga.workload=1", "pyqga.args=--enable-faults"))
         b = LibvirtGuest.create(second, guest_image, tmp_path_factory.mktemp("group-b"),
                                 agents=("qga-virtio0",), kernel_args=("pyqga.workload=1",))
         try:
@@ -118,3 +123,43 @@ def test_a_freeze_lost_mid_group_is_reported_inconsistent(
     assert not report.consistent
     assert report.members[0].held is False, report.members[0]  # FREEZE_LOST recognised over libvirt
     assert report.members[0].error and "did not hold" in report.members[0].error, report.members[0]
+
+
+def test_a_fault_plan_across_a_libvirt_guest_and_a_local_agent(
+        hypervisors: tuple[LibvirtGuest, LibvirtGuest], tmp_path: Path) -> None:
+    """Guest A pauses a sleep it runs (started by guest-exec), a local agent pauses one of this
+    test's: both parts start at one origin, and the merged timeline has both, in order."""
+    from pyqga.host_client import AgentClient
+    from pyqga.host_client.group_plan import start_group_plan
+    from tests.rig.agent_process import PyqgaAgent
+
+    a, _ = hypervisors
+    local_sleep = subprocess.Popen(["sleep", "600"])
+    with AgentClient(address(a), timeout=30) as client:
+        in_guest = client.call("guest-exec", {"path": "/bin/sleep", "arg": ["600"]})["pid"]
+    steps = [{"guest": "vm", "at": 0.5, "kind": "process-pause", "target": f"pid:{in_guest}",
+              "duration": 1.0},
+             {"guest": "host", "after": 0.2, "kind": "process-pause", "target": f"pid:{local_sleep.pid}",
+              "duration": 0.5}]
+    try:
+        with PyqgaAgent(tmp_path / "host-agent", ["--enable-faults"]) as local:
+            async def run() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                guests = {"vm": address(a), "host": str(local.socket_path)}
+                async with await start_group_plan(guests, 17, steps, timeout=30, lead=2.0) as plan:
+                    return plan.as_dict(), [e.as_dict() for e in await plan.wait(interval=0.2)]
+
+            summary, timeline = asyncio.run(run())
+    finally:
+        local_sleep.kill()
+        local_sleep.wait()
+        with AgentClient(address(a), timeout=30) as client:
+            client.call("guest-exec", {"path": "/bin/kill", "arg": ["-9", str(in_guest)]})
+    guests = summary["guests"]
+    print(f"skew {summary['skew']} s +- {summary['skew-uncertainty']} s; "
+          f"vm +-{guests['vm']['uncertainty']} s, host +-{guests['host']['uncertainty']} s")
+    assert summary["skew"] < 0.05, summary
+    assert [e["t"] for e in timeline] == sorted(e["t"] for e in timeline)
+    armed = [(e["guest"], e["target"]) for e in timeline if e["event"] == "armed" and e["kind"] != "plan"]
+    assert armed == [("vm", f"pid:{in_guest}"), ("host", f"pid:{local_sleep.pid}")], timeline
+    ends = [e for e in timeline if e["event"] == "expired" and e["kind"] == "plan"]
+    assert {e["guest"] for e in ends} == {"vm", "host"}, timeline

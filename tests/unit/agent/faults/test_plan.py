@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from pyqga.agent.faults import plan
 from pyqga.agent.faults.machine import Refused
 from pyqga.agent.faults.plan import MAX_ENTRIES, build
 
@@ -57,3 +58,75 @@ def test_bad_plans_are_refused_with_the_reason(steps: list[Any], repeat: int, sa
     with pytest.raises(Refused, match=None) as caught:
         build(1, steps, repeat)
     assert says in str(caught.value), caught.value
+
+
+# --- plans across guests: the same drawing, each step naming its guest ---------------------------
+
+GROUP_STEPS: list[dict[str, Any]] = [
+    {"guest": "a", "at": {"between": [0.5, 1.5]}, "kind": "net-partition", "target": "eth0", "duration": 3,
+     "params": {"peers": ["10.0.0.2"]}},
+    {"guest": {"one-of": ["a", "b"]}, "after": 1, "kind": "process-pause",
+     "target": {"one-of": ["pid:7", "pid:8"]}, "duration": {"between": [1, 4]}},
+    {"guest": "b", "at": 0, "kind": "clock-step", "target": "clock", "duration": 2,
+     "params": {"offset": 3600}},
+]
+
+
+def test_a_plan_across_guests_is_drawn_in_one_order_from_one_seed() -> None:
+    first = build(8, GROUP_STEPS, repeat=2, guests=["a", "b"])
+    assert first == build(8, GROUP_STEPS, repeat=2, guests=["a", "b"])
+    assert [e.guest for e in first.entries][::3] == ["a", "a"] and first.entries[2].guest == "b"
+    assert {e.guest for e in first.entries[1::3]} <= {"a", "b"}
+    drawn = {tuple(e.guest for e in build(seed, GROUP_STEPS, guests=["a", "b"]).entries)
+             for seed in range(40)}
+    assert drawn == {("a", "a", "b"), ("a", "b", "b")}, "the guest choice is not drawn"
+    assert all(entry.as_dict()["guest"] == entry.guest for entry in first.entries)
+
+
+def test_each_guest_s_part_as_fixed_steps_draws_back_the_same_entries_and_digest() -> None:
+    """What the host sends a guest (its part, nothing left to draw) is what that guest's own
+    guest-fault-plan draws, whatever seed the guest uses: the hash check of the host."""
+    whole = build(21, GROUP_STEPS, repeat=3, guests=["a", "b"])
+    for guest in ("a", "b"):
+        part = plan.part(whole, guest)
+        assert part and all(entry.guest is None for entry in part)
+        again = build(99, [entry.as_step() for entry in part])
+        assert list(again.entries) == part
+        assert again.digest == plan.digest(part)
+    assert len(plan.part(whole, "a")) + len(plan.part(whole, "b")) == len(whole.entries)
+
+
+def test_a_single_guest_plan_s_digest_is_unchanged_by_the_guest_field() -> None:
+    """Entries without a guest hash as before plans across guests existed."""
+    single = build(3, STEPS)
+    assert plan.digest(single.entries) == single.digest
+    assert "guest" not in single.entries[0].as_dict()
+
+
+@pytest.mark.parametrize(("steps", "says"), [
+    ([{"at": 0, "kind": "k", "target": "t", "duration": 1}], "step 1 needs a guest (one of a, b)"),
+    ([{"guest": "c", "at": 0, "kind": "k", "target": "t", "duration": 1}], "guest 'c' is not one of"),
+    ([{"guest": {"one-of": ["a", "z"]}, "at": 0, "kind": "k", "target": "t", "duration": 1}] * 20,
+     "is not one of the plan's guests"),
+])
+def test_bad_guests_are_refused(steps: list[Any], says: str) -> None:
+    with pytest.raises(Refused) as caught:
+        build(1, steps, guests=["a", "b"])
+    assert says in str(caught.value)
+
+
+def test_a_single_guest_plan_refuses_a_guest_key() -> None:
+    with pytest.raises(Refused, match="unknown key 'guest'"):
+        build(1, [{"guest": "a", "at": 0, "kind": "k", "target": "t", "duration": 1}])
+
+
+def test_a_start_may_be_a_little_behind_or_up_to_a_minute_ahead() -> None:
+    assert plan.check_start(105.5, 100.0) == pytest.approx(5.5)
+    assert plan.check_start(99.5, 100.0) == 0.0            # a slow call: its steps start at once
+    assert plan.check_start(100 + plan.MAX_LEAD, 100.0) == plan.MAX_LEAD
+    with pytest.raises(Refused, match="ahead of this guest's monotonic clock; at most 60 s"):
+        plan.check_start(161.0, 100.0)
+    with pytest.raises(Refused, match=r"start was 2\.000 s ago"):
+        plan.check_start(98.0, 100.0)
+    with pytest.raises(Refused, match="start must be a finite number"):
+        plan.check_start(float("nan"), 100.0)
