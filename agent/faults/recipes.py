@@ -21,6 +21,15 @@ spawn worker   start a worker program (:mod:`.worker`)    (apply only)
   token args   and wait until it holds
 reap token     SIGKILL every process whose command line   none left: done
                carries ``token``, wait until they are gone
+clock-step     step CLOCK_REALTIME by ``offset-ns``       (apply only)
+  offset-ns    (adjtimex ADJ_SETOFFSET)
+clock-rate     set the kernel's clock rate (adjtimex      the same rate again: no change
+  tick freq    tick and frequency)
+clock-set      CLOCK_REALTIME := true time: ``real-ns``   the same true time again; another
+  real-ns      plus how far ``clock`` ran since           boot (``boot`` differs): nothing
+  base-ns      ``base-ns``, times ``rate``
+  clock rate   (:mod:`.timekeeping`)
+  boot
 =============  =========================================  ======================================
 
 So every undo step is idempotent: the agent and the keeper may both run one, and the kernel ends
@@ -45,7 +54,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from pyqga.agent.errors import AgentFailure
-from pyqga.agent.faults import dm
+from pyqga.agent.faults import dm, timekeeping
+from pyqga.agent.faults.timeline import read_boot_id
 from pyqga.agent.faults.worker import TOKEN_FLAG
 from pyqga.agent.freeze.ioctls import FsIoctl
 
@@ -61,11 +71,14 @@ STEP_FIELDS: Mapping[str, Mapping[str, type]] = {
     "signal": {"pid": int, "start": int, "signal": int},
     "spawn": {"worker": str, "token": str, "args": dict},
     "reap": {"token": str},
+    "clock-step": {"offset-ns": int},
+    "clock-rate": {"tick": int, "freq": int},
+    "clock-set": {"real-ns": int, "base-ns": int, "clock": str, "rate": float, "boot": str},
 }
 RELEASES_IO = ("thaw", "dm-resume", "signal", "reap")
-# A failed call of these changed nothing (one ioctl or kill(2) that failed); the others do
-# several things (a table load, suspend and resume; a create and allocations) and may have.
-ATOMIC = ("freeze", "signal", "dm-suspend")   # undo these first: other steps may wait on the I/O they hold
+# A failed call of these changed nothing (one ioctl, kill(2) or adjtimex(2) that failed); the
+# others do several things (a table load, suspend and resume; a create and allocations) and may have.
+ATOMIC = ("freeze", "signal", "dm-suspend", "clock-step", "clock-rate")
 MAX_TABLE_LINES = 65536
 STOP_WAIT = 1.0   # how long a SIGSTOP step waits for the process to be stopped
 SPAWN_WAIT = 10.0   # how long a spawn step waits for its worker to hold (locking memory takes time)
@@ -92,6 +105,9 @@ class FaultKernel(Protocol):
     def signal(self, pid: int, start: int, signum: int) -> None: ...
     def spawn(self, worker: str, token: str, args: Mapping[str, Any]) -> None: ...
     def reap(self, token: str) -> None: ...
+    def clock_step(self, offset_ns: int) -> None: ...
+    def clock_rate(self, tick: int, freq: int) -> None: ...
+    def clock_set(self, real_ns: int, base_ns: int, clock: str, rate: float, boot: str) -> None: ...
 
 
 def check_step(step: Any) -> Mapping[str, Any]:
@@ -107,6 +123,8 @@ def check_step(step: Any) -> Mapping[str, Any]:
             raise StepError(f"step {step['op']}: {name} is not a {kind.__name__}")
     if step["op"] == "dm-table":
         table_lines(step["table"])
+    if step["op"] == "clock-set" and step["clock"] not in timekeeping.CLOCKS:
+        raise StepError(f"step clock-set: unknown clock {step['clock'][:40]!r}")
     return step
 
 
@@ -150,6 +168,12 @@ def run_step(step: Mapping[str, Any], kernel: FaultKernel) -> None:
         kernel.spawn(step["worker"], step["token"], step["args"])
     elif op == "reap":
         kernel.reap(step["token"])
+    elif op == "clock-step":
+        kernel.clock_step(step["offset-ns"])
+    elif op == "clock-rate":
+        kernel.clock_rate(step["tick"], step["freq"])
+    elif op == "clock-set":
+        kernel.clock_set(step["real-ns"], step["base-ns"], step["clock"], step["rate"], step["boot"])
     else:
         kernel.dm_resume(step["name"])
 
@@ -263,6 +287,17 @@ class LinuxFaultKernel:
             if time.monotonic() > end:
                 raise StepError(f"workers {pids[:4]} of {token} outlived SIGKILL for {REAP_WAIT:g} s")
             time.sleep(0.005)
+
+    def clock_step(self, offset_ns: int) -> None:
+        timekeeping.step(offset_ns)
+
+    def clock_rate(self, tick: int, freq: int) -> None:
+        timekeeping.set_rate(timekeeping.Rate(tick, freq))
+
+    def clock_set(self, real_ns: int, base_ns: int, clock: str, rate: float, boot: str) -> None:
+        """True time back, unless the reference is from another boot (its base clock restarted)."""
+        if boot == read_boot_id():
+            timekeeping.set_true_time(real_ns, base_ns, clock, rate)
 
 
 def workers_of(token: str) -> list[int]:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyqga.agent.faults import timekeeping
 from pyqga.agent.faults.dm import TableLine
 from pyqga.agent.freeze.driver import SystemClock
 from pyqga.agent.freeze.hooks import HookResult
@@ -283,7 +284,9 @@ class ModelHooks:
 # --- the fault kernel ------------------------------------------------------------------------------
 
 FAULT_OPS = ("freeze", "thaw", "fill", "unlink", "dm-table", "dm-suspend", "dm-resume", "signal", "spawn",
-             "reap")
+             "reap", "clock-step", "clock-rate", "clock-set")
+MODEL_BOOT = "model-boot"
+MODEL_REAL_NS = 1_700_000_000 * 10**9   # the model clock's wall clock at its start
 
 
 @dataclass
@@ -316,6 +319,11 @@ class ModelFaultKernel:
     - processes by pid, with their start time and whether they are stopped: a signal to a pid
       whose start time differs (a reused pid) or that is gone does nothing; SIGKILL and SIGTERM
       end it, SIGSTOP stops it, SIGCONT continues it;
+    - a clock (:attr:`mono_ns`, :attr:`raw_ns`, the wall clock as :attr:`wall_offset_ns` past
+      CLOCK_MONOTONIC, the adjtimex :attr:`rate`): a step moves the wall clock only; a rate
+      slews CLOCK_MONOTONIC and the wall clock together against CLOCK_MONOTONIC_RAW, as the
+      kernel's frequency and tick do (:meth:`advance_clock`); ``clock-set`` of another boot does
+      nothing;
     - :meth:`fail_next` makes the next call of an op raise OSError, before or after its change;
     - every real change is logged (:attr:`changes`) with :attr:`job`, so tests count them.
     """
@@ -333,6 +341,10 @@ class ModelFaultKernel:
         self.inactive: dict[str, tuple[TableLine, ...] | None] = {name: None for name in devices}
         self.suspended = {name: False for name in devices}
         self.workers: set[str] = set()   # the tokens of running workers
+        self.mono_ns = self.raw_ns = 100 * 10**9
+        self.wall_offset_ns = MODEL_REAL_NS - self.mono_ns
+        self.rate = timekeeping.Rate(timekeeping.TICK_NOMINAL, 0)
+        self.boot = MODEL_BOOT
         self.failures: dict[str, list[Failure]] = {}
         self.changes: list[Change] = []
         self.calls: list[tuple[str, str]] = []
@@ -356,7 +368,22 @@ class ModelFaultKernel:
             out[f"dm:{name}"] = (self.live[name], self.inactive[name], self.suspended[name])
         for token in self.workers:
             out[f"worker:{token}"] = True
+        out["clock"] = (self.wall_offset_ns, self.rate)
         return out
+
+    def advance_clock(self, seconds: float) -> None:
+        """``seconds`` of the clocksource pass: CLOCK_MONOTONIC_RAW moves by them, CLOCK_MONOTONIC
+        (and the wall clock with it) by them times the rate."""
+        self.raw_ns += round(seconds * 1e9)
+        self.mono_ns += round(seconds * 1e9 * timekeeping.rate_of(self.rate))
+
+    def now_ns(self, clock: str) -> int:
+        return {"realtime": self.mono_ns + self.wall_offset_ns, "monotonic": self.mono_ns,
+                "monotonic-raw": self.raw_ns}[clock]
+
+    def reference(self, clock: str, rate: float = 1.0) -> timekeeping.Reference:
+        """What :func:`timekeeping.reference` reads, from the model clock."""
+        return timekeeping.Reference(self.now_ns("realtime"), self.now_ns(clock), clock, rate)
 
     def count(self, op: str | None = None, job: str | None = None) -> int:
         return sum(1 for c in self.changes if (op is None or c.op == op) and (job is None or c.job == job))
@@ -367,6 +394,8 @@ class ModelFaultKernel:
         twin.frozen, twin.files = set(self.frozen), dict(self.files)
         twin.inactive, twin.suspended = dict(self.inactive), dict(self.suspended)
         twin.workers = set(self.workers)
+        twin.mono_ns, twin.raw_ns, twin.wall_offset_ns = self.mono_ns, self.raw_ns, self.wall_offset_ns
+        twin.rate, twin.boot = self.rate, self.boot
         return twin
 
     # --- helpers -----------------------------------------------------------------------------
@@ -497,6 +526,30 @@ class ModelFaultKernel:
             self.workers.remove(token)
             self._log("reap", token)
         self._leave(failure, token)
+
+    def clock_step(self, offset_ns: int) -> None:
+        failure = self._enter("clock-step", "clock")
+        self.wall_offset_ns += offset_ns
+        self._log("clock-step", "clock")
+        self._leave(failure, "clock")
+
+    def clock_rate(self, tick: int, freq: int) -> None:
+        failure = self._enter("clock-rate", "clock")
+        if not 9000 < tick < 11000:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), "clock")
+        if (tick, freq) != self.rate:
+            self.rate = timekeeping.Rate(tick, freq)
+            self._log("clock-rate", "clock")
+        self._leave(failure, "clock")
+
+    def clock_set(self, real_ns: int, base_ns: int, clock: str, rate: float, boot: str) -> None:
+        failure = self._enter("clock-set", "clock")
+        if boot == self.boot:
+            offset = timekeeping.true_ns(real_ns, base_ns, rate, self.now_ns(clock)) - self.mono_ns
+            if offset != self.wall_offset_ns:
+                self.wall_offset_ns = offset
+                self._log("clock-set", "clock")
+        self._leave(failure, "clock")
 
     def _resume(self, name: str) -> None:
         table = self.inactive[name]

@@ -1,0 +1,168 @@
+"""The guest's clocks for the clock faults: reading them, the kernel's rate (adjtimex), steps,
+and *true time*, the arithmetic a revert uses to put the wall clock back.
+
+True time is what CLOCK_REALTIME would read had no fault touched it: a reference pair taken
+before the fault (``real``, the wall clock, and ``base``, a clock the fault does not move) plus
+how far that clock has run since, scaled by ``rate``::
+
+    true = real + (now(base clock) - base) * rate
+
+- ``clock-step`` and ``clock-strobe`` step CLOCK_REALTIME only, so the base clock is
+  CLOCK_MONOTONIC and ``rate`` is 1: CLOCK_MONOTONIC follows every rate the kernel runs at (a time
+  daemon's discipline included), exactly as the wall clock would have.
+- ``clock-skew`` changes the kernel's rate (adjtimex frequency or tick), which slews
+  CLOCK_MONOTONIC as much as CLOCK_REALTIME, so CLOCK_MONOTONIC cannot say how far the wall clock
+  went wrong.  The base is CLOCK_MONOTONIC_RAW (the clocksource at its nominal rate, which no
+  adjtimex moves) and ``rate`` is the kernel's rate before the fault (:func:`rate_of`), read at
+  the same time as the reference.
+
+Times are integers in nanoseconds: a float holds a Unix time to a quarter of a microsecond only.
+
+Nothing here imports lazily: the keeper runs these calls.  ``adjtimex`` is the C library's
+(ctypes, ``struct timex`` as in ``<sys/timex.h>`` on 64-bit Linux), loaded when the module is.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from typing import NamedTuple
+
+# adjtimex modes (<sys/timex.h>)
+ADJ_FREQUENCY = 0x0002
+ADJ_SETOFFSET = 0x0100
+ADJ_NANO = 0x2000
+ADJ_TICK = 0x4000
+STA_UNSYNC = 0x0040
+MAX_FREQ_PPM = 500            # the kernel's MAXFREQ: |freq| beyond it is clamped
+FREQ_SCALE = 1 << 16          # timex.freq is in ppm << 16 ("scaled ppm")
+USER_HZ = os.sysconf("SC_CLK_TCK")   # timex.tick is in microseconds per USER_HZ tick: 100 on Linux
+TICK_NOMINAL = 1_000_000 // USER_HZ  # 10000 us: the rate 1
+NS = 1_000_000_000
+
+CLOCKS = {"monotonic": time.CLOCK_MONOTONIC, "monotonic-raw": time.CLOCK_MONOTONIC_RAW}
+
+
+class _Timeval(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
+
+
+class Timex(ctypes.Structure):
+    """``struct timex``: ctypes pads the ints before longs as the C compiler does."""
+
+    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+                ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
+                ("constant", ctypes.c_long), ("precision", ctypes.c_long), ("tolerance", ctypes.c_long),
+                ("time", _Timeval), ("tick", ctypes.c_long), ("ppsfreq", ctypes.c_long),
+                ("jitter", ctypes.c_long), ("shift", ctypes.c_int), ("stabil", ctypes.c_long),
+                ("jitcnt", ctypes.c_long), ("calcnt", ctypes.c_long), ("errcnt", ctypes.c_long),
+                ("stbcnt", ctypes.c_long), ("tai", ctypes.c_int), ("_reserved", ctypes.c_int * 11)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_adjtimex = _libc.adjtimex
+_adjtimex.argtypes = [ctypes.POINTER(Timex)]
+_adjtimex.restype = ctypes.c_int
+
+
+class Rate(NamedTuple):
+    """The kernel's clock rate: ``tick`` (us per USER_HZ tick) and ``freq`` (scaled ppm)."""
+
+    tick: int
+    freq: int
+
+
+class Reference(NamedTuple):
+    """The wall clock and a base clock read together, and the kernel's rate then."""
+
+    real_ns: int
+    base_ns: int
+    clock: str      # a key of CLOCKS
+    rate: float     # how fast the wall clock ran against the base clock
+
+
+def adjtimex(timex: Timex) -> int:
+    """adjtimex(2); the clock state it returns (5, TIME_ERROR: not synchronized)."""
+    state = int(_adjtimex(ctypes.byref(timex)))
+    if state < 0:
+        number = ctypes.get_errno()
+        raise OSError(number, f"adjtimex: {os.strerror(number)}")
+    return state
+
+
+def read_rate() -> Rate:
+    """The kernel's rate now (adjtimex with no modes: a read, allowed to anyone)."""
+    timex = Timex()
+    adjtimex(timex)
+    return Rate(int(timex.tick), int(timex.freq))
+
+
+def synchronized() -> bool:
+    """Whether the kernel believes a time daemon keeps it synchronized (STA_UNSYNC clear)."""
+    timex = Timex()
+    adjtimex(timex)
+    return not timex.status & STA_UNSYNC
+
+
+def set_rate(rate: Rate) -> None:
+    """Set tick and frequency in one call (setting them again is no change)."""
+    timex = Timex(modes=ADJ_TICK | ADJ_FREQUENCY, tick=rate.tick, freq=rate.freq)
+    adjtimex(timex)
+
+
+def step_timex(offset_ns: int) -> Timex:
+    """The adjtimex request that steps CLOCK_REALTIME by ``offset_ns``."""
+    seconds, nanoseconds = divmod(offset_ns, NS)   # tv_nsec must be in [0, 1e9), tv_sec may be < 0
+    return Timex(modes=ADJ_SETOFFSET | ADJ_NANO, time=_Timeval(seconds, nanoseconds))
+
+
+def step(offset_ns: int) -> None:
+    """Step CLOCK_REALTIME by ``offset_ns``: ADJ_SETOFFSET adds it in the kernel, at once, so no
+    time passes between a read and a set (clock_settime would lose that)."""
+    adjtimex(step_timex(offset_ns))
+
+
+def rate_of(rate: Rate) -> float:
+    """How fast the wall clock runs against the clocksource's nominal rate at ``rate``: the
+    kernel's second is ``tick * USER_HZ`` us plus ``freq`` ppm (ntp_update_frequency)."""
+    return (rate.tick * USER_HZ + rate.freq / FREQ_SCALE) / 1e6
+
+
+def skewed(before: Rate, ppm: float) -> Rate:
+    """The rate ``ppm`` faster (slower if negative) than ``before``: the frequency alone while it
+    stays within the kernel's +-500 ppm (a resolution of 1/65536 ppm), else the tick (steps of
+    100 ppm) to the nearest whole tick and the frequency for the rest.  ValueError beyond the
+    kernel's tick range (+-10 %)."""
+    total = (before.tick * USER_HZ - 1e6) + before.freq / FREQ_SCALE + ppm   # ppm off the rate 1
+    freq = total - (before.tick * USER_HZ - 1e6)
+    tick = before.tick
+    if abs(freq) > MAX_FREQ_PPM:
+        tick = round((1e6 + total) / USER_HZ)
+        freq = total - (tick * USER_HZ - 1e6)
+    if not 900_000 // USER_HZ < tick < 1_100_000 // USER_HZ:
+        raise ValueError(f"a rate {total:+.0f} ppm off nominal is beyond the kernel's tick range (+-10 %)")
+    return Rate(tick, round(freq * FREQ_SCALE))
+
+
+def now_ns(clock: str) -> int:
+    return time.clock_gettime_ns(CLOCKS[clock])
+
+
+def reference(clock: str, rate: float = 1.0) -> Reference:
+    """The wall clock read between two readings of ``clock``, paired with their midpoint."""
+    first = now_ns(clock)
+    real = time.clock_gettime_ns(time.CLOCK_REALTIME)
+    second = now_ns(clock)
+    return Reference(real, (first + second) // 2, clock, rate)
+
+
+def true_ns(real_ns: int, base_ns: int, rate: float, base_now_ns: int) -> int:
+    """True time now, from a reference and the base clock now (see the module docstring)."""
+    return real_ns + round((base_now_ns - base_ns) * rate)
+
+
+def set_true_time(real_ns: int, base_ns: int, clock: str, rate: float) -> None:
+    """CLOCK_REALTIME := true time.  Idempotent: run twice, it sets the same time twice.  The
+    base clock is read right before the set; what passes between is the error (microseconds)."""
+    time.clock_settime_ns(time.CLOCK_REALTIME, true_ns(real_ns, base_ns, rate, now_ns(clock)))
