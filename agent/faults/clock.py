@@ -6,9 +6,10 @@ All three share one device, ``clock``, and take the target ``clock``: one clock 
 (two faults on one wall clock could not be undone in any order).
 
 Revert puts the wall clock back to *true time* (:mod:`.timekeeping`) from a reference read when
-the fault is prepared: the undo step ``clock-set`` sets CLOCK_REALTIME to the reference plus
-how far a clock the fault did not move has run since.  It is idempotent (it sets the same time
-again), so the agent and the keeper may both run it, and it needs nothing of the agent.  A
+the fault is prepared: the undo step ``clock-set`` steps CLOCK_REALTIME to the reference plus
+how far CLOCK_MONOTONIC has run since (less what a skew added to it, measured on
+CLOCK_MONOTONIC_RAW).  It is idempotent (run again, it finds nothing to step), so the agent and
+the keeper may both run it, and it needs nothing of the agent.  A
 ``clock-set`` from another boot (its ``boot`` is not this boot's id) does nothing: its base
 clock started again at the reboot.
 
@@ -73,16 +74,17 @@ def _offset_ns(kind: Kind, offset: float | None) -> int:
     return round(offset * timekeeping.NS)
 
 
-def set_step(ref: timekeeping.Reference, boot: str) -> Step:
-    """The undo step that puts the wall clock back to true time from ``ref``, in boot ``boot``."""
-    return {"op": "clock-set", "real-ns": ref.real_ns, "base-ns": ref.base_ns, "clock": ref.clock,
-            "rate": float(ref.rate), "boot": boot}
+def set_step(ref: timekeeping.Reference, skew: float, boot: str) -> Step:
+    """The undo step that puts the wall clock back to true time from ``ref`` (a fault that
+    changed the kernel's rate by ``skew``), in boot ``boot``."""
+    return {"op": "clock-set", "real-ns": ref.real_ns, "mono-ns": ref.mono_ns, "raw-ns": ref.raw_ns,
+            "skew": float(skew), "boot": boot}
 
 
 def _step(target: str, params: Mapping[str, Any], force: bool, context: Context) -> Spec:
     _check(Kind.CLOCK_STEP, target, force)
     offset = _offset_ns(Kind.CLOCK_STEP, params.get("offset"))
-    undo = set_step(timekeeping.reference("monotonic"), read_boot_id())
+    undo = set_step(timekeeping.reference(), 0.0, read_boot_id())
     return Spec(DEVICE, ({"op": "clock-step", "offset-ns": offset},), (undo,), params)
 
 
@@ -93,7 +95,8 @@ def _skew(target: str, params: Mapping[str, Any], force: bool, context: Context)
         after = timekeeping.skewed(before, params.get("ppm", 0.0))
     except ValueError as e:
         raise Refused(f"clock-skew: {e}") from None
-    undo = set_step(timekeeping.reference("monotonic-raw", timekeeping.rate_of(before)), read_boot_id())
+    skew = timekeeping.rate_of(after) - timekeeping.rate_of(before)
+    undo = set_step(timekeeping.reference(), skew, read_boot_id())
     return Spec(DEVICE, ({"op": "clock-rate", "tick": after.tick, "freq": after.freq},),
                 ({"op": "clock-rate", "tick": before.tick, "freq": before.freq}, undo), params)
 
@@ -101,13 +104,13 @@ def _skew(target: str, params: Mapping[str, Any], force: bool, context: Context)
 def _strobe(target: str, params: Mapping[str, Any], force: bool, context: Context) -> Spec:
     _check(Kind.CLOCK_STROBE, target, force)
     offset = _offset_ns(Kind.CLOCK_STROBE, params.get("offset"))
-    ref = timekeeping.reference("monotonic")
+    ref = timekeeping.reference()
     token = secrets.token_hex(8)
-    args = {"real-ns": ref.real_ns, "mono-ns": ref.base_ns, "offset-ns": offset,
+    args = {"real-ns": ref.real_ns, "mono-ns": ref.mono_ns, "offset-ns": offset,
             "interval-ns": round(params["interval"] * timekeeping.NS)}
     # reap first: a worker still running could jump the clock again after the clock-set
     return Spec(DEVICE, ({"op": "spawn", "worker": "clock-strobe", "token": token, "args": args},),
-                ({"op": "reap", "token": token}, set_step(ref, read_boot_id())), params)
+                ({"op": "reap", "token": token}, set_step(ref, 0.0, read_boot_id())), params)
 
 
 PARAMS: dict[Kind, tuple[ParamSpec, ...]] = {

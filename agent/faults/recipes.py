@@ -25,11 +25,11 @@ clock-step     step CLOCK_REALTIME by ``offset-ns``       (apply only)
   offset-ns    (adjtimex ADJ_SETOFFSET)
 clock-rate     set the kernel's clock rate (adjtimex      the same rate again: no change
   tick freq    tick and frequency)
-clock-set      CLOCK_REALTIME := true time: ``real-ns``   the same true time again; another
-  real-ns      plus how far ``clock`` ran since           boot (``boot`` differs): nothing
-  base-ns      ``base-ns``, times ``rate``
-  clock rate   (:mod:`.timekeeping`)
-  boot
+clock-set      step CLOCK_REALTIME to true time: the      at true time: nothing to step;
+  real-ns      reference plus CLOCK_MONOTONIC since       another boot (``boot`` differs):
+  mono-ns      ``mono-ns``, less ``skew`` times           nothing
+  raw-ns skew  CLOCK_MONOTONIC_RAW since ``raw-ns``
+  boot         (:mod:`.timekeeping`)
 =============  =========================================  ======================================
 
 So every undo step is idempotent: the agent and the keeper may both run one, and the kernel ends
@@ -73,7 +73,7 @@ STEP_FIELDS: Mapping[str, Mapping[str, type]] = {
     "reap": {"token": str},
     "clock-step": {"offset-ns": int},
     "clock-rate": {"tick": int, "freq": int},
-    "clock-set": {"real-ns": int, "base-ns": int, "clock": str, "rate": float, "boot": str},
+    "clock-set": {"real-ns": int, "mono-ns": int, "raw-ns": int, "skew": float, "boot": str},
 }
 RELEASES_IO = ("thaw", "dm-resume", "signal", "reap")
 # A failed call of these changed nothing (one ioctl, kill(2) or adjtimex(2) that failed); the
@@ -107,7 +107,7 @@ class FaultKernel(Protocol):
     def reap(self, token: str) -> None: ...
     def clock_step(self, offset_ns: int) -> None: ...
     def clock_rate(self, tick: int, freq: int) -> None: ...
-    def clock_set(self, real_ns: int, base_ns: int, clock: str, rate: float, boot: str) -> None: ...
+    def clock_set(self, ref: timekeeping.Reference, skew: float, boot: str) -> None: ...
 
 
 def check_step(step: Any) -> Mapping[str, Any]:
@@ -123,8 +123,8 @@ def check_step(step: Any) -> Mapping[str, Any]:
             raise StepError(f"step {step['op']}: {name} is not a {kind.__name__}")
     if step["op"] == "dm-table":
         table_lines(step["table"])
-    if step["op"] == "clock-set" and step["clock"] not in timekeeping.CLOCKS:
-        raise StepError(f"step clock-set: unknown clock {step['clock'][:40]!r}")
+    if step["op"] == "clock-set" and not abs(step["skew"]) < 1:   # the tick's range is +-10 %
+        raise StepError(f"step clock-set: skew {step['skew']!r} is out of range")
     return step
 
 
@@ -173,7 +173,8 @@ def run_step(step: Mapping[str, Any], kernel: FaultKernel) -> None:
     elif op == "clock-rate":
         kernel.clock_rate(step["tick"], step["freq"])
     elif op == "clock-set":
-        kernel.clock_set(step["real-ns"], step["base-ns"], step["clock"], step["rate"], step["boot"])
+        ref = timekeeping.Reference(step["real-ns"], step["mono-ns"], step["raw-ns"])
+        kernel.clock_set(ref, step["skew"], step["boot"])
     else:
         kernel.dm_resume(step["name"])
 
@@ -294,10 +295,10 @@ class LinuxFaultKernel:
     def clock_rate(self, tick: int, freq: int) -> None:
         timekeeping.set_rate(timekeeping.Rate(tick, freq))
 
-    def clock_set(self, real_ns: int, base_ns: int, clock: str, rate: float, boot: str) -> None:
-        """True time back, unless the reference is from another boot (its base clock restarted)."""
+    def clock_set(self, ref: timekeeping.Reference, skew: float, boot: str) -> None:
+        """True time back, unless the reference is from another boot (its clocks restarted)."""
         if boot == read_boot_id():
-            timekeeping.set_true_time(real_ns, base_ns, clock, rate)
+            timekeeping.set_true_time(ref, skew)
 
 
 def workers_of(token: str) -> list[int]:

@@ -1,20 +1,26 @@
 """The guest's clocks for the clock faults: reading them, the kernel's rate (adjtimex), steps,
 and *true time*, the arithmetic a revert uses to put the wall clock back.
 
-True time is what CLOCK_REALTIME would read had no fault touched it: a reference pair taken
-before the fault (``real``, the wall clock, and ``base``, a clock the fault does not move) plus
-how far that clock has run since, scaled by ``rate``::
+True time is what CLOCK_REALTIME would read had no fault touched it.  A reference is read when a
+fault is prepared: the wall clock between two readings of CLOCK_MONOTONIC and of
+CLOCK_MONOTONIC_RAW (``real``, ``mono``, ``raw``).  Then::
 
-    true = real + (now(base clock) - base) * rate
+    true = real + (mono_now - mono) - skew * (raw_now - raw)
 
-- ``clock-step`` and ``clock-strobe`` step CLOCK_REALTIME only, so the base clock is
-  CLOCK_MONOTONIC and ``rate`` is 1: CLOCK_MONOTONIC follows every rate the kernel runs at (a time
-  daemon's discipline included), exactly as the wall clock would have.
-- ``clock-skew`` changes the kernel's rate (adjtimex frequency or tick), which slews
-  CLOCK_MONOTONIC as much as CLOCK_REALTIME, so CLOCK_MONOTONIC cannot say how far the wall clock
-  went wrong.  The base is CLOCK_MONOTONIC_RAW (the clocksource at its nominal rate, which no
-  adjtimex moves) and ``rate`` is the kernel's rate before the fault (:func:`rate_of`), read at
-  the same time as the reference.
+- ``clock-step`` and ``clock-strobe`` step CLOCK_REALTIME only (``skew`` 0): CLOCK_MONOTONIC
+  runs on, at every rate the kernel runs at (a time daemon's discipline included), exactly as the
+  wall clock would have.
+- ``clock-skew`` changes the kernel's rate (adjtimex frequency or tick) by ``skew`` (the
+  difference of :func:`rate_of` after and before), which slews CLOCK_MONOTONIC as much as
+  CLOCK_REALTIME: CLOCK_MONOTONIC ran ``skew`` times CLOCK_MONOTONIC_RAW's time too fast (the raw
+  clock is the clocksource at its nominal rate, which no adjtimex moves), and that is taken off.
+  Its error is ``skew`` times the time between the reference and the apply (the state file
+  and the keeper are written in between: milliseconds, so microseconds at 500 ppm), and
+  ``skew`` times the small difference between the raw and the monotonic clocks' rates.
+
+The revert *steps* the wall clock by true time less its reading (:func:`set_true_time`), read
+as the reference is, rather than setting an absolute time: nothing is lost between a read and a
+set, so reverts do not add up an error.
 
 Times are integers in nanoseconds: a float holds a Unix time to a quarter of a microsecond only.
 
@@ -41,7 +47,7 @@ USER_HZ = os.sysconf("SC_CLK_TCK")   # timex.tick is in microseconds per USER_HZ
 TICK_NOMINAL = 1_000_000 // USER_HZ  # 10000 us: the rate 1
 NS = 1_000_000_000
 
-CLOCKS = {"monotonic": time.CLOCK_MONOTONIC, "monotonic-raw": time.CLOCK_MONOTONIC_RAW}
+SETTLED_NS = 1000   # a revert nearer true time than this steps nothing (the keeper runs it twice)
 
 
 class _Timeval(ctypes.Structure):
@@ -74,12 +80,11 @@ class Rate(NamedTuple):
 
 
 class Reference(NamedTuple):
-    """The wall clock and a base clock read together, and the kernel's rate then."""
+    """The wall clock, CLOCK_MONOTONIC and CLOCK_MONOTONIC_RAW read together, in nanoseconds."""
 
     real_ns: int
-    base_ns: int
-    clock: str      # a key of CLOCKS
-    rate: float     # how fast the wall clock ran against the base clock
+    mono_ns: int
+    raw_ns: int
 
 
 def adjtimex(timex: Timex) -> int:
@@ -145,24 +150,27 @@ def skewed(before: Rate, ppm: float) -> Rate:
     return Rate(tick, round(freq * FREQ_SCALE))
 
 
-def now_ns(clock: str) -> int:
-    return time.clock_gettime_ns(CLOCKS[clock])
+def reference() -> Reference:
+    """The wall clock read between two readings of each monotonic clock, with their midpoints."""
+    get = time.clock_gettime_ns
+    mono, raw = get(time.CLOCK_MONOTONIC), get(time.CLOCK_MONOTONIC_RAW)
+    real = get(time.CLOCK_REALTIME)
+    raw_after, mono_after = get(time.CLOCK_MONOTONIC_RAW), get(time.CLOCK_MONOTONIC)
+    return Reference(real, (mono + mono_after) // 2, (raw + raw_after) // 2)
 
 
-def reference(clock: str, rate: float = 1.0) -> Reference:
-    """The wall clock read between two readings of ``clock``, paired with their midpoint."""
-    first = now_ns(clock)
-    real = time.clock_gettime_ns(time.CLOCK_REALTIME)
-    second = now_ns(clock)
-    return Reference(real, (first + second) // 2, clock, rate)
+def true_ns(ref: Reference, skew: float, now: Reference) -> int:
+    """True time at ``now``'s monotonic readings (see the module docstring)."""
+    return ref.real_ns + (now.mono_ns - ref.mono_ns) - round(skew * (now.raw_ns - ref.raw_ns))
 
 
-def true_ns(real_ns: int, base_ns: int, rate: float, base_now_ns: int) -> int:
-    """True time now, from a reference and the base clock now (see the module docstring)."""
-    return real_ns + round((base_now_ns - base_ns) * rate)
+def true_offset_ns(ref: Reference, skew: float, now: Reference) -> int:
+    """How far true time is ahead of the wall clock at ``now``."""
+    return true_ns(ref, skew, now) - now.real_ns
 
 
-def set_true_time(real_ns: int, base_ns: int, clock: str, rate: float) -> None:
-    """CLOCK_REALTIME := true time.  Idempotent: run twice, it sets the same time twice.  The
-    base clock is read right before the set; what passes between is the error (microseconds)."""
-    time.clock_settime_ns(time.CLOCK_REALTIME, true_ns(real_ns, base_ns, rate, now_ns(clock)))
+def set_true_time(ref: Reference, skew: float) -> None:
+    """Step the wall clock to true time.  Idempotent: run again, it finds nothing to step."""
+    offset = true_offset_ns(ref, skew, reference())
+    if abs(offset) >= SETTLED_NS:
+        step(offset)

@@ -377,13 +377,9 @@ class ModelFaultKernel:
         self.raw_ns += round(seconds * 1e9)
         self.mono_ns += round(seconds * 1e9 * timekeeping.rate_of(self.rate))
 
-    def now_ns(self, clock: str) -> int:
-        return {"realtime": self.mono_ns + self.wall_offset_ns, "monotonic": self.mono_ns,
-                "monotonic-raw": self.raw_ns}[clock]
-
-    def reference(self, clock: str, rate: float = 1.0) -> timekeeping.Reference:
+    def reference(self) -> timekeeping.Reference:
         """What :func:`timekeeping.reference` reads, from the model clock."""
-        return timekeeping.Reference(self.now_ns("realtime"), self.now_ns(clock), clock, rate)
+        return timekeeping.Reference(self.mono_ns + self.wall_offset_ns, self.mono_ns, self.raw_ns)
 
     def count(self, op: str | None = None, job: str | None = None) -> int:
         return sum(1 for c in self.changes if (op is None or c.op == op) and (job is None or c.job == job))
@@ -542,12 +538,12 @@ class ModelFaultKernel:
             self._log("clock-rate", "clock")
         self._leave(failure, "clock")
 
-    def clock_set(self, real_ns: int, base_ns: int, clock: str, rate: float, boot: str) -> None:
+    def clock_set(self, ref: timekeeping.Reference, skew: float, boot: str) -> None:
         failure = self._enter("clock-set", "clock")
         if boot == self.boot:
-            offset = timekeeping.true_ns(real_ns, base_ns, rate, self.now_ns(clock)) - self.mono_ns
-            if offset != self.wall_offset_ns:
-                self.wall_offset_ns = offset
+            offset = timekeeping.true_offset_ns(ref, skew, self.reference())
+            if abs(offset) >= timekeeping.SETTLED_NS:
+                self.wall_offset_ns += offset
                 self._log("clock-set", "clock")
         self._leave(failure, "clock")
 

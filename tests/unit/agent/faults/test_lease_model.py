@@ -70,7 +70,7 @@ Steps = tuple[dict[str, Any], ...]
 def recipe(name: str, serial: int) -> tuple[str, str, str, Steps, Steps]:
     """(kind, target, device, apply, undo) as kinds.py and block.py build them."""
     # the clock kinds' undo, from the model clock's reference (no model time passes here)
-    clock_set = set_step(ModelFaultKernel({}, {}).reference("monotonic"), MODEL_BOOT)
+    clock_set = set_step(ModelFaultKernel({}, {}).reference(), 0.0, MODEL_BOOT)
     fill = {"op": "fill", "path": f"/{name.split('@')[1]}/.pyqga-fill-{serial}", "free-bytes": 1000}
     recipes: dict[str, tuple[str, Steps, Steps]] = {
         "write-stall@m1": ("8:1", ({"op": "freeze", "path": "/m1"},), ({"op": "thaw", "path": "/m1"},)),
