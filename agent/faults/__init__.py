@@ -6,6 +6,8 @@
 - :mod:`.recipes`: the steps that apply and undo a fault, and the one function that runs a step
   (the agent and the keeper both run undo steps through it; every undo step is idempotent).
 - :mod:`.kinds`: from a request (kind, target, params) to a recipe; :mod:`.block` for the
-  device-mapper kinds, :mod:`.dm` the device-mapper ioctls.
+  device-mapper kinds, :mod:`.dm` the device-mapper ioctls; :mod:`.processes`, :mod:`.resources`
+  and :mod:`.clock` (with :mod:`.timekeeping`, the clocks and true time) the others;
+  :mod:`.worker` the program a fault that needs a running process runs.
 - :mod:`.engine`: the driver, with the lock, the deadline timer, the events file and the keeper.
 """

@@ -7,10 +7,10 @@ All three share one device, ``clock``, and take the target ``clock``: one clock 
 
 Revert puts the wall clock back to *true time* (:mod:`.timekeeping`) from a reference read when
 the fault is prepared: the undo step ``clock-set`` steps CLOCK_REALTIME to the reference plus
-how far CLOCK_MONOTONIC has run since (less what a skew added to it, measured on
-CLOCK_MONOTONIC_RAW).  It is idempotent (run again, it finds nothing to step), so the agent and
-the keeper may both run it, and it needs nothing of the agent.  A
-``clock-set`` from another boot (its ``boot`` is not this boot's id) does nothing: its base
+how far CLOCK_MONOTONIC has run since (for a skew, which slews CLOCK_MONOTONIC too,
+CLOCK_MONOTONIC_RAW at the rate before the fault).  It is idempotent (run again, it finds
+nothing to step), so the agent and the keeper may both run it, and it needs nothing of the
+agent.  A ``clock-set`` from another boot (its ``boot`` is not this boot's id) does nothing: its base
 clock started again at the reboot.
 
 The agent's deadlines and the keeper run on CLOCK_MONOTONIC.  A step or a strobe does not move
@@ -74,11 +74,11 @@ def _offset_ns(kind: Kind, offset: float | None) -> int:
     return round(offset * timekeeping.NS)
 
 
-def set_step(ref: timekeeping.Reference, skew: float, boot: str) -> Step:
-    """The undo step that puts the wall clock back to true time from ``ref`` (a fault that
-    changed the kernel's rate by ``skew``), in boot ``boot``."""
+def set_step(ref: timekeeping.Reference, raw_rate: float, boot: str) -> Step:
+    """The undo step that puts the wall clock back to true time from ``ref`` in boot ``boot``:
+    by CLOCK_MONOTONIC (``raw_rate`` 0) or CLOCK_MONOTONIC_RAW at ``raw_rate``."""
     return {"op": "clock-set", "real-ns": ref.real_ns, "mono-ns": ref.mono_ns, "raw-ns": ref.raw_ns,
-            "skew": float(skew), "boot": boot}
+            "raw-rate": float(raw_rate), "boot": boot}
 
 
 def _step(target: str, params: Mapping[str, Any], force: bool, context: Context) -> Spec:
@@ -95,8 +95,7 @@ def _skew(target: str, params: Mapping[str, Any], force: bool, context: Context)
         after = timekeeping.skewed(before, params.get("ppm", 0.0))
     except ValueError as e:
         raise Refused(f"clock-skew: {e}") from None
-    skew = timekeeping.rate_of(after) - timekeeping.rate_of(before)
-    undo = set_step(timekeeping.reference(), skew, read_boot_id())
+    undo = set_step(timekeeping.reference(), timekeeping.rate_of(before), read_boot_id())
     return Spec(DEVICE, ({"op": "clock-rate", "tick": after.tick, "freq": after.freq},),
                 ({"op": "clock-rate", "tick": before.tick, "freq": before.freq}, undo), params)
 

@@ -27,9 +27,10 @@ clock-rate     set the kernel's clock rate (adjtimex      the same rate again: n
   tick freq    tick and frequency)
 clock-set      step CLOCK_REALTIME to true time: the      at true time: nothing to step;
   real-ns      reference plus CLOCK_MONOTONIC since       another boot (``boot`` differs):
-  mono-ns      ``mono-ns``, less ``skew`` times           nothing
-  raw-ns skew  CLOCK_MONOTONIC_RAW since ``raw-ns``
-  boot         (:mod:`.timekeeping`)
+  mono-ns      ``mono-ns`` (``raw-rate`` 0), or           nothing
+  raw-ns       CLOCK_MONOTONIC_RAW since ``raw-ns``
+  raw-rate     times ``raw-rate`` (:mod:`.timekeeping`)
+  boot
 =============  =========================================  ======================================
 
 So every undo step is idempotent: the agent and the keeper may both run one, and the kernel ends
@@ -73,7 +74,7 @@ STEP_FIELDS: Mapping[str, Mapping[str, type]] = {
     "reap": {"token": str},
     "clock-step": {"offset-ns": int},
     "clock-rate": {"tick": int, "freq": int},
-    "clock-set": {"real-ns": int, "mono-ns": int, "raw-ns": int, "skew": float, "boot": str},
+    "clock-set": {"real-ns": int, "mono-ns": int, "raw-ns": int, "raw-rate": float, "boot": str},
 }
 RELEASES_IO = ("thaw", "dm-resume", "signal", "reap")
 # A failed call of these changed nothing (one ioctl, kill(2) or adjtimex(2) that failed); the
@@ -107,7 +108,7 @@ class FaultKernel(Protocol):
     def reap(self, token: str) -> None: ...
     def clock_step(self, offset_ns: int) -> None: ...
     def clock_rate(self, tick: int, freq: int) -> None: ...
-    def clock_set(self, ref: timekeeping.Reference, skew: float, boot: str) -> None: ...
+    def clock_set(self, ref: timekeeping.Reference, raw_rate: float, boot: str) -> None: ...
 
 
 def check_step(step: Any) -> Mapping[str, Any]:
@@ -123,8 +124,8 @@ def check_step(step: Any) -> Mapping[str, Any]:
             raise StepError(f"step {step['op']}: {name} is not a {kind.__name__}")
     if step["op"] == "dm-table":
         table_lines(step["table"])
-    if step["op"] == "clock-set" and not abs(step["skew"]) < 1:   # the tick's range is +-10 %
-        raise StepError(f"step clock-set: skew {step['skew']!r} is out of range")
+    if step["op"] == "clock-set" and not (step["raw-rate"] == 0 or 0.5 < step["raw-rate"] < 1.5):
+        raise StepError(f"step clock-set: raw-rate {step['raw-rate']!r} is out of range")   # tick: +-10 %
     return step
 
 
@@ -174,7 +175,7 @@ def run_step(step: Mapping[str, Any], kernel: FaultKernel) -> None:
         kernel.clock_rate(step["tick"], step["freq"])
     elif op == "clock-set":
         ref = timekeeping.Reference(step["real-ns"], step["mono-ns"], step["raw-ns"])
-        kernel.clock_set(ref, step["skew"], step["boot"])
+        kernel.clock_set(ref, step["raw-rate"], step["boot"])
     else:
         kernel.dm_resume(step["name"])
 
@@ -295,10 +296,10 @@ class LinuxFaultKernel:
     def clock_rate(self, tick: int, freq: int) -> None:
         timekeeping.set_rate(timekeeping.Rate(tick, freq))
 
-    def clock_set(self, ref: timekeeping.Reference, skew: float, boot: str) -> None:
+    def clock_set(self, ref: timekeeping.Reference, raw_rate: float, boot: str) -> None:
         """True time back, unless the reference is from another boot (its clocks restarted)."""
         if boot == read_boot_id():
-            timekeeping.set_true_time(ref, skew)
+            timekeeping.set_true_time(ref, raw_rate)
 
 
 def workers_of(token: str) -> list[int]:

@@ -538,10 +538,10 @@ class ModelFaultKernel:
             self._log("clock-rate", "clock")
         self._leave(failure, "clock")
 
-    def clock_set(self, ref: timekeeping.Reference, skew: float, boot: str) -> None:
+    def clock_set(self, ref: timekeeping.Reference, raw_rate: float, boot: str) -> None:
         failure = self._enter("clock-set", "clock")
         if boot == self.boot:
-            offset = timekeeping.true_offset_ns(ref, skew, self.reference())
+            offset = timekeeping.true_offset_ns(ref, raw_rate, self.reference())
             if abs(offset) >= timekeeping.SETTLED_NS:
                 self.wall_offset_ns += offset
                 self._log("clock-set", "clock")

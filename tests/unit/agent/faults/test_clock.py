@@ -53,11 +53,11 @@ def undo(spec: Spec, k: ModelFaultKernel) -> None:
 # --- true time and rates ----------------------------------------------------------------------
 
 
-def test_true_time_is_the_reference_plus_monotonic_time_less_the_skew_s_share() -> None:
+def test_true_time_is_the_reference_plus_monotonic_or_scaled_raw_time() -> None:
     ref = Reference(1000 * NS, 50 * NS, 70 * NS)
     assert timekeeping.true_ns(ref, 0.0, Reference(0, 53 * NS, 99 * NS)) == 1003 * NS
-    # a skew of +500 ppm for 10 s of the raw clock: CLOCK_MONOTONIC ran 10.005 s, true time 10 s
-    assert timekeeping.true_ns(ref, 500e-6, Reference(0, 60_005_000_000, 80 * NS)) == 1010 * NS
+    # a skew held for 10 s of the raw clock, on a clock that ran 100 ppm fast before: 10.001 s
+    assert timekeeping.true_ns(ref, 1.0001, Reference(0, 99 * NS, 80 * NS)) == 1010 * NS + 1_000_000
     # a wall clock an hour ahead: true time is 3600 s behind it, the revert steps by -3600 s
     assert timekeeping.true_offset_ns(ref, 0.0, Reference(4603 * NS, 53 * NS, 73 * NS)) == -3600 * NS
 
@@ -146,11 +146,11 @@ def test_capabilities_take_the_clock_target_without_parameters(kernel: ModelFaul
 
 
 def test_clock_set_is_checked() -> None:
-    step = {"op": "clock-set", "real-ns": 1, "mono-ns": 1, "raw-ns": 1, "skew": 2.0, "boot": "b"}
-    with pytest.raises(StepError, match=r"skew 2\.0 is out of range"):
+    step = {"op": "clock-set", "real-ns": 1, "mono-ns": 1, "raw-ns": 1, "raw-rate": 2.0, "boot": "b"}
+    with pytest.raises(StepError, match=r"raw-rate 2\.0 is out of range"):
         check_step(step)
-    with pytest.raises(StepError, match="skew is not a float"):
-        check_step({**step, "skew": 0})
+    with pytest.raises(StepError, match="raw-rate is not a float"):
+        check_step({**step, "raw-rate": 0})
     with pytest.raises(StepError, match="raw-ns is not a int"):
         check_step({**step, "raw-ns": 1.5})
 
@@ -186,8 +186,8 @@ def test_a_skew_drifts_and_the_revert_restores_the_rate_and_true_time(kernel: Mo
 
 
 def test_a_skew_on_a_fast_clock_returns_to_the_fast_clock_s_true_time(kernel: ModelFaultKernel) -> None:
-    """A clock 100 ppm fast before the fault stays so: true time runs with CLOCK_MONOTONIC, less
-    only the skew's share (measured on CLOCK_MONOTONIC_RAW)."""
+    """The rate before the fault scales the raw clock: a clock 100 ppm fast ran 100 ppm fast
+    against CLOCK_MONOTONIC_RAW all along, and true time does so too."""
     kernel.rate = Rate(10000, 100 << 16)
     start_real, start_raw = kernel.reference().real_ns, kernel.raw_ns
     spec = prepare("clock-skew", {"ppm": -20_000})
