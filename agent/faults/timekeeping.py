@@ -41,7 +41,6 @@ ADJ_FREQUENCY = 0x0002
 ADJ_SETOFFSET = 0x0100
 ADJ_NANO = 0x2000
 ADJ_TICK = 0x4000
-STA_UNSYNC = 0x0040
 MAX_FREQ_PPM = 500            # the kernel's MAXFREQ: |freq| beyond it is clamped
 FREQ_SCALE = 1 << 16          # timex.freq is in ppm << 16 ("scaled ppm")
 USER_HZ = os.sysconf("SC_CLK_TCK")   # timex.tick is in microseconds per USER_HZ tick: 100 on Linux
@@ -102,13 +101,6 @@ def read_rate() -> Rate:
     timex = Timex()
     adjtimex(timex)
     return Rate(int(timex.tick), int(timex.freq))
-
-
-def synchronized() -> bool:
-    """Whether the kernel believes a time daemon keeps it synchronized (STA_UNSYNC clear)."""
-    timex = Timex()
-    adjtimex(timex)
-    return not timex.status & STA_UNSYNC
 
 
 def set_rate(rate: Rate) -> None:
