@@ -211,6 +211,33 @@ def test_clock_skew_changes_the_rate_by_frequency_or_tick_and_revert_restores_tr
         assert error < TRUE_TIME_S
 
 
+def test_a_skew_slews_its_own_deadline_by_the_skew_and_no_more(rig: Rig) -> None:
+    """The documented bound: a lease of D s at P ppm lasts D / (1 + P * 1e-6) s of true time
+    (CLOCK_MONOTONIC_RAW), as the agent times it on the slewed CLOCK_MONOTONIC."""
+    probe = Probe(rig, 6.5)
+    lease = inject(rig, "clock-skew", {"ppm": -50_000}, 4.0)
+    time.sleep(5.0)
+    seen = events(rig, lease)
+    rows = probe.rows()
+
+    def raw_at(mono: float) -> float:   # CLOCK_MONOTONIC_RAW at a CLOCK_MONOTONIC time, interpolated
+        a, b = next((a, b) for a, b in itertools.pairwise(rows) if a[0] <= mono <= b[0])
+        raw_a, raw_b = (r[0] + r[1] - r[2] for r in (a, b))
+        return float(raw_a + (raw_b - raw_a) * (mono - a[0]) / (b[0] - a[0]))
+
+    fired, ended = seen["fired"]["mono"], seen["expired"]["mono"]
+    by_mono, by_raw = ended - fired, raw_at(ended) - raw_at(fired)
+    expected = by_mono / (1 - 0.05)
+    error = true_time_error([r for r in rows if r[0] > ended + 0.05], statistics.median(
+        r[2] for r in rows if r[0] < seen["armed"]["mono"]))
+    print(f"\nclock-skew -5 % for 4 s: {by_mono:.3f} s of CLOCK_MONOTONIC were {by_raw:.3f} s of true time "
+          f"(expected {expected:.3f} s: the deadline {by_raw - by_mono:+.3f} s late in true time); "
+          f"true time within {error * 1e6:.0f} us after it")
+    assert seen["expired"]["reason"] == "deadline"
+    assert abs(by_raw - expected) < 0.02
+    assert error < TRUE_TIME_S
+
+
 def test_clock_strobe_jumps_back_and_forth_and_revert_restores_true_time(rig: Rig) -> None:
     probe = Probe(rig, 5.5)
     lease = inject(rig, "clock-strobe", {"offset": 60, "interval": 0.5}, 30)
