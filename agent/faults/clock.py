@@ -17,7 +17,7 @@ The agent's deadlines and the keeper run on CLOCK_MONOTONIC.  A step or a strobe
 it.  A skew does, by the skew: a lease of D seconds at P ppm ends P * 1e-6 * D seconds early (a
 faster clock) or late in true time, 1.8 s for an hour at 500 ppm.
 
-A time daemon (chronyd, ntpd, systemd-timesyncd, ptp4l, phc2sys) would fight the fault and undo
+A time daemon (chronyd, ntpd, systemd-timesyncd, openntpd, ptp4l, phc2sys) would fight the fault and undo
 it: a clock fault is refused while one runs, unless ``force`` is given.  A daemon that is
 stopped (``process-pause`` of it, for example) does not count.  Forced, the daemon may step or
 slew the clock back during the fault; the revert still sets true time.

@@ -333,7 +333,7 @@ class Rig:
 
     def __init__(self, vm: GuestVM, hands: AgentClient, boot: str) -> None:
         self.vm, self.hands, self.boot = vm, hands, boot
-        self.true, self.rate = 0.0, [0, 0]
+        self.read_clock()   # again before each clock cell; a repair puts back the last one read
         self.subject = vm.client(SUBJECT, timeout=60)
         self.cursor: int = self.subject.call("guest-fault-events", {"since": 0})["cursor"]
         self.lateness: list[str] = []
