@@ -43,9 +43,12 @@ SEES = {
     "process-pause": "the processes of --target (pid:N, name:NAME, cgroup:PATH, unit:NAME) stopped, "
                      "continued on revert",
     "process-kill": "a signal to the processes of --target (--param signal=TERM; default KILL)",
-    "clock-step": "the wall clock stepped by --param offset=SECONDS; true time back on revert",
-    "clock-skew": "the wall clock running fast or slow (--param ppm=N); true time back on revert",
-    "clock-strobe": "the wall clock jumping back and forth (--param offset=SECONDS, interval=SECONDS)",
+    "clock-step": "the wall clock (--target clock) stepped by --param offset=SECONDS; true time back "
+                  "on revert",
+    "clock-skew": "the wall clock (--target clock) running fast or slow (--param ppm=N); true time "
+                  "back on revert",
+    "clock-strobe": "the wall clock (--target clock) jumping back and forth (--param offset=SECONDS, "
+                    "interval=SECONDS)",
     "net-partition": "traffic to and from --param peers/ports dropped (nftables); the agent's channel "
                      "is not touched",
     "net-delay": "packets on the interface --target delayed (--param delay-ms, jitter-ms)",

@@ -8,7 +8,7 @@
 - :mod:`.kinds`: from a request (kind, target, params) to a recipe; :mod:`.block` for the
   device-mapper kinds, :mod:`.dm` the device-mapper ioctls; :mod:`.processes`; :mod:`.network`
   for nftables partitions and netem, :mod:`.nettools` the nft and tc programs; :mod:`.resources`;
-  :mod:`.catalog` joins them.
+  :mod:`.clock` (with :mod:`.timekeeping`, the clocks and true time); :mod:`.catalog` joins them.
 - :mod:`.worker`: the program behind a fault that needs a running process (spawn and reap steps).
 - :mod:`.engine`: the driver, with the lock, the deadline timer, the events file and the keeper.
 """

@@ -1,21 +1,21 @@
 """Every fault kind in one place: its parameters, how to prepare it, whether this guest can run
 it and why not.  Joins :mod:`.kinds` (any filesystem), :mod:`.block` (device-mapper),
-:mod:`.processes`, :mod:`.network` (nftables and netem) and :mod:`.resources`."""
+:mod:`.processes`, :mod:`.network` (nftables and netem), :mod:`.resources` and :mod:`.clock`."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from pyqga.agent.faults import block, kinds, network, processes, resources
+from pyqga.agent.faults import block, clock, kinds, network, processes, resources
 from pyqga.agent.faults.kinds import Context, ParamSpec, Spec
 from pyqga.agent.faults.machine import Refused
 from pyqga.agent.faults.vocabulary import Kind
 
 PARAMS: dict[Kind, tuple[ParamSpec, ...]] = {**kinds.PARAMS, **block.PARAMS, **processes.PARAMS,
-                                           **network.PARAMS, **resources.PARAMS}
+                                           **network.PARAMS, **resources.PARAMS, **clock.PARAMS}
 PREPARERS: dict[Kind, kinds.Preparer] = {**kinds.PREPARERS, **block.PREPARERS, **processes.PREPARERS,
-                                          **network.PREPARERS, **resources.PREPARERS}
+                                          **network.PREPARERS, **resources.PREPARERS, **clock.PREPARERS}
 
 
 def unavailable(kind: Kind) -> str | None:

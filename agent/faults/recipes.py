@@ -33,6 +33,16 @@ spawn worker   start a worker program (:mod:`.worker`)    (apply only)
   token args   and wait until it holds
 reap token     SIGKILL every process whose command line   none left: done
                carries ``token``, wait until they are gone
+clock-step     step CLOCK_REALTIME by ``offset-ns``       (apply only)
+  offset-ns    (adjtimex ADJ_SETOFFSET)
+clock-rate     set the kernel's clock rate (adjtimex      the same rate again: no change
+  tick freq    tick and frequency)
+clock-set      step CLOCK_REALTIME to true time: the      at true time: nothing to step;
+  real-ns      reference plus CLOCK_MONOTONIC since       another boot (``boot`` differs):
+  mono-ns      ``mono-ns`` (``raw-rate`` 0), or           nothing
+  raw-ns       CLOCK_MONOTONIC_RAW since ``raw-ns``
+  raw-rate     times ``raw-rate`` (:mod:`.timekeeping`)
+  boot
 =============  =========================================  ======================================
 
 So every undo step is idempotent: the agent and the keeper may both run one, and the kernel ends
@@ -57,7 +67,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from pyqga.agent.errors import AgentFailure
-from pyqga.agent.faults import dm, nettools
+from pyqga.agent.faults import dm, nettools, timekeeping
+from pyqga.agent.faults.timeline import read_boot_id
 from pyqga.agent.faults.worker import TOKEN_FLAG
 from pyqga.agent.freeze.ioctls import FsIoctl
 
@@ -78,13 +89,16 @@ STEP_FIELDS: Mapping[str, Mapping[str, type]] = {
     "netem-remove": {"dev": str, "handle": str},
     "spawn": {"worker": str, "token": str, "args": dict},
     "reap": {"token": str},
+    "clock-step": {"offset-ns": int},
+    "clock-rate": {"tick": int, "freq": int},
+    "clock-set": {"real-ns": int, "mono-ns": int, "raw-ns": int, "raw-rate": float, "boot": str},
 }
 # Undo these first: other steps may wait on the I/O they hold (or on the CPU a hog takes).
 RELEASES_IO = ("thaw", "dm-resume", "signal", "reap")
-# A failed call of these changed nothing (one ioctl or kill(2) that failed); the others do
-# several things (a table load, suspend and resume; a create and allocations) and may have.
-# (nft -f is one transaction; a tc qdisc change one netlink request.)
-ATOMIC = ("freeze", "signal", "dm-suspend", "nft-table", "netem")
+# A failed call of these changed nothing (one ioctl, kill(2) or adjtimex(2) that failed; nft -f is
+# one transaction, a tc qdisc change one netlink request); the others do several things (a table
+# load, suspend and resume; a create and allocations) and may have.
+ATOMIC = ("freeze", "signal", "dm-suspend", "nft-table", "netem", "clock-step", "clock-rate")
 MAX_TABLE_LINES = 65536
 STOP_WAIT = 1.0   # how long a SIGSTOP step waits for the process to be stopped
 SPAWN_WAIT = 10.0   # how long a spawn step waits for its worker to hold (locking memory takes time)
@@ -116,6 +130,9 @@ class FaultKernel(Protocol):
     def nft_delete(self, table: str) -> None: ...
     def netem(self, dev: str, handle: str, args: list[str], mode: str) -> None: ...
     def netem_remove(self, dev: str, handle: str) -> None: ...
+    def clock_step(self, offset_ns: int) -> None: ...
+    def clock_rate(self, tick: int, freq: int) -> None: ...
+    def clock_set(self, ref: timekeeping.Reference, raw_rate: float, boot: str) -> None: ...
 
 
 def check_step(step: Any) -> Mapping[str, Any]:
@@ -132,6 +149,8 @@ def check_step(step: Any) -> Mapping[str, Any]:
     if step["op"] == "dm-table":
         table_lines(step["table"])
     _check_net(step)
+    if step["op"] == "clock-set" and not (step["raw-rate"] == 0 or 0.5 < step["raw-rate"] < 1.5):
+        raise StepError(f"step clock-set: raw-rate {step['raw-rate']!r} is out of range")   # tick: +-10 %
     return step
 
 
@@ -215,6 +234,13 @@ def run_step(step: Mapping[str, Any], kernel: FaultKernel) -> None:
         kernel.netem(step["dev"], step["handle"], step["args"], step["mode"])
     elif op == "netem-remove":
         kernel.netem_remove(step["dev"], step["handle"])
+    elif op == "clock-step":
+        kernel.clock_step(step["offset-ns"])
+    elif op == "clock-rate":
+        kernel.clock_rate(step["tick"], step["freq"])
+    elif op == "clock-set":
+        ref = timekeeping.Reference(step["real-ns"], step["mono-ns"], step["raw-ns"])
+        kernel.clock_set(ref, step["raw-rate"], step["boot"])
     else:
         kernel.dm_resume(step["name"])
 
@@ -341,6 +367,17 @@ class LinuxFaultKernel:
             if time.monotonic() > end:
                 raise StepError(f"workers {pids[:4]} of {token} outlived SIGKILL for {REAP_WAIT:g} s")
             time.sleep(0.005)
+
+    def clock_step(self, offset_ns: int) -> None:
+        timekeeping.step(offset_ns)
+
+    def clock_rate(self, tick: int, freq: int) -> None:
+        timekeeping.set_rate(timekeeping.Rate(tick, freq))
+
+    def clock_set(self, ref: timekeeping.Reference, raw_rate: float, boot: str) -> None:
+        """True time back, unless the reference is from another boot (its clocks restarted)."""
+        if boot == read_boot_id():
+            timekeeping.set_true_time(ref, raw_rate)
 
 
 def workers_of(token: str) -> list[int]:

@@ -69,9 +69,28 @@ def _memory(args: dict[str, Any], ready: Callable[[], None]) -> None:
         time.sleep(3600)
 
 
+def _clock_strobe(args: dict[str, Any], ready: Callable[[], None]) -> None:
+    """The wall clock at true time plus ``offset-ns``, then at true time, every ``interval-ns``,
+    on a CLOCK_MONOTONIC schedule (which the jumps do not move).  Each jump sets an absolute
+    time from the reference (``real-ns`` at ``mono-ns``), so no error adds up, and a kill between
+    two jumps leaves nothing the revert's clock-set does not put back."""
+    real, mono, offset, interval = args["real-ns"], args["mono-ns"], args["offset-ns"], args["interval-ns"]
+    due, up, first = time.monotonic_ns(), True, True
+    while True:
+        true = real + time.clock_gettime_ns(time.CLOCK_MONOTONIC) - mono
+        time.clock_settime_ns(time.CLOCK_REALTIME, true + (offset if up else 0))
+        if first:
+            ready()
+            first = False
+        up = not up
+        due += interval
+        time.sleep(max(0, due - time.monotonic_ns()) / 1e9)
+
+
 WORKERS: dict[str, Callable[[dict[str, Any], Callable[[], None]], None]] = {
     "cpu-hog": _cpu_hog,
     "memory": _memory,
+    "clock-strobe": _clock_strobe,
 }
 
 

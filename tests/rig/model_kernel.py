@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pyqga.agent.faults import timekeeping
 from pyqga.agent.faults.dm import TableLine
 from pyqga.agent.freeze.driver import SystemClock
 from pyqga.agent.freeze.hooks import HookResult
@@ -283,8 +284,11 @@ class ModelHooks:
 # --- the fault kernel ------------------------------------------------------------------------------
 
 FAULT_OPS = ("freeze", "thaw", "fill", "unlink", "dm-table", "dm-suspend", "dm-resume", "signal",
-             "nft-table", "nft-delete", "netem", "netem-remove", "spawn", "reap")
+             "nft-table", "nft-delete", "netem", "netem-remove", "spawn", "reap", "clock-step", "clock-rate",
+             "clock-set")
 DEFAULT_HANDLE = "0:"   # a root qdisc the kernel attached by itself
+MODEL_BOOT = "model-boot"
+MODEL_REAL_NS = 1_700_000_000 * 10**9   # the model clock's wall clock at its start
 
 
 @dataclass
@@ -323,6 +327,11 @@ class ModelFaultKernel:
       kernel's default is EEXIST, ``replace`` is not; deleting the root qdisc while it has the
       given handle brings the interface's default back, any other handle or a gone interface is
       left alone;
+    - a clock (:attr:`mono_ns`, :attr:`raw_ns`, the wall clock as :attr:`wall_offset_ns` past
+      CLOCK_MONOTONIC, the adjtimex :attr:`rate`): a step moves the wall clock only; a rate
+      slews CLOCK_MONOTONIC and the wall clock together against CLOCK_MONOTONIC_RAW, as the
+      kernel's frequency and tick do (:meth:`advance_clock`); ``clock-set`` of another boot does
+      nothing;
     - :meth:`fail_next` makes the next call of an op raise OSError, before or after its change;
     - every real change is logged (:attr:`changes`) with :attr:`job`, so tests count them.
     """
@@ -345,6 +354,10 @@ class ModelFaultKernel:
         self.inactive: dict[str, tuple[TableLine, ...] | None] = {name: None for name in devices}
         self.suspended = {name: False for name in devices}
         self.workers: set[str] = set()   # the tokens of running workers
+        self.mono_ns = self.raw_ns = 100 * 10**9
+        self.wall_offset_ns = MODEL_REAL_NS - self.mono_ns
+        self.rate = timekeeping.Rate(timekeeping.TICK_NOMINAL, 0)
+        self.boot = MODEL_BOOT
         self.failures: dict[str, list[Failure]] = {}
         self.changes: list[Change] = []
         self.calls: list[tuple[str, str]] = []
@@ -371,7 +384,18 @@ class ModelFaultKernel:
         for dev, root in self.qdisc.items():
             out[f"net:{dev}"] = root
         out["nft"] = tuple(sorted(self.tables))
+        out["clock"] = (self.wall_offset_ns, self.rate)
         return out
+
+    def advance_clock(self, seconds: float) -> None:
+        """``seconds`` of the clocksource pass: CLOCK_MONOTONIC_RAW moves by them, CLOCK_MONOTONIC
+        (and the wall clock with it) by them times the rate."""
+        self.raw_ns += round(seconds * 1e9)
+        self.mono_ns += round(seconds * 1e9 * timekeeping.rate_of(self.rate))
+
+    def reference(self) -> timekeeping.Reference:
+        """What :func:`timekeeping.reference` reads, from the model clock."""
+        return timekeeping.Reference(self.mono_ns + self.wall_offset_ns, self.mono_ns, self.raw_ns)
 
     def count(self, op: str | None = None, job: str | None = None) -> int:
         return sum(1 for c in self.changes if (op is None or c.op == op) and (job is None or c.job == job))
@@ -384,6 +408,8 @@ class ModelFaultKernel:
         twin.workers = set(self.workers)
         twin.default_qdisc, twin.qdisc = dict(self.default_qdisc), dict(self.qdisc)
         twin.tables = dict(self.tables)
+        twin.mono_ns, twin.raw_ns, twin.wall_offset_ns = self.mono_ns, self.raw_ns, self.wall_offset_ns
+        twin.rate, twin.boot = self.rate, self.boot
         return twin
 
     # --- helpers -----------------------------------------------------------------------------
@@ -550,6 +576,30 @@ class ModelFaultKernel:
     def foreign_qdisc(self, dev: str, kind: str, handle: str) -> None:
         """Someone else sets ``dev``'s root qdisc (``tc qdisc replace``)."""
         self.qdisc[dev] = (kind, handle, ())
+
+    def clock_step(self, offset_ns: int) -> None:
+        failure = self._enter("clock-step", "clock")
+        self.wall_offset_ns += offset_ns
+        self._log("clock-step", "clock")
+        self._leave(failure, "clock")
+
+    def clock_rate(self, tick: int, freq: int) -> None:
+        failure = self._enter("clock-rate", "clock")
+        if not 9000 < tick < 11000:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), "clock")
+        if (tick, freq) != self.rate:
+            self.rate = timekeeping.Rate(tick, freq)
+            self._log("clock-rate", "clock")
+        self._leave(failure, "clock")
+
+    def clock_set(self, ref: timekeeping.Reference, raw_rate: float, boot: str) -> None:
+        failure = self._enter("clock-set", "clock")
+        if boot == self.boot:
+            offset = timekeeping.true_offset_ns(ref, raw_rate, self.reference())
+            if abs(offset) >= timekeeping.SETTLED_NS:
+                self.wall_offset_ns += offset
+                self._log("clock-set", "clock")
+        self._leave(failure, "clock")
 
     def _resume(self, name: str) -> None:
         table = self.inactive[name]

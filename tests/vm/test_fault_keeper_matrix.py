@@ -1,10 +1,12 @@
 """The keeper matrix in a real guest: every fault kind x every way its lease can end (issue 20).
 
 Kinds: ``write-stall``, ``disk-full`` and the device-mapper ones, all on ``/data`` (the guest
-boots with ``pyqga.dmdata=1``: ``/data`` sits on the dm-linear layer ``pyqga-data``), and
+boots with ``pyqga.dmdata=1``: ``/data`` sits on the dm-linear layer ``pyqga-data``),
 ``process-pause`` of a ``sleep`` the hands start for the cell, ``net-partition`` (a table that
 drops an address nobody uses) and ``net-delay`` on ``lo`` (the other netem kinds share its
-recipe: only their netem words differ).  Ends:
+recipe: only their netem words differ), and the clock kinds (target ``clock``; a fault holds
+while the wall clock is more than 1 s from true time, the kernel's rate is not the boot's, or a
+strobe worker runs).  Ends:
 its deadline, ``guest-fault-revert``, SIGKILL of the agent, SIGSTOP of the agent, an agent
 restart (agent and keeper both killed, a new agent on the same state directory), and SIGKILL of
 the keeper (the agent starts a new one and resends the leases) followed by SIGSTOP of the agent.
@@ -23,7 +25,9 @@ the agent's death), except after a restart, which ends it as soon as the new age
 timeline (``guest-fault-events``, which a new agent reads back from the state directory) must
 give the reason; and after every cell ``/data``'s table is byte-identical to the one at boot
 (``dmsetup table``), the device is not suspended, no fill file is left, ``lo``'s qdisc reads as
-at boot (``tc qdisc show``) and no pyqga table is left in nftables.
+at boot (``tc qdisc show``) and no pyqga table is left in nftables; after a clock cell the wall
+clock is back at true time within 50 ms (``realtime - CLOCK_MONOTONIC_RAW`` as before the cell:
+no fault moves the raw clock, and the guest runs no time daemon).
 """
 
 from __future__ import annotations
@@ -67,6 +71,9 @@ KINDS: list[tuple[str, dict[str, Any]]] = [
     ("process-pause", {}),
     # The network: an nftables table of its own, and netem on lo (NET_TARGETS).
     ("net-partition", {"peers": "10.91.9.9"}), ("net-delay", {"delay-ms": 50}),
+    # The guest's clock (its CLOCK_MONOTONIC, on which all times here are, does not step).
+    ("clock-step", {"offset": 3600}), ("clock-skew", {"ppm": 500}),
+    ("clock-strobe", {"offset": 3600, "interval": 0.2}),
 ]
 NET_TARGETS = {"net-partition": "any", "net-delay": "lo"}
 TC, NFT = "/usr/sbin/tc", "/usr/sbin/nft"
@@ -86,13 +93,20 @@ AGENT_START_S = 15.0  # a new agent's start in the TCG guest, to its undo of wha
 # holds: 0.2-0.5 s each in the TCG guest on a loaded machine (net-partition measured +0.31 s
 # at its deadline, +0.74 s at stop-agent, +1.27 s at kill-keeper, with two other guests running).
 EXEC_S = 1.0
+TRUE_TIME_S = 0.050   # after a clock cell, the wall clock is this close to true time
+# A worker's python starts (under TCG, a second or two) before its fault holds, and the cell
+# program's before it looks: short leases of these kinds get this much longer.
+SLOW_START = {"clock-strobe": 2.0}
+# prints [realtime - CLOCK_MONOTONIC_RAW in ns, [tick, freq]]: true time and the rate before a cell
+CLOCK_READ = ("import json, time; from pyqga.agent.faults import timekeeping as t; r = t.reference(); "
+              "print(json.dumps([r.real_ns - r.raw_ns, list(t.read_rate())]))")
 
 # In the guest, run by the hands: python3 -B CELL JSON (see the module docstring).  Prints one
 # JSON object of monotonic times: held (the fault held when it started), action (the deed),
 # ended (the fault no longer held), and what it found on the way; "error" if something failed.
 CELL_SOURCE = r'''
 import errno, fcntl, glob, json, os, shlex, signal, subprocess, sys, time
-from pyqga.agent.faults import dm
+from pyqga.agent.faults import dm, timekeeping
 
 args = json.loads(sys.argv[1])
 kind, action, target, layer = args["kind"], args["action"], args["target"], args["layer"]
@@ -146,7 +160,33 @@ def run(*argv):
     return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
 
 
+def clock_off():
+    """How far the wall clock is from true time: realtime - raw, less its value before the cell."""
+    get, raw = time.clock_gettime_ns, time.CLOCK_MONOTONIC_RAW
+    first = get(raw)
+    real = get(time.CLOCK_REALTIME)
+    return (real - (first + get(raw)) // 2) / 1e9 - args["true"]
+
+
+def strobes():
+    """The pids of clock-strobe workers."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        worker = any(a.startswith(b"--pyqga-worker=") for a in argv)
+        if worker and b"clock-strobe" in argv and not gone(entry):
+            found.append(int(entry))
+    return found
+
+
 def held():
+    if kind.startswith("clock-"):
+        return (abs(clock_off()) > 1.0 or list(timekeeping.read_rate()) != args["rate"]
+                or (kind == "clock-strobe" and bool(strobes())))
     if kind == "net-partition":
         return "pyqga-" in run("/usr/sbin/nft", "list", "tables")
     if kind.startswith("net-"):
@@ -249,6 +289,9 @@ def cell():
         out["action"] = now()
         os.kill(pid, signal.SIGSTOP)
     out["ended"] = wait(lambda: not held(), args["limit"], "the fault to end")
+    if kind.startswith("clock-"):
+        time.sleep(0.1)   # a skew's undo sets the rate, then the time
+        out["true-error"] = clock_off()
     if action in ("kill-agent", "stop-agent", "kill-keeper"):
         out["agent-gone"] = wait(lambda: gone(pid), 10, "the agent to die")
         out["respawned"] = spawn()
@@ -257,6 +300,16 @@ def cell():
 def repair():
     """After a failed cell: whatever it left, undone; the subject running."""
     fixed = []
+    for pid in strobes():
+        os.kill(pid, signal.SIGKILL)
+        fixed.append(f"killed strobe {pid}")
+    if list(timekeeping.read_rate()) != args["rate"]:
+        timekeeping.set_rate(timekeeping.Rate(*args["rate"]))
+        fixed.append("clock rate back")
+    if abs(clock_off()) > 0.01:
+        time.clock_settime_ns(time.CLOCK_REALTIME, time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW)
+                              + round(args["true"] * 1e9))
+        fixed.append("true time back")
     with open(args["pidfile"]) as f:
         pid = int(f.read() or 0)
     fields = stat(pid) if pid else None
@@ -307,9 +360,15 @@ class Rig:
     def __init__(self, vm: GuestVM, hands: AgentClient, boot: str) -> None:
         self.vm, self.hands, self.boot = vm, hands, boot
         self.boot_lo = sh(hands, f"{TC} qdisc show dev lo")
+        self.read_clock()   # again before each clock cell; a repair puts back the last one read
         self.subject = vm.client(SUBJECT, timeout=60)
         self.cursor: int = self.subject.call("guest-fault-events", {"since": 0})["cursor"]
         self.lateness: list[str] = []
+
+    def read_clock(self) -> None:
+        """True time (realtime - CLOCK_MONOTONIC_RAW) and the kernel's rate, before a clock cell."""
+        clock = json.loads(sh(self.hands, f"python3 -B -c '{CLOCK_READ}'"))
+        self.true, self.rate = clock[0] / 1e9, clock[1]
 
     def reconnect(self) -> float:
         """Wait until the new subject answers; how long that took."""
@@ -326,7 +385,8 @@ class Rig:
         spec = {"kind": kind, "action": action, "target": "/data", "layer": DATA_LAYER, "sleeper": sleeper,
                 "boot": self.boot.splitlines(), "full": FULL, "limit": limit, "nonce": nonce,
                 "marker": MARKER, "pidfile": f"{SUBJECT_STATEDIR}/pyqga.pid", "port": SUBJECT_PORT,
-                "command": SUBJECT_COMMAND, "log": f"/run/{SUBJECT}.out"}
+                "command": SUBJECT_COMMAND, "log": f"/run/{SUBJECT}.out", "true": self.true,
+                "rate": self.rate}
         request = {"path": "/usr/bin/python3", "arg": ["-B", CELL, json.dumps(spec)], "capture-output": True}
         pid: int = self.hands.call("guest-exec", request)["pid"]
         return pid, nonce
@@ -384,12 +444,17 @@ def rig(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory) -> It
         rig.subject.close()
 
 
-MATRIX = [pytest.param(kind, params, cell, id=f"{kind}-{cell}") for kind, params in KINDS for cell in CELLS]
+# kill-keeper tests the keeper's restart, which no kind changes: once for the clock (its step)
+LEFT_OUT = {("clock-skew", "kill-keeper"), ("clock-strobe", "kill-keeper")}
+MATRIX = [pytest.param(kind, params, cell, id=f"{kind}-{cell}") for kind, params in KINDS for cell in CELLS
+          if (kind, cell) not in LEFT_OUT]
 
 
 @pytest.mark.parametrize(("kind", "params", "cell"), MATRIX)
 def test_keeper_matrix(rig: Rig, kind: str, params: dict[str, Any], cell: str) -> None:
     duration, ending, reason = CELLS[cell]
+    if duration < 10:
+        duration += SLOW_START.get(kind, 0.0)
     try:
         run_cell(rig, kind, params, cell, duration, ending, reason)
     except BaseException:
@@ -415,7 +480,10 @@ def run_cell(rig: Rig, kind: str, params: dict[str, Any], cell: str, duration: f
 
 def run_faulted(rig: Rig, kind: str, params: dict[str, Any], cell: str, duration: float, ending: str,
                 reason: str, sleeper: int) -> None:
-    target = f"pid:{sleeper}" if sleeper else NET_TARGETS.get(kind, "/data")
+    default = "clock" if kind.startswith("clock-") else "/data"
+    target = f"pid:{sleeper}" if sleeper else NET_TARGETS.get(kind, default)
+    if kind.startswith("clock-"):
+        rig.read_clock()
     lease = rig.subject.call("guest-fault-inject", {"kind": kind, "target": target, "duration": duration,
                                                     "params": params})
     limit = duration + 5 if duration < 10 else AGENT_START_S + 5
@@ -456,8 +524,12 @@ def run_faulted(rig: Rig, kind: str, params: dict[str, Any], cell: str, duration
         row += f" (new keeper ready {seen['keeper-back'] - seen['keeper-killed']:.2f} s after the kill)"
     if "respawned" in seen:
         row += f"; a new agent answered {back:.1f} s later"
+    if "true-error" in seen:
+        row += f"; true time within {abs(seen['true-error']) * 1e6:.0f} us"
     rig.lateness.append(row)   # printed at the module's end
     assert late < allowed, row
+    if "true-error" in seen:
+        assert abs(seen["true-error"]) < TRUE_TIME_S, row
 
     assert rig.subject.call("guest-fault-list") == []
     after = sh(rig.hands, f"dmsetup table {DATA_LAYER}; echo --; "

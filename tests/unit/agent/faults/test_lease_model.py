@@ -32,6 +32,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from pyqga.agent.faults.clock import set_step
 from pyqga.agent.faults.dm import TableLine
 from pyqga.agent.faults.machine import LeaseBook, Refused
 from pyqga.agent.faults.recipes import ATOMIC, run_step, run_steps, table_step, undo_order
@@ -50,7 +51,7 @@ from pyqga.agent.faults.vocabulary import (
     Record,
     Undo,
 )
-from tests.rig.model_kernel import FAULT_OPS, ModelClock, ModelFaultKernel
+from tests.rig.model_kernel import FAULT_OPS, MODEL_BOOT, ModelClock, ModelFaultKernel
 
 FILESYSTEMS = {"/m1": 10_000, "/m2": 5_000, "/logs": 8_000}
 LINEAR_DATA = [TableLine(0, 2048, "linear", "8:16 0")]
@@ -58,7 +59,7 @@ LINEAR_LOGS = [TableLine(0, 1024, "linear", "8:32 0"), TableLine(1024, 1024, "li
 DEVICES = {"vg-data": LINEAR_DATA, "vg-logs": LINEAR_LOGS}
 # what each lease device holds in the model kernel (/logs is on vg-logs)
 RESOURCES = {"8:1": ("fs:/m1",), "8:2": ("fs:/m2",), "254:0": ("dm:vg-data",),
-             "254:1": ("fs:/logs", "dm:vg-logs")}
+             "254:1": ("fs:/logs", "dm:vg-logs"), "clock": ("clock",)}
 FLAKEY = [TableLine(0, 2048, "flakey", "8:16 0 1 1")]
 CORRUPT = [TableLine(0, 2048, "flakey", "8:32 0 0 5 1 corrupt_bio_byte 32 r 1 0")]
 
@@ -68,6 +69,8 @@ Steps = tuple[dict[str, Any], ...]
 
 def recipe(name: str, serial: int) -> tuple[str, str, str, Steps, Steps]:
     """(kind, target, device, apply, undo) as kinds.py and block.py build them."""
+    # the clock kinds' undo, from the model clock's reference (no model time passes here)
+    clock_set = set_step(ModelFaultKernel({}, {}).reference(), 0.0, MODEL_BOOT)
     fill = {"op": "fill", "path": f"/{name.split('@')[1]}/.pyqga-fill-{serial}", "free-bytes": 1000}
     recipes: dict[str, tuple[str, Steps, Steps]] = {
         "write-stall@m1": ("8:1", ({"op": "freeze", "path": "/m1"},), ({"op": "thaw", "path": "/m1"},)),
@@ -80,6 +83,9 @@ def recipe(name: str, serial: int) -> tuple[str, str, str, Steps, Steps]:
         # two steps, so an apply can fail half-way: a table swap, then a freeze of the mount on it
         "corrupt@logs": ("254:1", (table_step("vg-logs", CORRUPT), {"op": "freeze", "path": "/logs"}),
                          (table_step("vg-logs", LINEAR_LOGS), {"op": "thaw", "path": "/logs"})),
+        "clock-step@clock": ("clock", ({"op": "clock-step", "offset-ns": 3600 * 10**9},), (clock_set,)),
+        "clock-skew@clock": ("clock", ({"op": "clock-rate", "tick": 10000, "freq": 500 << 16},),
+                             ({"op": "clock-rate", "tick": 10000, "freq": 0}, clock_set)),
     }
     device, apply, undo = recipes[name]
     kind, target = name.split("@")
@@ -87,10 +93,11 @@ def recipe(name: str, serial: int) -> tuple[str, str, str, Steps, Steps]:
 
 
 RECIPES = ["write-stall@m1", "disk-full@m1", "write-stall@m2", "disk-full@m2", "io-stall@data",
-           "io-error@data", "corrupt@logs"]
+           "io-error@data", "corrupt@logs", "clock-step@clock", "clock-skew@clock"]
 GOOD_DURATIONS = [0.5, 1.0, 3.0, 30.0, MAX_DURATION]
 BAD_DURATIONS: list[Any] = [0, -1.0, math.nan, math.inf, -math.inf, 1e10, MAX_DURATION * 2, True, "5", None]
-INVERSE = {"freeze": "thaw", "fill": "unlink", "dm-suspend": "dm-resume", "dm-table": "dm-table"}
+INVERSE = {"freeze": "thaw", "fill": "unlink", "dm-suspend": "dm-resume", "dm-table": "dm-table",
+           "clock-step": "clock-set", "clock-rate": "clock-rate"}
 
 
 class Job(NamedTuple):
