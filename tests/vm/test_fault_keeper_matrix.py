@@ -35,6 +35,8 @@ from typing import Any
 
 import pytest
 
+from pyqga.agent.faults.resources import memory_cap_mib, parse_meminfo
+from pyqga.agent.faults.snapshot import FAULTS_STATE
 from pyqga.host_client import AgentCallError, AgentClient
 from tests.rig.guest_files import AGENT_COMMANDS, DATA_LAYER
 from tests.rig.guest_shell import sh
@@ -61,8 +63,17 @@ KINDS: list[tuple[str, dict[str, Any]]] = [
     # Last: these three hit the journal's own writes if a commit falls inside them.
     ("corrupt", {}), ("drop-writes", {}), ("io-error", {}),
     # A process the hands started (a sleep), not /data.
-    ("process-pause", {}),
+    ("process-pause", {}), ("process-kill", {}),
+    # Workers: the fault holds while a process with the lease's token runs.  memory-pressure's
+    # mib is set per guest, near its cap (:func:`memory_near_cap`).
+    ("cpu-hog", {"processes": 1, "percent": 50}), ("memory-pressure", {}),
 ]
+TARGETS = {"cpu-hog": "cpu", "memory-pressure": "memory"}
+MEMORY_MARGIN_MIB = 16   # below the cap: MemAvailable moves between the read and the inject
+# A worker takes a second or more to hold in the TCG guest (a python3 starts, memory is locked),
+# and a lease's time runs from its arming: the short cells give these kinds that much more, or
+# the fault would be over before the cell program starts (seen: inject 1.0-3.8 s).
+WORKER_START_S = {"cpu-hog": 2.0, "memory-pressure": 3.0}
 # cell -> (duration, the ending event and its reason).  Short where the deadline ends it; long
 # where something else must end it first.  kill-keeper's covers the new keeper's start.
 CELLS: dict[str, tuple[float, str, str]] = {
@@ -131,12 +142,54 @@ def table():
     return [line.text() for line in dm.table(layer)]
 
 
+def lease_record():
+    """The lease's record in the subject's state file (the agent's, or the keeper's after it
+    ended the lease), or None."""
+    for _ in range(5):
+        try:
+            with open(args["statefile"]) as f:
+                saved = json.load(f)
+            break
+        except FileNotFoundError:
+            return None
+        except ValueError:   # caught between a truncate and a write: read again
+            time.sleep(0.005)
+    return next((lease for lease in saved.get("leases", []) if lease["id"] == args["lease"]), None)
+
+
+def worker_token():
+    record = lease_record()
+    if record is None:
+        raise Failed(f"lease {args['lease']} is not in {args['statefile']}")
+    return next(step["token"] for step in record["undo"] if step["op"] == "reap")
+
+
+def workers(token):
+    """The live processes of the lease's worker (recipes.workers_of, without importing it)."""
+    flag = ("--pyqga-worker=" + token).encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    mine = flag in f.read().split(b"\0")
+            except OSError:
+                mine = False
+            if mine and not gone(entry):
+                found.append(int(entry))
+    return found
+
+
 def held():
     if kind == "write-stall":
         return frozen()
     if kind == "process-pause":
         fields = stat(args["sleeper"])
         return fields is not None and fields[0] == "T"
+    if kind == "process-kill":   # its lease holds only its record: held while that is kept
+        return lease_record() is not None
+    if kind in ("cpu-hog", "memory-pressure"):
+        return bool(workers(TOKEN))
     if kind == "disk-full":
         st = os.statvfs(target)
         return st.f_bavail * st.f_frsize <= args["full"]
@@ -261,6 +314,15 @@ def repair():
     for path in glob.glob(os.path.join(target, ".pyqga-fill-*")):
         os.unlink(path)
         fixed.append(f"removed {path}")
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                worker = any(arg.startswith(b"--pyqga-worker=") for arg in f.read().split(b"\0"))
+        except OSError:
+            worker = False
+        if worker and entry.isdigit():
+            os.kill(int(entry), signal.SIGKILL)
+            fixed.append(f"killed worker {entry}")
     if fields is None or fields[0] in ("Z", "X"):
         spawn()
         fixed.append("new agent")
@@ -268,6 +330,7 @@ def repair():
 
 
 try:
+    TOKEN = worker_token() if kind in ("cpu-hog", "memory-pressure") and action != "repair" else ""
     repair() if action == "repair" else cell()
 except Exception as e:
     out["error"] = f"{type(e).__name__}: {e}"
@@ -293,10 +356,12 @@ class Rig:
         self.subject = self.vm.client(SUBJECT, timeout=60)
         return time.monotonic() - started
 
-    def start(self, kind: str, action: str, limit: float, sleeper: int = 0) -> tuple[int, str]:
+    def start(self, kind: str, action: str, limit: float, sleeper: int = 0,
+              lease: str = "") -> tuple[int, str]:
         """Start the guest program for ``action``; its guest-exec pid and its marker's nonce."""
         nonce = secrets.token_hex(8)
         spec = {"kind": kind, "action": action, "target": "/data", "layer": DATA_LAYER, "sleeper": sleeper,
+                "lease": lease, "statefile": f"{SUBJECT_STATEDIR}/{FAULTS_STATE}",
                 "boot": self.boot.splitlines(), "full": FULL, "limit": limit, "nonce": nonce,
                 "marker": MARKER, "pidfile": f"{SUBJECT_STATEDIR}/pyqga.pid", "port": SUBJECT_PORT,
                 "command": SUBJECT_COMMAND, "log": f"/run/{SUBJECT}.out"}
@@ -363,6 +428,8 @@ MATRIX = [pytest.param(kind, params, cell, id=f"{kind}-{cell}") for kind, params
 @pytest.mark.parametrize(("kind", "params", "cell"), MATRIX)
 def test_keeper_matrix(rig: Rig, kind: str, params: dict[str, Any], cell: str) -> None:
     duration, ending, reason = CELLS[cell]
+    if duration < 10:
+        duration += WORKER_START_S.get(kind, 0.0)
     try:
         run_cell(rig, kind, params, cell, duration, ending, reason)
     except BaseException:
@@ -375,32 +442,39 @@ def run_cell(rig: Rig, kind: str, params: dict[str, Any], cell: str, duration: f
     if kind in ("corrupt", "drop-writes", "io-error"):
         sh(rig.hands, "sync")   # nothing dirty for the journal to commit while it holds
     sleeper = 0
-    if kind == "process-pause":   # its target: a process the hands start, and only that one
+    if kind.startswith("process-"):   # its target: a process the hands start, and only that one
         sleeper = rig.hands.call("guest-exec", {"path": "/bin/sleep", "arg": ["600"]})["pid"]
+    if kind == "memory-pressure":
+        params = {"mib": memory_near_cap(rig)}
     try:
         run_faulted(rig, kind, params, cell, duration, ending, reason, sleeper)
     finally:
         if sleeper:
             rig.hands.call("guest-exec", {"path": "/bin/kill", "arg": ["-9", str(sleeper)]})
             time.sleep(0.2)
-            rig.hands.call("guest-exec-status", {"pid": sleeper})   # reaps it
+            with contextlib.suppress(AgentCallError):   # process-kill's check reaped it already
+                rig.hands.call("guest-exec-status", {"pid": sleeper})   # reaps it
 
 
 def run_faulted(rig: Rig, kind: str, params: dict[str, Any], cell: str, duration: float, ending: str,
                 reason: str, sleeper: int) -> None:
-    target = f"pid:{sleeper}" if sleeper else "/data"
+    target = f"pid:{sleeper}" if sleeper else TARGETS.get(kind, "/data")
+    asked = time.monotonic()
     lease = rig.subject.call("guest-fault-inject", {"kind": kind, "target": target, "duration": duration,
                                                     "params": params})
+    injected = time.monotonic() - asked
     limit = duration + 5 if duration < 10 else AGENT_START_S + 5
-    pid, nonce = rig.start(kind, cell, limit, sleeper)
-    took = 0.0
+    pid, nonce = rig.start(kind, cell, limit, sleeper, lease["id"])
+    took, pings = 0.0, ""
     if cell == "revert":
         rig.wait_marker(nonce)
+        if kind in TARGETS:   # the agent keeps answering while a worker holds
+            pings = ping_latency(rig.subject)
         asked = time.monotonic()
         assert rig.subject.call("guest-fault-revert", {"id": lease["id"]}) == 1
         took = time.monotonic() - asked
     seen = rig.result(pid, limit + 30)
-    assert "error" not in seen, seen
+    assert "error" not in seen, f"{seen.get('error')} ({seen})"
     back = rig.reconnect() if "respawned" in seen or cell == "restart" else 0.0
 
     events = rig.events(lease["id"])
@@ -424,7 +498,10 @@ def run_faulted(rig: Rig, kind: str, params: dict[str, Any], cell: str, duration
     if cell == "restart":
         assert end["mono"] >= seen["action"], "the fault ended before the new agent started"
     allowed = AGENT_START_S if cell == "restart" else LATE_S
-    row = f"{kind:12s} {cell:11s} ended {late:+.3f} s after {since}"
+    row = f"{kind:15s} {cell:11s} ended {late:+.3f} s after {since}"
+    if kind in TARGETS:
+        size = f"{params['mib']} MiB, " if "mib" in params else ""
+        row += f" ({size}inject {injected:.2f} s{', ' + pings if pings else ''})"
     if cell == "kill-keeper":
         row += f" (new keeper ready {seen['keeper-back'] - seen['keeper-killed']:.2f} s after the kill)"
     if "respawned" in seen:
@@ -439,3 +516,27 @@ def run_faulted(rig: Rig, kind: str, params: dict[str, Any], cell: str, duration
     assert table == rig.boot, after
     assert "s" not in attr, f"/data's device is still suspended: {attr}"
     assert ".pyqga-fill-" not in files, files
+    if kind in TARGETS:
+        left = sh(rig.hands, "grep -la -e 'pyqga-worke[r]=' /proc/[0-9]*/cmdline || true")
+        assert not left.strip(), f"workers left: {left}"
+    if kind == "process-kill":   # the signal reached the sleeper, once (the hands reap it here)
+        status = rig.hands.call("guest-exec-status", {"pid": sleeper})
+        assert status["exited"] and status.get("signal") == 9, status
+
+
+def memory_near_cap(rig: Rig) -> int:
+    """MiB a little below memory-pressure's cap in the guest now (the agent's own formula)."""
+    cap = memory_cap_mib(parse_meminfo(rig.hands.read_file("/proc/meminfo").decode()))
+    assert cap > 2 * MEMORY_MARGIN_MIB, f"the guest has no room for memory pressure: cap {cap} MiB"
+    return cap - MEMORY_MARGIN_MIB
+
+
+def ping_latency(client: AgentClient, count: int = 20) -> str:
+    """guest-ping round trips while a fault holds: median and worst, in ms."""
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        client.call("guest-ping")
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return f"ping p50 {times[len(times) // 2]:.1f} ms, max {times[-1]:.1f} ms"

@@ -3,7 +3,8 @@
 Hypothesis drives :class:`LeaseBook` through a driver as small as the engine's
 (:mod:`pyqga.agent.faults.engine`: it runs steps with the engine's own ``recipes.run_steps`` and
 ``undo_order``), but whose apply and undo jobs wait until the test runs them, in any order:
-injects of several kinds on a few devices (two of them sharing one), with durations in and out
+injects of several kinds on a few devices (two of them sharing one; workers too: a spawn and its
+reap, on the devices ``cpu`` and ``memory``), with durations in and out
 of range, reverts of one lease or all (also while it is still being applied), time passing with
 and without a tick, failures of any step before or after its change, and the agent dying, with
 or without its keeper undoing what the last snapshot holds, then a new agent restoring from it.
@@ -69,6 +70,7 @@ Steps = tuple[dict[str, Any], ...]
 def recipe(name: str, serial: int) -> tuple[str, str, str, Steps, Steps]:
     """(kind, target, device, apply, undo) as kinds.py and block.py build them."""
     fill = {"op": "fill", "path": f"/{name.split('@')[1]}/.pyqga-fill-{serial}", "free-bytes": 1000}
+    token = f"t{serial}"   # resources.py draws a random one per inject
     recipes: dict[str, tuple[str, Steps, Steps]] = {
         "write-stall@m1": ("8:1", ({"op": "freeze", "path": "/m1"},), ({"op": "thaw", "path": "/m1"},)),
         "disk-full@m1": ("8:1", (fill,), ({"op": "unlink", "path": fill["path"]},)),
@@ -80,6 +82,11 @@ def recipe(name: str, serial: int) -> tuple[str, str, str, Steps, Steps]:
         # two steps, so an apply can fail half-way: a table swap, then a freeze of the mount on it
         "corrupt@logs": ("254:1", (table_step("vg-logs", CORRUPT), {"op": "freeze", "path": "/logs"}),
                          (table_step("vg-logs", LINEAR_LOGS), {"op": "thaw", "path": "/logs"})),
+        "cpu-hog@cpu": ("cpu", ({"op": "spawn", "worker": "cpu-hog", "token": token,
+                                 "args": {"processes": 1, "percent": 50, "period-ms": 100}},),
+                        ({"op": "reap", "token": token},)),
+        "memory-pressure@memory": ("memory", ({"op": "spawn", "worker": "memory", "token": token,
+                                               "args": {"mib": 64}},), ({"op": "reap", "token": token},)),
     }
     device, apply, undo = recipes[name]
     kind, target = name.split("@")
@@ -87,10 +94,18 @@ def recipe(name: str, serial: int) -> tuple[str, str, str, Steps, Steps]:
 
 
 RECIPES = ["write-stall@m1", "disk-full@m1", "write-stall@m2", "disk-full@m2", "io-stall@data",
-           "io-error@data", "corrupt@logs"]
+           "io-error@data", "corrupt@logs", "cpu-hog@cpu", "memory-pressure@memory"]
 GOOD_DURATIONS = [0.5, 1.0, 3.0, 30.0, MAX_DURATION]
 BAD_DURATIONS: list[Any] = [0, -1.0, math.nan, math.inf, -math.inf, 1e10, MAX_DURATION * 2, True, "5", None]
-INVERSE = {"freeze": "thaw", "fill": "unlink", "dm-suspend": "dm-resume", "dm-table": "dm-table"}
+INVERSE = {"freeze": "thaw", "fill": "unlink", "dm-suspend": "dm-resume", "dm-table": "dm-table",
+           "spawn": "reap"}
+
+
+def resources(lease: Lease) -> tuple[str, ...]:
+    """What a lease holds in the model kernel: its device's resources, or its worker (named by
+    its undo's reap: a lease restored from a snapshot has no apply steps)."""
+    return RESOURCES.get(lease.device) or tuple(f"worker:{step['token']}" for step in lease.undo
+                                                 if step["op"] == "reap")
 
 
 class Job(NamedTuple):
@@ -291,13 +306,13 @@ class LeaseModel(RuleBasedStateMachine):
                 for step in lease.apply:
                     run_step(step, expected)
             elif lease.phase is Phase.REVERTING:
-                unknown.update(RESOURCES[lease.device])
+                unknown.update(resources(lease))
             else:   # arming: its apply has not run yet (a driver runs it and reports at once)
                 assert any(job.lease.id == lease.id for job in self.jobs)
         want, have = expected.state(), self.kernel.state()
-        for resource in want:
+        for resource in set(want) | set(have):   # a worker that should not run is a key too many
             if resource not in unknown:
-                assert have[resource] == want[resource], resource
+                assert have.get(resource) == want.get(resource), resource
 
     @invariant()
     def the_keeper_can_restore_everything_now(self) -> None:
