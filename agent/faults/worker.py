@@ -44,7 +44,12 @@ def _cpu_hog(args: dict[str, Any], ready: Callable[[], None]) -> None:
     busy = period * args["percent"] / 100.0
     for _ in range(args["processes"] - 1):
         if os.fork() == 0:
-            break   # a child: loops below, killed by the same token (its command line is ours)
+            # A child: loops below, killed by the same token (its command line is ours).  A
+            # session of its own, as the first has: where the kernel groups the CPU time of a
+            # session (sched_autogroup, on in Debian's kernels), N processes of one session
+            # would take one process's share between them, not N.
+            os.setsid()
+            break
     else:
         ready()
     while True:

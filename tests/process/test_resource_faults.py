@@ -113,26 +113,23 @@ def test_cpu_hog_burns_the_share_asked_and_revert_ends_it(agent: PyqgaAgent) -> 
         for pid in pids:   # the OOM killer takes a worker first
             assert Path(f"/proc/{pid}/oom_score_adj").read_text().strip() == "1000"
             assert int(Path(f"/proc/{pid}/oom_score").read_text()) >= 1000
-        # The machine is shared (other tests, guests): what one process can get now is what a
-        # spinner beside the hog gets.  Each hog process should burn min(percent, that).
-        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        try:
-            time.sleep(0.3)   # past the first cycles
-            before, spun, at = cpu_seconds(pids), cpu_seconds([spinner.pid]), time.monotonic()
-            time.sleep(1.0)
-            took = time.monotonic() - at
-            share = (cpu_seconds(pids) - before) / took
-            free = (cpu_seconds([spinner.pid]) - spun) / took
-        finally:
-            spinner.kill()
-            spinner.wait()
+        for pid in pids:   # each in a session, so a scheduler autogroup, of its own
+            session = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
+            assert session == pid, f"worker {pid} is in session {session}"
+        # The machine is shared (other tests, TCG guests; a load of 7 on 2 CPUs was seen): the
+        # workers, which this test started, get their autogroups' nice set to -10 for the
+        # measurement, so what they burn is their own duty cycle, not others' leftovers.
+        for pid in pids:
+            if os.path.exists(f"/proc/{pid}/autogroup"):
+                Path(f"/proc/{pid}/autogroup").write_text("-10")
+        time.sleep(0.2)   # past the first cycles
+        before, at = cpu_seconds(pids), time.monotonic()
+        time.sleep(1.0)
+        share = (cpu_seconds(pids) - before) / (time.monotonic() - at)
         asked = processes * percent / 100
-        can = processes * min(percent / 100, free)
         print(f"\ncpu-hog {processes}x{percent} %: inject {injected * 1000:.0f} ms, {share:.2f} CPU over 1 s "
-              f"(asked {asked:.2f}; a spinner beside it got {free:.2f})")
-        # Loose below: on a saturated machine (two TCG guests on 2 CPUs) a hog that wakes from
-        # its sleeps waits in the run queue and was seen at half of it; never above what it asks.
-        assert can * 0.45 <= share <= asked * 1.2, f"{share:.2f} CPU, asked {asked:.2f}, spinner {free:.2f}"
+              f"(asked {asked:.2f})")
+        assert asked * 0.75 <= share <= asked * 1.2, f"{share:.2f} CPU, asked {asked:.2f}"
         started = time.monotonic()
         assert client.call("guest-fault-revert", {"id": lease["id"]}) == 1
         print(f"revert {(time.monotonic() - started) * 1000:.0f} ms")
