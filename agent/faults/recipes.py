@@ -46,6 +46,7 @@ from typing import Any, Protocol
 
 from pyqga.agent.errors import AgentFailure
 from pyqga.agent.faults import dm
+from pyqga.agent.faults.vocabulary import SPAWN_WAIT
 from pyqga.agent.faults.worker import TOKEN_FLAG
 from pyqga.agent.freeze.ioctls import FsIoctl
 
@@ -68,7 +69,6 @@ RELEASES_IO = ("thaw", "dm-resume", "signal", "reap")
 ATOMIC = ("freeze", "signal", "dm-suspend")   # undo these first: other steps may wait on the I/O they hold
 MAX_TABLE_LINES = 65536
 STOP_WAIT = 1.0   # how long a SIGSTOP step waits for the process to be stopped
-SPAWN_WAIT = 10.0   # how long a spawn step waits for its worker to hold (locking memory takes time)
 REAP_WAIT = 2.0     # how long a reap step waits for its workers to be gone
 WORKER_PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 

@@ -222,6 +222,30 @@ def test_an_agent_killed_while_its_worker_starts_leaves_none(agent: PyqgaAgent) 
     assert outcome and isinstance(outcome[0], Exception), f"the inject finished before the kill: {outcome}"
 
 
+def test_a_worker_slower_to_start_than_its_lease_is_not_a_hung_agent(agent: PyqgaAgent) -> None:
+    """1 GiB locked for 0.05 s: the lock takes longer than the lease (0.6 s to 5 s here).  The
+    keeper must not take the agent, which waits on the worker, for hung (it did, and killed it,
+    before the keeper's deadline of an arming worker lease waited for the spawn); the lease ends
+    when the apply returns, and nothing is left."""
+    with AgentClient(str(agent.socket_path), timeout=30) as client:
+        started = time.monotonic()
+        lease = inject(client, "memory-pressure", {"mib": 1024}, duration=0.05)
+        took = time.monotonic() - started
+        token = token_of(agent.statedir, lease["id"])
+        end = time.monotonic() + 2
+        while token is not None and workers_of(token) and time.monotonic() < end:
+            time.sleep(0.01)
+        gone = time.monotonic() - started - took
+        print(f"\n1 GiB for 0.05 s: inject {took:.2f} s, the worker gone {gone:.2f} s later")
+        assert agent.process is not None and agent.process.poll() is None, "the keeper killed the agent"
+        assert token is None or workers_of(token) == []
+        client.call("guest-ping")
+        time.sleep(0.2)
+        events = [(e["event"], e.get("reason")) for e in client.call("guest-fault-events")["events"]
+                  if e.get("id") == lease["id"]]
+        assert events == [("armed", None), ("fired", None), ("expired", "deadline")], events
+
+
 def test_bad_requests_leave_nothing(agent: PyqgaAgent) -> None:
     cpus = os.cpu_count() or 1
     with AgentClient(str(agent.socket_path), timeout=30) as client:

@@ -39,6 +39,7 @@ from pyqga.agent.faults.recipes import ATOMIC, run_step, run_steps, table_step, 
 from pyqga.agent.faults.snapshot import keeper_deadline, parse_leases
 from pyqga.agent.faults.vocabulary import (
     MAX_DURATION,
+    SPAWN_WAIT,
     Action,
     Apply,
     EndReason,
@@ -329,12 +330,15 @@ class LeaseModel(RuleBasedStateMachine):
 
     @invariant()
     def the_keeper_never_waits_past_a_deadline(self) -> None:
-        """A hung agent's keeper acts by the earliest deadline of a lease that is not reverting."""
+        """A hung agent's keeper acts by the earliest deadline of a lease that is not reverting;
+        while a worker starts (arming, a spawn), by the end of the spawn's wait if that is later."""
         if self.last is not None and self.last["leases"]:
             deadline = keeper_deadline(self.last)
             assert deadline is not None and math.isfinite(deadline)
             for lease in parse_leases(self.last)[0]:
-                if lease.phase is not Phase.REVERTING:
+                if lease.phase is Phase.ARMING and any(step["op"] == "reap" for step in lease.undo):
+                    assert deadline <= max(lease.deadline_mono, lease.started_mono + SPAWN_WAIT + 1.0)
+                elif lease.phase is not Phase.REVERTING:
                     assert deadline <= lease.deadline_mono
 
     def check_undone(self, exactly: bool) -> None:

@@ -11,8 +11,9 @@ import pytest
 
 from pyqga.agent.faults import catalog, resources
 from pyqga.agent.faults.kinds import Context
-from pyqga.agent.faults.machine import Refused
+from pyqga.agent.faults.machine import LeaseBook, Refused, keeper_deadline
 from pyqga.agent.faults.recipes import RELEASES_IO, StepError, check_step, run_step, run_steps, undo_order
+from pyqga.agent.faults.vocabulary import SPAWN_WAIT, Now, Prepared
 from tests.rig.model_kernel import ModelFaultKernel
 
 NO_MOUNTS = Context([], frozenset())
@@ -192,3 +193,24 @@ def test_reap_releases_first() -> None:
     assert "reap" in RELEASES_IO
     steps = [{"op": "unlink", "path": "/m/f"}, {"op": "reap", "token": "c3"}]
     assert [s["op"] for s in undo_order(steps)] == ["reap", "unlink"]
+
+
+@pytest.mark.parametrize(("duration", "arming", "active"), [
+    (0.5, 1000 + SPAWN_WAIT + 1, 1000.5),     # a short lease: the worker's start may outlast it
+    (60.0, 1060.0, 1060.0),                   # a long one: its deadline, as every kind
+])
+def test_the_keeper_waits_for_a_worker_to_start(duration: float, arming: float, active: float) -> None:
+    """An agent waiting on a spawn (bounded by SPAWN_WAIT) is not hung: the keeper's deadline of
+    an arming worker lease is at least the end of that wait.  Once applied, its own deadline."""
+    book = LeaseBook()
+    now = Now(1000.0, 1_700_000_000.0)
+    spawn = {"op": "spawn", "worker": "memory", "token": "d4", "args": {"mib": 8}}
+    lease, _ = book.inject(Prepared("memory-pressure", "memory", {"mib": 8}, "memory", (spawn,),
+                                    ({"op": "reap", "token": "d4"},), duration), now)
+    assert keeper_deadline(book.leases[lease.id]) == arming
+    book.applied(lease.id, Now(1000.2, 1_700_000_000.2), None, True)
+    assert keeper_deadline(book.leases[lease.id]) == active
+    write_stall = Prepared("write-stall", "/m", {}, "8:1", ({"op": "freeze", "path": "/m"},),
+                           ({"op": "thaw", "path": "/m"},), 0.5)
+    other, _ = book.inject(write_stall, now)
+    assert keeper_deadline(book.leases[other.id]) == 1000.5   # no worker: no wait
