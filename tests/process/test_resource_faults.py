@@ -24,8 +24,10 @@ from typing import Any
 
 import pytest
 
+from pyqga.agent.faults import recipes
 from pyqga.agent.faults.recipes import LinuxFaultKernel, StepError, workers_of
 from pyqga.agent.faults.snapshot import FAULTS_STATE
+from pyqga.agent.faults.worker import TOKEN_FLAG
 from pyqga.host_client import AgentCallError, AgentClient
 from tests.rig.agent_process import ListeningProcess, PyqgaAgent, agent_command, agent_env, keeper_of
 from tests.rig.requirements import require_root
@@ -110,6 +112,7 @@ def test_cpu_hog_burns_the_share_asked_and_revert_ends_it(agent: PyqgaAgent) -> 
         assert token is not None
         pids = workers_of(token)
         assert len(pids) == processes, pids
+        assert set(pids) <= set(checkout_workers())
         for pid in pids:   # the OOM killer takes a worker first
             assert Path(f"/proc/{pid}/oom_score_adj").read_text().strip() == "1000"
             assert int(Path(f"/proc/{pid}/oom_score").read_text()) >= 1000
@@ -261,6 +264,7 @@ def test_bad_requests_leave_nothing(agent: PyqgaAgent) -> None:
             assert says in message, (kind, params, message)
         assert client.call("guest-fault-list") == []
         assert token_of(agent.statedir, "*") is None
+        assert checkout_workers() == [], "a refused request started a worker"
         events = client.call("guest-fault-events")["events"]
         assert {e["event"] for e in events} == {"refused"}, events
 
@@ -280,23 +284,23 @@ def test_a_worker_that_cannot_lock_fails_in_one_line_and_leaves_nothing(tmp_path
         assert "worker memory" in message and "mlockall" in message and "\n" not in message, message
         assert client.call("guest-fault-list") == []
         assert token_of(workdir / "state", "*") is None
-        leftover = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-                    if str(running.pid) == _ppid(pid)]
-        assert all("worker.py" not in _cmdline(pid) for pid in leftover), leftover
+        assert checkout_workers() == [], "a worker was left"
 
 
-def _ppid(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
-    except OSError:
-        return ""
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return ""
+def checkout_workers() -> list[int]:
+    """Live workers of this checkout's worker program, whatever their token (other checkouts on
+    this machine run theirs from another path)."""
+    program = os.path.realpath(recipes.WORKER_PROGRAM)
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(arg.startswith(TOKEN_FLAG.encode()) for arg in argv) and \
+                any(os.path.realpath(arg.decode(errors="replace")) == program for arg in argv if arg):
+            found.append(int(name))
+    return found
 
 
 @pytest.mark.parametrize(("worker", "args", "says"), [
@@ -318,9 +322,6 @@ def test_a_forged_spawn_fails_clearly_and_leaves_nothing(worker: str, args: dict
 
 def test_the_worker_program_needs_nothing_of_pyqga() -> None:
     """-I and the standard library: it runs with no pyqga on the path (a stalled package disk)."""
-    program = Path(LinuxFaultKernel.__module__.replace(".", "/")).name   # recipes
-    assert program == "recipes"
-    from pyqga.agent.faults import recipes
     token = secrets.token_hex(8)
     done = subprocess.run([sys.executable, "-B", "-I", recipes.WORKER_PROGRAM, f"--pyqga-worker={token}",
                            "cpu-hog", json.dumps({"processes": 1, "percent": 1, "period-ms": 100})],
@@ -335,7 +336,6 @@ def test_the_worker_program_needs_nothing_of_pyqga() -> None:
 def test_reap_signals_only_the_workers_of_its_token() -> None:
     """A process without the token (a pid a dead worker freed, reused) is left alone, even when
     reap is handed its pid."""
-    from pyqga.agent.faults import recipes
     bystander = subprocess.Popen(["sleep", "60"])
     token = secrets.token_hex(8)
     try:
