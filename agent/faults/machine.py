@@ -25,6 +25,7 @@ from typing import Any
 from pyqga.agent.errors import AgentFailure
 from pyqga.agent.faults.vocabulary import (
     MAX_DURATION,
+    SPAWN_WAIT,
     Action,
     Apply,
     EndReason,
@@ -241,10 +242,19 @@ def undo_allowance(lease: Lease, now: Now) -> float:
 
 def keeper_deadline(lease: Lease) -> float:
     """By when the agent must have acted on ``lease``, on CLOCK_MONOTONIC: its deadline, or while
-    an undo runs that undo's allowance, or a failed undo's retry."""
+    an undo runs that undo's allowance, or a failed undo's retry.  While a worker starts (a spawn
+    step, bounded by :data:`SPAWN_WAIT`), at least until that wait is over and a second more: an
+    agent that waits on a worker locking GiBs is not hung, even past a short lease's deadline
+    (the book ends the lease as soon as the apply returns)."""
     if lease.phase is Phase.REVERTING:
         return lease.acting_until or lease.retry_at or lease.deadline_mono
+    if lease.phase is Phase.ARMING and starts_a_worker(lease.apply):
+        return max(lease.deadline_mono, lease.started_mono + SPAWN_WAIT + 1.0)
     return lease.deadline_mono
+
+
+def starts_a_worker(steps: Iterable[Mapping[str, Any]]) -> bool:
+    return any(step.get("op") == "spawn" for step in steps)
 
 
 def leases_view(leases: Mapping[str, Lease], now: Now) -> list[dict[str, Any]]:

@@ -69,6 +69,7 @@ from typing import Any, Protocol
 from pyqga.agent.errors import AgentFailure
 from pyqga.agent.faults import dm, nettools, timekeeping
 from pyqga.agent.faults.timeline import read_boot_id
+from pyqga.agent.faults.vocabulary import SPAWN_WAIT
 from pyqga.agent.faults.worker import TOKEN_FLAG
 from pyqga.agent.freeze.ioctls import FsIoctl
 
@@ -101,7 +102,6 @@ RELEASES_IO = ("thaw", "dm-resume", "signal", "reap")
 ATOMIC = ("freeze", "signal", "dm-suspend", "nft-table", "netem", "clock-step", "clock-rate")
 MAX_TABLE_LINES = 65536
 STOP_WAIT = 1.0   # how long a SIGSTOP step waits for the process to be stopped
-SPAWN_WAIT = 10.0   # how long a spawn step waits for its worker to hold (locking memory takes time)
 REAP_WAIT = 2.0     # how long a reap step waits for its workers to be gone
 WORKER_PROGRAM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 
@@ -362,8 +362,7 @@ class LinuxFaultKernel:
         end = time.monotonic() + REAP_WAIT
         while pids := workers_of(token):
             for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                _kill_worker(pid, token)
             if time.monotonic() > end:
                 raise StepError(f"workers {pids[:4]} of {token} outlived SIGKILL for {REAP_WAIT:g} s")
             time.sleep(0.005)
@@ -382,19 +381,37 @@ class LinuxFaultKernel:
 
 def workers_of(token: str) -> list[int]:
     """The live processes (not zombies) whose command line carries ``token``'s flag."""
-    flag = f"{TOKEN_FLAG}{token}".encode()
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if flag in argv and process_state(int(name)) not in ("", "Z", "X"):
-            found.append(int(name))
-    return found
+    return [pid for pid in (int(name) for name in os.listdir("/proc") if name.isdigit())
+            if _carries(pid, token) and process_state(pid) not in ("", "Z", "X")]
+
+
+def _carries(pid: int, token: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f"{TOKEN_FLAG}{token}".encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _kill_worker(pid: int, token: str) -> None:
+    """SIGKILL ``pid`` if it still is a worker of ``token``: through a pidfd taken before the
+    second look at its command line, so a pid that a dead worker freed and another process took
+    meanwhile is never signalled (as the signal step's start time does for process faults)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except OSError:   # no pidfd (a kernel before 5.3): a plain kill after the look
+        if _carries(pid, token):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return
+    try:
+        if _carries(pid, token):
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+    finally:
+        os.close(fd)
 
 
 def _stat(pid: int) -> list[bytes] | None:

@@ -31,8 +31,13 @@ RESERVE_MIB = 128
 
 def meminfo() -> dict[str, int]:
     """/proc/meminfo in KiB by field name (empty if it cannot be read)."""
+    return parse_meminfo(read_optional("/proc/meminfo") or "")
+
+
+def parse_meminfo(text: str) -> dict[str, int]:
+    """The text of a /proc/meminfo (this guest's, or one a host read) in KiB by field name."""
     out: dict[str, int] = {}
-    for line in (read_optional("/proc/meminfo") or "").splitlines():
+    for line in text.splitlines():
         name, _, rest = line.partition(":")
         fields = rest.split()
         if fields and fields[0].isdigit():

@@ -15,6 +15,11 @@ from typing import Any, NamedTuple
 Step = Mapping[str, Any]   # one recipe step, JSON-shaped: {"op": ..., ...} (see .recipes)
 
 MAX_DURATION = 7 * 24 * 3600.0   # a week, as the freeze's timeout
+# How long a spawn step waits for its worker to hold: locking memory zeroes every page, and a
+# worker on a busy machine gets little CPU (2 GiB took 9.8 s on a host with a load of 6 on 2
+# CPUs, 228 MiB up to 6.7 s in a TCG guest).  The keeper gives an agent waiting on one that long
+# (:func:`.machine.keeper_deadline`).
+SPAWN_WAIT = 30.0
 
 
 class Kind(Enum):

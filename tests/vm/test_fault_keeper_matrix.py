@@ -6,7 +6,14 @@ boots with ``pyqga.dmdata=1``: ``/data`` sits on the dm-linear layer ``pyqga-dat
 drops an address nobody uses) and ``net-delay`` on ``lo`` (the other netem kinds share its
 recipe: only their netem words differ), and the clock kinds (target ``clock``; a fault holds
 while the wall clock is more than 1 s from true time, the kernel's rate is not the boot's, or a
-strobe worker runs).  Ends:
+strobe worker runs).  ``process-kill`` of such a
+sleep: its lease holds nothing but its record, so the cell watches the record (the lease in the
+subject's state file, which the agent, the keeper or the next agent rewrites when it ends the
+lease), and the sleep must have died of the signal (its exit status: SIGKILL), once: nobody sends
+it again.  ``cpu-hog`` and ``memory-pressure`` (its size a little below the guest's cap, the
+agent's own formula on the guest's meminfo): the fault holds while a process with the lease's
+worker token (read from the state file) runs, and after the cell no worker of any token is left;
+in the revert cell guest-ping is timed while the worker holds.  Ends:
 its deadline, ``guest-fault-revert``, SIGKILL of the agent, SIGSTOP of the agent, an agent
 restart (agent and keeper both killed, a new agent on the same state directory), and SIGKILL of
 the keeper (the agent starts a new one and resends the leases) followed by SIGSTOP of the agent.
@@ -42,6 +49,8 @@ from typing import Any
 
 import pytest
 
+from pyqga.agent.faults.resources import memory_cap_mib, parse_meminfo
+from pyqga.agent.faults.snapshot import FAULTS_STATE
 from pyqga.host_client import AgentCallError, AgentClient
 from tests.rig.guest_files import AGENT_COMMANDS, DATA_LAYER
 from tests.rig.guest_shell import sh
@@ -68,7 +77,10 @@ KINDS: list[tuple[str, dict[str, Any]]] = [
     # Last: these three hit the journal's own writes if a commit falls inside them.
     ("corrupt", {}), ("drop-writes", {}), ("io-error", {}),
     # A process the hands started (a sleep), not /data.
-    ("process-pause", {}),
+    ("process-pause", {}), ("process-kill", {}),
+    # Workers: the fault holds while a process with the lease's token runs.  memory-pressure's
+    # mib is set per guest, near its cap (:func:`memory_near_cap`).
+    ("cpu-hog", {"processes": 1, "percent": 25}), ("memory-pressure", {}),
     # The network: an nftables table of its own, and netem on lo (NET_TARGETS).
     ("net-partition", {"peers": "10.91.9.9"}), ("net-delay", {"delay-ms": 50}),
     # The guest's clock (its CLOCK_MONOTONIC, on which all times here are, does not step).
@@ -76,7 +88,22 @@ KINDS: list[tuple[str, dict[str, Any]]] = [
     ("clock-strobe", {"offset": 3600, "interval": 0.2}),
 ]
 NET_TARGETS = {"net-partition": "any", "net-delay": "lo"}
+WORKER_TARGETS = {"cpu-hog": "cpu", "memory-pressure": "memory"}
 TC, NFT = "/usr/sbin/tc", "/usr/sbin/nft"
+MEMORY_MARGIN_MIB = 16   # below the cap: MemAvailable moves between the read and the inject
+# A worker takes a second or more to hold in the TCG guest (a python3 starts, memory is locked),
+# and a lease's time runs from its arming: the short cells give these kinds that much more, or
+# the fault would be over before the cell program starts (seen: inject 1.0-3.8 s).
+# cpu-hog more: it slows the new keeper of the kill-keeper cell on the guest's one vCPU (at 50 %:
+# 4.6-6.3 s from the kill to its ready, 1.9-4.5 s beside the other kinds).  The matrix runs it at
+# 25 %: at 50 % a restarted agent once took over 20 s to start and end it.
+# clock-strobe: its worker starts before the fault holds, as these.
+WORKER_START_S = {"cpu-hog": 4.0, "memory-pressure": 3.0, "clock-strobe": 2.0}
+# A worker's end takes longer to see: the hog slows the keeper that ends it and the cell program
+# that watches (1.05 s after the deadline, at 50 %, for stop-agent); locked memory near the cap
+# must be freed before the worker is gone, and the guest's page cache is thin (1.17 s for
+# kill-keeper).  The other kinds: 0.5-0.6 s.
+WORKER_LATE_S = {"cpu-hog": 0.5, "memory-pressure": 0.5}
 # cell -> (duration, the ending event and its reason).  Short where the deadline ends it; long
 # where something else must end it first.  kill-keeper's covers the new keeper's start.
 CELLS: dict[str, tuple[float, str, str]] = {
@@ -94,12 +121,13 @@ AGENT_START_S = 15.0  # a new agent's start in the TCG guest, to its undo of wha
 # at its deadline, +0.74 s at stop-agent, +1.27 s at kill-keeper, with two other guests running).
 EXEC_S = 1.0
 TRUE_TIME_S = 0.050   # after a clock cell, the wall clock is this close to true time
-# A worker's python starts (under TCG, a second or two) before its fault holds, and the cell
-# program's before it looks: short leases of these kinds get this much longer.
-SLOW_START = {"clock-strobe": 2.0}
 # prints [realtime - CLOCK_MONOTONIC_RAW in ns, [tick, freq]]: true time and the rate before a cell
 CLOCK_READ = ("import json, time; from pyqga.agent.faults import timekeeping as t; r = t.reference(); "
               "print(json.dumps([r.real_ns - r.raw_ns, list(t.read_rate())]))")
+# ... beside a worker that still holds: a CPU hog (even at 25 %) and memory locked near the cap
+# slow it (restart: cpu-hog 8.9-16.1 s, memory-pressure 6.9-11.4 s; process-kill 3.2-4.4 s, with
+# two other TCG guests on the host's 2 CPUs).
+WORKER_RESTART_S = {"cpu-hog": 10.0, "memory-pressure": 5.0}
 
 # In the guest, run by the hands: python3 -B CELL JSON (see the module docstring).  Prints one
 # JSON object of monotonic times: held (the fault held when it started), action (the deed),
@@ -183,6 +211,44 @@ def strobes():
     return found
 
 
+def lease_record():
+    """The lease's record in the subject's state file (the agent's, or the keeper's after it
+    ended the lease), or None."""
+    for _ in range(5):
+        try:
+            with open(args["statefile"]) as f:
+                saved = json.load(f)
+            break
+        except FileNotFoundError:
+            return None
+        except ValueError:   # caught between a truncate and a write: read again
+            time.sleep(0.005)
+    return next((lease for lease in saved.get("leases", []) if lease["id"] == args["lease"]), None)
+
+
+def worker_token():
+    record = lease_record()
+    if record is None:
+        raise Failed(f"lease {args['lease']} is not in {args['statefile']}")
+    return next(step["token"] for step in record["undo"] if step["op"] == "reap")
+
+
+def workers(token):
+    """The live processes of the lease's worker (recipes.workers_of, without importing it)."""
+    flag = ("--pyqga-worker=" + token).encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    mine = flag in f.read().split(b"\0")
+            except OSError:
+                mine = False
+            if mine and not gone(entry):
+                found.append(int(entry))
+    return found
+
+
 def held():
     if kind.startswith("clock-"):
         return (abs(clock_off()) > 1.0 or list(timekeeping.read_rate()) != args["rate"]
@@ -196,6 +262,10 @@ def held():
     if kind == "process-pause":
         fields = stat(args["sleeper"])
         return fields is not None and fields[0] == "T"
+    if kind == "process-kill":   # its lease holds only its record: held while that is kept
+        return lease_record() is not None
+    if kind in ("cpu-hog", "memory-pressure"):
+        return bool(workers(TOKEN))
     if kind == "disk-full":
         st = os.statvfs(target)
         return st.f_bavail * st.f_frsize <= args["full"]
@@ -340,6 +410,15 @@ def repair():
     for path in glob.glob(os.path.join(target, ".pyqga-fill-*")):
         os.unlink(path)
         fixed.append(f"removed {path}")
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                worker = any(arg.startswith(b"--pyqga-worker=") for arg in f.read().split(b"\0"))
+        except OSError:
+            worker = False
+        if worker and entry.isdigit():
+            os.kill(int(entry), signal.SIGKILL)
+            fixed.append(f"killed worker {entry}")
     if fields is None or fields[0] in ("Z", "X"):
         spawn()
         fixed.append("new agent")
@@ -347,6 +426,7 @@ def repair():
 
 
 try:
+    TOKEN = worker_token() if kind in ("cpu-hog", "memory-pressure") and action != "repair" else ""
     repair() if action == "repair" else cell()
 except Exception as e:
     out["error"] = f"{type(e).__name__}: {e}"
@@ -379,10 +459,12 @@ class Rig:
         self.subject = self.vm.client(SUBJECT, timeout=60)
         return time.monotonic() - started
 
-    def start(self, kind: str, action: str, limit: float, sleeper: int = 0) -> tuple[int, str]:
+    def start(self, kind: str, action: str, limit: float, sleeper: int = 0,
+              lease: str = "") -> tuple[int, str]:
         """Start the guest program for ``action``; its guest-exec pid and its marker's nonce."""
         nonce = secrets.token_hex(8)
         spec = {"kind": kind, "action": action, "target": "/data", "layer": DATA_LAYER, "sleeper": sleeper,
+                "lease": lease, "statefile": f"{SUBJECT_STATEDIR}/{FAULTS_STATE}",
                 "boot": self.boot.splitlines(), "full": FULL, "limit": limit, "nonce": nonce,
                 "marker": MARKER, "pidfile": f"{SUBJECT_STATEDIR}/pyqga.pid", "port": SUBJECT_PORT,
                 "command": SUBJECT_COMMAND, "log": f"/run/{SUBJECT}.out", "true": self.true,
@@ -454,7 +536,7 @@ MATRIX = [pytest.param(kind, params, cell, id=f"{kind}-{cell}") for kind, params
 def test_keeper_matrix(rig: Rig, kind: str, params: dict[str, Any], cell: str) -> None:
     duration, ending, reason = CELLS[cell]
     if duration < 10:
-        duration += SLOW_START.get(kind, 0.0)
+        duration += WORKER_START_S.get(kind, 0.0)
     try:
         run_cell(rig, kind, params, cell, duration, ending, reason)
     except BaseException:
@@ -467,35 +549,43 @@ def run_cell(rig: Rig, kind: str, params: dict[str, Any], cell: str, duration: f
     if kind in ("corrupt", "drop-writes", "io-error"):
         sh(rig.hands, "sync")   # nothing dirty for the journal to commit while it holds
     sleeper = 0
-    if kind == "process-pause":   # its target: a process the hands start, and only that one
+    if kind.startswith("process-"):   # its target: a process the hands start, and only that one
         sleeper = rig.hands.call("guest-exec", {"path": "/bin/sleep", "arg": ["600"]})["pid"]
+    if kind == "memory-pressure":
+        params = {"mib": memory_near_cap(rig)}
     try:
         run_faulted(rig, kind, params, cell, duration, ending, reason, sleeper)
     finally:
         if sleeper:
             rig.hands.call("guest-exec", {"path": "/bin/kill", "arg": ["-9", str(sleeper)]})
             time.sleep(0.2)
-            rig.hands.call("guest-exec-status", {"pid": sleeper})   # reaps it
+            with contextlib.suppress(AgentCallError):   # process-kill's check reaped it already
+                rig.hands.call("guest-exec-status", {"pid": sleeper})   # reaps it
 
 
 def run_faulted(rig: Rig, kind: str, params: dict[str, Any], cell: str, duration: float, ending: str,
                 reason: str, sleeper: int) -> None:
     default = "clock" if kind.startswith("clock-") else "/data"
-    target = f"pid:{sleeper}" if sleeper else NET_TARGETS.get(kind, default)
+    target = f"pid:{sleeper}" if sleeper else {**NET_TARGETS, **WORKER_TARGETS}.get(kind, default)
     if kind.startswith("clock-"):
         rig.read_clock()
+    asked = time.monotonic()
     lease = rig.subject.call("guest-fault-inject", {"kind": kind, "target": target, "duration": duration,
                                                     "params": params})
-    limit = duration + 5 if duration < 10 else AGENT_START_S + 5
-    pid, nonce = rig.start(kind, cell, limit, sleeper)
-    took = 0.0
+    injected = time.monotonic() - asked
+    start_s = AGENT_START_S + WORKER_RESTART_S.get(kind, 0.0)
+    limit = duration + 5 if duration < 10 else start_s + 5
+    pid, nonce = rig.start(kind, cell, limit, sleeper, lease["id"])
+    took, pings = 0.0, ""
     if cell == "revert":
         rig.wait_marker(nonce)
+        if kind in WORKER_TARGETS:   # the agent keeps answering while a worker holds
+            pings = ping_latency(rig.subject)
         asked = time.monotonic()
         assert rig.subject.call("guest-fault-revert", {"id": lease["id"]}) == 1
         took = time.monotonic() - asked
     seen = rig.result(pid, limit + 30)
-    assert "error" not in seen, seen
+    assert "error" not in seen, f"{seen.get('error')} ({seen})"
     back = rig.reconnect() if "respawned" in seen or cell == "restart" else 0.0
 
     events = rig.events(lease["id"])
@@ -518,8 +608,12 @@ def run_faulted(rig: Rig, kind: str, params: dict[str, Any], cell: str, duration
         assert end["mono"] > seen["keeper-back"], "the fault ended before the new keeper was ready"
     if cell == "restart":
         assert end["mono"] >= seen["action"], "the fault ended before the new agent started"
-    allowed = AGENT_START_S if cell == "restart" else LATE_S + (EXEC_S if kind in NET_TARGETS else 0.0)
-    row = f"{kind:13s} {cell:11s} ended {late:+.3f} s after {since}"
+    late_s = LATE_S + WORKER_LATE_S.get(kind, 0.0) + (EXEC_S if kind in NET_TARGETS else 0.0)
+    allowed = start_s if cell == "restart" else late_s
+    row = f"{kind:15s} {cell:11s} ended {late:+.3f} s after {since}"
+    if kind in WORKER_TARGETS:
+        size = f"{params['mib']} MiB, " if "mib" in params else ""
+        row += f" ({size}inject {injected:.2f} s{', ' + pings if pings else ''})"
     if cell == "kill-keeper":
         row += f" (new keeper ready {seen['keeper-back'] - seen['keeper-killed']:.2f} s after the kill)"
     if "respawned" in seen:
@@ -541,3 +635,27 @@ def run_faulted(rig: Rig, kind: str, params: dict[str, Any], cell: str, duration
     assert table == rig.boot, after
     assert "s" not in attr, f"/data's device is still suspended: {attr}"
     assert ".pyqga-fill-" not in files, files
+    if kind in WORKER_TARGETS:
+        left = sh(rig.hands, "grep -la -e 'pyqga-worke[r]=' /proc/[0-9]*/cmdline || true")
+        assert not left.strip(), f"workers left: {left}"
+    if kind == "process-kill":   # the signal reached the sleeper, once (the hands reap it here)
+        status = rig.hands.call("guest-exec-status", {"pid": sleeper})
+        assert status["exited"] and status.get("signal") == 9, status
+
+
+def memory_near_cap(rig: Rig) -> int:
+    """MiB a little below memory-pressure's cap in the guest now (the agent's own formula)."""
+    cap = memory_cap_mib(parse_meminfo(rig.hands.read_file("/proc/meminfo").decode()))
+    assert cap > 2 * MEMORY_MARGIN_MIB, f"the guest has no room for memory pressure: cap {cap} MiB"
+    return cap - MEMORY_MARGIN_MIB
+
+
+def ping_latency(client: AgentClient, count: int = 20) -> str:
+    """guest-ping round trips while a fault holds: median and worst, in ms."""
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        client.call("guest-ping")
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return f"ping p50 {times[len(times) // 2]:.1f} ms, max {times[-1]:.1f} ms"

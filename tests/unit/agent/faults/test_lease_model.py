@@ -3,7 +3,8 @@
 Hypothesis drives :class:`LeaseBook` through a driver as small as the engine's
 (:mod:`pyqga.agent.faults.engine`: it runs steps with the engine's own ``recipes.run_steps`` and
 ``undo_order``), but whose apply and undo jobs wait until the test runs them, in any order:
-injects of several kinds on a few devices (two of them sharing one), with durations in and out
+injects of several kinds on a few devices (two of them sharing one; workers too: a spawn and its
+reap, on the devices ``cpu`` and ``memory``), with durations in and out
 of range, reverts of one lease or all (also while it is still being applied), time passing with
 and without a tick, failures of any step before or after its change, and the agent dying, with
 or without its keeper undoing what the last snapshot holds, then a new agent restoring from it.
@@ -39,6 +40,7 @@ from pyqga.agent.faults.recipes import ATOMIC, run_step, run_steps, table_step, 
 from pyqga.agent.faults.snapshot import keeper_deadline, parse_leases
 from pyqga.agent.faults.vocabulary import (
     MAX_DURATION,
+    SPAWN_WAIT,
     Action,
     Apply,
     EndReason,
@@ -72,6 +74,7 @@ def recipe(name: str, serial: int) -> tuple[str, str, str, Steps, Steps]:
     # the clock kinds' undo, from the model clock's reference (no model time passes here)
     clock_set = set_step(ModelFaultKernel({}, {}).reference(), 0.0, MODEL_BOOT)
     fill = {"op": "fill", "path": f"/{name.split('@')[1]}/.pyqga-fill-{serial}", "free-bytes": 1000}
+    token = f"t{serial}"   # resources.py draws a random one per inject
     recipes: dict[str, tuple[str, Steps, Steps]] = {
         "write-stall@m1": ("8:1", ({"op": "freeze", "path": "/m1"},), ({"op": "thaw", "path": "/m1"},)),
         "disk-full@m1": ("8:1", (fill,), ({"op": "unlink", "path": fill["path"]},)),
@@ -86,6 +89,11 @@ def recipe(name: str, serial: int) -> tuple[str, str, str, Steps, Steps]:
         "clock-step@clock": ("clock", ({"op": "clock-step", "offset-ns": 3600 * 10**9},), (clock_set,)),
         "clock-skew@clock": ("clock", ({"op": "clock-rate", "tick": 10000, "freq": 500 << 16},),
                              ({"op": "clock-rate", "tick": 10000, "freq": 0}, clock_set)),
+        "cpu-hog@cpu": ("cpu", ({"op": "spawn", "worker": "cpu-hog", "token": token,
+                                 "args": {"processes": 1, "percent": 50, "period-ms": 100}},),
+                        ({"op": "reap", "token": token},)),
+        "memory-pressure@memory": ("memory", ({"op": "spawn", "worker": "memory", "token": token,
+                                               "args": {"mib": 64}},), ({"op": "reap", "token": token},)),
     }
     device, apply, undo = recipes[name]
     kind, target = name.split("@")
@@ -93,11 +101,19 @@ def recipe(name: str, serial: int) -> tuple[str, str, str, Steps, Steps]:
 
 
 RECIPES = ["write-stall@m1", "disk-full@m1", "write-stall@m2", "disk-full@m2", "io-stall@data",
-           "io-error@data", "corrupt@logs", "clock-step@clock", "clock-skew@clock"]
+           "io-error@data", "corrupt@logs", "clock-step@clock", "clock-skew@clock",
+           "cpu-hog@cpu", "memory-pressure@memory"]
 GOOD_DURATIONS = [0.5, 1.0, 3.0, 30.0, MAX_DURATION]
 BAD_DURATIONS: list[Any] = [0, -1.0, math.nan, math.inf, -math.inf, 1e10, MAX_DURATION * 2, True, "5", None]
 INVERSE = {"freeze": "thaw", "fill": "unlink", "dm-suspend": "dm-resume", "dm-table": "dm-table",
-           "clock-step": "clock-set", "clock-rate": "clock-rate"}
+           "clock-step": "clock-set", "clock-rate": "clock-rate", "spawn": "reap"}
+
+
+def resources(lease: Lease) -> tuple[str, ...]:
+    """What a lease holds in the model kernel: its device's resources, or its worker (named by
+    its undo's reap: a lease restored from a snapshot has no apply steps)."""
+    return RESOURCES.get(lease.device) or tuple(f"worker:{step['token']}" for step in lease.undo
+                                                 if step["op"] == "reap")
 
 
 class Job(NamedTuple):
@@ -298,13 +314,13 @@ class LeaseModel(RuleBasedStateMachine):
                 for step in lease.apply:
                     run_step(step, expected)
             elif lease.phase is Phase.REVERTING:
-                unknown.update(RESOURCES[lease.device])
+                unknown.update(resources(lease))
             else:   # arming: its apply has not run yet (a driver runs it and reports at once)
                 assert any(job.lease.id == lease.id for job in self.jobs)
         want, have = expected.state(), self.kernel.state()
-        for resource in want:
+        for resource in set(want) | set(have):   # a worker that should not run is a key too many
             if resource not in unknown:
-                assert have[resource] == want[resource], resource
+                assert have.get(resource) == want.get(resource), resource
 
     @invariant()
     def the_keeper_can_restore_everything_now(self) -> None:
@@ -321,12 +337,15 @@ class LeaseModel(RuleBasedStateMachine):
 
     @invariant()
     def the_keeper_never_waits_past_a_deadline(self) -> None:
-        """A hung agent's keeper acts by the earliest deadline of a lease that is not reverting."""
+        """A hung agent's keeper acts by the earliest deadline of a lease that is not reverting;
+        while a worker starts (arming, a spawn), by the end of the spawn's wait if that is later."""
         if self.last is not None and self.last["leases"]:
             deadline = keeper_deadline(self.last)
             assert deadline is not None and math.isfinite(deadline)
             for lease in parse_leases(self.last)[0]:
-                if lease.phase is not Phase.REVERTING:
+                if lease.phase is Phase.ARMING and any(step["op"] == "reap" for step in lease.undo):
+                    assert deadline <= max(lease.deadline_mono, lease.started_mono + SPAWN_WAIT + 1.0)
+                elif lease.phase is not Phase.REVERTING:
                     assert deadline <= lease.deadline_mono
 
     def check_undone(self, exactly: bool) -> None:
