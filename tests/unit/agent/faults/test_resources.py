@@ -163,15 +163,16 @@ def test_malformed_spawn_and_reap_steps_are_refused(step: dict[str, Any]) -> Non
 
 def test_spawn_then_reap_in_the_model_and_reap_is_idempotent() -> None:
     kernel = ModelFaultKernel({}, {})
+    before = kernel.state()
     spawn = {"op": "spawn", "worker": "memory", "token": "a1", "args": {"mib": 8}}
     reap = {"op": "reap", "token": "a1"}
     assert run_steps([spawn], kernel) == (None, True)
-    assert kernel.state() == {"worker:a1": True}
+    assert kernel.state() == {**before, "worker:a1": True}
     with pytest.raises(FileExistsError):   # one token, one worker
         run_step(spawn, kernel)
     for _ in range(2):   # the agent's undo, then the keeper's: one change
         assert run_steps(undo_order([reap]), kernel) == (None, True)
-    assert kernel.state() == {} and kernel.count("spawn") == kernel.count("reap") == 1
+    assert kernel.state() == before and kernel.count("spawn") == kernel.count("reap") == 1
     assert run_steps([reap], kernel)[0] is None   # a reap of a token never spawned: done
 
 
@@ -179,12 +180,13 @@ def test_a_failed_spawn_may_have_started_its_worker_so_it_is_undone() -> None:
     """spawn is not atomic: a worker may run when the step fails (a timeout), so the engine
     undoes it, and the reap ends it."""
     kernel = ModelFaultKernel({}, {})
+    before = kernel.state()
     kernel.fail_next("spawn", after=True)
     error, changed = run_steps([{"op": "spawn", "worker": "cpu-hog", "token": "b2", "args": {}}], kernel)
     assert error is not None and error.startswith("spawn:") and changed
-    assert kernel.state() == {"worker:b2": True}
+    assert kernel.state() == {**before, "worker:b2": True}
     run_step({"op": "reap", "token": "b2"}, kernel)
-    assert kernel.state() == {}
+    assert kernel.state() == before
 
 
 def test_reap_releases_first() -> None:
