@@ -24,7 +24,7 @@ import pytest
 
 from pyqga.host_client import AgentCallError, AgentClient
 from pyqga.host_client.group_plan import GroupPlanFailed, start_group_plan
-from tests.rig.agent_process import REPO_ROOT, PyqgaAgent, process_state
+from tests.rig.agent_process import REPO_ROOT, PyqgaAgent, own_processes, process_state
 from tests.rig.requirements import require_root
 
 ENDS = ("reverted", "expired")
@@ -34,15 +34,8 @@ LATE = 0.5   # how late a step may start on a loaded 2-CPU machine (the agent's 
 @pytest.fixture
 def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
     """Three sleep processes of this test's own: the targets."""
-    started = [subprocess.Popen([shutil.which("sleep") or "/bin/sleep", "600"]) for _ in range(3)]
-    try:
+    with own_processes([shutil.which("sleep") or "/bin/sleep", "600"], 3) as started:
         yield started
-    finally:
-        for process in started:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGCONT)
-            process.kill()
-            process.wait()
 
 
 def agents(tmp_path: Path, names: str, *extra: str) -> contextlib.ExitStack:

@@ -23,14 +23,13 @@ import pytest
 
 from pyqga.agent.faults.recipes import LinuxFaultKernel, start_time
 from pyqga.host_client import AgentCallError, AgentClient
-from tests.rig.agent_process import PyqgaAgent, keeper_of, process_state
-from tests.rig.requirements import require, require_root
+from tests.rig.agent_process import PyqgaAgent, fault_agent, keeper_of, own_processes, process_state
+from tests.rig.requirements import require
 
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[PyqgaAgent]:
-    require_root()
-    with PyqgaAgent(tmp_path / "agent", ["--enable-faults"]) as running:
+    with fault_agent(tmp_path / "agent") as running:
         yield running
 
 
@@ -40,15 +39,8 @@ def sleepers(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[bytes]
     name = "pq-" + secrets.token_hex(5)
     exe = tmp_path / name
     shutil.copy(shutil.which("sleep") or "/bin/sleep", exe)
-    started = [subprocess.Popen([str(exe), "600"]) for _ in range(2)]
-    try:
+    with own_processes([str(exe), "600"], 2) as started:
         yield name, started
-    finally:
-        for process in started:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGCONT)
-            process.kill()
-            process.wait()
 
 
 def inject(client: AgentClient, kind: str, target: str, duration: float = 30,

@@ -8,7 +8,6 @@ Pausing needs root, as in test_process_faults.py.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -23,8 +22,7 @@ import pytest
 
 from pyqga.host_client import AgentClient
 from pyqga.host_client.pytest_plugin import SECTION
-from tests.rig.agent_process import PyqgaAgent, process_state
-from tests.rig.requirements import require_root
+from tests.rig.agent_process import PyqgaAgent, fault_agent, own_processes, process_state
 
 pytest_plugins = ["pytester"]
 
@@ -33,22 +31,14 @@ LONG = 300   # the inner tests' lease duration: an end seen sooner came from the
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[PyqgaAgent]:
-    require_root()
-    with PyqgaAgent(tmp_path / "agent", ["--enable-faults"]) as running:
+    with fault_agent(tmp_path / "agent") as running:
         yield running
 
 
 @pytest.fixture
 def sleepers() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started = [subprocess.Popen(["sleep", "600"]) for _ in range(2)]
-    try:
+    with own_processes(["sleep", "600"], 2) as started:
         yield started
-    finally:
-        for process in started:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGCONT)
-            process.kill()
-            process.wait()
 
 
 def assert_clean(agent: PyqgaAgent, processes: list[subprocess.Popen[bytes]]) -> None:

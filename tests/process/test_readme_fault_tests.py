@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from pyqga.host_client import AgentClient
-from tests.rig.agent_process import PyqgaAgent, process_state
+from tests.rig.agent_process import PyqgaAgent, fault_agent, process_state
 from tests.rig.paths import REPO_ROOT
-from tests.rig.requirements import require_root
 
 pytest_plugins = ["pytester"]
 
@@ -57,8 +56,7 @@ def test_the_readme_example_is_about_twenty_lines() -> None:
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[PyqgaAgent]:
-    require_root()
-    with PyqgaAgent(tmp_path / "agent", ["--enable-faults"]) as running:
+    with fault_agent(tmp_path / "agent") as running:
         yield running
 
 

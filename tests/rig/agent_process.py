@@ -17,11 +17,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from tests.rig.paths import REPO_ROOT
+from tests.rig.requirements import require_root
 from tests.rig.sockets import connect_unix
 
 START_TIMEOUT = 15.0
@@ -174,3 +175,27 @@ def keeper_of(agent_pid: int) -> int | None:
                 if int(stat[1]) == agent_pid and b"pyqga.agent.keeper" in (entry / "cmdline").read_bytes():
                     return int(entry.name)
     return None
+
+
+@contextlib.contextmanager
+def fault_agent(workdir: Path) -> Iterator[PyqgaAgent]:
+    """A running agent with ``--enable-faults`` (root: its faults pause and signal processes)."""
+    require_root()
+    with PyqgaAgent(workdir, ["--enable-faults"]) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def own_processes(argv: Sequence[str], count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``count`` processes of ``argv`` that this test starts: the only ones a fault test may
+    pause or kill.  At the end each is continued (a test may leave one paused), killed and
+    reaped."""
+    started = [subprocess.Popen(list(argv)) for _ in range(count)]
+    try:
+        yield started
+    finally:
+        for process in started:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGCONT)
+            process.kill()
+            process.wait()
