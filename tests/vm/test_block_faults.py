@@ -17,7 +17,6 @@ filesystem consistent, with a clean ``e2fsck -fn`` of the unmounted filesystem.
 
 from __future__ import annotations
 
-import base64
 import json
 import statistics
 import time
@@ -31,7 +30,7 @@ from pyqga.host_client.power_cut import power_cut
 from pyqga.host_client.qmp import QMPConnection
 from tests.rig import durability
 from tests.rig.guest_files import DATA_LAYER
-from tests.rig.guest_shell import fsck_clean, sh
+from tests.rig.guest_shell import fsck_clean, output_json, sh
 from tests.rig.image import GuestImage
 from tests.rig.machine import GuestVM
 
@@ -372,15 +371,8 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 def _wait(client: AgentClient, pid: int, limit: float = 60.0) -> list[list[Any]]:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        status = client.call("guest-exec-status", {"pid": pid})
-        if status["exited"]:
-            assert status.get("exitcode") == 0, base64.b64decode(status.get("err-data", ""))
-            samples: list[list[Any]] = json.loads(base64.b64decode(status["out-data"]))
-            return samples
-        time.sleep(0.3)
-    raise AssertionError("the probe did not finish")
+    samples: list[list[Any]] = output_json(client, pid, limit, "the probe", 0.3)
+    return samples
 
 
 # In the guest: an agent whose own files (its pyqga package) live on /data, driven over a unix

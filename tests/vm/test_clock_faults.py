@@ -12,7 +12,6 @@ clock of the events' ``mono``.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import itertools
 import json
@@ -25,6 +24,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from pyqga.host_client import AgentCallError, AgentClient
+from tests.rig.guest_shell import output_json
 from tests.rig.image import GuestImage
 from tests.rig.machine import GuestVM
 
@@ -101,16 +101,8 @@ class Probe:
         raise AssertionError("the probe did not start")
 
     def rows(self) -> list[list[Any]]:
-        end = time.monotonic() + self.seconds + 60
-        while time.monotonic() < end:
-            status = self.rig.hands.call("guest-exec-status", {"pid": self.pid})
-            if status["exited"]:
-                text = base64.b64decode(status.get("out-data", "")).decode()
-                assert status.get("exitcode") == 0, base64.b64decode(status.get("err-data", ""))
-                rows: list[list[Any]] = json.loads(text)
-                return rows
-            time.sleep(0.2)
-        raise AssertionError("the probe did not finish")
+        rows: list[list[Any]] = output_json(self.rig.hands, self.pid, self.seconds + 60, "the probe", 0.2)
+        return rows
 
 
 def inject(rig: Rig, kind: str, params: dict[str, Any], duration: float, target: str = "clock",

@@ -39,7 +39,6 @@ no fault moves the raw clock, and the guest runs no time daemon).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import secrets
@@ -53,7 +52,7 @@ from pyqga.agent.faults.resources import memory_cap_mib, parse_meminfo
 from pyqga.agent.faults.snapshot import FAULTS_STATE
 from pyqga.host_client import AgentCallError, AgentClient
 from tests.rig.guest_files import AGENT_COMMANDS, DATA_LAYER
-from tests.rig.guest_shell import sh
+from tests.rig.guest_shell import output_json, sh
 from tests.rig.image import GuestImage
 from tests.rig.machine import GuestVM
 from tests.vm.test_block_faults import dm_table, make_file
@@ -474,17 +473,8 @@ class Rig:
         return pid, nonce
 
     def result(self, pid: int, limit: float) -> dict[str, Any]:
-        end = time.monotonic() + limit
-        while time.monotonic() < end:
-            status = self.hands.call("guest-exec-status", {"pid": pid})
-            if status["exited"]:
-                text = base64.b64decode(status.get("out-data", "")).decode(errors="replace")
-                errors = base64.b64decode(status.get("err-data", "")).decode(errors="replace")
-                assert status.get("exitcode") == 0 and text.strip(), f"cell program failed: {text}{errors}"
-                out: dict[str, Any] = json.loads(text)
-                return out
-            time.sleep(0.05)
-        raise AssertionError(f"the cell program did not finish in {limit} s")
+        out: dict[str, Any] = output_json(self.hands, pid, limit, "the cell program")
+        return out
 
     def wait_marker(self, nonce: str, limit: float = 30.0) -> None:
         end = time.monotonic() + limit

@@ -17,6 +17,7 @@ import pytest
 
 from pyqga.host_client import AgentCallError, AgentClient
 from tests.rig.agent_process import agent_env
+from tests.rig.guest_shell import output_json
 from tests.rig.image import GuestImage
 from tests.rig.machine import GuestVM
 
@@ -132,13 +133,5 @@ def test_repeated_stalls_follow_the_schedule(vm: GuestVM, serial: AgentClient) -
 
 
 def _wait_for_probe(client: AgentClient, pid: int, limit: float = 60.0) -> list[list[float]]:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        status = client.call("guest-exec-status", {"pid": pid})
-        if status["exited"]:
-            import base64
-
-            assert status.get("exitcode") == 0, base64.b64decode(status.get("err-data", ""))
-            return json.loads(base64.b64decode(status["out-data"]))
-        time.sleep(0.5)
-    raise AssertionError("the probe did not finish")
+    samples: list[list[float]] = output_json(client, pid, limit, "the probe", 0.5)
+    return samples

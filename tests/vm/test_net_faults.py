@@ -15,7 +15,6 @@ on virtio-serial while every fault holds: its channel is not IP, so no network f
 
 from __future__ import annotations
 
-import base64
 import json
 import statistics
 import time
@@ -25,7 +24,7 @@ from typing import Any
 import pytest
 
 from pyqga.host_client import AgentCallError, AgentClient
-from tests.rig.guest_shell import sh
+from tests.rig.guest_shell import output_json, sh
 from tests.rig.image import GuestImage
 from tests.rig.machine import GuestVM
 
@@ -115,17 +114,8 @@ class Net:
         return pid
 
     def probes(self, pid: int, limit: float = 120.0) -> dict[str, Any]:
-        end = time.monotonic() + limit
-        while time.monotonic() < end:
-            status = self.hands.call("guest-exec-status", {"pid": pid})
-            if status["exited"]:
-                out = base64.b64decode(status.get("out-data", "")).decode(errors="replace")
-                err = base64.b64decode(status.get("err-data", "")).decode(errors="replace")
-                assert status.get("exitcode") == 0 and out.strip(), f"client failed: {out}{err}"
-                result: dict[str, Any] = json.loads(out)
-                return result
-            time.sleep(0.05)
-        raise AssertionError(f"the client did not finish in {limit} s")
+        result: dict[str, Any] = output_json(self.hands, pid, limit, "the client")
+        return result
 
     def probe(self, count: int, interval: float, wait: float = 0.5, size: int = 64,
               ping_subject: bool = True) -> dict[str, Any]:
