@@ -202,7 +202,7 @@ class Lease:
         return f"fault {self.id} ({self.kind} on {self.target})"
 
 
-def _parsed(method: str, address: str, build: Callable[[], T], reply: Any) -> T:
+def parsed_reply(method: str, address: str, build: Callable[[], T], reply: Any) -> T:
     """``build()``, or one line naming the method if the agent's reply has another shape."""
     try:
         return build()
@@ -261,7 +261,7 @@ def inject_request(kind: str, target: str, duration: float, params: Mapping[str,
 def inject_op(session: Session, request: Mapping[str, Any]) -> Op[Lease]:
     method = "guest-fault-inject"
     reply = yield from session.call(method, request)
-    return _parsed(method, session.address, lambda: Lease(
+    return parsed_reply(method, session.address, lambda: Lease(
         str(reply["id"]), str(reply.get("kind", request["kind"])),
         str(reply.get("target", request["target"])), float(reply["deadline"]),
         float(reply.get("duration", request["duration"])), dict(request.get("params") or {})), reply)
@@ -273,7 +273,7 @@ def plan_op(session: Session, seed: int, steps: Sequence[Mapping[str, Any]], rep
     method = "guest-fault-plan"
     request = {"seed": seed, "steps": [dict(step) for step in steps], "repeat": repeat}
     reply = yield from session.call(method, request if start is None else {**request, "start": start})
-    return _parsed(method, session.address, lambda: Plan(
+    return parsed_reply(method, session.address, lambda: Plan(
         str(reply["id"]), str(reply["hash"]), float(reply["deadline"]), int(reply["faults"]),
         tuple(dict(entry) for entry in reply["schedule"]),
         None if reply.get("start") is None else float(reply["start"])), reply)
@@ -282,13 +282,13 @@ def plan_op(session: Session, seed: int, steps: Sequence[Mapping[str, Any]], rep
 def list_op(session: Session) -> Op[list[ActiveFault]]:
     method = "guest-fault-list"
     reply = yield from session.call(method)
-    return _parsed(method, session.address, lambda: [_active(entry) for entry in reply], reply)
+    return parsed_reply(method, session.address, lambda: [_active(entry) for entry in reply], reply)
 
 
 def revert_op(session: Session, lease_id: str | None) -> Op[int]:
     """How many leases this revert began to end (all of them without ``lease_id``)."""
     reply = yield from session.call("guest-fault-revert", {} if lease_id is None else {"id": lease_id})
-    return _parsed("guest-fault-revert", session.address, lambda: int(reply), reply)
+    return parsed_reply("guest-fault-revert", session.address, lambda: int(reply), reply)
 
 
 def is_not_active(error: AgentCallError) -> bool:
@@ -310,14 +310,14 @@ def end_lease_op(session: Session, lease_id: str) -> Op[bool]:
 def events_op(session: Session, since: int) -> Op[tuple[list[FaultEvent], int]]:
     method = "guest-fault-events"
     reply = yield from session.call(method, {"since": since} if since else {})
-    return _parsed(method, session.address,
+    return parsed_reply(method, session.address,
                    lambda: ([_event(raw) for raw in reply["events"]], int(reply["cursor"])), reply)
 
 
 def capabilities_op(session: Session, target: str | None) -> Op[FaultCapabilities]:
     method = "guest-fault-capabilities"
     reply = yield from session.call(method, {} if target is None else {"target": target})
-    return _parsed(method, session.address, lambda: FaultCapabilities(
+    return parsed_reply(method, session.address, lambda: FaultCapabilities(
         tuple(_kind(raw) for raw in reply["kinds"]), str(reply["boot-id"])), reply)
 
 

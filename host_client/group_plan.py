@@ -49,11 +49,11 @@ from pyqga.host_client.faults import (
     WAIT_GRACE,
     FaultEvent,
     Plan,
-    _parsed,
     capabilities_op,
     end_lease_op,
     events_op,
     list_op,
+    parsed_reply,
     plan_op,
     restart_from,
 )
@@ -338,7 +338,7 @@ def clock_op(session: Session) -> Op[tuple[float, float, float | None, int]]:
         number = not isinstance(mono, bool) and isinstance(mono, int | float)
         return sent, replied, float(mono) if number else None, int(reply["cursor"])
 
-    return _parsed("guest-fault-events", session.address, parse, reply)
+    return parsed_reply("guest-fault-events", session.address, parse, reply)
 
 
 async def _prepare(clients: dict[str, AsyncAgentClient], schedule: plans.Schedule) -> dict[str, Clock]:
