@@ -407,9 +407,13 @@ def call(command, arguments):
             data += s.recv(65536)
         return json.loads(data)
 end = time.monotonic() + 120
-while not os.path.exists(sock_path):
-    assert time.monotonic() < end, "the agent on /data did not start"
-    time.sleep(0.1)
+while True:   # the socket's file exists from bind(), before listen(): wait for an answer
+    try:
+        call("guest-ping", {})
+        break
+    except (FileNotFoundError, ConnectionRefusedError):
+        assert time.monotonic() < end and agent.poll() is None, "the agent on /data did not start"
+        time.sleep(0.1)
 out = {"agent-file": call("guest-fault-capabilities", {"target": "/data"}) and os.path.realpath(copy)}
 refused = call("guest-fault-inject", {"kind": "io-stall", "target": "/data", "duration": 2})
 out["refused"] = refused.get("error", {}).get("desc")
