@@ -340,7 +340,6 @@ class LinuxFaultKernel:
     def netem_remove(self, dev: str, handle: str) -> None:
         nettools.netem_remove(dev, handle)
 
-
     def spawn(self, worker: str, token: str, args: Mapping[str, Any]) -> None:
         """Start the worker and return once it holds; StepError with its reason if it cannot.
         A worker left behind by a failure is the undo's (reap) to end."""
