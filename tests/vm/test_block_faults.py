@@ -427,8 +427,14 @@ while dm.info("pyqga-data").suspended:
     time.sleep(0.02)
 out["late"] = round(time.monotonic() - deadline, 3)
 out["agent"] = agent.wait(10)
-events = [json.loads(line) for line in open(state + "/fault-events.jsonl")]
-out["ended"] = [(e["event"], e.get("reason")) for e in events if e["event"] in ("reverted", "expired")]
+# The keeper records the end after its undo (the resume seen above): wait for the line, 10 s at most.
+end = time.monotonic() + 10
+while True:
+    events = [json.loads(line) for line in open(state + "/fault-events.jsonl")]
+    out["ended"] = [(e["event"], e.get("reason")) for e in events if e["event"] in ("reverted", "expired")]
+    if out["ended"] or time.monotonic() > end:
+        break
+    time.sleep(0.05)
 shutil.rmtree(copy, ignore_errors=True)
 print(json.dumps(out))
 """
