@@ -32,6 +32,7 @@ from pyqga.agent.faults.recipes import FaultKernel, LinuxFaultKernel, run_steps,
 from pyqga.agent.faults.snapshot import FAULTS_STATE, parse_leases
 from pyqga.agent.faults.timeline import Timeline, read_boot_id
 from pyqga.agent.faults.vocabulary import (
+    SPAWN_WAIT,
     Action,
     Apply,
     EndReason,
@@ -47,6 +48,7 @@ from pyqga.agent.freeze.statefile import StateFile
 
 PLAN_KIND = "plan"   # the kind of a plan's own lease (it holds no device, its faults do)
 PLAN_MARGIN = 1.0    # a plan's lease outlives its last fault's deadline by this much
+REVERT_WAIT = SPAWN_WAIT + 5.0   # the longest a revert waits for an apply in flight (a worker's start)
 
 
 class KeeperLink(Protocol):
@@ -209,10 +211,16 @@ class FaultEngine:
                 self.revert(child, EndReason.PLAN)
 
     def revert(self, lease_id: str | None, reason: EndReason = EndReason.REVERT) -> int:
-        """End one lease or all; how many this call ended."""
+        """End one lease or all; how many this call ended.  Returns once they are over, so a
+        host that lists right after sees them gone: a lease still being applied (a plan's step
+        that just started) ends when its apply returns, on the applying thread, and this call
+        waits for that too (at most :data:`REVERT_WAIT`; a failed undo stays listed)."""
         with self._lock:
+            chosen = [lease_id] if lease_id is not None else list(self.book.leases)
             count, actions = self.book.revert(lease_id, reason, self.clock())
         self._drive(actions)
+        with self._lock:
+            self._wake.wait_for(lambda: not self.book.settling(chosen), REVERT_WAIT)
         return count
 
     def leases(self) -> list[dict[str, Any]]:
@@ -248,6 +256,7 @@ class FaultEngine:
                                    action.lease.target, error)
                 with self._lock:
                     queue.extend(self.book.applied(action.lease.id, self.clock(), error, changed))
+                    self._wake.notify_all()
             elif isinstance(action, Undo):
                 if action.lease.kind == PLAN_KIND:
                     self._end_plan(action.lease.id)

@@ -184,6 +184,15 @@ class LeaseBook:
         wanted = set(device.split(","))
         return next((lease for lease in self.leases.values() if wanted & set(lease.device.split(","))), None)
 
+    def settling(self, lease_ids: Iterable[str]) -> list[str]:
+        """Those of ``lease_ids`` still on their way out: being applied (a revert asked meanwhile
+        runs once the apply returns) or being undone.  A failed undo waiting for its retry has
+        settled for now: guest-fault-list shows it."""
+        def moving(lease: Lease | None) -> bool:
+            return lease is not None and (lease.phase is Phase.ARMING
+                                          or (lease.phase is Phase.REVERTING and lease.retry_at is None))
+        return [lease_id for lease_id in lease_ids if moving(self.leases.get(lease_id))]
+
     def next_wakeup(self) -> float | None:
         """The monotonic instant :meth:`tick` has something to do, or None."""
         times = [lease.deadline_mono for lease in self.leases.values() if lease.phase is Phase.ACTIVE

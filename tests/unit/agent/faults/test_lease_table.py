@@ -418,3 +418,17 @@ def test_a_deadline_is_always_finite_and_in_range() -> None:
         for lease in build().book.leases.values():
             assert math.isfinite(lease.deadline_mono) and 0 < lease.duration <= MAX_DURATION
             assert lease.deadline_mono == lease.started_mono + lease.duration
+
+
+SETTLING: dict[str, list[str]] = {
+    "empty": [], "arming": ["f1"], "arming, revert asked": ["f1"], "active": [], "reverting": ["f1"],
+    "undo failed": [], "undo failed, retry due": [], "one active, one arming": ["f2"], "restored": ["f7"],
+}
+
+
+@pytest.mark.parametrize("state", SETTLING)
+def test_settling_is_what_a_revert_waits_for(state: str) -> None:
+    """guest-fault-revert returns once these are gone: a lease still applying or being undone
+    (a plan's step reverted as it starts was listed after its plan's revert had returned)."""
+    book = STATES[state]().book
+    assert book.settling([*book.leases, "f99"]) == SETTLING[state]
