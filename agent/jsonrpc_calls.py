@@ -1,32 +1,25 @@
-"""Calling a command's handler through jsonrpcserver, by its public API; the one module that
-knows jsonrpcserver.
+"""Calling a command's handler through jsonrpcserver; the one module that knows jsonrpcserver.
 
 jsonrpcserver is the chosen dispatcher: it calls the method with the agent as context and turns
-any exception that is not ours into an internal error (logged by its ``jsonrpcserver``
-logger).  ``protocol/`` has already checked the envelope and the registry the parameters, so its
-parsing and JSON-schema validation are switched off through its own options (``deserializer``,
-``validator``: the schema step alone cost ~45 us a request).  Each handler is wrapped once in a
-method that returns ``Success(result)``, or ``Error(..., data=error)`` for an
-:class:`AgentError`, which comes back whole as the error's data.  The method's
-``__signature__`` says "the agent, then any keywords", so jsonrpcserver's own
-``signature().bind`` check of the parameters is cheap (~4 us less than inspecting the wrapper
-each time); the registry's check is the one that words the errors.
+any exception that is not ours into an internal error (logged by its ``jsonrpcserver`` logger).
+Each handler is wrapped once in a method that returns ``Success(result)``, or
+``Error(..., data=error)`` for an :class:`AgentError`, which comes back whole as the error's data.
 
-What the public API costs, against the previous route (``jsonrpcserver.dispatcher.call`` with the
-package registered bare in ``sys.modules`` to skip its ``__init__``, and the result unwrapped
-through oslash's private ``_value``/``_error``), measured on the 2-CPU development machine,
-both trees alternated in the same minutes (issue 18):
-- the call alone: ~9.5 us through ``dispatch_to_serializable`` against ~0.9 us through
-  ``dispatcher.call`` (its pipeline of ``Either`` binds, partials and namedtuples, and the
-  ``signature().bind`` check: no public option skips them);
-- from bytes in to the transport's write, in process (best of 9 x 5,000): ``guest-ping`` with an
-  id 4.75 -> 13.7 us, ``guest-sync`` 5.3 -> 14.4 us (JSON-RPC 5.6 -> 15.0 us),
-  ``guest-fsfreeze-status`` 4.7 -> 14.1 us; a request refused before any call (unknown
-  command) 4.6 -> 4.8 us;
-- start-up: importing the package ``__init__`` also loads jsonschema (it builds its request
-  schema validator at import), its async API and its HTTP server: importing the agent's modules
-  under ``/usr/bin/python3`` 96 -> 139 ms, resident 26.9 -> 32.5 MB (medians of 9);
-  ``bench/rpc.py``'s resident size after 10,000 requests 23.5 -> 29.2 MB, over its 25 MB target.
+Only the part of jsonrpcserver that calls a method is loaded: its ``dispatcher`` (``call``,
+``to_response``), ``request``, ``response`` and ``result`` modules, not its package
+``__init__``, which also imports its JSON-schema validator (jsonschema, referencing, rpds, attrs:
+the schema built at import), its asyncio API and its HTTP server (``http.server``), none of which
+the agent uses: ``protocol/`` checks the envelope and the registry the method and its parameters,
+so the pipeline around ``call`` (deserialize, validate, look up, ``signature().bind``) would only
+repeat them.  What that saved (issue 22), under ``/usr/bin/python3`` on the 2-CPU development
+machine: the call from 9.5 to 1.8 us a request (``call`` and the response helpers against
+``dispatch_to_serializable`` with its deserializer and validator switched off), and start-up
+imports of jsonschema & co (~45 ms, ~5 MB resident; see BENCHMARKS.md, bench/footprint.py).
+
+The package object is registered bare in ``sys.modules`` only while those modules load, then
+removed: a later ``import jsonrpcserver`` (a test, a host tool in the same process) runs its
+``__init__`` as usual and gets the same submodules, so ``jsonrpcserver.Success`` is this
+module's ``Success``.  If jsonrpcserver is imported whole already, its modules are used as they are.
 
 Everything is imported when this module is (the agent imports it before serving): an import
 reads and may write the disk, which must not happen while a filesystem is frozen.
@@ -34,28 +27,38 @@ reads and may write the disk, which must not happen while a filesystem is frozen
 
 from __future__ import annotations
 
-import inspect
-import warnings
+import importlib.util
+import sys
 from collections.abc import Callable, Iterable
+from types import ModuleType
 from typing import Any
 
 from pyqga.agent.errors import AgentExtraMissing
 from pyqga.agent.registry import Command
 from pyqga.protocol.errors import AgentError, ErrorKind
 
-with warnings.catch_warnings():
-    # jsonrpcserver 5 reads its schema with importlib.resources.read_text, deprecated in 3.11.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    try:
-        from jsonrpcserver import Error, Success, dispatch_to_serializable
-    except ModuleNotFoundError as missing:  # jsonrpcserver, or one of its own dependencies
-        raise AgentExtraMissing(missing.name or "jsonrpcserver") from None
+PACKAGE = "jsonrpcserver"
+PARTS = ("dispatcher", "request", "response", "result")   # what calling a method needs
 
-# "the agent, then any keywords": the parameters were checked by the registry already.
-_SIGNATURE = inspect.Signature([
-    inspect.Parameter("agent", inspect.Parameter.POSITIONAL_ONLY),
-    inspect.Parameter("params", inspect.Parameter.VAR_KEYWORD),
-])
+
+def _load_parts() -> list[ModuleType]:
+    """jsonrpcserver's :data:`PARTS`, without its package ``__init__`` (module docstring)."""
+    if PACKAGE in sys.modules:
+        return [importlib.import_module(f"{PACKAGE}.{part}") for part in PARTS]
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None:
+        raise AgentExtraMissing(PACKAGE)
+    sys.modules[PACKAGE] = importlib.util.module_from_spec(spec)
+    try:
+        return [importlib.import_module(f"{PACKAGE}.{part}") for part in PARTS]
+    except ModuleNotFoundError as missing:  # one of jsonrpcserver's own dependencies (oslash)
+        raise AgentExtraMissing(missing.name or PACKAGE) from None
+    finally:
+        del sys.modules[PACKAGE]
+
+
+_dispatcher, _request, _response, _result = _load_parts()
+Success, Error = _result.Success, _result.Error
 _FAILED = ErrorKind.COMMAND_FAILED.code
 
 
@@ -68,17 +71,7 @@ def _as_method(command: Command) -> Callable[..., Any]:
         except AgentError as error:  # carried whole, as the data of the error result
             return Error(_FAILED, error.message, error)
 
-    method.__signature__ = _SIGNATURE  # type: ignore[attr-defined]
     return method
-
-
-def _decoded(request: dict[str, Any]) -> dict[str, Any]:
-    """The request is decoded and checked already: handed to jsonrpcserver as it is."""
-    return request
-
-
-def _valid(request: dict[str, Any]) -> None:
-    """No schema check: ``protocol/`` checked the envelope, the registry the parameters."""
 
 
 class Calls:
@@ -91,12 +84,10 @@ class Calls:
     def call(self, name: str, params: dict[str, Any]) -> Any:
         """``name``'s handler's result; raises :class:`AgentError` for its failure, and for an
         exception of ours (a bug) an internal error naming the command."""
-        response = dispatch_to_serializable(
-            # An id (null) so jsonrpcserver answers: a notification is the protocol's business.
-            {"method": name, "params": params, "id": None},
-            self._methods, context=self._agent, deserializer=_decoded, validator=_valid)
-        # One request with an id: jsonrpcserver answers with one response object.
-        assert isinstance(response, dict), f"jsonrpcserver answered {type(response).__name__}"
+        # An id (null) so jsonrpcserver answers: a notification is the protocol's business.
+        request = _request.Request(name, params, None)
+        outcome = _dispatcher.call(request, self._agent, self._methods[name])
+        response: dict[str, Any] = _response.to_serializable_one(_dispatcher.to_response(request, outcome))
         if "result" in response:
             return response["result"]
         failure = response["error"].get("data")

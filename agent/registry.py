@@ -142,6 +142,22 @@ class Registry:
 
 def build_registry() -> Registry:
     """Every command the agent knows, from every commands module."""
-    from pyqga.agent.commands import COMMAND_MODULES
+    from pyqga.agent.commands import (
+        accounts,
+        core,
+        cpus_memory,
+        disks,
+        exec,
+        faults,
+        files,
+        fsfreeze,
+        network,
+        power,
+        stats,
+        system,
+        users,
+    )
 
-    return Registry(command for module in COMMAND_MODULES for command in module.COMMANDS)
+    modules = (core, fsfreeze, faults, exec, files, system, network, stats, cpus_memory, disks, users,
+               accounts, power)
+    return Registry(command for module in modules for command in module.COMMANDS)

@@ -1,20 +1,5 @@
-"""Command modules; each exports ``COMMANDS``, a tuple of :class:`pyqga.agent.registry.Command`."""
+"""Command modules; each exports ``COMMANDS``, a tuple of :class:`pyqga.agent.registry.Command`.
 
-from pyqga.agent.commands import (
-    accounts,
-    core,
-    cpus_memory,
-    disks,
-    exec,
-    faults,
-    files,
-    fsfreeze,
-    network,
-    power,
-    stats,
-    system,
-    users,
-)
-
-COMMAND_MODULES = (core, fsfreeze, faults, exec, files, system, network, stats, cpus_memory, disks, users,
-                   accounts, power)
+:func:`pyqga.agent.registry.build_registry` imports them all; nothing is imported here, so a
+process that needs one helper module (the keeper reads kernel files through
+:mod:`.kernel_files`) does not load every command the agent has."""

@@ -4,7 +4,9 @@ tests/unit/agent/."""
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -53,7 +55,20 @@ def test_a_bug_is_an_internal_error_naming_the_command(caplog: pytest.LogCapture
     assert "buggy failed" in caplog.text
 
 
-def test_jsonrpcserver_is_imported_as_a_package_like_any_other() -> None:
-    """No bare package registered in sys.modules: its public names are there."""
-    package = sys.modules["jsonrpcserver"]
-    assert all(hasattr(package, name) for name in package.__all__)
+PROBE = """
+import sys
+import pyqga.agent.jsonrpc_calls as calls
+print(sorted(m for m in ("jsonrpcserver", "jsonrpcserver.main", "jsonrpcserver.server", "jsonschema",
+                         "http.server", "asyncio") if m in sys.modules))
+import jsonrpcserver
+print(jsonrpcserver.Success is calls.Success, all(hasattr(jsonrpcserver, n) for n in jsonrpcserver.__all__))
+"""
+
+
+def test_only_what_calls_a_method_is_loaded_and_the_package_imports_whole_later() -> None:
+    """Not jsonrpcserver's ``__init__`` (its schema validator, asyncio API and HTTP server), and
+    no bare package left in sys.modules: a later ``import jsonrpcserver`` gets the same classes."""
+    proc = subprocess.run([sys.executable, "-B", "-c", PROBE], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).parents[3])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["[]", "True True"], proc.stdout
