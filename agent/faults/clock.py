@@ -25,7 +25,6 @@ slew the clock back during the fault; the revert still sets true time.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +34,7 @@ from pyqga.agent.faults.machine import Refused
 from pyqga.agent.faults.processes import all_pids, comm
 from pyqga.agent.faults.recipes import process_state
 from pyqga.agent.faults.timeline import read_boot_id
+from pyqga.agent.faults.tokens import token_hex
 from pyqga.agent.faults.vocabulary import Kind, Step
 
 TARGET = DEVICE = "clock"
@@ -104,7 +104,7 @@ def _strobe(target: str, params: Mapping[str, Any], force: bool, context: Contex
     _check(Kind.CLOCK_STROBE, target, force)
     offset = _offset_ns(Kind.CLOCK_STROBE, params.get("offset"))
     ref = timekeeping.reference()
-    token = secrets.token_hex(8)
+    token = token_hex(8)
     args = {"real-ns": ref.real_ns, "mono-ns": ref.mono_ns, "offset-ns": offset,
             "interval-ns": round(params["interval"] * timekeeping.NS)}
     # reap first: a worker still running could jump the clock again after the clock-set

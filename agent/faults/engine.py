@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import secrets
 import threading
 import time
 from collections import deque
@@ -31,6 +30,7 @@ from pyqga.agent.faults.machine import LeaseBook, Refused, leases_view
 from pyqga.agent.faults.recipes import FaultKernel, LinuxFaultKernel, run_steps, undo_order
 from pyqga.agent.faults.snapshot import FAULTS_STATE, parse_leases
 from pyqga.agent.faults.timeline import Timeline, read_boot_id
+from pyqga.agent.faults.tokens import token_hex
 from pyqga.agent.faults.vocabulary import (
     SPAWN_WAIT,
     Action,
@@ -176,7 +176,7 @@ class FaultEngine:
         ahead = 0.0 if start is None else plans.check_start(start, self.clock().mono)
         self._need_keeper()   # before the plan's clock starts (with a start ahead: meanwhile)
         about = {"seed": seed, "hash": schedule.digest, "faults": len(schedule.entries)}
-        request = Prepared(PLAN_KIND, PLAN_KIND, about, f"plan:{secrets.token_hex(6)}", (), (),
+        request = Prepared(PLAN_KIND, PLAN_KIND, about, f"plan:{token_hex(6)}", (), (),
                            ahead + schedule.span + PLAN_MARGIN)
         with self._lock:
             lease, actions = self.book.inject(request, self.clock())

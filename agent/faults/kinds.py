@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import math
 import os
-import secrets
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from pyqga.agent.faults.machine import Refused
+from pyqga.agent.faults.tokens import token_hex
 from pyqga.agent.faults.vocabulary import Kind, Step
 from pyqga.agent.freeze.mounts import Mount, read_mountinfo
 
@@ -159,7 +159,7 @@ def _disk_full(target: str, params: Mapping[str, Any], force: bool, context: Con
     if device_key(mount) == context.state_device and not force:
         raise Refused(f"{mount.mountpoint} holds the agent's state directory, where it records its faults; "
                       "pass force to fill it anyway")
-    fill = os.path.join(mount.mountpoint, FILL_PREFIX + secrets.token_hex(6))
+    fill = os.path.join(mount.mountpoint, FILL_PREFIX + token_hex(6))
     return Spec(device_key(mount), ({"op": "fill", "path": fill, "free-bytes": params["free-bytes"]},),
                 ({"op": "unlink", "path": fill},), params)
 

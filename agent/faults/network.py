@@ -19,7 +19,6 @@ any of these, and a rule that names it is refused.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +26,7 @@ from pyqga.agent.faults import nettools
 from pyqga.agent.faults.block import module_missing
 from pyqga.agent.faults.kinds import Context, ParamSpec, Preparer, Spec
 from pyqga.agent.faults.machine import Refused
+from pyqga.agent.faults.tokens import randbelow, token_hex
 from pyqga.agent.faults.vocabulary import Kind
 
 ANY = "any"
@@ -93,7 +93,7 @@ def _partition(target: str, params: Mapping[str, Any], force: bool, context: Con
         nettools.port_ranges(ports)
     except ValueError as e:
         raise Refused(f"{kind.value}: {e}") from None
-    table = "pyqga-" + secrets.token_hex(6)
+    table = "pyqga-" + token_hex(6)
     apply = {"op": "nft-table", "table": table, "iface": iface, "peers": peers, "ports": ports,
              "protocol": params["protocol"], "direction": params["direction"]}
     return Spec(f"nft:{table}", (apply,), ({"op": "nft-delete", "table": table},), params)
@@ -115,7 +115,7 @@ def _netem(kind: Kind) -> Preparer:
                               "revert restores only the kernel's default root qdisc, so this is refused: "
                               "pass force to replace it (revert then leaves the kernel's default)")
             mode = "replace"
-        handle = f"{0x1000 + secrets.randbelow(0x6fff):x}"
+        handle = f"{0x1000 + randbelow(0x6fff):x}"
         if f"{handle}:" == root.handle:
             handle = f"{int(handle, 16) + 1:x}"
         apply = {"op": "netem", "dev": dev, "handle": handle, "args": netem_args(kind, params), "mode": mode}

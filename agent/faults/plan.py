@@ -23,15 +23,22 @@ over that is refused before anything is drawn.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pyqga.agent.faults.machine import Refused, check_duration
 from pyqga.agent.faults.vocabulary import MAX_DURATION
+
+if TYPE_CHECKING:
+    from hashlib import sha256
+else:
+    try:  # CPython's own SHA-256: hashlib would load OpenSSL's libcrypto (~2 MB a process) for it
+        from _sha256 import sha256
+    except ImportError:  # another build or version (3.12 names it _sha2)
+        from hashlib import sha256
 
 MAX_ENTRIES = 1000
 MAX_LEAD = 60.0    # seconds a plan's start may be ahead of the guest's clock
@@ -122,7 +129,7 @@ def check_start(start: Any, now: float) -> float:
 def digest(entries: Sequence[Entry]) -> str:
     """SHA-256 of the entries' canonical JSON: equal digests, equal schedules."""
     canonical = json.dumps([entry.as_dict() for entry in entries], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return sha256(canonical.encode()).hexdigest()
 
 
 def part(schedule: Schedule, guest: str) -> list[Entry]:

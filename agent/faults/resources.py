@@ -16,13 +16,13 @@ Caps, refused beyond:
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Mapping
 from typing import Any
 
 from pyqga.agent.commands.kernel_files import read_optional
 from pyqga.agent.faults.kinds import Context, ParamSpec, Preparer, Spec
 from pyqga.agent.faults.machine import Refused
+from pyqga.agent.faults.tokens import token_hex
 from pyqga.agent.faults.vocabulary import Kind
 
 MAX_PROCESSES_PER_CPU = 4
@@ -52,7 +52,7 @@ def memory_cap_mib(info: Mapping[str, int]) -> int:
 
 
 def _token() -> str:
-    return secrets.token_hex(8)
+    return token_hex(8)
 
 
 def _worker(device: str, worker: str, args: Mapping[str, Any], params: Mapping[str, Any]) -> Spec:
