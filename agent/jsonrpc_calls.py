@@ -16,10 +16,11 @@ machine: the call from 9.5 to 1.8 us a request (``call`` and the response helper
 ``dispatch_to_serializable`` with its deserializer and validator switched off), and start-up
 imports of jsonschema & co (~45 ms, ~5 MB resident; see BENCHMARKS.md, bench/footprint.py).
 
-The package object is registered bare in ``sys.modules`` only while those modules load, then
-removed: a later ``import jsonrpcserver`` (a test, a host tool in the same process) runs its
-``__init__`` as usual and gets the same submodules, so ``jsonrpcserver.Success`` is this
-module's ``Success``.  If jsonrpcserver is imported whole already, its modules are used as they are.
+The package objects (jsonrpcserver's and oslash's, see :data:`BARE`) are registered bare in
+``sys.modules`` only while those modules load, then removed: a later ``import jsonrpcserver`` (a
+test, a host tool in the same process) runs its ``__init__`` as usual and gets the same
+submodules, so ``jsonrpcserver.Success`` is this module's ``Success``.  If jsonrpcserver is
+imported whole already, its modules are used as they are.
 
 Everything is imported when this module is (the agent imports it before serving): an import
 reads and may write the disk, which must not happen while a filesystem is frozen.
@@ -39,22 +40,30 @@ from pyqga.protocol.errors import AgentError, ErrorKind
 
 PACKAGE = "jsonrpcserver"
 PARTS = ("dispatcher", "request", "response", "result")   # what calling a method needs
+# Loaded bare as well: oslash's __init__ imports its every monad (22 modules, ~0.8 MB) for the
+# one, Either, that jsonrpcserver's dispatcher uses.
+BARE = (PACKAGE, "oslash")
 
 
 def _load_parts() -> list[ModuleType]:
-    """jsonrpcserver's :data:`PARTS`, without its package ``__init__`` (module docstring)."""
+    """jsonrpcserver's :data:`PARTS`, without the ``__init__`` of :data:`BARE` (module docstring)."""
     if PACKAGE in sys.modules:
         return [importlib.import_module(f"{PACKAGE}.{part}") for part in PARTS]
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None:
-        raise AgentExtraMissing(PACKAGE)
-    sys.modules[PACKAGE] = importlib.util.module_from_spec(spec)
+    registered = []
     try:
+        for name in BARE:
+            if name not in sys.modules:
+                spec = importlib.util.find_spec(name)
+                if spec is None:
+                    raise AgentExtraMissing(name)
+                sys.modules[name] = importlib.util.module_from_spec(spec)
+                registered.append(name)
         return [importlib.import_module(f"{PACKAGE}.{part}") for part in PARTS]
-    except ModuleNotFoundError as missing:  # one of jsonrpcserver's own dependencies (oslash)
+    except ModuleNotFoundError as missing:  # another of jsonrpcserver's own dependencies
         raise AgentExtraMissing(missing.name or PACKAGE) from None
     finally:
-        del sys.modules[PACKAGE]
+        for name in registered:
+            del sys.modules[name]
 
 
 _dispatcher, _request, _response, _result = _load_parts()

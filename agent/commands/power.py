@@ -39,13 +39,13 @@ process has failed to suspend").
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pyqga.agent.errors import AgentFailure
+from pyqga.agent.programs import which
 from pyqga.agent.registry import Command
 from pyqga.protocol.errors import command_failed
 
@@ -88,7 +88,7 @@ def run_process_child(setup: SuspendSetup, argv: list[str]) -> int:
     """qemu's ``run_process_child``: the exit status, -1 when the program is not on PATH,
     :class:`_HelperError` when it could not be started for another reason."""
     search = setup.path if setup.path is not None else os.environ.get("PATH", os.defpath)
-    program = shutil.which(argv[0], path=search)
+    program = which(argv[0], search)
     if program is None:
         return -1
     try:

@@ -18,12 +18,12 @@ import ipaddress
 import json
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from pyqga.agent.errors import AgentFailure
+from pyqga.agent.programs import which
 
 TIMEOUT = 10.0   # seconds a nft or tc call may take
 MAX_ITEMS = 256  # peers, ports or netem words in one step
@@ -51,7 +51,7 @@ class RootQdisc(NamedTuple):
 
 def tool(name: str) -> str | None:
     """The path of ``nft`` or ``tc``, looked up in $PATH and the sbin directories."""
-    return shutil.which(name, path=os.environ.get("PATH", "") + ":" + SEARCH_PATH)
+    return which(name, os.environ.get("PATH", "") + ":" + SEARCH_PATH)
 
 
 def run(name: str, args: Sequence[str], stdin: bytes = b"") -> str:

@@ -8,7 +8,6 @@ kernel, which is how rollback is tested on real filesystems.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -35,7 +34,7 @@ def open_mountpoint(path: str) -> int:
 def _load_libc_syncfs() -> Any:
     """libc's syncfs(2): Python's os module has sync() but no syncfs()."""
     try:
-        func = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).syncfs
+        func = ctypes.CDLL(None, use_errno=True).syncfs  # the libc this process has
     except (OSError, AttributeError):
         return None
     func.argtypes = [ctypes.c_int]

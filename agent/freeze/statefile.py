@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import stat
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,8 @@ class StateFile:
         a reader sees the old state or the new one, never half of one."""
         data = json.dumps(snapshot, sort_keys=True, allow_nan=False).encode() + b"\n"
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.directory)
+        tmp = self.directory / f".{self.path.name}.{os.urandom(6).hex()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

@@ -59,9 +59,11 @@ PROBE = """
 import sys
 import pyqga.agent.jsonrpc_calls as calls
 print(sorted(m for m in ("jsonrpcserver", "jsonrpcserver.main", "jsonrpcserver.server", "jsonschema",
-                         "http.server", "asyncio") if m in sys.modules))
+                         "http.server", "asyncio", "oslash", "oslash.maybe") if m in sys.modules))
 import jsonrpcserver
-print(jsonrpcserver.Success is calls.Success, all(hasattr(jsonrpcserver, n) for n in jsonrpcserver.__all__))
+import oslash
+print(jsonrpcserver.Success is calls.Success, all(hasattr(jsonrpcserver, n) for n in jsonrpcserver.__all__),
+      oslash.Left is sys.modules["oslash.either"].Left)
 """
 
 
@@ -71,4 +73,4 @@ def test_only_what_calls_a_method_is_loaded_and_the_package_imports_whole_later(
     proc = subprocess.run([sys.executable, "-B", "-c", PROBE], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).parents[3])
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ["[]", "True True"], proc.stdout
+    assert proc.stdout.splitlines() == ["[]", "True True True"], proc.stdout
