@@ -78,6 +78,11 @@ def machine_line(qemu_ga: Path | str) -> str:
     )
 
 
+def load_average() -> str:
+    """The 1-minute load average: the machine is shared, so reports say how busy it was."""
+    return Path("/proc/loadavg").read_text().split()[0]
+
+
 def verdict(ok: bool) -> str:
     return "pass" if ok else "**FAIL**"
 

@@ -48,7 +48,14 @@ from bench.measured import (
     running_pyqga,
     running_qemu_ga,
 )
-from bench.report import machine_line, qemu_ga_problem, unwind_on_sigterm, verdict, write_section
+from bench.report import (
+    load_average,
+    machine_line,
+    qemu_ga_problem,
+    unwind_on_sigterm,
+    verdict,
+    write_section,
+)
 from tests.rig.agent_process import agent_command, agent_env, tmpfs_statedir
 from tests.rig.paths import REPO_ROOT
 from tests.rig.qemu_ga import QemuGa, ensure_qemu_ga
@@ -393,10 +400,6 @@ def request_table(results: list[CaseResult]) -> str:
             f"| ≥ {target:.1f}x | {result} | {cpu} |"
         )
     return "\n".join(lines)
-
-
-def load_average() -> str:
-    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def build_report(results: list[CaseResult], rss: dict[str, int] | None, start: dict[str, list[float]] | None,

@@ -1,4 +1,4 @@
-"""How long applications stall during a freeze: pyqga against the real qemu-ga.
+"""How long applications stall during a freeze: pyqga against the real qemu-ga and a floor.
 
     sudo python -m bench.stall [--rounds 5] [--size-mb 200] [--no-write]
 
@@ -12,11 +12,25 @@ checked first, and raised for the run only if they would flush that data early; 
 /proc/meminfo is recorded before each freeze). Then one agent gets
 ``guest-fsfreeze-freeze-list`` of the four mount points and, as soon as it answers,
 ``guest-fsfreeze-thaw``. Per freeze: the freeze latency (request to reply) and the worst stall,
-the longest probe write overlapping the window from the freeze request to the thaw reply. The
-agents alternate within each round (order swapped every round), ``--rounds`` freezes each. Not
-counted: a first freeze without data and WARMUP freezes with data per agent before the rounds
-(fresh images are slower at first). After them, IDLE_FREEZES freezes without data, each after
-1 s idle, show the floor: what a freeze-list of four clean filesystems costs anyway.
+the longest probe write overlapping the window from the freeze request to the thaw reply.
+
+The third contender is the floor, ``bench/stall_floor.py``: a minimal freezer, FIFREEZE on the
+four filesystems at once (a thread each), then, when all are frozen, FITHAW on them at once;
+nothing else (no state, no reply to build, no pre-flush, no round trip before the thaw). It runs
+as a process of its own, started once like the agents, and a freeze is a ``freeze`` line on its
+stdin: the freeze latency runs to its ``frozen`` line, the window to its ``thawed`` line. It
+freezes in the same rounds as the agents, after the same data, measured by the same probes.
+
+The three take turns within each round (the order changes every round), ``--rounds`` freezes
+each. Not counted: a first freeze without data and WARMUP freezes with data each before the
+rounds (fresh images are slower at first). After them, IDLE_FREEZES freezes each without data,
+each after 1 s idle: what a freeze of four clean filesystems costs, where pyqga is held to
+CLEAN_FLOOR_TARGET times the floor's worst stall. Those stalls come in steps of one RCU grace
+period (~8 ms here): each FIFREEZE waits for three, and the four share them or one falls a grace
+period behind, by chance (checked by hand: kicking off a grace period right before the four
+FIFREEZEs, so that all four wait for the next one together, made their stalls equal in most
+freezes). A median of them jumps a whole step between runs, so the floor's table compares
+interquartile means.
 
 A second set of freezes measures ``guest-ping`` while a freeze is in progress: a second
 connection sends a ping every 5 ms from the freeze request on, and the freeze connection itself
@@ -27,7 +41,8 @@ Both agents are driven by the same raw-socket client (qga dialect, one JSON requ
 replies matched by ``id``). Safety: only ``guest-fsfreeze-freeze-list`` naming this run's own
 loop mounts is ever sent, never a freeze-all; pyqga runs with ``--freeze-include`` limited to
 them, qemu-ga in a private mount namespace in which only ``/`` and those mounts are freezable
-(its thaw FITHAWs every mount it sees). The main process never writes to those filesystems.
+(its thaw FITHAWs every mount it sees); the floor is given those four mount points, refuses
+anything else and thaws in a ``finally``. The main process never writes to those filesystems.
 Everything made here is thawed, stopped, unmounted and removed on exit, also on Ctrl-C or
 SIGTERM. Results go to the "stall" section of BENCHMARKS.md unless ``--no-write``.
 """
@@ -37,6 +52,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import itertools
 import json
 import os
 import shutil
@@ -46,7 +62,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,12 +74,14 @@ if __name__ == "__main__" and os.geteuid() != 0:
 
 from bench.report import (  # noqa: E402
     BENCHMARKS_MD,
+    load_average,
     machine_line,
     qemu_ga_problem,
     unwind_on_sigterm,
     verdict,
     write_section,
 )
+from bench.stall_floor import MinimalFreezer  # noqa: E402
 from bench.stall_load import DirtyLimits, Probe, fill_all, longest_writes, mark_all, meminfo_kib  # noqa: E402
 from tests.rig.agent_process import PyqgaAgent  # noqa: E402
 from tests.rig.loopfs import LoopMounts, thaw_fully  # noqa: E402
@@ -73,7 +91,7 @@ from tests.rig.sockets import connect_unix  # noqa: E402
 
 FILESYSTEMS = 4
 WARMUP = 2  # freezes with data per agent before the counted rounds
-IDLE_FREEZES = 3  # freezes without data per agent, each after 1 s idle: the floor
+IDLE_FREEZES = 12  # freezes without data each, after 1 s idle: every order of the three twice
 PING_PERIOD = 0.005
 CALL_TIMEOUT = 30.0  # a freeze that takes longer is a failure; cleanup thaws
 # ext4 starts writing delayed-allocation data back on its own once free space falls below about
@@ -81,8 +99,11 @@ CALL_TIMEOUT = 30.0  # a freeze that takes longer is a failure; cleanup thaws
 # dirty, a 700 MB or larger one all of it. So images are 4x the data.
 IMAGE_FACTOR = 4
 STALL_RATIO_TARGET = 0.4  # pyqga's median worst stall <= 0.4 x qemu-ga's
+CLEAN_FLOOR_TARGET = 1.1  # without dirty data, pyqga's worst stall <= 1.1 x the floor's (middle_mean)
 SECTION = "stall"  # our section of BENCHMARKS.md (bench/report.py)
 AGENTS = ("qemu-ga", "pyqga")
+FLOOR = "floor"  # the minimal freezer, bench/stall_floor.py
+CONTENDERS = (*AGENTS, FLOOR)
 
 
 # --- small helpers ------------------------------------------------------------------------------
@@ -90,6 +111,12 @@ AGENTS = ("qemu-ga", "pyqga")
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms"
+
+
+def turns(i: int, who: Sequence[str]) -> tuple[str, ...]:
+    """The order of round ``i``: every order of ``who`` in turn (for two, swapped every round)."""
+    orders = list(itertools.permutations(who))
+    return orders[i % len(orders)]
 
 
 class AgentReplyError(RuntimeError):
@@ -181,10 +208,11 @@ class PingResult:
 
 class Bench:
     def __init__(self, loops: LoopMounts, probes: Sequence[Probe], sockets: dict[str, Path],
-                 size: int) -> None:
+                 floor: MinimalFreezer, size: int) -> None:
         self.loops = loops
         self.probes = probes
         self.sockets = sockets
+        self.floor = floor
         self.size = size
         self.mountpoints = [str(fs.mountpoint) for fs in loops.filesystems]
         self.pids: dict[str, int] = {}
@@ -206,9 +234,20 @@ class Bench:
             raise RuntimeError(f"{agent} left {left} frozen after its thaw")
 
     def freeze_once(self, agent: str, dirty: bool = True, pause: float = 0.0) -> FreezeResult:
-        """One measured freeze and thaw; ``pause``: seconds to wait after writing the data."""
+        """One measured freeze and thaw by an agent or the floor; ``pause``: seconds to wait
+        after writing the data."""
         fill, dirty_kib = self.prepare(dirty)
         time.sleep(pause)
+        if agent == FLOOR:
+            start, frozen_at, thawed_at = self.floor.freeze(CALL_TIMEOUT)
+        else:
+            start, frozen_at, thawed_at = self.agent_freeze(agent)
+        self.check_thawed(agent)
+        stalls, writes = longest_writes(self.probes, start, thawed_at)
+        return FreezeResult(frozen_at - start, thawed_at - start, stalls, dirty_kib, fill, writes)
+
+    def agent_freeze(self, agent: str) -> tuple[float, float, float]:
+        """freeze-list, then the thaw as soon as it answers: (request sent, frozen, thawed)."""
         client = QgaClient.open(self.sockets[agent])
         try:
             request, start = self.freeze_list(client)
@@ -218,9 +257,7 @@ class Bench:
             client.close()
         if count != FILESYSTEMS:
             raise RuntimeError(f"{agent} froze {count} filesystems, expected {FILESYSTEMS}")
-        self.check_thawed(agent)
-        stalls, writes = longest_writes(self.probes, start, thawed_at)
-        return FreezeResult(frozen_at - start, thawed_at - start, stalls, dirty_kib, fill, writes)
+        return start, frozen_at, thawed_at
 
     def freeze_with_pings(self, agent: str) -> PingResult:
         self.prepare()
@@ -285,29 +322,56 @@ class Bench:
 # --- report -------------------------------------------------------------------------------------
 
 
+def medians(runs: Sequence[FreezeResult]) -> tuple[float, float]:
+    """(median freeze latency, median worst stall)."""
+    return statistics.median(r.latency for r in runs), statistics.median(r.worst for r in runs)
+
+
+def middle_mean(values: Sequence[float]) -> float:
+    """The interquartile mean: the mean of the middle half (a quarter dropped at each end)."""
+    cut = len(values) // 4
+    return statistics.fmean(sorted(values)[cut:len(values) - cut])
+
+
+def floor_row(stalls: dict[str, float]) -> str:
+    """Table cells: the floor's, pyqga's and qemu-ga's stall, then theirs over the floor's."""
+    return " | ".join([*(ms(stalls[who]) for who in (FLOOR, *AGENTS[::-1])),
+                       *(f"{stalls[who] / stalls[FLOOR]:.2f}x" for who in AGENTS[::-1])])
+
+
+def per_fs(runs: Sequence[FreezeResult]) -> str:
+    """Median stall of each filesystem, in mount order."""
+    return ", ".join(ms(statistics.median(c)) for c in zip(*(r.stalls for r in runs), strict=True))
+
+
 def build_report(results: dict[str, list[FreezeResult]], pings: dict[str, list[PingResult]],
                  extra: dict[str, dict[str, Any]], args: argparse.Namespace, setup: str,
-                 limits: str) -> str:
-    med = {a: statistics.median(r.worst for r in results[a]) for a in AGENTS}
-    lat = {a: statistics.median(r.latency for r in results[a]) for a in AGENTS}
+                 limits: str, loads: Sequence[str]) -> str:
+    lat, med = {}, {}
+    for who in CONTENDERS:
+        lat[who], med[who] = medians(results[who])
+    clean = {who: middle_mean([r.worst for r in extra["idle"][who]]) for who in CONTENDERS}
+    loaded = {who: middle_mean([r.worst for r in results[who]]) for who in CONTENDERS}
     stall_ratio = med["pyqga"] / med["qemu-ga"]
     latency_ratio = lat["pyqga"] / lat["qemu-ga"]
+    clean_ratio = clean["pyqga"] / clean[FLOOR]
     lines = [
         machine_line(ensure_qemu_ga()),
         "",
-        f"{setup} {args.rounds} freezes per agent, alternating (order swapped every round); each "
-        f"after {args.size_mb} MB of fresh unsynced data per filesystem ({FILESYSTEMS * args.size_mb} MB "
+        f"{setup} {args.rounds} freezes each by qemu-ga, pyqga and the floor (a minimal freezer, "
+        "below), taking turns (the order changes every round); each after "
+        f"{args.size_mb} MB of fresh unsynced data per filesystem ({FILESYSTEMS * args.size_mb} MB "
         "in all). Worst stall: the longest probe write (1 write/ms per filesystem) overlapping the "
-        "window from the freeze request to the thaw reply.",
+        "window from the freeze request to the thaw reply. Load average (1 min) before and after "
+        f"these freezes and the ones without data: {loads[0]} and {loads[1]} on {os.cpu_count()} CPUs.",
         "",
-        "| round | qemu-ga freeze latency | qemu-ga worst stall | pyqga freeze latency | pyqga worst stall |",
-        "|---|---:|---:|---:|---:|",
+        "| round | " + " | ".join(f"{who} freeze latency | {who} worst stall" for who in CONTENDERS) + " |",
+        "|---|" + "---:|---:|" * len(CONTENDERS),
     ]
-    for i, (theirs, ours) in enumerate(zip(results["qemu-ga"], results["pyqga"], strict=True), 1):
-        lines.append(f"| {i} | {ms(theirs.latency)} | {ms(theirs.worst)} | {ms(ours.latency)} | "
-                     f"{ms(ours.worst)} |")
-    lines.append(f"| **median** | **{ms(lat['qemu-ga'])}** | **{ms(med['qemu-ga'])}** | "
-                 f"**{ms(lat['pyqga'])}** | **{ms(med['pyqga'])}** |")
+    for i, runs in enumerate(zip(*(results[who] for who in CONTENDERS), strict=True), 1):
+        lines.append(f"| {i} | " + " | ".join(f"{ms(r.latency)} | {ms(r.worst)}" for r in runs) + " |")
+    lines.append("| **median** | " + " | ".join(f"**{ms(lat[who])}** | **{ms(med[who])}**"
+                                                for who in CONTENDERS) + " |")
     lines += [
         "",
         "| measurement (medians) | pyqga / qemu-ga | target | result |",
@@ -316,36 +380,55 @@ def build_report(results: dict[str, list[FreezeResult]], pings: dict[str, list[P
         f"{verdict(stall_ratio <= STALL_RATIO_TARGET)} |",
         f"| freeze latency | {latency_ratio:.2f}x | none (information) | |",
         "",
-    ]
-
-    def per_fs(agent: str) -> str:
-        columns = zip(*(r.stalls for r in results[agent]), strict=True)
-        return ", ".join(ms(statistics.median(c)) for c in columns)
-
-    window = {a: statistics.median(r.window for r in results[a]) for a in AGENTS}
-    dirty = [r.dirty_kib for a in AGENTS for r in results[a]]
-    fills = [r.fill for a in AGENTS for r in results[a]]
-    lines += [
-        f"Stall per filesystem in mount order (frozen last to first), median over rounds: qemu-ga "
-        f"{per_fs('qemu-ga')}; pyqga {per_fs('pyqga')}. Freeze request to thaw reply, median: "
-        f"qemu-ga {ms(window['qemu-ga'])}, pyqga {ms(window['pyqga'])}.",
+        "| worst stall against the floor (interquartile means) | floor | pyqga | qemu-ga | pyqga / floor "
+        "| qemu-ga / floor | target | result |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+        f"| without dirty data, after 1 s idle ({IDLE_FREEZES} freezes each) | {floor_row(clean)} | "
+        f"pyqga ≤ {CLEAN_FLOOR_TARGET}x | {verdict(clean_ratio <= CLEAN_FLOOR_TARGET)} |",
+        f"| after {FILESYSTEMS * args.size_mb} MB of dirty data ({args.rounds} freezes each) | "
+        f"{floor_row(loaded)} | none (information) | |",
         "",
-        f"Without dirty data, each after 1 s idle ({IDLE_FREEZES} freezes per agent), the same "
-        "freeze-list and thaw stall writers too; freeze latency / worst stall, medians: "
-        + "; ".join(f"{a} {ms(statistics.median(r.latency for r in extra['idle'][a]))} / "
-                    f"{ms(statistics.median(r.worst for r in extra['idle'][a]))}" for a in AGENTS)
+        "The floor is `bench/stall_floor.py`: FIFREEZE on the four filesystems at once (a thread "
+        "each) and, as soon as all are frozen, FITHAW on them at once; nothing else (no request to "
+        "parse, no state, no pre-flush, no round trip before the thaw). It runs as a process of its "
+        "own, started once like the agents; a freeze is a line on its stdin, the freeze latency runs "
+        "to its `frozen` line, the window to its `thawed` line. Without dirty data, its stall is what "
+        "freezing these filesystems costs writers anyway, and what an agent takes beyond it is the "
+        "agent's. With dirty data it is a reference, not a bound: FIFREEZE writes the data back "
+        "while it blocks writers, pyqga flushes first (syncfs) while they still run. Without data the "
+        "stalls come in steps of about one RCU grace period (see them sorted below): a "
+        "FIFREEZE waits for three of them, and four started together share them or fall one behind, "
+        "by chance. A median jumps a whole step from run to run, so this table compares the means of "
+        "the middle half of the freezes (interquartile means).",
+        "",
+    ]
+    window = {who: statistics.median(r.window for r in results[who]) for who in CONTENDERS}
+    dirty = [r.dirty_kib for who in CONTENDERS for r in results[who]]
+    fills = [r.fill for who in CONTENDERS for r in results[who]]
+
+    def each(text: Callable[[str], str]) -> str:
+        return "; ".join(f"{who} {text(who)}" for who in CONTENDERS)
+
+    lines += [
+        "Stall per filesystem in mount order (qemu-ga freezes them last to first, the others at "
+        f"once), median over rounds: {each(lambda who: per_fs(results[who]))}. Freeze request to "
+        f"thaw reply, median: {each(lambda who: ms(window[who]))}.",
+        "",
+        f"Without dirty data, each after 1 s idle ({IDLE_FREEZES} freezes each), freezing and "
+        "thawing stall writers too; freeze latency / worst stall, medians: "
+        + each(lambda who: " / ".join(ms(m) for m in medians(extra["idle"][who])))
         + "; per filesystem (mount order), worst stall: "
-        + "; ".join(f"{a} " + ", ".join(ms(statistics.median(c))
-                                        for c in zip(*(r.stalls for r in extra["idle"][a]), strict=True))
-                    for a in AGENTS)
-        + ".",
+        + each(lambda who: per_fs(extra["idle"][who]))
+        + "; all worst stalls, sorted: "
+        + each(lambda who: ", ".join(f"{r.worst * 1000:.0f}" for r in sorted(extra["idle"][who],
+                                                                           key=lambda r: r.worst)))
+        + " ms.",
         "",
         "Not counted: a first freeze without dirty data (freeze latency / worst stall: "
-        + "; ".join(f"{a} {ms(extra['clean'][a].latency)} / {ms(extra['clean'][a].worst)}" for a in AGENTS)
+        + each(lambda who: f"{ms(extra['clean'][who].latency)} / {ms(extra['clean'][who].worst)}")
         + "; pyqga starts its guard process when it starts serving, so this is no longer slower), then "
         + f"{WARMUP} warm-up freezes each with data (fresh images are slower at first: "
-        + "; ".join(f"{a} " + ", ".join(f"{ms(r.latency)} / {ms(r.worst)}" for r in extra["warm-up"][a])
-                    for a in AGENTS)
+        + each(lambda who: ", ".join(f"{ms(r.latency)} / {ms(r.worst)}" for r in extra["warm-up"][who]))
         + ").",
         "",
         f"Dirty data (/proc/meminfo `Dirty`) right before each freeze: {min(dirty) / 1024:,.0f} to "
@@ -390,9 +473,10 @@ def ping_report(pings: dict[str, list[PingResult]]) -> list[str]:
             waits = ", ".join("failed" if r.connected is None else ms(r.connected) for r in late)
             notes.append(f"{agent}: in {len(late)} of {len(runs)} freezes the second connection's "
                          f"connect() only completed {waits} after the freeze request (EAGAIN until then).")
-        after_close = [r for r in runs if r.first_reply is not None and r.first_reply >= r.closed]
+        after_close = [r.first_reply - r.closed for r in runs
+                       if r.first_reply is not None and r.first_reply >= r.closed]
         if after_close:
-            gap = statistics.median(r.first_reply - r.closed for r in after_close)
+            gap = statistics.median(after_close)
             notes.append(
                 f"{agent}: the second connection's connect() returned at once in "
                 f"{len(runs) - len(late)} of {len(runs)} freezes (the kernel queues it), but its first "
@@ -458,14 +542,17 @@ def environment(workdir: Path, size_mb: int) -> Iterator[tuple[Bench, str]]:
         ours = PyqgaAgent(workdir / "pyqga", ["--freeze-include", loops.glob()])
         stack.callback(ours.stop)
         ours.start()
+        floor = MinimalFreezer([str(fs.mountpoint) for fs in loops.filesystems])
+        stack.callback(floor.stop)  # it holds the mount points open: stopped before the unmount
         stack.callback(loops.thaw_all)  # first of all: nothing stays frozen while we clean up
         where = ("on tmpfs (/dev/shm), fully allocated" if on_tmpfs
                  else f"sparse, on the filesystem of {workdir}")
         setup = (f"{FILESYSTEMS} loop-mounted ext4 images of {image_mb} MB ({where}), one probe "
                  "process per filesystem;")
         bench = Bench(loops, probes, {"qemu-ga": qga.socket_path, "pyqga": ours.socket_path},
-                      size_mb * 2**20)
-        bench.pids = {"qemu-ga": qga.pid, "pyqga": ours.pid}  # for tracing by hand (strace -p)
+                      floor, size_mb * 2**20)
+        # for tracing by hand (strace -p)
+        bench.pids = {"qemu-ga": qga.pid, "pyqga": ours.pid, FLOOR: floor.process.pid}
         yield bench, setup
 
 
@@ -496,8 +583,9 @@ def main(argv: list[str] | None = None) -> int:
     unwind_on_sigterm()
     limits = DirtyLimits(FILESYSTEMS * args.size_mb * 2**20)
     began = time.monotonic()
-    results: dict[str, list[FreezeResult]] = {a: [] for a in AGENTS}
+    results: dict[str, list[FreezeResult]] = {a: [] for a in CONTENDERS}
     extra: dict[str, dict[str, Any]] = {"clean": {}, "warm-up": {}, "idle": {}}
+    loads: list[str] = []
     pings: dict[str, list[PingResult]] = {a: [] for a in AGENTS}
     try:
         limits.apply()
@@ -507,30 +595,31 @@ def main(argv: list[str] | None = None) -> int:
             # Not counted: a freeze without dirty data (first-use costs: pyqga starts its guard
             # process; also a baseline), then WARMUP freezes each with data: on fresh images the
             # first freezes with data are several times slower (measured 2 s, then 0.3 s).
-            for agent in AGENTS:
+            for agent in CONTENDERS:
                 r = bench.freeze_once(agent, dirty=False)
                 extra["clean"][agent] = r
                 show("clean", agent, r)
             for i in range(WARMUP):
-                for agent in AGENTS if i % 2 == 0 else AGENTS[::-1]:
+                for agent in turns(i, CONTENDERS):
                     r = bench.freeze_once(agent)
                     extra["warm-up"].setdefault(agent, []).append(r)
                     show(f"warm-up {i + 1}", agent, r)
+            loads.append(load_average())
             for i in range(args.rounds):
-                for agent in AGENTS if i % 2 == 0 else AGENTS[::-1]:
+                for agent in turns(i, CONTENDERS):
                     r = bench.freeze_once(agent)
                     results[agent].append(r)
                     show(f"round {i + 1}", agent, r)
-            # The floor: no dirty data, and 1 s idle first (right after a thaw a freeze is much
+            # Without dirty data, and 1 s idle first (right after a thaw a freeze is much
             # cheaper, the kernel still has the previous freeze's grace periods).
             for i in range(IDLE_FREEZES):
-                for agent in AGENTS if i % 2 == 0 else AGENTS[::-1]:
+                for agent in turns(i, CONTENDERS):
                     r = bench.freeze_once(agent, dirty=False, pause=1.0)
                     extra["idle"].setdefault(agent, []).append(r)
                     show(f"no data {i + 1}", agent, r)
+            loads.append(load_average())
             for i in range(args.rounds):
-                order = AGENTS if i % 2 == 0 else AGENTS[::-1]
-                for agent in order:
+                for agent in turns(i, AGENTS):
                     p = bench.freeze_with_pings(agent)
                     pings[agent].append(p)
                     answered = [t for s, t in p.pings if t is not None and s + t <= p.latency]
@@ -550,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     finally:
         limits.restore()
-    report = build_report(results, pings, extra, args, setup, limits.describe())
+    report = build_report(results, pings, extra, args, setup, limits.describe(), loads)
     print()
     print(report)
     print(f"total {time.monotonic() - began:.0f} s")

@@ -4,6 +4,8 @@
   that appends a small record every 1 ms and times every write, so the longest write
   overlapping a freeze is how long an application on that filesystem stalled; on request,
   right before a freeze, it fills its filesystem with dirty data.
+- :class:`LineProcess`: how the bench talks to such a helper (and to the floor,
+  ``bench/stall_floor.py``): a line in, a line out, stopped on exit.
 - :class:`DirtyLimits`: the kernel's writeback limits (``vm.dirty_*``), raised for the run only
   if they would write that data back before the freeze.
 """
@@ -103,16 +105,20 @@ while True:
 # --- probes -------------------------------------------------------------------------------------
 
 
-class Probe:
-    """One probe process writing to one filesystem (see PROBE_SOURCE)."""
+class LineProcess:
+    """A helper process spoken to in lines: one command on its stdin, one answer on its stdout.
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    Started in a session of its own, so Ctrl-C reaches only the bench, whose cleanup stops it.
+    """
+
+    def __init__(self, name: str, argv: Sequence[str], cwd: Path | None = None) -> None:
+        self.name = name
         self.process = subprocess.Popen(
-            [sys.executable, "-I", "-c", PROBE_SOURCE, str(directory)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, start_new_session=True,
+            list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+            start_new_session=True, cwd=cwd,
         )
         self.pending = b""
+        self.arrived = 0.0  # when the last chunk of output arrived
         self.expect("ready", 15.0)
 
     def send(self, line: str) -> None:
@@ -121,35 +127,52 @@ class Probe:
         self.process.stdin.flush()
 
     def readline(self, timeout: float) -> str:
+        return self.timed_readline(timeout)[1]
+
+    def timed_readline(self, timeout: float) -> tuple[float, str]:
+        """(when the chunk that completed the line arrived, the line)."""
         assert self.process.stdout is not None
         fd = self.process.stdout.fileno()
         deadline = time.monotonic() + timeout
         while b"\n" not in self.pending:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise TimeoutError(f"probe on {self.directory} did not answer within {timeout:g} s")
+                raise TimeoutError(f"{self.name} did not answer within {timeout:g} s")
             data = os.read(fd, 1 << 20)
+            self.arrived = time.monotonic()
             if not data:
-                raise RuntimeError(f"probe on {self.directory} exited ({self.process.poll()})")
+                raise RuntimeError(f"{self.name} exited ({self.process.poll()})")
             self.pending += data
         line, _, self.pending = self.pending.partition(b"\n")
-        return line.decode()
+        return self.arrived, line.decode()
 
     def expect(self, word: str, timeout: float) -> str:
         line = self.readline(timeout)
         if not line.startswith(word):
-            raise RuntimeError(f"probe on {self.directory}: expected {word!r}, got {line!r}")
+            raise RuntimeError(f"{self.name}: expected {word!r}, got {line!r}")
         return line
 
     def stop(self) -> None:
+        """``quit``; SIGTERM if still there 3 s later, SIGKILL 3 s after that (a write blocked on
+        a frozen filesystem only finishes after the thaw)."""
         with contextlib.suppress(OSError, ValueError):
             self.send("quit")
-        try:
-            self.process.wait(3.0)
-        except subprocess.TimeoutExpired:
-            self.process.kill()  # a write blocked on a frozen fs finishes only after the thaw
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(10.0)
+        for end in (self.process.terminate, self.process.kill):
+            try:
+                self.process.wait(3.0)
+                return
+            except subprocess.TimeoutExpired:
+                end()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(10.0)
+
+
+class Probe(LineProcess):
+    """One probe process writing to one filesystem (see PROBE_SOURCE)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        super().__init__(f"probe on {directory}", [sys.executable, "-I", "-c", PROBE_SOURCE, str(directory)])
 
 
 def fill_all(probes: Sequence[Probe], size: int) -> float:
