@@ -19,16 +19,18 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import importlib
 import os
 import signal
 import socket
 from collections.abc import Callable
-from typing import Any
-
-import serial
+from typing import TYPE_CHECKING, Any
 
 from pyqga.agent.config import Config
 from pyqga.agent.errors import AgentFailure
+
+if TYPE_CHECKING:
+    import serial
 
 # While no host is connected, a virtio-serial port reads as EOF at once.  qemu-ga polls it every
 # 0.1 s; we start there and back off to HUP_BACKOFF_MAX (a Python wake-up costs far more than
@@ -177,16 +179,20 @@ class DeviceChannel:
         self.path: str = config.channel_path
         self.retry: bool = config.retry_path
         self.log = log
+        # pyserial only for isa-serial (~0.5 MB the other channels do not pay), imported here, at
+        # start-up: open() runs again after an error, maybe while a filesystem is frozen.
+        self._pyserial: Any = importlib.import_module("serial") if self.method == "isa-serial" else None
         self._serial: serial.Serial | None = None
 
     def open(self) -> int:
+        pyserial = self._pyserial
         try:
-            if self.method == "isa-serial":
-                self._serial = serial.Serial(self.path, SERIAL_BAUDRATE, bytesize=8, parity="N",
-                                             stopbits=1, timeout=0)
+            if pyserial is not None:
+                self._serial = pyserial.Serial(self.path, SERIAL_BAUDRATE, bytesize=8, parity="N",
+                                               stopbits=1, timeout=0)
                 return self._serial.fileno()
             return os.open(self.path, os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-        except (OSError, serial.SerialException) as exc:
+        except OSError as exc:  # pyserial's SerialException is one
             hint = ""
             if self.method == "virtio-serial":
                 hint = " (does the VM have a virtio-serial port with that name? -r waits for it)"
