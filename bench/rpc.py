@@ -49,7 +49,7 @@ from bench.measured import (
     running_qemu_ga,
 )
 from bench.report import machine_line, qemu_ga_problem, unwind_on_sigterm, verdict, write_section
-from tests.rig.agent_process import agent_command, agent_env, tmpfs_statedir
+from tests.rig.agent_process import agent_command, agent_env, cpu_ticks, tmpfs_statedir
 from tests.rig.paths import REPO_ROOT
 from tests.rig.qemu_ga import QemuGa, ensure_qemu_ga
 
@@ -152,8 +152,7 @@ def rss_bytes(pid: int) -> int:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a whole process (all threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu_ticks(pid) / os.sysconf("SC_CLK_TCK")
 
 
 # --- requests ----------------------------------------------------------------------------------
