@@ -74,6 +74,7 @@ bench: $(STAMP) deps
 	$(PY) -m bench.faults
 	$(PY) -m bench.group
 	$(PY) -m bench.abuse
+	$(PY) -m bench.footprint
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache build dist *.egg-info

@@ -56,7 +56,7 @@ from bench.report import (
     verdict,
     write_section,
 )
-from tests.rig.agent_process import agent_command, agent_env, tmpfs_statedir
+from tests.rig.agent_process import agent_command, agent_env, cpu_ticks, tmpfs_statedir
 from tests.rig.paths import REPO_ROOT
 from tests.rig.qemu_ga import QemuGa, ensure_qemu_ga
 
@@ -159,8 +159,7 @@ def rss_bytes(pid: int) -> int:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a whole process (all threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu_ticks(pid) / os.sysconf("SC_CLK_TCK")
 
 
 # --- requests ----------------------------------------------------------------------------------

@@ -177,6 +177,46 @@ def keeper_of(agent_pid: int) -> int | None:
     return None
 
 
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU time of a whole process (all threads) so far, in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def started_keeper(agent_pid: int, timeout: float = 30.0, quiet: float = 0.2) -> int:
+    """The pid of the keeper the agent ``agent_pid`` started, once it has finished starting: it
+    sleeps and used no CPU time for ``quiet`` seconds (its imports are done and it waits on its
+    pipe).  The agent starts it in the background when it starts serving."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        keeper = keeper_of(agent_pid)
+        if keeper is not None:
+            with contextlib.suppress(OSError, IndexError):
+                before = cpu_ticks(keeper)
+                time.sleep(quiet)
+                if cpu_ticks(keeper) == before and process_state(keeper) == "S":
+                    return keeper
+        else:
+            time.sleep(0.01)
+    raise ProcessFailed(f"agent {agent_pid}: no keeper at rest within {timeout} s")
+
+
+def shared_objects(pid: int) -> set[str]:
+    """The shared objects (``.so`` files: libraries, extension modules) mapped in process ``pid``."""
+    paths = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        path = line.split(maxsplit=5)[5:]
+        if path and ".so" in os.path.basename(path[0]):
+            paths.add(path[0])
+    return paths
+
+
+def ssl_objects(pid: int) -> list[str]:
+    """The TLS shared objects mapped in ``pid``: the ``_ssl`` extension module and OpenSSL's libssl
+    (libcrypto alone is hashlib's, not TLS)."""
+    return sorted(p for p in shared_objects(pid) if os.path.basename(p).startswith(("_ssl.", "libssl.")))
+
+
 @contextlib.contextmanager
 def fault_agent(workdir: Path) -> Iterator[PyqgaAgent]:
     """A running agent with ``--enable-faults`` (root: its faults pause and signal processes)."""
