@@ -51,7 +51,14 @@ if __name__ == "__main__" and os.geteuid() != 0:
 
 from bench import measured, rpc  # noqa: E402
 from bench.footprint_guest import REPLY_TIMEOUT, GuestResult, measure_guest  # noqa: E402
-from bench.report import machine_line, qemu_ga_problem, unwind_on_sigterm, verdict, write_section  # noqa: E402
+from bench.report import (  # noqa: E402
+    load_average,
+    machine_line,
+    qemu_ga_problem,
+    unwind_on_sigterm,
+    verdict,
+    write_section,
+)
 from tests.rig.agent_process import (  # noqa: E402
     PyqgaAgent,
     keeper_of,
@@ -95,7 +102,8 @@ are KiB).
   share once; other processes running the same `/usr/bin/python3` would lower it further
   (none ran here). USS: the pages only that process maps.
 - **Start to first reply**: `bench/rpc.py`'s measurement: from `Popen` to the first
-  `guest-ping` reply of a connect+ping retry loop, median of 5 fresh starts each.
+  `guest-ping` reply of a connect+ping retry loop, median of 5 fresh starts each; pyqga's
+  modules byte-compiled first, as the Debian package's postinst does (it runs with `-B`).
 - **Modules**: a second pyqga, started with `bench/modules_probe/` on `PYTHONPATH` (its
   `sitecustomize` dumps `sys.modules` on SIGUSR2; the keeper inherits it), is asked for the
   names after start-up (the keeper started and at rest) and after a freeze and thaw of the same
@@ -351,10 +359,6 @@ def guest_report(guest: GuestResult) -> str:
         f"Where each process's threads sleep: {sleeping}.",
     ]
     return "\n".join(lines)
-
-
-def load_average() -> str:
-    return Path("/proc/loadavg").read_text().split()[0]
 
 
 def build_report(memory: Memory, start: dict[str, list[float]], loaded: dict[str, dict[str, set[str]]],
