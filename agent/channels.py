@@ -33,11 +33,10 @@ if TYPE_CHECKING:
     import serial
 
 # While no host is connected, a virtio-serial port reads as EOF at once.  qemu-ga polls it every
-# 0.1 s (~590 wake-ups a minute, measured in the test guest).  We wait for the kernel's SIGIO on
-# the port (sent when a host connects and when data arrives) with no timeout: an idle agent wakes
-# up never (issue 22; it backed off to every 2 s before, 30 a minute).  Only where SIGIO cannot be
-# had (the loop is not on the main thread) do we poll like qemu-ga.
+# 0.1 s; we start there and back off to HUP_BACKOFF_MAX (a Python wake-up costs far more than
+# qemu-ga's), and the kernel's SIGIO on the port (host connected) ends the wait at once.
 HUP_BACKOFF = 0.1
+HUP_BACKOFF_MAX = 2.0
 RETRY_INTERVAL = 1.0       # seconds between attempts to open a missing device (-r)
 READ_SIZE = 65536
 WRITE_HIGH_WATER = 1 << 20
@@ -83,6 +82,7 @@ class DeviceTransport(asyncio.Transport):
         self._reading = True
         self._closing = False
         self._protocol_paused = False
+        self.received: bool = False  # a host sent something in this session
         protocol.connection_made(self)
         loop.add_reader(fd, self._read_ready)
 
@@ -97,6 +97,7 @@ class DeviceTransport(asyncio.Transport):
         if not data:
             self._end(None)  # virtio-serial: the host is not connected (any more)
             return
+        self.received = True
         self._protocol.data_received(data)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -247,6 +248,7 @@ class DeviceChannel:
         """Run sessions until stop (None) or a device error (returned, to reopen)."""
         host_changed = asyncio.Event()
         notified = self.method == "virtio-serial" and _notify_on_sigio(loop, fd, host_changed.set)
+        idle = HUP_BACKOFF
         try:
             while not stopping.done():
                 ended: asyncio.Future[Exception | None] = loop.create_future()
@@ -262,11 +264,12 @@ class DeviceChannel:
                 error = ended.result() if ended.done() else None
                 if error is not None and not _is_hangup(error):
                     return error
-                # Host absent: don't spin.  Wait for its SIGIO (set since the clear() above, if
-                # it connected meanwhile, so none is missed), or poll without one.
+                # Host absent: don't spin.  Back off while nobody talks; a host that did may
+                # come back at once (a per-command client such as Proxmox's).
+                idle = HUP_BACKOFF if transport.received else min(2 * idle, HUP_BACKOFF_MAX)
                 if not stopping.done() and not host_changed.is_set():
                     waiter = asyncio.ensure_future(host_changed.wait())
-                    await asyncio.wait({stopping, waiter}, timeout=None if notified else HUP_BACKOFF,
+                    await asyncio.wait({stopping, waiter}, timeout=idle if notified else HUP_BACKOFF,
                                        return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()
         finally:
