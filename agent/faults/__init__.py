@@ -10,5 +10,7 @@
   for nftables partitions and netem, :mod:`.nettools` the nft and tc programs; :mod:`.resources`;
   :mod:`.clock` (with :mod:`.timekeeping`, the clocks and true time); :mod:`.catalog` joins them.
 - :mod:`.worker`: the program behind a fault that needs a running process (spawn and reap steps).
+- :mod:`.plan`: seeded plans; :mod:`.timeline`: the events; :mod:`.tokens`: random names
+  (os.urandom, not secrets, which would load OpenSSL).
 - :mod:`.engine`: the driver, with the lock, the deadline timer, the events file and the keeper.
 """
