@@ -112,14 +112,17 @@ are KiB).
 - **Idle wake-ups** (VM): the test guest (`tests/rig/machine.py`: TCG, 1 vCPU, 512 MB) runs
   pyqga on virtio-serial and qemu-ga on a second virtio-serial port, the two measured, and a
   second pyqga on the serial line that starts the sampler. Each measured agent first has one
-  host session (connect, `guest-sync`, hang up: the harness's boot probe leaves replies queued,
-  and qemu-ga then spins; see below); then no host is connected. Once the keeper has used no
-  CPU for 3 s and 10 s more have passed, a sampler in the guest reads
-  `voluntary_ctxt_switches` of every thread (`/proc/PID/task/TID/status`) once a second for the
-  window, and the system call each thread sleeps in (`/proc/PID/task/TID/syscall`). A process
-  that only sleeps is the control (the kernel's own count for a process that never wakes).
-  CPython 3.11 leaves every thread's `comm` as `python3`, so threads are named by that, their
-  tid, "main" for the main thread, and the call they sleep in.
+  host session (connect, `guest-sync`, hang up), as after a host that came and went: without
+  it, qemu-ga was busy the whole window in the runs made while this benchmark was written (a
+  full vCPU, 100 CPU ticks a second, no voluntary switch), apparently over replies to the
+  harness's early boot probes that no host was there to read. Then no host is connected. Once
+  the keeper (which the agent starts as it starts serving) has used no CPU for 3 s and 10 s
+  more have passed, a sampler in the guest reads `voluntary_ctxt_switches` of every thread
+  (`/proc/PID/task/TID/status`) once a second for the window, and the system call each thread
+  sleeps in (`/proc/PID/task/TID/syscall`), and CPU time from `/proc/PID/stat`. A process that
+  only sleeps is the control (the kernel's own count for a process that never wakes). CPython
+  3.11 leaves every thread's `comm` as `python3`, so threads are named by that, their tid,
+  "main" for the main thread, and the call they sleep in.
 - **First reply after idle** (VM): right after the window, the host connects to each agent's
   virtio-serial port and times one `guest-sync` with a fresh id from its send to its reply.
 """
@@ -351,12 +354,15 @@ def guest_report(guest: GuestResult) -> str:
             lines.append(f"| {name} | {took} | | |")
     memory = "; ".join(f"{role} {mb(values['Rss'])} / {mb(values['Pss'])}"
                        for role, values in guest.memory.items())
-    sleeping = "; ".join(f"{role}: " + ", ".join(sorted({t.syscall[1] for t in guest.threads[role]}))
-                         for role in ("pyqga agent", "pyqga keeper", "qemu-ga"))
+    sleeping = []
+    for role in ("pyqga agent", "pyqga keeper", "qemu-ga"):
+        calls = [t.syscall[1] for t in guest.threads[role]]
+        counted = (f"{calls.count(call)} in {call}" for call in sorted(set(calls)))
+        sleeping.append(f"{role}: " + ", ".join(counted))
     lines += [
         "",
         f"In the guest at the end of the window, RSS / PSS (no freeze, no requests): {memory}. "
-        f"Where each process's threads sleep: {sleeping}.",
+        f"Threads of each process by the call they sleep in: {'; '.join(sleeping)}.",
     ]
     return "\n".join(lines)
 

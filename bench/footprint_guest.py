@@ -6,15 +6,17 @@ measured, and a second pyqga on the serial line (``pyqga-serial``), the *hands* 
 sampler program below with ``guest-exec``.  No host is connected to either measured agent's
 channel: the harness's readiness probe connected, got its reply and hung up at boot.
 
-The sampler (:data:`SAMPLER`, the guest's python3) finds the measured processes (the agent, the
-keeper it started, qemu-ga), waits until each has been quiet (no CPU time used) for
-:data:`QUIET` seconds, so start-up is over (a keeper's start takes tens of seconds under TCG),
-then for the window reads every thread's ``voluntary_ctxt_switches`` from
-``/proc/PID/task/TID/status`` once a second; its blocking system call
-(``/proc/PID/task/TID/syscall``) is read at both ends.  A process it forks that only sleeps is
-the control: what the kernel itself counts for a process that never wakes.  Reading ``/proc``
-wakes none of them.  After the window the host connects to each measured agent's channel and
-times ``guest-sync`` from its send to its reply.
+Each measured agent first has one host session (connect, ``guest-sync``, hang up): without it
+qemu-ga stays busy from boot on (a whole vCPU), over replies to the harness's early probes.
+The sampler (:data:`SAMPLER`, the guest's python3) then finds the measured processes (the
+agent, the keeper it started, qemu-ga), waits until the keeper has used no CPU time for
+:data:`QUIET` seconds (its start takes seconds to tens of seconds under TCG) and
+:data:`SETTLE` more, then for the window reads every thread's ``voluntary_ctxt_switches`` from
+``/proc/PID/task/TID/status`` and each process's CPU time once a second; each thread's blocking
+system call (``/proc/PID/task/TID/syscall``) is read too.  A process it forks that only sleeps
+is the control: what the kernel itself counts for a process that never wakes.  Reading
+``/proc`` wakes none of them.  After the window the host connects to each measured agent's
+channel and times ``guest-sync`` from its send to its reply.
 """
 
 from __future__ import annotations
@@ -166,8 +168,8 @@ def describe_syscall(line: str) -> str:
     value = int(fields[index + 1], 16)
     if kind == "ms":
         value = value - (1 << 32) if value >= 1 << 31 else value  # an int: -1 is "for ever"
-        return f"{name}, no timeout" if value < 0 else f"{name}, timeout {value} ms"
-    return f"{name}, {'no timeout' if value == 0 else 'with a timeout'}"
+        return f"{name} (no timeout)" if value < 0 else f"{name} (timeout {value} ms)"
+    return f"{name} ({'no timeout' if value == 0 else 'with a timeout'})"
 
 
 @dataclass
