@@ -46,9 +46,8 @@ BARE = (PACKAGE, "oslash")
 
 
 def _load_parts() -> list[ModuleType]:
-    """jsonrpcserver's :data:`PARTS`, without the ``__init__`` of :data:`BARE` (module docstring)."""
-    if PACKAGE in sys.modules:
-        return [importlib.import_module(f"{PACKAGE}.{part}") for part in PARTS]
+    """jsonrpcserver's :data:`PARTS`, without the ``__init__`` of :data:`BARE` (module docstring);
+    a package of BARE imported whole already (and with it its dependencies) is used as it is."""
     registered = []
     try:
         for name in BARE:
