@@ -7,7 +7,7 @@ Run from the repository root, as root (loop devices, FIFREEZE). One pyqga agent 
 ``--enable-faults`` on a unix socket; two loop-mounted ext4 filesystems of 256 MB made here and
 nothing else touched. ``write-stall`` and ``disk-full`` (to 1 MiB free) are the kinds this host
 can run (it has no device-mapper; the dm kinds are measured in the VM guest, see
-tests/vm/test_block_faults.py). Each inject and each revert is timed from the request sent to
+tests/vm/faults/test_block.py). Each inject and each revert is timed from the request sent to
 the reply received (the agent's ``guest-fault-inject`` returns once the fault holds, its
 ``guest-fault-revert`` once it is undone), the client and the agent pinned to different CPUs.
 

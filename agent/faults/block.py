@@ -10,7 +10,7 @@ striped or crypt table) is refused.
 
 The new tables are built by pure functions (:func:`flakey_table`, :func:`delay_table`,
 :func:`error_extents_table`) from the live table and the parameters.  What the kernel targets do,
-measured on Debian 12's 6.1 cloud kernel (``tests/vm/test_block_faults.py``):
+measured on Debian 12's 6.1 cloud kernel (``tests/vm/faults/test_block.py``):
 
 - dm-flakey (1.5.0) knows ``drop_writes``, ``error_writes`` and ``corrupt_bio_byte``, not
   ``error_reads`` (added in 2023): without features a down interval fails reads and writes,

@@ -6,7 +6,7 @@ made: ``write-stall``, ``disk-full`` and ``process-pause`` (of a ``sleep`` it st
 keeper}. Real agents, real keepers, real signals; each fault must end by its deadline plus 1 s (or
 within 1 s of the event that ends it early), and the timeline must say who ended it and why. Every
 disk kind, the device-mapper ones included, runs through the same matrix in the VM
-(tests/vm/test_fault_keeper_matrix.py).
+(tests/vm/faults/test_keeper_matrix.py).
 """
 
 from __future__ import annotations

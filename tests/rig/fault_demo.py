@@ -4,7 +4,7 @@ Boots the test guest (``pyqga.dmdata=1``, the serial agent with ``--enable-fault
 acknowledgement port), runs :func:`tests.rig.durability.run` with ``synchronous=FULL`` and
 ``synchronous=OFF`` under the same seeded plan, prints a line per cut as it comes and a table at
 the end.  Exit status 0 when FULL lost no acknowledged commit and OFF's losses were found.
-``tests/vm/test_block_faults.py`` runs the short version (2 cuts a mode) in ``make test``.
+``tests/vm/faults/test_block.py`` runs the short version (2 cuts a mode) in ``make test``.
 
     python -m tests.rig.fault_demo [--seed 21] [--cuts 20]
 """

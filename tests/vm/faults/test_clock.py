@@ -25,12 +25,11 @@ import pytest
 
 from pyqga.host_client import AgentCallError, AgentClient
 from tests.rig.guest_shell import output_json
-from tests.rig.image import GuestImage
 from tests.rig.machine import GuestVM
+from tests.vm.faults.guest import HANDS, SUBJECT
 
 pytestmark = pytest.mark.root
 
-SUBJECT, HANDS = "pyqga-virtio", "pyqga-serial"
 PROBE_PATH = "/run/clock-probe.py"
 TRUE_TIME_S = 0.050    # a revert restores true time within this
 LATE_S = 0.5           # a deadline ends within this after it is due, by the guest's CLOCK_MONOTONIC
@@ -69,14 +68,11 @@ class Rig(NamedTuple):
 
 
 @pytest.fixture(scope="module")
-def rig(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+def rig(fault_vm: GuestVM) -> Iterator[Rig]:
     started = time.monotonic()
-    with GuestVM(tmp_path_factory.mktemp("vm"), agents=(HANDS, SUBJECT), image=guest_image,
-                 agent_args=("--enable-faults",)) as vm, \
-            vm.client(HANDS, timeout=60) as hands, vm.client(SUBJECT, timeout=60) as subject:
+    with fault_vm.client(HANDS, timeout=60) as hands, fault_vm.client(SUBJECT, timeout=60) as subject:
         hands.write_file(PROBE_PATH, PROBE.encode())
-        print(f"\nbooted in {vm.boot_seconds:.1f} s")
-        yield Rig(vm, hands, subject)
+        yield Rig(fault_vm, hands, subject)
         with contextlib.suppress(Exception):
             subject.call("guest-fault-revert", {})
         print(f"\nclock faults: {time.monotonic() - started:.1f} s in all")

@@ -54,14 +54,12 @@ from pyqga.agent.faults.snapshot import FAULTS_STATE
 from pyqga.host_client import AgentCallError, AgentClient
 from tests.rig.guest_files import AGENT_COMMANDS, DATA_LAYER
 from tests.rig.guest_shell import output_json, sh
-from tests.rig.image import GuestImage
 from tests.rig.machine import GuestVM
-from tests.vm.test_block_faults import dm_table, make_file
+from tests.vm.faults.guest import AGENT_ARGS, HANDS, SUBJECT
+from tests.vm.faults.test_block import dm_table, make_file
 
 pytestmark = pytest.mark.root
 
-SUBJECT, HANDS = "pyqga-virtio", "pyqga-serial"
-AGENT_ARGS = ("--enable-faults",)
 SUBJECT_COMMAND = AGENT_COMMANDS[SUBJECT].replace("$PYQGA_ARGS", " ".join(AGENT_ARGS))
 SUBJECT_STATEDIR = "/run/pyqga"
 SUBJECT_PORT = "org.qemu.guest_agent.0"
@@ -201,21 +199,6 @@ def clock_off():
     return (real - (first + get(raw)) // 2) / 1e9 - args["true"]
 
 
-def strobes():
-    """The pids of clock-strobe workers."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        worker = any(a.startswith(b"--pyqga-worker=") for a in argv)
-        if worker and b"clock-strobe" in argv and not gone(entry):
-            found.append(int(entry))
-    return found
-
-
 def lease_record():
     """The lease's record in the subject's state file (the agent's, or the keeper's after it
     ended the lease), or None."""
@@ -238,17 +221,19 @@ def worker_token():
     return next(step["token"] for step in record["undo"] if step["op"] == "reap")
 
 
-def workers(token):
-    """The live processes of the lease's worker (recipes.workers_of, without importing it)."""
-    flag = ("--pyqga-worker=" + token).encode()
+def workers(token=None):
+    """The live processes of the lease's worker (recipes.workers_of, without importing it); with
+    no token, of every worker."""
+    flag = b"--pyqga-worker=" + (token or "").encode()
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    mine = flag in f.read().split(b"\0")
+                    argv = f.read().split(b"\0")
             except OSError:
-                mine = False
+                continue
+            mine = flag in argv if token else any(arg.startswith(flag) for arg in argv)
             if mine and not gone(entry):
                 found.append(int(entry))
     return found
@@ -257,7 +242,7 @@ def workers(token):
 def held():
     if kind.startswith("clock-"):
         return (abs(clock_off()) > 1.0 or list(timekeeping.read_rate()) != args["rate"]
-                or (kind == "clock-strobe" and bool(strobes())))
+                or (kind == "clock-strobe" and bool(workers(TOKEN))))
     if kind == "net-partition":
         return "pyqga-" in run("/usr/sbin/nft", "list", "tables")
     if kind.startswith("net-"):
@@ -375,9 +360,9 @@ def cell():
 def repair():
     """After a failed cell: whatever it left, undone; the subject running."""
     fixed = []
-    for pid in strobes():
+    for pid in workers():   # first: a strobe would move the clock again after it is put back
         os.kill(pid, signal.SIGKILL)
-        fixed.append(f"killed strobe {pid}")
+        fixed.append(f"killed worker {pid}")
     if list(timekeeping.read_rate()) != args["rate"]:
         timekeeping.set_rate(timekeeping.Rate(*args["rate"]))
         fixed.append("clock rate back")
@@ -415,15 +400,6 @@ def repair():
     for path in glob.glob(os.path.join(target, ".pyqga-fill-*")):
         os.unlink(path)
         fixed.append(f"removed {path}")
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                worker = any(arg.startswith(b"--pyqga-worker=") for arg in f.read().split(b"\0"))
-        except OSError:
-            worker = False
-        if worker and entry.isdigit():
-            os.kill(int(entry), signal.SIGKILL)
-            fixed.append(f"killed worker {entry}")
     if fields is None or fields[0] in ("Z", "X"):
         spawn()
         fixed.append("new agent")
@@ -431,7 +407,8 @@ def repair():
 
 
 try:
-    TOKEN = worker_token() if kind in ("cpu-hog", "memory-pressure") and action != "repair" else ""
+    WORKER_KINDS = ("cpu-hog", "memory-pressure", "clock-strobe")   # the fault holds while its worker runs
+    TOKEN = worker_token() if kind in WORKER_KINDS and action != "repair" else ""
     repair() if action == "repair" else cell()
 except Exception as e:
     out["error"] = f"{type(e).__name__}: {e}"
@@ -507,15 +484,12 @@ class Rig:
 
 
 @pytest.fixture(scope="module")
-def rig(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+def rig(fault_vm: GuestVM) -> Iterator[Rig]:
     started = time.monotonic()
-    with GuestVM(tmp_path_factory.mktemp("vm"), agents=(HANDS, SUBJECT), image=guest_image,
-                 kernel_args=("pyqga.dmdata=1",), agent_args=AGENT_ARGS) as vm, \
-            vm.client(HANDS, timeout=120) as hands:
+    with fault_vm.client(HANDS, timeout=120) as hands:
         hands.write_file(CELL, CELL_SOURCE.encode())
         make_file(hands, BAD_FILE, 16, 0x42)
-        rig = Rig(vm, hands, dm_table(hands))
-        print(f"\nbooted in {vm.boot_seconds:.1f} s")
+        rig = Rig(fault_vm, hands, dm_table(hands))
         yield rig
         print("\n" + "\n".join(rig.lateness))
         print(f"keeper matrix: {time.monotonic() - started:.1f} s in all")

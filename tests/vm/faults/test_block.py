@@ -1,10 +1,10 @@
 """The device-mapper fault kinds in a real guest: what the application sees, and the exact table
 back after revert.
 
-One guest (Debian's 6.1 cloud kernel) boots with ``pyqga.dmdata=1``: ``/data`` is mounted through
-the dm-linear layer ``pyqga-data`` (``pyqga.agent.faults.layer``).  The serial agent, started
-with ``--enable-faults``, is the harness's hands: faults go through guest-fault-inject and
-guest-fault-revert (:func:`inject`, :func:`revert`).
+The shared fault guest (Debian's 6.1 cloud kernel, ``guest.py``) boots with ``pyqga.dmdata=1``:
+``/data`` is mounted through the dm-linear layer ``pyqga-data`` (``pyqga.agent.faults.layer``).
+The serial agent, started with ``--enable-faults``, is the harness's hands: faults go through
+guest-fault-inject and guest-fault-revert (:func:`inject`, :func:`revert`).
 The last tests cut the power (drop-writes, then a reset of the same QEMU process): the plain
 power cut, and SQLite under seeded cuts (``tests/rig/durability.py``, whose client acknowledges
 its commits on the guest's extra virtio-serial port ``pyqga.acks``).
@@ -31,13 +31,12 @@ from pyqga.host_client.qmp import QMPConnection
 from tests.rig import durability
 from tests.rig.guest_files import DATA_LAYER
 from tests.rig.guest_shell import fsck_clean, output_json, sh
-from tests.rig.image import GuestImage
 from tests.rig.machine import GuestVM
+from tests.vm.faults.guest import HANDS
 
 pytestmark = pytest.mark.root
 
 LAYER = f"/dev/mapper/{DATA_LAYER}"
-AGENT_ARGS = ("--enable-faults",)
 PROBE = "/run/io-probe.py"
 TCG_SLACK_S = 0.5   # what a 4 KiB O_DIRECT I/O may take beyond the fault under TCG
 
@@ -80,19 +79,21 @@ print(json.dumps(out))
 
 
 @pytest.fixture(scope="module")
-def vm(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestVM]:
-    with GuestVM(tmp_path_factory.mktemp("vm"), agents=("pyqga-serial",), image=guest_image,
-                 kernel_args=("pyqga.dmdata=1",), agent_args=AGENT_ARGS, ports=(durability.ACK_PORT,),
-                 lifetime=1800.0) as machine:
-        with machine.client("pyqga-serial", timeout=120) as client:
-            client.write_file(PROBE, PROBE_SOURCE.encode())
-        yield machine
+def vm(fault_vm: GuestVM) -> Iterator[GuestVM]:
+    """The shared fault guest (``guest.py``), with this module's probe program in it.  The power
+    cuts wait only for the serial agent of each new boot: at the end, for every agent, so the
+    next module finds the guest whole."""
+    with fault_vm.client(HANDS, timeout=120) as client:
+        client.write_file(PROBE, PROBE_SOURCE.encode())
+    yield fault_vm
+    fault_vm.ready_seconds.clear()
+    fault_vm.wait_ready(timeout=120)
 
 
 @pytest.fixture
 def guest(vm: GuestVM, original: str) -> Iterator[AgentClient]:
     """The serial agent; after the test, no fault is left and /data's table is the boot one."""
-    with vm.client("pyqga-serial", timeout=120) as client:
+    with vm.client(HANDS, timeout=120) as client:
         yield client
         revert(client)
         assert dm_table(client) == original
@@ -100,7 +101,7 @@ def guest(vm: GuestVM, original: str) -> Iterator[AgentClient]:
 
 @pytest.fixture(scope="module")
 def original(vm: GuestVM) -> str:
-    with vm.client("pyqga-serial", timeout=120) as client:
+    with vm.client(HANDS, timeout=120) as client:
         return dm_table(client)
 
 
@@ -321,14 +322,14 @@ def test_drop_writes_then_a_reset_loses_what_was_written_after_the_cut(vm: Guest
         sh(client, "echo after > /data/after-cut && sync && echo changed > /data/before-cut && sync")
         assert sh(client, "cat /data/after-cut") == "after\n"   # the page cache still has it
 
-    with vm.client("pyqga-serial", timeout=120) as client, QMPConnection(vm.qmp_socket) as qmp:
+    with vm.client(HANDS, timeout=120) as client, QMPConnection(vm.qmp_socket) as qmp:
         sh(client, "echo before > /data/before-cut && sync")
         qmp.execute("set-action", {"reboot": "reset"})   # the rig runs QEMU with -no-reboot
         mark = vm.console_mark()
         lease, _ = power_cut(client, qmp, "/data", after=1.0, sleep=written_after_the_cut)
         assert lease.kind == "drop-writes"
-    vm.wait_rebooted(mark, agents=("pyqga-serial",))
-    with vm.client("pyqga-serial", timeout=120) as client:
+    vm.wait_rebooted(mark, agents=(HANDS,))
+    with vm.client(HANDS, timeout=120) as client:
         assert dm_table(client) == original   # a new boot: the layer is linear again
         assert sh(client, "cat /data/before-cut").startswith("before\n")
         assert "after-cut" not in sh(client, "ls /data")

@@ -25,13 +25,11 @@ import pytest
 
 from pyqga.host_client import AgentCallError, AgentClient
 from tests.rig.guest_shell import output_json, sh
-from tests.rig.image import GuestImage
 from tests.rig.machine import GuestVM
+from tests.vm.faults.guest import HANDS, SUBJECT
 
 pytestmark = pytest.mark.root
 
-SUBJECT, HANDS = "pyqga-virtio", "pyqga-serial"
-AGENT_ARGS = ("--enable-faults",)
 IP, TC = "/usr/bin/ip", "/usr/sbin/tc"   # busybox sh runs its own ip and tc applets otherwise
 SERVER_IP, PORT = "10.91.2.2", 7000
 CLIENT = "/run/net-client.py"
@@ -143,17 +141,15 @@ class Net:
 
 
 @pytest.fixture(scope="module")
-def net(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+def net(fault_vm: GuestVM) -> Iterator[Net]:
     started = time.monotonic()
-    with GuestVM(tmp_path_factory.mktemp("vm"), agents=(HANDS, SUBJECT), image=guest_image,
-                 agent_args=AGENT_ARGS) as vm, \
-            vm.client(HANDS, timeout=120) as hands, vm.client(SUBJECT, timeout=60) as subject:
+    with fault_vm.client(HANDS, timeout=120) as hands, fault_vm.client(SUBJECT, timeout=60) as subject:
         sh(hands, SETUP)
         hands.write_file(CLIENT, CLIENT_SOURCE.encode())
         hands.write_file(SERVER, SERVER_SOURCE.encode())
         server = ["netns", "exec", "b", "/usr/bin/python3", "-B", SERVER]
         hands.call("guest-exec", {"path": IP, "arg": server})
-        rig = Net(vm, hands, subject)
+        rig = Net(fault_vm, hands, subject)
         first = rig.probe(5, 0.1, ping_subject=False)   # the server is up before the tests start
         for _ in range(50):
             if first["got"]:
@@ -161,7 +157,6 @@ def net(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory) -> It
             time.sleep(0.2)
             first = rig.probe(5, 0.1, ping_subject=False)
         assert first["got"], "the echo server in namespace b never answered"
-        print(f"\nbooted in {vm.boot_seconds:.1f} s")
         yield rig
         print(f"\nnetwork fault tests: {time.monotonic() - started:.1f} s in all")
 
