@@ -31,7 +31,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pyqga.host_client.faults import FaultEvent, _event
+from pyqga.host_client.faults import FaultEvent, parse_event
 
 # The picture's geometry, in CSS pixels: the SVG is the page's first element, at (0, 0).
 WIDTH = 1200
@@ -114,7 +114,7 @@ def read_events(text: str, source: str = "EVENTS") -> list[FaultEvent]:
         if not isinstance(raw, dict):
             raise ValueError(f"{where}: an event is a JSON object, not {type(raw).__name__}")
         try:
-            event = _event(raw)
+            event = parse_event(raw)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{where}: not a fault event (needs event, kind, target, mono, wall, "
                              f"boot-id): {type(exc).__name__} {exc}") from None

@@ -215,7 +215,8 @@ def _optional_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _event(raw: Mapping[str, Any]) -> FaultEvent:
+def parse_event(raw: Mapping[str, Any]) -> FaultEvent:
+    """One event of ``guest-fault-events`` (or of the agent's events file, the same JSON)."""
     return FaultEvent(str(raw["event"]), _optional_str(raw.get("id")), str(raw["kind"]), str(raw["target"]),
                       float(raw["mono"]), float(raw["wall"]), str(raw["boot-id"]),
                       _optional_str(raw.get("reason")), _optional_str(raw.get("detail")),
@@ -311,7 +312,7 @@ def events_op(session: Session, since: int) -> Op[tuple[list[FaultEvent], int]]:
     method = "guest-fault-events"
     reply = yield from session.call(method, {"since": since} if since else {})
     return parsed_reply(method, session.address,
-                   lambda: ([_event(raw) for raw in reply["events"]], int(reply["cursor"])), reply)
+                   lambda: ([parse_event(raw) for raw in reply["events"]], int(reply["cursor"])), reply)
 
 
 def capabilities_op(session: Session, target: str | None) -> Op[FaultCapabilities]:
