@@ -36,6 +36,7 @@ import os
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +62,7 @@ from bench.report import (  # noqa: E402
 )
 from tests.rig.agent_process import (  # noqa: E402
     PyqgaAgent,
+    agent_env,
     keeper_of,
     shared_objects,
     ssl_objects,
@@ -101,6 +103,9 @@ are KiB).
   page among the processes that map it, so agent + keeper counts the interpreter's pages they
   share once; other processes running the same `/usr/bin/python3` would lower it further
   (none ran here). USS: the pages only that process maps.
+- **Floor**: the same memory figures for two programs that stand for what cannot be cut under
+  the project's fixed choices (Python, jsonrpcserver, a keeper process whose memory is locked):
+  see the table's note.
 - **Start to first reply**: `bench/rpc.py`'s measurement: from `Popen` to the first
   `guest-ping` reply of a connect+ping retry loop, median of 5 fresh starts each; pyqga's
   modules byte-compiled first, as the Debian package's postinst does (it runs with `-B`).
@@ -231,6 +236,47 @@ def measure_memory(workdir: Path, loops: LoopMounts) -> Memory:
     return Memory(kib, objects, restarted)
 
 
+# --- 1b. the floor -------------------------------------------------------------------------------
+
+# What the fixed choices cost before any code of pyqga's own: two programs under the same
+# interpreter, side by side (sharing its pages as the agent and the keeper do), each saying "R"
+# once it is set up and then waiting on stdin.  The keeper's floor locks its memory as the keeper
+# does (mlockall(MCL_CURRENT | MCL_FUTURE): a thaw must never wait for a page-in); the agent's
+# floor blocks ssl as the agent does and imports what dispatch cannot do without, jsonrpcserver's
+# dispatcher through the agent's own loader, then also asyncio, the agent's event loop.
+_READY = "import sys; sys.stdout.write('R\\n'); sys.stdout.flush(); sys.stdin.read()"
+_NO_SSL = "import sys; sys.modules['ssl'] = None"
+_DISPATCH = "import json; from pyqga.agent import jsonrpc_calls"
+FLOORS: dict[str, str] = {
+    "keeper: the interpreter, memory locked": f"import ctypes; ctypes.CDLL(None).mlockall(3); {_READY}",
+    "agent: the interpreter and jsonrpcserver's dispatch": f"{_NO_SSL}; {_DISPATCH}; {_READY}",
+    "agent: the same and asyncio": f"{_NO_SSL}; import asyncio; {_DISPATCH}; {_READY}",
+}
+
+
+def measure_floor() -> dict[str, dict[str, int]]:
+    """PSS (KiB) of the keeper's floor beside each agent floor in turn: name -> Rss, Pss, Uss."""
+    keeper, *agents = FLOORS
+    result: dict[str, dict[str, int]] = {}
+    env = agent_env(measured.INTERPRETER.module_paths)
+    for agent in agents:
+        pair = [subprocess.Popen([measured.INTERPRETER.path, "-B", "-c", FLOORS[name]], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, env=env, cwd=REPO_ROOT) for name in (keeper, agent)]
+        try:
+            for process in pair:
+                assert process.stdout is not None
+                if process.stdout.readline() != b"R\n":
+                    raise RuntimeError(f"a floor program failed (exit {process.wait(5)})")
+            time.sleep(0.05)
+            result[agent] = smaps_kib(pair[1].pid)
+            result[keeper] = smaps_kib(pair[0].pid)   # the same beside either: the last one read
+        finally:
+            for process in pair:
+                process.kill()
+                process.wait()
+    return result
+
+
 # --- 3. modules ---------------------------------------------------------------------------------
 
 
@@ -282,6 +328,31 @@ def memory_table(memory: Memory) -> str:
     ]
     if memory.keeper_restarted:
         lines.append("\nThe keeper was restarted during the freeze or the requests (see the agent's log).")
+    return "\n".join(lines)
+
+
+def floor_table(floor: dict[str, dict[str, int]]) -> str:
+    keeper, dispatch, with_asyncio = FLOORS
+    lines = [
+        "What the fixed choices cost before any of pyqga's code (each agent floor measured beside the "
+        "keeper's, under the same interpreter; see `FLOORS` in the script):",
+        "",
+        "| floor | RSS | PSS |",
+        "|---|---:|---:|",
+        *(f"| {name} | {mb(floor[name]['Rss'])} | {mb(floor[name]['Pss'])} |" for name in FLOORS),
+    ]
+    for agent in (dispatch, with_asyncio):
+        both = floor[keeper]["Pss"] + floor[agent]["Pss"]
+        lines.append(f"| **keeper + {agent.removeprefix('agent: ')}** | | **{mb(both)}** |")
+    left = PSS_MAX_BYTES / 1e6 - (floor[keeper]["Pss"] + floor[dispatch]["Pss"]) * 1024 / 1e6
+    target = f"The PSS target of {PSS_MAX_BYTES / 1e6:.0f} MB"
+    lines.append("")
+    if left >= 0:
+        lines.append(f"{target} leaves {left:.1f} MB for everything pyqga itself loads and keeps, in both "
+                     "processes.")
+    else:
+        lines.append(f"{target} is {-left:.1f} MB below this floor: no cut in pyqga's own code reaches it "
+                     "under these choices.")
     return "\n".join(lines)
 
 
@@ -367,14 +438,16 @@ def guest_report(guest: GuestResult) -> str:
     return "\n".join(lines)
 
 
-def build_report(memory: Memory, start: dict[str, list[float]], loaded: dict[str, dict[str, set[str]]],
-                 guest: GuestResult | None, loads: tuple[str, str], seconds: float) -> str:
+def build_report(memory: Memory, floor: dict[str, dict[str, int]], start: dict[str, list[float]],
+                 loaded: dict[str, dict[str, set[str]]], guest: GuestResult | None, loads: tuple[str, str],
+                 seconds: float) -> str:
     parts = [
         METHOD,
         f"{machine_line(ensure_qemu_ga())} {measured.INTERPRETER.describe()}. Load average (1 min) "
         f"before and after the host part: {loads[0]} and {loads[1]} on {os.cpu_count()} CPUs. "
         f"Run took {seconds:.0f} s.",
         memory_table(memory),
+        floor_table(floor),
         start_table(start),
         modules_table(loaded, memory.objects),
         guest_report(guest) if guest is not None else "Idle wake-ups in the guest: not measured "
@@ -419,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"memory: one freeze and {REQUESTS:,} requests each", flush=True)
                 memory = measure_memory(workdir / "memory", loops)
                 print(memory_table(memory), flush=True)
+                floor = measure_floor()
+                print(floor_table(floor), flush=True)
                 print("modules: sys.modules of an instrumented agent and its keeper", flush=True)
                 loaded = measure_modules(workdir / "modules", loops)
             print(f"start to first reply: {rpc.START_TRIALS} starts each", flush=True)
@@ -432,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/footprint.py: interrupted; everything it made has been thawed and removed",
               file=sys.stderr)
         return 130
-    report = build_report(memory, start, loaded, guest, loads, time.monotonic() - began)
+    report = build_report(memory, floor, start, loaded, guest, loads, time.monotonic() - began)
     print()
     print(report)
     if not args.no_write:
