@@ -1,6 +1,6 @@
 """Stall faults on real loop filesystems through a real agent: the library API and the CLI.
 
-The same tests run inside a VM in tests/vm/test_faults.py; here they need only root and loop
+The same tests run inside a VM in tests/vm/faults/test_stalls.py; here they need only root and loop
 devices, so a broken stall is caught without booting a guest.
 """
 

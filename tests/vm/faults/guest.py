@@ -1,7 +1,7 @@
 """The one guest the fault tests share: what runs in it, named once.
 
-Booting a TCG guest and starting its agents costs 8-15 s, so the block, clock, keeper-matrix and
-network fault modules run in one guest (``conftest.py``'s ``fault_vm``), booted for all of them:
+Booting a TCG guest and starting its agents costs 8-15 s, so the block, clock, keeper-matrix,
+network and stall modules run in one guest (``conftest.py``'s ``fault_vm``), booted for all of them:
 ``/data`` on the dm-linear layer (``pyqga.dmdata=1``), two agents with ``--enable-faults`` and the
 durability client's acknowledgement port.  Each module leaves the guest as it found it (no fault
 listed, ``/data``'s table as at boot, no worker, true time): its own checks say so.

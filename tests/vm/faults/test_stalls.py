@@ -1,4 +1,4 @@
-"""Fault injection in a real guest, driven over the serial line as test harnesses do.
+"""Timed freezes (stalls) in a real guest, driven over the serial line as test harnesses do.
 
 A probe program started with guest-exec writes to /data every 20 ms and times each write; the
 stalls the host injects must show up in its own measurements, on schedule, and end on time.
@@ -18,8 +18,8 @@ import pytest
 from pyqga.host_client import AgentCallError, AgentClient
 from tests.rig.agent_process import agent_env
 from tests.rig.guest_shell import output_json
-from tests.rig.image import GuestImage
 from tests.rig.machine import GuestVM
+from tests.vm.faults.guest import HANDS
 
 pytestmark = pytest.mark.root
 
@@ -39,16 +39,14 @@ print(json.dumps(samples))
 """
 
 
-@pytest.fixture(scope="module")
-def vm(guest_image: GuestImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestVM]:
-    with GuestVM(tmp_path_factory.mktemp("vm"), agents=("pyqga-virtio", "pyqga-serial"),
-                 image=guest_image) as machine:
-        yield machine
+@pytest.fixture
+def vm(fault_vm: GuestVM) -> GuestVM:
+    return fault_vm
 
 
 @pytest.fixture
 def serial(vm: GuestVM) -> Iterator[AgentClient]:
-    with vm.client("pyqga-serial", timeout=60) as client:
+    with vm.client(HANDS, timeout=60) as client:
         yield client
 
 
@@ -116,7 +114,7 @@ def test_repeated_stalls_follow_the_schedule(vm: GuestVM, serial: AgentClient) -
     time.sleep(3.0)
     serial.close()  # the serial line now belongs to the CLI
     cli = subprocess.run(
-        [sys.executable, "-m", "pyqga.host_client", "-s", vm.agent_address("pyqga-serial"), "--timeout", "60",
+        [sys.executable, "-m", "pyqga.host_client", "-s", vm.agent_address(HANDS), "--timeout", "60",
          "fault", "stall", "--mount", "/data", "--duration", "1s", "--repeat", "2", "--interval", "4s",
          "--json"],
         capture_output=True, text=True, timeout=120, env=agent_env())
@@ -124,7 +122,7 @@ def test_repeated_stalls_follow_the_schedule(vm: GuestVM, serial: AgentClient) -
     stalls = json.loads(cli.stdout)
     assert [s["reason"] for s in stalls] == ["timeout", "timeout"]
     assert all(s["actual"] == pytest.approx(1.0, abs=0.5) for s in stalls)
-    with vm.client("pyqga-serial", timeout=60) as again:
+    with vm.client(HANDS, timeout=60) as again:
         samples = _wait_for_probe(again, pid)
     blocked = spikes(samples, 0.4)
     assert len(blocked) == 2, blocked
