@@ -11,11 +11,11 @@ qemu-ga.  Every value remembers the file and line it came from, for the error th
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import NamedTuple
 
 from pyqga.agent import keyfile
 from pyqga.agent.errors import AgentFailure
@@ -39,8 +39,9 @@ class ConfigError(AgentFailure):
     """A configuration problem the user must fix; the message says which option and why."""
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
+    """The agent's settings, fixed for its life (a NamedTuple: cheap to define at every start)."""
+
     method: str = "virtio-serial"
     path: str | None = None
     logfile: str | None = None
@@ -60,9 +61,26 @@ class Config:
     on_agent_death: str = "thaw"
     exec_output_limit: int = DEFAULT_EXEC_OUTPUT_LIMIT
     faults: bool = False   # accept the guest-fault-* commands (opt-in: not for production guests)
-    config_file: str | None = field(default=None, compare=False)
+    # Where the settings came from; these two stay last (settings() ends before them).
+    config_file: str | None = None
     # Field name -> "PATH:LINE" for values read from the config file.
-    origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    origins: Mapping[str, str] = MappingProxyType({})
+
+    def settings(self) -> tuple[object, ...]:
+        """Every setting, without where they came from (``config_file`` and ``origins``, the last
+        fields)."""
+        return tuple(self)[:self._fields.index("config_file")]
+
+    # Equal settings are one configuration, whichever file or options gave them (``-D`` output
+    # loaded back equals the configuration it was dumped from).
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self.settings() == other.settings()
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self.settings())
 
     def where(self, name: str) -> str:
         """The prefix of an error about the setting ``name``: ``PATH:LINE: `` when it came from
@@ -330,4 +348,4 @@ def check(config: Config) -> Config:
 
 
 def replace(config: Config, **changes: object) -> Config:
-    return check(dataclasses.replace(config, **changes))  # type: ignore[arg-type]
+    return check(config._replace(**changes))  # type: ignore[arg-type]

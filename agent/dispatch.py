@@ -13,8 +13,7 @@ command (blocked or frozen), bad parameters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pyqga.agent.jsonrpc_calls import Calls
 from pyqga.agent.registry import Command
@@ -24,8 +23,7 @@ from pyqga.protocol.errors import AgentError, command_disabled, command_not_foun
 from pyqga.protocol.server import BatchReply, Reply
 
 
-@dataclass(slots=True)
-class Prepared:
+class Prepared(NamedTuple):
     """A request that passed the gate, with its command: ready to run (maybe on a worker)."""
 
     request: Request

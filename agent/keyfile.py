@@ -14,7 +14,7 @@ costs memory in proportion to its size, nothing else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pyqga.agent.errors import AgentFailure
 
@@ -29,8 +29,7 @@ class KeyFileError(AgentFailure):
         self.line, self.reason = line, reason
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One ``key=value``: the raw value (escapes not undone) and the line it came from."""
 
     raw: str

@@ -11,7 +11,7 @@ start-up's creation of the state directory.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pyqga.agent import statedir
 from pyqga.agent.config import Config, ConfigError
@@ -22,8 +22,7 @@ from pyqga.agent.registry import build_registry
 from pyqga.agent.state import blocked_commands
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     """One thing a check found; a fatal one stops start-up, the others are logged."""
 
     message: str

@@ -9,8 +9,7 @@ request) and uses qemu's QAPI wording, so libvirt sees the texts it knows.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pyqga.protocol.errors import invalid_params, quote
 
@@ -29,8 +28,7 @@ JSON_TYPE_NAMES: Mapping[type, str] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Param:
+class Param(NamedTuple):
     name: str
     type: type
     required: bool = True
@@ -55,34 +53,47 @@ class AnyValueParam(Param):
         return True
 
 
-@dataclass(frozen=True, slots=True)
 class Command:
-    """One command.  The handler is called as ``handler(agent, **params)``."""
+    """One command.  The handler is called as ``handler(agent, **params)``.
 
+    Immutable by convention.  A plain class, not a dataclass, which would cost ~1 ms to define at
+    every start of the agent; a NamedTuple would not derive :attr:`lane` and :attr:`required`."""
+
+    __slots__ = ("_by_name", "allowed_while_frozen", "blocking", "delimited", "doc", "handler", "lane",
+                 "name", "params", "required", "success_response", "urgent")
     name: str
     handler: Callable[..., Any]
     doc: str
-    params: tuple[Param, ...] = ()
-    success_response: bool = True   # False: no reply on success (guest-shutdown)
-    allowed_while_frozen: bool = False
-    delimited: bool = False         # reply is prefixed with 0xFF (guest-sync-delimited)
+    params: tuple[Param, ...]
+    success_response: bool       # False: no reply on success (guest-shutdown)
+    allowed_while_frozen: bool
+    delimited: bool              # reply is prefixed with 0xFF (guest-sync-delimited)
     # Runs on a worker thread, off the connection loop: anything that may wait on a device, a
     # filesystem or a process (writes, statvfs, ioctls to disks, exec, sleeps).  Reads of procfs
     # and sysfs never wait, not even on a frozen filesystem, and stay on the loop as in qemu-ga:
     # a hand-off to a thread costs several times what they do.
-    blocking: bool = False
-    urgent: bool = False            # blocking, on threads of its own: never queued behind commands
-                                    # that a freeze may block (a thaw must always find a thread)
-    _by_name: Mapping[str, Param] = field(default_factory=dict, repr=False, compare=False)
+    blocking: bool
+    urgent: bool                 # blocking, on threads of its own: never queued behind commands
+                                 # that a freeze may block (a thaw must always find a thread)
+    _by_name: Mapping[str, Param]
     # Where it runs: None on the connection loop (it cannot block), "urgent" on the freeze
     # commands' own threads, "worker" on the shared worker pool.  Derived once, used per request.
-    lane: str | None = field(init=False, repr=False, compare=False)
-    required: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    lane: str | None
+    required: tuple[str, ...]
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_by_name", {p.name: p for p in self.params})
-        object.__setattr__(self, "required", tuple(p.name for p in self.params if p.required))
-        object.__setattr__(self, "lane", "urgent" if self.urgent else "worker" if self.blocking else None)
+    def __init__(self, name: str, handler: Callable[..., Any], doc: str, params: tuple[Param, ...] = (),
+                 success_response: bool = True, allowed_while_frozen: bool = False, delimited: bool = False,
+                 blocking: bool = False, urgent: bool = False) -> None:
+        self.name, self.handler, self.doc, self.params = name, handler, doc, params
+        self.success_response, self.allowed_while_frozen, self.delimited = (
+            success_response, allowed_while_frozen, delimited)
+        self.blocking, self.urgent = blocking, urgent
+        self._by_name = {p.name: p for p in params}
+        self.required = tuple(p.name for p in params if p.required)
+        self.lane = "urgent" if urgent else "worker" if blocking else None
+
+    def __repr__(self) -> str:
+        return f"Command({self.name!r})"
 
     def check_params(self, params: dict[str, Any] | list[Any]) -> dict[str, Any]:
         """Validated keyword arguments, or an INVALID_PARAMS error in qemu's words."""

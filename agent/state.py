@@ -7,7 +7,6 @@ explicit and tests can build an agent without a process around it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 from pyqga.agent.commands.core import OsRelease
 from pyqga.agent.commands.exec import ExecTable
@@ -30,30 +29,42 @@ FAULTS_OFF_REASON = ("fault injection is off in this agent; start it with --enab
 FAULT_COMMAND_PREFIX = "guest-fault-"
 
 
-@dataclass
 class AgentState:
-    config: Config
-    registry: Registry = field(default_factory=build_registry)
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger("pyqga.agent"))
-    logs: LogControl | None = None
-    version: str = VERSION
-    # Per-agent tables of the guest-exec and guest-file commands, and the system programs
-    # and the suspend helpers (both read from the environment once, at start).
-    exec_table: ExecTable = field(default_factory=ExecTable)
-    file_handles: FileTable = field(default_factory=FileTable)
-    system: SystemPrograms = field(default_factory=SystemPrograms.from_environment)
-    suspend: SuspendSetup = field(default_factory=SuspendSetup.from_environment)
-    # What guest-get-osinfo and guest-get-fsinfo keep between calls (hosts poll them).
-    os_release: OsRelease = field(default_factory=OsRelease)
-    fsinfo: FsinfoCache = field(default_factory=FsinfoCache)
-    blocked: frozenset[str] = field(init=False)
-    freezer: Freezer = field(init=False)
-    faults: FaultEngine = field(init=False)
+    """Built once at start; the tables and caches in it change, the fields do not (a plain
+    class, not a dataclass, which would cost ~1 ms to define at every start)."""
 
-    def __post_init__(self) -> None:
+    config: Config
+    registry: Registry
+    log: logging.Logger
+    logs: LogControl | None
+    version: str
+    exec_table: ExecTable           # guest-exec's processes
+    file_handles: FileTable         # guest-file-*'s handles
+    system: SystemPrograms          # read from the environment once, at start
+    suspend: SuspendSetup           # read from the environment once, at start
+    os_release: OsRelease           # what guest-get-osinfo keeps between calls (hosts poll it)
+    fsinfo: FsinfoCache             # and guest-get-fsinfo
+    blocked: frozenset[str]
+    freezer: Freezer
+    faults: FaultEngine
+
+    def __init__(self, config: Config, log: logging.Logger | None = None, logs: LogControl | None = None,
+                 registry: Registry | None = None) -> None:
+        self.config = config
+        self.registry = registry if registry is not None else build_registry()
+        self.log = log if log is not None else logging.getLogger("pyqga.agent")
+        self.logs = logs
+        self.version = VERSION
+        self.exec_table = ExecTable()
+        self.file_handles = FileTable()
+        self.system = SystemPrograms.from_environment()
+        self.suspend = SuspendSetup.from_environment()
+        self.os_release = OsRelease()
+        self.fsinfo = FsinfoCache()
         self.blocked = blocked_commands(self.registry, self.config)
         self.freezer = build_freezer(self.config, self.log, self.logs)
-        self.faults = FaultEngine(self.config.statedir, self.freezer.keeper, log=self.log)
+        self.faults = FaultEngine(self.config.statedir, self.freezer.keeper, log=self.log,
+                                  kinds=self.config.faults)
         if isinstance(self.freezer.keeper, KeeperHandle):
             self.freezer.keeper.resend.append(self.faults.republish)
 

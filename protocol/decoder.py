@@ -73,10 +73,9 @@ import re
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable
-from dataclasses import dataclass
 from itertools import accumulate, islice
 from operator import methodcaller
-from typing import Any
+from typing import Any, NamedTuple
 
 from pyqga.protocol.errors import AgentError, not_an_object, parse_error
 
@@ -108,23 +107,20 @@ _FIRST_BLOCK = 256  # the first block of a message, or after an event (copying i
 _MAX_BLOCK = 1 << 16
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     """One complete top-level JSON value (an object, or an array = JSON-RPC batch)."""
 
     value: Any
     size: int  # bytes it occupied on the wire
 
 
-@dataclass(frozen=True, slots=True)
-class DecodeFailure:
+class DecodeFailure(NamedTuple):
     """One bad message or run of garbage; the decoder has already recovered."""
 
     error: AgentError
 
 
-@dataclass(frozen=True, slots=True)
-class Resynced:
+class Resynced(NamedTuple):
     """A run of 0xFF bytes arrived; `discarded` bytes of a partial message were dropped.
 
     Only bytes not yet reported count: a message already failed (too large or too deep) or a run of

@@ -24,8 +24,7 @@ The send side keeps no state, so :meth:`ServerConnection.send` may be called fro
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pyqga.protocol.decoder import DecodeFailure, Message, StreamDecoder
 from pyqga.protocol.dialects import (
@@ -43,9 +42,8 @@ from pyqga.protocol.dialects import (
 from pyqga.protocol.errors import AgentError, ErrorKind
 
 
-# Read-only by convention, not frozen (one is built per request: see dialects.Request).
-@dataclass(slots=True)
-class Reply:
+# A NamedTuple, as dialects.Request says why.
+class Reply(NamedTuple):
     """What answers one request: its result, or its error.
 
     ``delimited``: the reply goes out after the 0xFF sync byte (``guest-sync-delimited``).
@@ -57,8 +55,7 @@ class Reply:
     delimited: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class BatchReply:
+class BatchReply(NamedTuple):
     """What answers a :class:`~pyqga.protocol.dialects.Batch`: one reply per item, in order."""
 
     replies: Sequence[Reply]

@@ -41,8 +41,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pyqga.agent.errors import AgentFailure
 from pyqga.agent.programs import which
@@ -66,8 +65,7 @@ MODES: Mapping[str, tuple[str, str, str, str, str | None]] = {
 }
 
 
-@dataclass(frozen=True)
-class SuspendSetup:
+class SuspendSetup(NamedTuple):
     """Where the suspend helpers and the sysfs state file are; fixed for the agent's life."""
 
     path: str | None = None            # None: the agent's own PATH

@@ -25,9 +25,8 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
 from time import CLOCK_REALTIME, clock_settime_ns, localtime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pyqga.agent.registry import Command, Param
 from pyqga.protocol.errors import command_failed
@@ -47,8 +46,7 @@ YEAR_MIN, YEAR_END = 1970, 2070
 NS_PER_SECOND = 1_000_000_000
 
 
-@dataclass(frozen=True)
-class SystemPrograms:
+class SystemPrograms(NamedTuple):
     """Where the system programs are; fixed for the agent's life."""
 
     shutdown: str = DEFAULT_SHUTDOWN

@@ -21,11 +21,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from pyqga.agent.faults import catalog
 from pyqga.agent.faults import plan as plans
-from pyqga.agent.faults.kinds import Context
+from pyqga.agent.faults.kinds import Context, Spec
 from pyqga.agent.faults.machine import LeaseBook, Refused, leases_view
 from pyqga.agent.faults.recipes import FaultKernel, LinuxFaultKernel, run_steps, undo_order
 from pyqga.agent.faults.snapshot import FAULTS_STATE, parse_leases
@@ -49,6 +48,7 @@ from pyqga.agent.freeze.statefile import StateFile
 PLAN_KIND = "plan"   # the kind of a plan's own lease (it holds no device, its faults do)
 PLAN_MARGIN = 1.0    # a plan's lease outlives its last fault's deadline by this much
 REVERT_WAIT = SPAWN_WAIT + 5.0   # the longest a revert waits for an apply in flight (a worker's start)
+_F = TypeVar("_F")
 
 
 class KeeperLink(Protocol):
@@ -66,7 +66,8 @@ class FaultEngine:
     """The agent's faults (see the module docstring)."""
 
     def __init__(self, statedir: str, keeper: KeeperLink | None, kernel: FaultKernel | None = None,
-                 log: logging.Logger | None = None, clock: Callable[[], Now] = now) -> None:
+                 log: logging.Logger | None = None, clock: Callable[[], Now] = now,
+                 kinds: bool = True) -> None:
         self.statedir: str = statedir
         self.keeper: KeeperLink | None = keeper
         self.kernel: FaultKernel = kernel or LinuxFaultKernel()
@@ -83,6 +84,14 @@ class FaultEngine:
         self._stopped = False
         self._timer: threading.Thread | None = None
         self._plans: dict[str, threading.Event] = {}   # plan lease id -> set to cancel its runner
+        # The kinds (their modules: device-mapper, nftables and netem, the clock, workers) only in
+        # an agent that takes faults (``kinds``): one that does not never prepares a fault, but
+        # still undoes what an earlier agent left.  Imported here, at start-up, never in a freeze.
+        self._prepare: Callable[[str, str, Mapping[str, Any] | None, bool, Context], Spec] | None = None
+        self._kinds: Callable[[str | None, Context], list[dict[str, Any]]] | None = None
+        if kinds:
+            from pyqga.agent.faults import catalog
+            self._prepare, self._kinds = catalog.prepare, catalog.capabilities
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -135,7 +144,7 @@ class FaultEngine:
                 rng = random.Random(seed)
                 duration = plans.resolve(duration, rng, "duration")
                 params = plans.resolve_params(params, rng, kind)
-            spec = catalog.prepare(kind, target, params, force, Context.read(self.statedir))
+            spec = self._kinds_on(self._prepare)(kind, target, params, force, Context.read(self.statedir))
             self._need_keeper()
             request = Prepared(kind, target, spec.params, spec.device, spec.apply, spec.undo, duration, plan)
             with self._lock:
@@ -233,7 +242,15 @@ class FaultEngine:
         return {**self.timeline.since(since), "mono": round(self.clock().mono, 6)}
 
     def capabilities(self, target: str | None = None) -> dict[str, Any]:
-        return {"kinds": catalog.capabilities(target, Context.read(self.statedir)), "boot-id": self.boot_id}
+        kinds = self._kinds_on(self._kinds)(target, Context.read(self.statedir))
+        return {"kinds": kinds, "boot-id": self.boot_id}
+
+    @staticmethod
+    def _kinds_on(function: _F | None) -> _F:
+        """``function``, if this engine takes faults (the commands' gate refuses them before)."""
+        if function is None:
+            raise Refused("fault injection is off in this agent")
+        return function
 
     # --- the actions -----------------------------------------------------------------------------
 

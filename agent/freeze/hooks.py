@@ -15,7 +15,6 @@ import signal
 import stat
 import subprocess
 import time
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from pyqga.agent.freeze.vocabulary import HookAction
@@ -24,8 +23,7 @@ OUTPUT_LIMIT = 64 * 1024  # keep the tail: a hook's last words say why it failed
 
 
 
-@dataclass(frozen=True)
-class HookResult:
+class HookResult(NamedTuple):
     """What happened. ``ran`` is False for a missing hook (fine) and for one that could not be
     started (``error`` says why). ``returncode`` is negative for a signal, None if not run."""
 

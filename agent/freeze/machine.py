@@ -41,7 +41,6 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple, Protocol
 
@@ -138,41 +137,73 @@ class Stage(Enum):
 BEFORE_FREEZING = (Stage.RECORD_HOOK, Stage.HOOK, Stage.FLUSH)
 
 
-@dataclass
+# The operations in progress are plain classes, not dataclasses (each would cost ~0.5-1 ms to
+# define, at every start of the agent and of its keeper).
+
+
 class FreezeOp:
+    """A freeze in progress: its waves of targets, where it is, what it froze and skipped."""
+
+    __slots__ = ("failure", "flush", "frozen", "pending", "rid", "skipped", "stage", "timeout", "wave",
+                 "waves")
     rid: int
     waves: tuple[tuple[Target, ...], ...]
     timeout: float | None
     flush: bool
-    stage: Stage = Stage.HOOK
-    wave: int = -1
-    frozen: list[Target] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    failure: tuple[str, str, int | None] | None = None   # path, reason, errno
-    pending: list[Target] = field(default_factory=list)  # the wave waiting for its persist
+    stage: Stage
+    wave: int
+    frozen: list[Target]
+    skipped: list[tuple[str, str]]
+    failure: tuple[str, str, int | None] | None   # path, reason, errno
+    pending: list[Target]                         # the wave waiting for its persist
+
+    def __init__(self, rid: int, waves: tuple[tuple[Target, ...], ...], timeout: float | None,
+                 flush: bool) -> None:
+        self.rid, self.waves, self.timeout, self.flush = rid, waves, timeout, flush
+        self.stage = Stage.HOOK
+        self.wave = -1
+        self.frozen = []
+        self.skipped = []
+        self.failure = None
+        self.pending = []
 
 
-@dataclass
 class ThawOp:
-    rid: int | None              # None: a safety thaw nobody waits for
+    """A thaw in progress: why, the FITHAWs still out, and what it found."""
+
+    __slots__ = ("detail", "epoch", "errors", "failed", "found_thawed", "lost_before", "ours_thawed",
+                 "reason", "rid", "stuck", "thawed", "waiting")
+    rid: int | None                  # None: a safety thaw nobody waits for
     reason: ThawReason
-    epoch: int | None = None
-    lost_before: str | None = None
-    waiting: dict[Device, str] = field(default_factory=dict)   # device -> path, FITHAW out
-    thawed: list[str] = field(default_factory=list)
-    errors: list[dict[str, str]] = field(default_factory=list)
-    found_thawed: list[str] = field(default_factory=list)
-    ours_thawed: int = 0         # superblocks of ours this thaw did thaw
-    stuck: list[str] = field(default_factory=list)
-    detail: str = ""
-    failed: tuple[str, int | None] | None = None   # a rollback's: the FIFREEZE failure it undoes
+    epoch: int | None
+    lost_before: str | None
+    waiting: dict[Device, str]       # device -> path, FITHAW out
+    thawed: list[str]
+    errors: list[dict[str, str]]
+    found_thawed: list[str]
+    ours_thawed: int                 # superblocks of ours this thaw did thaw
+    stuck: list[str]
+    detail: str
+    failed: tuple[str, int | None] | None   # a rollback's: the FIFREEZE failure it undoes
+
+    def __init__(self, rid: int | None, reason: ThawReason, epoch: int | None = None,
+                 lost_before: str | None = None, detail: str = "",
+                 failed: tuple[str, int | None] | None = None) -> None:
+        self.rid, self.reason, self.epoch, self.lost_before = rid, reason, epoch, lost_before
+        self.waiting = {}
+        self.thawed, self.errors, self.found_thawed, self.stuck = [], [], [], []
+        self.ours_thawed = 0
+        self.detail, self.failed = detail, failed
 
 
-@dataclass
 class HookOp:
     """The thaw hook runs; the replies it holds leave when it is done."""
 
-    replies: list[Reply] = field(default_factory=list)
+    __slots__ = ("replies",)
+    replies: list[Reply]
+
+    def __init__(self, replies: list[Reply]) -> None:
+        self.replies = replies
 
 
 def check_timeout(value: Any, default: float | None) -> float | None:

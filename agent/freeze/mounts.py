@@ -10,7 +10,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 MOUNTINFO = "/proc/self/mountinfo"
 
@@ -20,8 +20,7 @@ _OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
 BlockDeviceLookup = Callable[[str], "tuple[int, int] | None"]
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):
     """One line of mountinfo, with escapes decoded.
 
     ``major``/``minor`` identify the superblock; for btrfs, :func:`freezable` replaces the
@@ -125,7 +124,7 @@ def resolve_device(
     numbers = block_device(mount.source)
     if numbers is None:
         return None
-    return replace(mount, major=numbers[0], minor=numbers[1])
+    return mount._replace(major=numbers[0], minor=numbers[1])
 
 
 def freezable(
