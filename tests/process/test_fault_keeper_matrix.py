@@ -120,7 +120,12 @@ def faulted(tmp_path: Path, loops: LoopMounts, kind: str, duration: float
         with AgentClient(str(agent.socket_path), timeout=30) as client:
             lease = client.call("guest-fault-inject", {"kind": kind, "target": probe.target,
                                                        "duration": duration, "params": probe.params()})
-            deadline = time.monotonic() + duration
+            # The agent's own deadline, on this machine's CLOCK_MONOTONIC (the agent's too): its
+            # arming plus the duration.  Not the reply's arrival plus the duration, which on a
+            # loaded machine came 0.2 s after the arming and made a punctual end look early.
+            events = client.call("guest-fault-events", {"since": 0})["events"]
+            armed = next(e["mono"] for e in events if e.get("id") == lease["id"] and e["event"] == "armed")
+            deadline = armed + duration
             probe.arm()
             yield agent, client, lease, probe, deadline
     finally:
