@@ -7,7 +7,7 @@
   for the port's SIGIO (a host connected) instead of spinning, and start a fresh session (fresh
   decoder) then: a host that reconnects must not inherit half a message from its predecessor.
   A host's first bytes can arrive before the port says it is connected (see
-  :data:`CONNECT_GRACE`): such a session waits for the port to catch up instead of ending.
+  :data:`CONNECT_GRACE`): such a session, at that EOF, still delivers the replies it owes.
 - ``isa-serial``: a real TTY, put in raw 8N1 by pyserial; one endless session, so hosts resync
   with 0xFF as they always do on a serial line.
 
@@ -47,8 +47,9 @@ HUP_BACKOFF = 0.1
 # being worked on), and the host waited in vain: about one first reply in ten after an idle
 # minute in the TCG test guest (QEMU showed the host connected, the request delivered, no reply
 # written; qemu-ga loses none: it retries a refused write, spinning, until the port takes it).
-# So a session whose host has only shown itself by sending waits up to this long for the port
-# to show it (a read that would block, a write that goes through) before it ends.
+# So at an EOF in a session whose host has only shown itself by sending, the session's input
+# ends (the next host gets a fresh decoder: it may be another host, after this one sent and
+# left) but the replies it owes are delivered once the port takes them, for up to this long.
 CONNECT_GRACE = 5.0
 RETRY_INTERVAL = 1.0       # seconds between attempts to open a missing device (-r)
 READ_SIZE = 65536
@@ -76,6 +77,10 @@ class StreamProtocol(asyncio.BufferedProtocol):
     def data_received(self, data: bytes) -> None:
         raise NotImplementedError
 
+    def owes_replies(self) -> bool:
+        """Requests received and not answered yet (their replies are still to be written)."""
+        return False
+
 
 ProtocolFactory = Callable[[], StreamProtocol]
 
@@ -87,10 +92,12 @@ class ChannelError(AgentFailure):
 class DeviceTransport(asyncio.Transport):
     """One host session over a non-blocking character device fd; ends at EOF or an error.
 
-    ``grace`` (virtio-serial): an EOF that comes after the host's data but before the port has
-    shown the host connected does not end the session; it is *held* (fd out of the loop: poll
-    reports HUP all the while) for up to ``grace`` seconds, rechecked on :meth:`recheck` (the
-    port's SIGIO) and every :data:`HUP_BACKOFF`, and resumes once the port shows the host."""
+    ``grace`` (virtio-serial): at an EOF that comes after the host's data but before the port
+    has shown the host connected (a read that would block, a write that went through), a
+    session that owes replies *drains* instead of ending: its input is over, its fd out of the
+    loop (poll reports HUP all the while), and what it owes is written as the port takes it,
+    tried on :meth:`recheck` (the port's SIGIO) and every :data:`HUP_BACKOFF`, until nothing is
+    owed or ``grace`` seconds have passed."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, protocol: StreamProtocol,
                  on_end: Callable[[Exception | None], None], grace: float = 0.0) -> None:
@@ -103,7 +110,7 @@ class DeviceTransport(asyncio.Transport):
         self._received = False   # a host sent something in this session
         self._host_seen = False  # the port showed a host: a read would block, a write went through
         self._grace = grace
-        self._held_until: float | None = None
+        self._drain_until: float | None = None
         self._recheck_timer: asyncio.TimerHandle | None = None
         protocol.connection_made(self)
         loop.add_reader(fd, self._read_ready)
@@ -113,7 +120,6 @@ class DeviceTransport(asyncio.Transport):
             data = os.read(self._fd, READ_SIZE)
         except BlockingIOError:
             self._host_seen = True
-            self._unhold()
             return
         except InterruptedError:
             return
@@ -121,44 +127,42 @@ class DeviceTransport(asyncio.Transport):
             self._end(exc)
             return
         if data:
-            self._unhold()
             self._received = True
             self._protocol.data_received(data)
-        elif self._received and not self._host_seen and self._grace > 0:
-            self._hold()  # virtio-serial: the host's data came before the port knew of the host
+        elif self._received and not self._host_seen and self._grace > 0 and self._owed():
+            self._drain()  # virtio-serial: the host's data came before the port knew of the host
         else:
             self._end(None)  # virtio-serial: the host is not connected (any more)
 
-    def _hold(self) -> None:
-        now = self._loop.time()
-        if self._held_until is None:
-            self._held_until = now + self._grace
-            self._loop.remove_reader(self._fd)
-            self._loop.remove_writer(self._fd)
-        elif now >= self._held_until:
-            self._end(None)  # the host sent and left before the port ever showed it
-            return
-        self._recheck_timer = self._loop.call_later(min(HUP_BACKOFF, self._held_until - now), self.recheck)
+    def _owed(self) -> bool:
+        return bool(self._buffer) or self._protocol.owes_replies()
 
-    def _unhold(self) -> None:
-        if self._held_until is None:
-            return
-        self._held_until = None
-        if self._recheck_timer is not None:
-            self._recheck_timer.cancel()
-            self._recheck_timer = None
-        if self._reading:
-            self._loop.add_reader(self._fd, self._read_ready)
-        if self._buffer:
-            self._loop.add_writer(self._fd, self._write_ready)
+    def _drain(self) -> None:
+        self._drain_until = self._loop.time() + self._grace
+        self._loop.remove_reader(self._fd)
+        self._loop.remove_writer(self._fd)
+        self._recheck_timer = self._loop.call_later(HUP_BACKOFF, self.recheck)
 
     def recheck(self) -> None:
-        """A held session: does the port show the host now?  (Called on the port's SIGIO.)"""
-        if self._held_until is not None and not self._closing:
-            if self._recheck_timer is not None:
-                self._recheck_timer.cancel()
-                self._recheck_timer = None
-            self._read_ready()
+        """Draining: write what the port takes now; end once nothing is owed or the grace is
+        over.  (Called on the port's SIGIO, and every :data:`HUP_BACKOFF`.)"""
+        if self._drain_until is None or self._closing:
+            return
+        if self._recheck_timer is not None:
+            self._recheck_timer.cancel()
+        if self._buffer:
+            try:
+                self._wrote(os.write(self._fd, self._buffer))
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                self._end(exc)
+                return
+        left = self._drain_until - self._loop.time()
+        if not self._owed() or left <= 0:
+            self._end(None)  # delivered, or the host sent and left before the port showed it
+        else:
+            self._recheck_timer = self._loop.call_later(min(HUP_BACKOFF, left), self.recheck)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or not data:
@@ -173,11 +177,10 @@ class DeviceTransport(asyncio.Transport):
                 return
             if written:
                 self._host_seen = True
-                self._unhold()
             data = memoryview(data)[written:]
             if not data:
                 return
-            if self._held_until is None:
+            if self._drain_until is None:
                 self._loop.add_writer(self._fd, self._write_ready)
         self._buffer += data
         if len(self._buffer) > WRITE_HIGH_WATER and not self._protocol_paused:
@@ -192,11 +195,14 @@ class DeviceTransport(asyncio.Transport):
         except OSError as exc:
             self._end(exc)
             return
+        self._wrote(written)
+        if not self._buffer:
+            self._loop.remove_writer(self._fd)
+
+    def _wrote(self, written: int) -> None:
         if written:
             self._host_seen = True
         del self._buffer[:written]
-        if not self._buffer:
-            self._loop.remove_writer(self._fd)
         if self._protocol_paused and len(self._buffer) <= WRITE_LOW_WATER:
             self._protocol_paused = False
             self._protocol.resume_writing()
@@ -208,12 +214,12 @@ class DeviceTransport(asyncio.Transport):
 
     def resume_reading(self) -> None:
         if not self._reading and not self._closing:
-            if self._held_until is None:
+            if self._drain_until is None:
                 self._loop.add_reader(self._fd, self._read_ready)
             self._reading = True
 
     def is_reading(self) -> bool:
-        return self._reading and not self._closing
+        return self._reading and not self._closing and self._drain_until is None
 
     def is_closing(self) -> bool:
         return self._closing

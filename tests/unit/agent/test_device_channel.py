@@ -67,41 +67,52 @@ class FakePort(DeviceChannel):
         return self.got
 
 
-class Answer(StreamProtocol):
-    """Answers each datagram with ``reply:`` + it, ``delay`` seconds later if set (a request
-    worked on elsewhere, its reply written after the EOF was read)."""
+class Lines(StreamProtocol):
+    """Answers each line with ``reply:`` + it, ``delay`` seconds later if set (a request worked on
+    elsewhere, its reply written after the EOF was read); a line's start waits for its end."""
 
-    def __init__(self, delay: float, lost: list[bool]) -> None:
+    def __init__(self, delay: float, ended: list[bool]) -> None:
         self.delay = delay
-        self.lost = lost
+        self.ended = ended
+        self.partial = b""
+        self.owed = 0
         self.transport: Any = None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        reply = b"reply:" + data
-        if self.delay:
-            asyncio.get_running_loop().call_later(self.delay, self.transport.write, reply)
-        else:
-            self.transport.write(reply)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        for line in lines:
+            if self.delay:
+                self.owed += 1
+                asyncio.get_running_loop().call_later(self.delay, self.answer, b"reply:" + line)
+            else:
+                self.transport.write(b"reply:" + line)
+
+    def answer(self, reply: bytes) -> None:
+        self.owed -= 1
+        self.transport.write(reply)
+
+    def owes_replies(self) -> bool:
+        return self.owed > 0
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost.append(True)
+        self.ended.append(True)
 
 
 @contextlib.asynccontextmanager
 async def serving(port: FakePort, delay: float = 0.0) -> AsyncIterator[list[bool]]:
     """The channel served (its first session has read the EOF and ended); yields the list each
     ended session appends to."""
-    lost: list[bool] = []
+    ended: list[bool] = []
     stop = asyncio.Event()
-    factory: Callable[[], StreamProtocol] = lambda: Answer(delay, lost)  # noqa: E731
+    factory: Callable[[], StreamProtocol] = lambda: Lines(delay, ended)  # noqa: E731
     task = asyncio.ensure_future(port.serve(factory, stop))
-    while not lost:
+    while not ended:
         await asyncio.sleep(0.01)
     try:
-        yield lost
+        yield ended
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
@@ -113,8 +124,8 @@ def test_a_request_read_before_the_port_shows_the_host_is_answered(delay: float)
     async def main() -> None:
         port = FakePort()
         async with serving(port, delay):
-            port.kernel.send(b"ping")   # the host's request, before the port knows the host
-            port.kernel.send(b"")       # so the next read is EOF
+            port.kernel.send(b"ping\n")  # the host's request, before the port knows the host
+            port.kernel.send(b"")         # so the next read is EOF
             await asyncio.sleep(0.3)
             port.catch_up()
             assert await port.replies(2.0, wanted=1) == [b"reply:ping"]
@@ -123,19 +134,35 @@ def test_a_request_read_before_the_port_shows_the_host_is_answered(delay: float)
 
 
 def test_a_host_that_sent_and_left_unseen_is_given_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    """It sent, and the port never showed it: the held session ends after the grace, its reply
-    with it (a later host gets none)."""
+    """It sent, and the port never showed it: the session ends after the grace, its reply with
+    it (a later host gets none)."""
     monkeypatch.setattr(channels, "CONNECT_GRACE", 0.3)
 
     async def main() -> None:
         port = FakePort()
-        async with serving(port) as lost:
-            ended = len(lost)
-            port.kernel.send(b"ping")
+        async with serving(port) as ended:
+            sessions = len(ended)
+            port.kernel.send(b"ping\n")
             port.kernel.shutdown(socket.SHUT_WR)  # the port never shows this host: EOF from now on
             await asyncio.sleep(0.6)
-            assert len(lost) > ended, "the held session did not end after CONNECT_GRACE"
-            port.catch_up()
+            assert len(ended) > sessions, "the session did not end after CONNECT_GRACE"
             assert await port.replies(0.3) == [], "the reply outlived the session"
+
+    asyncio.run(main())
+
+
+def test_half_a_message_from_a_host_the_port_never_showed_is_not_inherited() -> None:
+    """Nothing owed at that EOF: the session ends, and the next host starts a fresh one (the
+    next host may be another one: this one may have sent and left)."""
+
+    async def main() -> None:
+        port = FakePort()
+        async with serving(port):
+            port.kernel.send(b'{"execute":"guest-sy')
+            port.kernel.send(b"")
+            await asyncio.sleep(0.3)
+            port.catch_up()
+            port.kernel.send(b"ping\n")  # the next host's request
+            assert await port.replies(2.0, wanted=1) == [b"reply:ping"]
 
     asyncio.run(main())
