@@ -3,9 +3,11 @@
 - ``unix-listen`` and ``vsock-listen`` (and a socket handed over by systemd, ``LISTEN_FDS``):
   many clients, each its own connection and decoder.
 - ``virtio-serial``: a character device that is not a TTY.  While no host is connected, reads
-  return EOF and poll reports HUP continuously; we end the session, sleep ~100 ms instead of
-  spinning, keep the device open, and start a fresh session (fresh decoder) when the host is
-  back: a host that reconnects must not inherit half a message from its predecessor.
+  return EOF and poll reports HUP continuously; we end the session, keep the device open, wait
+  for the port's SIGIO (a host connected) instead of spinning, and start a fresh session (fresh
+  decoder) then: a host that reconnects must not inherit half a message from its predecessor.
+  A host's first bytes can arrive before the port says it is connected (see
+  :data:`CONNECT_GRACE`): such a session, at that EOF, still delivers the replies it owes.
 - ``isa-serial``: a real TTY, put in raw 8N1 by pyserial; one endless session, so hosts resync
   with 0xFF as they always do on a serial line.
 
@@ -33,10 +35,22 @@ if TYPE_CHECKING:
     import serial
 
 # While no host is connected, a virtio-serial port reads as EOF at once.  qemu-ga polls it every
-# 0.1 s; we start there and back off to HUP_BACKOFF_MAX (a Python wake-up costs far more than
-# qemu-ga's), and the kernel's SIGIO on the port (host connected) ends the wait at once.
+# 0.1 s (~590 wake-ups a minute in the test guest); we wait for the kernel's SIGIO on the port
+# (sent when a host connects and when data arrives) with no timeout, so an idle agent never
+# wakes.  Only where SIGIO cannot be had (the loop is not on the main thread) do we poll.
 HUP_BACKOFF = 0.1
-HUP_BACKOFF_MAX = 2.0
+# Linux's virtio_console learns that a host connected from a control message it handles in a
+# workqueue, later, but takes the host's data in the interrupt handler at once and sends SIGIO
+# (drivers/char/virtio_console.c: control_intr schedules control_work; in_intr).  So an agent
+# woken by a host's first request can read it while the port still says "no host": the reply
+# gets EAGAIN and the next read EOF.  Ending the session there dropped the reply (and any still
+# being worked on), and the host waited in vain: about one first reply in ten after an idle
+# minute in the TCG test guest (QEMU showed the host connected, the request delivered, no reply
+# written; qemu-ga loses none: it retries a refused write, spinning, until the port takes it).
+# So at an EOF in a session whose host has only shown itself by sending, the session's input
+# ends (the next host gets a fresh decoder: it may be another host, after this one sent and
+# left) but the replies it owes are delivered once the port takes them, for up to this long.
+CONNECT_GRACE = 5.0
 RETRY_INTERVAL = 1.0       # seconds between attempts to open a missing device (-r)
 READ_SIZE = 65536
 WRITE_HIGH_WATER = 1 << 20
@@ -63,6 +77,10 @@ class StreamProtocol(asyncio.BufferedProtocol):
     def data_received(self, data: bytes) -> None:
         raise NotImplementedError
 
+    def owes_replies(self) -> bool:
+        """Requests received and not answered yet (their replies are still to be written)."""
+        return False
+
 
 ProtocolFactory = Callable[[], StreamProtocol]
 
@@ -72,33 +90,79 @@ class ChannelError(AgentFailure):
 
 
 class DeviceTransport(asyncio.Transport):
-    """One host session over a non-blocking character device fd; ends at EOF or an error."""
+    """One host session over a non-blocking character device fd; ends at EOF or an error.
+
+    ``grace`` (virtio-serial): at an EOF that comes after the host's data but before the port
+    has shown the host connected (a read that would block, a write that went through), a
+    session that owes replies *drains* instead of ending: its input is over, its fd out of the
+    loop (poll reports HUP all the while), and what it owes is written as the port takes it,
+    tried on :meth:`recheck` (the port's SIGIO) and every :data:`HUP_BACKOFF`, until nothing is
+    owed or ``grace`` seconds have passed."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, protocol: StreamProtocol,
-                 on_end: Callable[[Exception | None], None]) -> None:
+                 on_end: Callable[[Exception | None], None], grace: float = 0.0) -> None:
         super().__init__()
         self._loop, self._fd, self._protocol, self._on_end = loop, fd, protocol, on_end
         self._buffer = bytearray()
         self._reading = True
         self._closing = False
         self._protocol_paused = False
-        self.received: bool = False  # a host sent something in this session
+        self._received = False   # a host sent something in this session
+        self._host_seen = False  # the port showed a host: a read would block, a write went through
+        self._grace = grace
+        self._drain_until: float | None = None
+        self._recheck_timer: asyncio.TimerHandle | None = None
         protocol.connection_made(self)
         loop.add_reader(fd, self._read_ready)
 
     def _read_ready(self) -> None:
         try:
             data = os.read(self._fd, READ_SIZE)
-        except (BlockingIOError, InterruptedError):
+        except BlockingIOError:
+            self._host_seen = True
+            return
+        except InterruptedError:
             return
         except OSError as exc:
             self._end(exc)
             return
-        if not data:
+        if data:
+            self._received = True
+            self._protocol.data_received(data)
+        elif self._received and not self._host_seen and self._grace > 0 and self._owed():
+            self._drain()  # virtio-serial: the host's data came before the port knew of the host
+        else:
             self._end(None)  # virtio-serial: the host is not connected (any more)
+
+    def _owed(self) -> bool:
+        return bool(self._buffer) or self._protocol.owes_replies()
+
+    def _drain(self) -> None:
+        self._drain_until = self._loop.time() + self._grace
+        self._loop.remove_reader(self._fd)
+        self._loop.remove_writer(self._fd)
+        self._recheck_timer = self._loop.call_later(HUP_BACKOFF, self.recheck)
+
+    def recheck(self) -> None:
+        """Draining: write what the port takes now; end once nothing is owed or the grace is
+        over.  (Called on the port's SIGIO, and every :data:`HUP_BACKOFF`.)"""
+        if self._drain_until is None or self._closing:
             return
-        self.received = True
-        self._protocol.data_received(data)
+        if self._recheck_timer is not None:
+            self._recheck_timer.cancel()
+        if self._buffer:
+            try:
+                self._wrote(os.write(self._fd, self._buffer))
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                self._end(exc)
+                return
+        left = self._drain_until - self._loop.time()
+        if not self._owed() or left <= 0:
+            self._end(None)  # delivered, or the host sent and left before the port showed it
+        else:
+            self._recheck_timer = self._loop.call_later(min(HUP_BACKOFF, left), self.recheck)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or not data:
@@ -111,10 +175,13 @@ class DeviceTransport(asyncio.Transport):
             except OSError as exc:
                 self._end(exc)
                 return
+            if written:
+                self._host_seen = True
             data = memoryview(data)[written:]
             if not data:
                 return
-            self._loop.add_writer(self._fd, self._write_ready)
+            if self._drain_until is None:
+                self._loop.add_writer(self._fd, self._write_ready)
         self._buffer += data
         if len(self._buffer) > WRITE_HIGH_WATER and not self._protocol_paused:
             self._protocol_paused = True
@@ -128,9 +195,14 @@ class DeviceTransport(asyncio.Transport):
         except OSError as exc:
             self._end(exc)
             return
-        del self._buffer[:written]
+        self._wrote(written)
         if not self._buffer:
             self._loop.remove_writer(self._fd)
+
+    def _wrote(self, written: int) -> None:
+        if written:
+            self._host_seen = True
+        del self._buffer[:written]
         if self._protocol_paused and len(self._buffer) <= WRITE_LOW_WATER:
             self._protocol_paused = False
             self._protocol.resume_writing()
@@ -142,11 +214,12 @@ class DeviceTransport(asyncio.Transport):
 
     def resume_reading(self) -> None:
         if not self._reading and not self._closing:
-            self._loop.add_reader(self._fd, self._read_ready)
+            if self._drain_until is None:
+                self._loop.add_reader(self._fd, self._read_ready)
             self._reading = True
 
     def is_reading(self) -> bool:
-        return self._reading and not self._closing
+        return self._reading and not self._closing and self._drain_until is None
 
     def is_closing(self) -> bool:
         return self._closing
@@ -164,6 +237,8 @@ class DeviceTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
+        if self._recheck_timer is not None:
+            self._recheck_timer.cancel()
         self._loop.remove_reader(self._fd)
         self._loop.remove_writer(self._fd)
         self._buffer.clear()
@@ -247,8 +322,15 @@ class DeviceChannel:
                         stopping: asyncio.Future[Any]) -> Exception | None:
         """Run sessions until stop (None) or a device error (returned, to reopen)."""
         host_changed = asyncio.Event()
-        notified = self.method == "virtio-serial" and _notify_on_sigio(loop, fd, host_changed.set)
-        idle = HUP_BACKOFF
+        current: list[DeviceTransport] = []
+
+        def on_sigio() -> None:
+            host_changed.set()
+            for transport in current:
+                transport.recheck()
+
+        notified = self.method == "virtio-serial" and _notify_on_sigio(loop, fd, on_sigio)
+        grace = CONNECT_GRACE if self.method == "virtio-serial" else 0.0
         try:
             while not stopping.done():
                 ended: asyncio.Future[Exception | None] = loop.create_future()
@@ -258,18 +340,19 @@ class DeviceChannel:
                         ended.set_result(exc)
 
                 host_changed.clear()
-                transport = DeviceTransport(loop, fd, factory(), on_end)
+                transport = DeviceTransport(loop, fd, factory(), on_end, grace)
+                current[:] = [transport]
                 await asyncio.wait({ended, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                current.clear()
                 transport.close()
                 error = ended.result() if ended.done() else None
                 if error is not None and not _is_hangup(error):
                     return error
-                # Host absent: don't spin.  Back off while nobody talks; a host that did may
-                # come back at once (a per-command client such as Proxmox's).
-                idle = HUP_BACKOFF if transport.received else min(2 * idle, HUP_BACKOFF_MAX)
+                # Host absent: don't spin.  Wait for its SIGIO (set since the clear() above if it
+                # connected meanwhile, so none is missed), or poll without one.
                 if not stopping.done() and not host_changed.is_set():
                     waiter = asyncio.ensure_future(host_changed.wait())
-                    await asyncio.wait({stopping, waiter}, timeout=idle if notified else HUP_BACKOFF,
+                    await asyncio.wait({stopping, waiter}, timeout=None if notified else HUP_BACKOFF,
                                        return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()
         finally:

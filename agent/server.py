@@ -92,6 +92,7 @@ class AgentConnection(StreamProtocol):
         self._protocol = ServerConnection(dispatcher.agent.config.max_message_size)
         self._transport: asyncio.Transport | None = None
         self._pending: deque[asyncio.Future[bytes | None]] = deque()
+        self._unordered: set[asyncio.Future[bytes | None]] = set()  # on a lane, written when done
         self._write_paused = False
         self._batch: list[bytes] | None = None  # replies held back during a turn
         self._inbox = bytearray()  # received, not yet decoded
@@ -111,6 +112,7 @@ class AgentConnection(StreamProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._pending.clear()
+        self._unordered.clear()
         self._inbox.clear()
         self._items.clear()
         if self._admitted:
@@ -218,6 +220,7 @@ class AgentConnection(StreamProtocol):
         if _ordered(item):
             self._queue(future)
         else:
+            self._unordered.add(future)
             future.add_done_callback(self._write_done)
 
     def _sent(self, work: Callable[[Any], Reply | BatchReply | None], arg: Any) -> bytes | None:
@@ -234,7 +237,11 @@ class AgentConnection(StreamProtocol):
         self._update_reading()
 
     def _write_done(self, future: asyncio.Future[bytes | None]) -> None:
+        self._unordered.discard(future)
         self._write(self._result(future))
+
+    def owes_replies(self) -> bool:
+        return bool(self._pending or self._unordered or self._items or self._inbox)
 
     def _result(self, future: asyncio.Future[bytes | None]) -> bytes | None:
         """A worker's reply.  The dispatcher never raises for a request's own failure; anything

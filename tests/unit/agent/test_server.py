@@ -110,3 +110,30 @@ def test_jsonrpc_replies_do_not_wait_for_a_worker(tmp_path: Path) -> None:
     transport = asyncio.run(serve_chunks(tmp_path, [chunk], 3, release_after=0.1))
     assert [reply["id"] for reply in transport.replies()] == [1, 3, 2]
     assert len(transport.writes) == 2
+
+
+def test_replies_owed_while_workers_answer_none_for_half_a_message(tmp_path: Path) -> None:
+    """What a virtio-serial session still delivers after its input ends (agent/channels.py
+    CONNECT_GRACE): replies on a worker in either dialect count, half a request does not."""
+
+    async def main() -> FakeTransport:
+        agent = AgentState(Config(statedir=str(tmp_path)), registry=Registry(COMMANDS))
+        transport = FakeTransport()
+        RELEASE.clear()
+        with ThreadPoolExecutor(max_workers=2) as executor:
+            connection = AgentConnection(Dispatcher(agent), {"worker": executor, "urgent": executor})
+            connection.connection_made(transport)
+            connection.data_received(b'{"execute":"echo","argu')
+            assert not connection.owes_replies()
+            rest = b'ments":{"id":1},"id":1}\n' + qga("slow-echo", 2) + jsonrpc("slow-echo", 3)
+            connection.data_received(rest)
+            assert connection.owes_replies()
+            RELEASE.set()
+            for _ in range(500):
+                if not connection.owes_replies():
+                    break
+                await asyncio.sleep(0.01)
+            assert not connection.owes_replies()
+        return transport
+
+    assert sorted(reply["id"] for reply in asyncio.run(main()).replies()) == [1, 2, 3]
