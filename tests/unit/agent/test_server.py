@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -65,16 +67,23 @@ def jsonrpc(method: str, i: int) -> bytes:
     return b'{"jsonrpc":"2.0","method":"%s","params":{"id":%d},"id":%d}\n' % (method.encode(), i, i)
 
 
-async def serve_chunks(
-    tmp_path: Path, chunks: list[bytes], replies: int, release_after: float = 0.0
-) -> FakeTransport:
-    """Feed `chunks`, let the blocking command finish after `release_after` s, wait for `replies`."""
+@contextlib.contextmanager
+def connected(tmp_path: Path) -> Iterator[tuple[AgentConnection, FakeTransport]]:
+    """An agent connection over a fake transport, its blocking commands held until RELEASE."""
     agent = AgentState(Config(statedir=str(tmp_path)), registry=Registry(COMMANDS))
     transport = FakeTransport()
     RELEASE.clear()
     with ThreadPoolExecutor(max_workers=2) as executor:
         connection = AgentConnection(Dispatcher(agent), {"worker": executor, "urgent": executor})
         connection.connection_made(transport)
+        yield connection, transport
+
+
+async def serve_chunks(
+    tmp_path: Path, chunks: list[bytes], replies: int, release_after: float = 0.0
+) -> FakeTransport:
+    """Feed `chunks`, let the blocking command finish after `release_after` s, wait for `replies`."""
+    with connected(tmp_path) as (connection, transport):
         for chunk in chunks:
             connection.data_received(chunk)
         await asyncio.sleep(release_after)
@@ -117,12 +126,7 @@ def test_replies_owed_while_workers_answer_none_for_half_a_message(tmp_path: Pat
     CONNECT_GRACE): replies on a worker in either dialect count, half a request does not."""
 
     async def main() -> FakeTransport:
-        agent = AgentState(Config(statedir=str(tmp_path)), registry=Registry(COMMANDS))
-        transport = FakeTransport()
-        RELEASE.clear()
-        with ThreadPoolExecutor(max_workers=2) as executor:
-            connection = AgentConnection(Dispatcher(agent), {"worker": executor, "urgent": executor})
-            connection.connection_made(transport)
+        with connected(tmp_path) as (connection, transport):
             connection.data_received(b'{"execute":"echo","argu')
             assert not connection.owes_replies()
             rest = b'ments":{"id":1},"id":1}\n' + qga("slow-echo", 2) + jsonrpc("slow-echo", 3)
